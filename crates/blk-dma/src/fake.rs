@@ -305,7 +305,12 @@ impl FakeMapper {
         }
     }
 
-    fn do_link(inner: &mut Inner, iova: Iova, seg: HostSeg, dir: Direction) -> Result<(), MapError> {
+    fn do_link(
+        inner: &mut Inner,
+        iova: Iova,
+        seg: HostSeg,
+        dir: Direction,
+    ) -> Result<(), MapError> {
         let g = inner.granule.expect("link without an IOMMU");
         assert_eq!(
             iova.offset_in(g),

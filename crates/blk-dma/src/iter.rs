@@ -15,7 +15,7 @@
 //!    offsets; the request becomes a single [`DmaRange`].
 //! 3. Otherwise **direct**, every segment mapped on its own and recorded.
 
-use crate::addr::{DmaRange, Direction, HostAddr, HostSeg, Iova};
+use crate::addr::{Direction, DmaRange, HostAddr, HostSeg, Iova};
 use crate::error::MapError;
 use crate::mapper::{Mapper, Region, RegionKind};
 
@@ -234,6 +234,11 @@ impl<'a, M: Mapper + ?Sized> DmaIter<'a, M> {
         self.state.coalesced().is_some()
     }
 
+    /// The request's single IOVA range, when it was coalesced.
+    pub fn coalesced(&self) -> Option<DmaRange> {
+        self.state.coalesced()
+    }
+
     /// Undoes what this iterator mapped and finishes it.
     fn fail(&mut self, e: MapError) -> Option<Result<DmaRange, MapError>> {
         self.state.unmap(self.mapper);
@@ -404,7 +409,10 @@ fn coalescible(segs: &[HostSeg], g: u64) -> Result<Option<u64>, MapError> {
     }
     // The IOVA span (first offset + total, rounded up) must not overflow.
     let off = segs[0].addr.offset_in(g);
-    match off.checked_add(total).and_then(|v| v.checked_next_multiple_of(g)) {
+    match off
+        .checked_add(total)
+        .and_then(|v| v.checked_next_multiple_of(g))
+    {
         Some(_) => Ok(Some(total)),
         None => Err(MapError::Overflow { index: 0 }),
     }

@@ -1,7 +1,7 @@
 //! The backend interface: what a DMA backend (VFIO, a software IOMMU, a fake)
 //! must provide for blk-dma to map requests.
 
-use crate::addr::{DmaRange, Direction, HostAddr, HostSeg, Iova};
+use crate::addr::{Direction, DmaRange, HostAddr, HostSeg, Iova};
 use crate::error::MapError;
 
 /// What kind of memory a [`Region`] describes.

@@ -61,7 +61,9 @@ fn aligned_unregistered_request_is_coalesced_into_one_range() {
     // Each segment is reachable at its offset in the range, read-only.
     let mut off = 0;
     for s in &segs {
-        let (host, n) = m.resolve(got[0].addr.wrapping_add(off), s.len, false).unwrap();
+        let (host, n) = m
+            .resolve(got[0].addr.wrapping_add(off), s.len, false)
+            .unwrap();
         assert_eq!((host, n), (s.addr, s.len));
         assert!(m.resolve(got[0].addr.wrapping_add(off), 1, true).is_none());
         off += s.len;
@@ -93,7 +95,10 @@ fn without_iommu_segments_split_at_physical_discontinuities() {
     let got = map_all(&segs, Direction::FromDevice, &m, &mut st).unwrap();
     // 0x800 to the page end, a full page, 0x800 of the next: three pieces
     // that are not adjacent in the fake's scattered "physical" layout.
-    assert_eq!(got.iter().map(|r| r.len).collect::<Vec<_>>(), [0x800, 0x1000, 0x800]);
+    assert_eq!(
+        got.iter().map(|r| r.len).collect::<Vec<_>>(),
+        [0x800, 0x1000, 0x800]
+    );
     assert_eq!(st.mapped_segments().len(), 3);
     st.unmap(&m);
     assert_eq!(m.live_links(), 0);
@@ -122,14 +127,22 @@ fn mixing_device_and_host_memory_is_an_error_either_way() {
     let err = map_all(&segs, Direction::ToDevice, &m, &mut st).unwrap_err();
     assert_eq!(
         err,
-        MapError::MixedMemory { index: 1, expected: "device", found: "host" }
+        MapError::MixedMemory {
+            index: 1,
+            expected: "device",
+            found: "host"
+        }
     );
     // Host first (coalescible), then device.
     let segs = [seg(0x1000_0000, 0x1000), seg(0x7000_0000, 0x1000)];
     let err = map_all(&segs, Direction::ToDevice, &m, &mut st).unwrap_err();
     assert_eq!(
         err,
-        MapError::MixedMemory { index: 1, expected: "host", found: "device" }
+        MapError::MixedMemory {
+            index: 1,
+            expected: "host",
+            found: "device"
+        }
     );
     // Host first (not coalescible), then device.
     let segs = [seg(0x1000_0000, 0x100), seg(0x7000_0000, 0x1000)];
@@ -158,10 +171,19 @@ fn segment_spanning_two_registered_regions_is_translated_piecewise() {
     let a = m.register(HostAddr::new(0x7f00_0000_0000), 0x1000);
     let b = m.register(HostAddr::new(0x7f00_0000_1000), 0x1000);
     let mut st = DmaState::new();
-    let got = map_all(&[seg(0x7f00_0000_0800, 0x1000)], Direction::FromDevice, &m, &mut st).unwrap();
+    let got = map_all(
+        &[seg(0x7f00_0000_0800, 0x1000)],
+        Direction::FromDevice,
+        &m,
+        &mut st,
+    )
+    .unwrap();
     assert_eq!(
         got,
-        vec![DmaRange::new(a.addr.wrapping_add(0x800), 0x800), DmaRange::new(b.addr, 0x800)]
+        vec![
+            DmaRange::new(a.addr.wrapping_add(0x800), 0x800),
+            DmaRange::new(b.addr, 0x800)
+        ]
     );
     assert!(!st.is_mapped());
 }
@@ -198,7 +220,10 @@ fn ranges_merge_up_to_and_split_at_the_max_segment_size() {
 fn bad_requests_are_errors_with_nothing_mapped() {
     let m = FakeMapper::with_iommu(4096);
     let mut st = DmaState::new();
-    assert_eq!(map_all(&[], Direction::ToDevice, &m, &mut st), Err(MapError::EmptyRequest));
+    assert_eq!(
+        map_all(&[], Direction::ToDevice, &m, &mut st),
+        Err(MapError::EmptyRequest)
+    );
     let segs = [seg(0x1000, 0x1000), seg(0x3000, 0)];
     assert_eq!(
         map_all(&segs, Direction::ToDevice, &m, &mut st),
@@ -239,7 +264,9 @@ fn a_state_still_mapped_is_refused() {
 
 #[test]
 fn link_failure_at_every_position_destroys_the_partial_mapping() {
-    let segs: Vec<HostSeg> = (0..8).map(|i| seg(0x1000_0000 + i * 0x10_0000, 0x1000)).collect();
+    let segs: Vec<HostSeg> = (0..8)
+        .map(|i| seg(0x1000_0000 + i * 0x10_0000, 0x1000))
+        .collect();
     for pos in 0..segs.len() as u64 {
         let m = FakeMapper::with_iommu(4096);
         m.fail_link_at(pos);
@@ -275,7 +302,9 @@ fn sync_and_alloc_failures_leave_nothing_mapped() {
 #[test]
 fn map_failure_on_the_direct_path_undoes_earlier_segments() {
     // Interior boundary misaligned: direct path, one map per segment.
-    let segs: Vec<HostSeg> = (0..6).map(|i| seg(0x1000_0100 + i * 0x10_0000, 0x200)).collect();
+    let segs: Vec<HostSeg> = (0..6)
+        .map(|i| seg(0x1000_0100 + i * 0x10_0000, 0x200))
+        .collect();
     for pos in 0..segs.len() as u64 {
         let m = FakeMapper::with_iommu(4096);
         m.fail_map_at(pos);

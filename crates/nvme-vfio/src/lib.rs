@@ -1,1 +1,19 @@
-//! placeholder
+//! A userspace NVMe driver on VFIO.
+//!
+//! This crate holds the NVMe side of the driver. So far:
+//!
+//! - [`nvme::spec`]: wire types from the NVMe base specification (SGL
+//!   descriptors, controller page size), with their sizes checked at compile
+//!   time;
+//! - [`nvme::prp`] and [`nvme::sgl`]: builders that turn the device ranges
+//!   produced by [`blk_dma`] into a command's data pointer, with list pages
+//!   from a caller-provided [`nvme::desc::DescPool`];
+//! - [`nvme::dptr`]: the policy choosing PRP or SGL for a request;
+//! - [`nvme::walk`]: a device-side walker that reads PRPs and SGLs back into
+//!   ranges as strictly as a controller, for tests and the software
+//!   controller.
+
+pub mod error;
+pub mod nvme;
+
+pub use error::Error;

@@ -1,0 +1,242 @@
+//! Descriptor pages: the DMA memory that holds PRP lists and SGL segments.
+//!
+//! A command's builder takes pages from a [`DescPool`] and records them in
+//! the command's [`DescList`]; they go back to the pool when the command
+//! completes. Pages are written through raw pointers only, before the command
+//! is submitted; the device reads them afterwards and never writes them.
+
+use core::ptr::NonNull;
+use std::alloc::{self, Layout};
+
+use blk_dma::{HostAddr, Iova};
+
+use crate::error::Error;
+
+/// Descriptor pages one command may use: with 4 KiB pages, 8 PRP list pages
+/// describe up to 16 MiB and 8 SGL segments up to 2,040 ranges.
+pub const MAX_DESC_PAGES: usize = 8;
+
+/// One page of descriptor memory: its device address and a host pointer to
+/// write it through.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct DescPage {
+    /// Device address of the page.
+    pub iova: Iova,
+    /// Host address of the page; valid for writes of the pool's page size
+    /// while the page is allocated.
+    pub ptr: NonNull<u8>,
+}
+
+// SAFETY: a DescPage is a handle to pool memory that only its current owner
+// (one command) writes; moving it to another thread moves that ownership.
+unsafe impl Send for DescPage {}
+
+impl DescPage {
+    /// Writes a little-endian quadword at quadword index `i`.
+    ///
+    /// # Safety
+    ///
+    /// `(i + 1) * 8` must not exceed the pool's page size, the page must be
+    /// allocated to the caller, and the device must not be reading it yet.
+    #[inline]
+    pub(crate) unsafe fn write_u64(&self, i: usize, v: u64) {
+        // SAFETY: in bounds and exclusively owned per the caller's contract;
+        // the page is 8-byte aligned (pool pages are page aligned).
+        unsafe { self.ptr.cast::<u64>().add(i).write(v.to_le()) }
+    }
+
+    /// Writes 16 bytes at 16-byte slot `i`.
+    ///
+    /// # Safety
+    ///
+    /// As for [`write_u64`](Self::write_u64), with `(i + 1) * 16` bytes.
+    #[inline]
+    pub(crate) unsafe fn write_16(&self, i: usize, v: [u8; 16]) {
+        // SAFETY: in bounds and exclusively owned per the caller's contract.
+        unsafe { self.ptr.cast::<[u8; 16]>().add(i).write(v) }
+    }
+}
+
+/// A source of descriptor pages. Pages are page-size aligned and at least
+/// [`page_size`](Self::page_size) bytes long.
+pub trait DescPool {
+    /// Size of each page in bytes.
+    fn page_size(&self) -> usize;
+    /// Takes a page, or `None` when the pool is empty.
+    fn alloc(&mut self) -> Option<DescPage>;
+    /// Returns a page taken from this pool.
+    fn free(&mut self, page: DescPage);
+}
+
+/// The descriptor pages held by one command, without heap allocation.
+#[derive(Debug, Default)]
+pub struct DescList {
+    pages: [Option<DescPage>; MAX_DESC_PAGES],
+    len: usize,
+}
+
+impl DescList {
+    /// An empty list.
+    pub const fn new() -> Self {
+        Self {
+            pages: [None; MAX_DESC_PAGES],
+            len: 0,
+        }
+    }
+
+    /// Pages held, in chain order.
+    pub fn pages(&self) -> impl Iterator<Item = DescPage> + '_ {
+        self.pages[..self.len].iter().flatten().copied()
+    }
+
+    /// Number of pages held.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether no page is held.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Takes a page from `pool` and holds it.
+    #[inline]
+    pub(crate) fn alloc<P: DescPool + ?Sized>(&mut self, pool: &mut P) -> Result<DescPage, Error> {
+        if self.len == MAX_DESC_PAGES {
+            return Err(Error::TooManyDescPages {
+                max: MAX_DESC_PAGES,
+            });
+        }
+        let page = pool.alloc().ok_or(Error::DescPoolEmpty)?;
+        self.pages[self.len] = Some(page);
+        self.len += 1;
+        Ok(page)
+    }
+
+    /// Returns every page to `pool`. Call when the command has completed (or
+    /// was never submitted).
+    pub fn release<P: DescPool + ?Sized>(&mut self, pool: &mut P) {
+        for slot in &mut self.pages[..self.len] {
+            if let Some(p) = slot.take() {
+                pool.free(p);
+            }
+        }
+        self.len = 0;
+    }
+}
+
+/// A descriptor pool on ordinary heap memory, for tests, benchmarks and the
+/// software controller. Its device addresses are whatever the creator says
+/// the memory is mapped at (for example a region registered with a mapper).
+#[derive(Debug)]
+pub struct HeapPool {
+    mem: NonNull<u8>,
+    layout: Layout,
+    page_size: usize,
+    iova: Iova,
+    free: Vec<DescPage>,
+}
+
+impl HeapPool {
+    /// A pool of `pages` pages of `page_size` bytes (a power of two, at least
+    /// 64). `iova_of` receives the host address and length of the memory and
+    /// returns the device address it is mapped at.
+    ///
+    /// Returns `None` if the sizes are invalid or memory cannot be allocated.
+    pub fn new(
+        pages: usize,
+        page_size: usize,
+        iova_of: impl FnOnce(HostAddr, u64) -> Iova,
+    ) -> Option<Self> {
+        if !page_size.is_power_of_two() || page_size < 64 || pages == 0 {
+            return None;
+        }
+        let layout = Layout::from_size_align(pages.checked_mul(page_size)?, page_size).ok()?;
+        // SAFETY: the layout has a non-zero size.
+        let mem = NonNull::new(unsafe { alloc::alloc_zeroed(layout) })?;
+        let iova = iova_of(HostAddr::from_ptr(mem.as_ptr()), layout.size() as u64);
+        let free = (0..pages)
+            .rev()
+            .map(|i| DescPage {
+                iova: iova.wrapping_add((i * page_size) as u64),
+                // SAFETY: i * page_size is inside the allocation.
+                ptr: unsafe { mem.add(i * page_size) },
+            })
+            .collect();
+        Some(Self {
+            mem,
+            layout,
+            page_size,
+            iova,
+            free,
+        })
+    }
+
+    /// Host address of the pool's memory.
+    pub fn host(&self) -> HostAddr {
+        HostAddr::from_ptr(self.mem.as_ptr())
+    }
+
+    /// Length of the pool's memory in bytes.
+    pub fn len(&self) -> u64 {
+        self.layout.size() as u64
+    }
+
+    /// Whether the pool has no memory (never: pools have at least one page).
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// Pages currently free.
+    pub fn available(&self) -> usize {
+        self.free.len()
+    }
+
+    /// Copies bytes out of the pool at device address `iova`, as the device
+    /// would read them. Returns `false` if the range is outside the pool.
+    pub fn read(&self, iova: Iova, buf: &mut [u8]) -> bool {
+        let off = iova.raw().wrapping_sub(self.iova.raw());
+        let fits = off
+            .checked_add(buf.len() as u64)
+            .is_some_and(|end| end <= self.len());
+        if fits {
+            // SAFETY: [off, off + len) is inside the allocation (checked), and
+            // `buf` is a distinct Rust allocation.
+            unsafe {
+                core::ptr::copy_nonoverlapping(
+                    self.mem.as_ptr().add(off as usize),
+                    buf.as_mut_ptr(),
+                    buf.len(),
+                )
+            };
+        }
+        fits
+    }
+}
+
+impl DescPool for HeapPool {
+    fn page_size(&self) -> usize {
+        self.page_size
+    }
+
+    #[inline]
+    fn alloc(&mut self) -> Option<DescPage> {
+        self.free.pop()
+    }
+
+    #[inline]
+    fn free(&mut self, page: DescPage) {
+        self.free.push(page);
+    }
+}
+
+impl Drop for HeapPool {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `new` with this layout.
+        unsafe { alloc::dealloc(self.mem.as_ptr(), self.layout) }
+    }
+}
+
+// SAFETY: the pool owns its memory; the raw pointers in it are not shared
+// with anything that outlives a move.
+unsafe impl Send for HeapPool {}

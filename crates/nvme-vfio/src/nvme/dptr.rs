@@ -1,0 +1,194 @@
+//! Choosing PRP or SGL for a request, and building its data pointer.
+//!
+//! The rule follows the Linux NVMe PCI driver: admin commands always use
+//! PRPs; an I/O command uses an SGL when the controller supports SGLs on I/O
+//! queues and either its ranges break PRP's page-alignment rule (only an SGL
+//! can describe them) or their average size is at least a threshold (one
+//! descriptor per range beats one entry per page); PRPs otherwise.
+
+use blk_dma::{DmaRange, HostSeg, MapError};
+
+use super::desc::{DescList, DescPool};
+use super::prp::build_prp;
+use super::sgl::build_sgl;
+use super::spec::{DataPtr, PageSize};
+use crate::error::Error;
+
+/// The Linux driver's default `sgl_threshold`: 32 KiB.
+pub const DEFAULT_SGL_THRESHOLD: u64 = 32 * 1024;
+
+/// Which queue a command goes to.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum QueueKind {
+    /// The admin queue: PRPs only.
+    Admin,
+    /// An I/O queue.
+    Io,
+}
+
+/// How a transfer's data pointer is described.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Format {
+    /// Physical Region Page entries.
+    Prp,
+    /// A Scatter Gather List.
+    Sgl,
+}
+
+/// What the policy needs to know about a request.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct Shape {
+    /// Number of ranges (segments) in the request.
+    pub ranges: usize,
+    /// Total bytes.
+    pub len: u64,
+    /// Whether PRPs can describe it: the first range starts dword aligned and
+    /// every interior boundary is on a controller page boundary.
+    pub prp_ok: bool,
+}
+
+impl Shape {
+    /// The shape of a request that blk-dma coalesced into one range.
+    pub fn coalesced(range: DmaRange) -> Self {
+        Self {
+            ranges: 1,
+            len: range.len,
+            prp_ok: range.addr.raw() & 3 == 0,
+        }
+    }
+
+    /// The shape of a request from its host segments. Mappers preserve the
+    /// offset within a page (blk-dma's `Mapper` contract), so host alignment
+    /// is device alignment.
+    pub fn of_segments(segs: &[HostSeg], page: PageSize) -> Self {
+        let mask = page.bytes() - 1;
+        let mut len = 0u64;
+        let mut gaps = 0u64;
+        for (i, s) in segs.iter().enumerate() {
+            let start = s.addr.raw_u64();
+            if i > 0 {
+                gaps |= start & mask;
+            }
+            if i + 1 < segs.len() {
+                gaps |= start.wrapping_add(s.len) & mask;
+            }
+            len = len.saturating_add(s.len);
+        }
+        let first_ok = segs.first().is_some_and(|s| s.addr.raw_u64() & 3 == 0);
+        Self {
+            ranges: segs.len(),
+            len,
+            prp_ok: first_ok && gaps == 0,
+        }
+    }
+}
+
+/// The PRP/SGL choice for one controller.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct Policy {
+    /// Whether the controller supports SGLs for I/O commands (Identify
+    /// Controller SGLS bits 1:0 non-zero).
+    pub io_sgls: bool,
+    /// Average range size from which SGLs are preferred; 0 disables the
+    /// size rule (SGLs only when PRPs cannot describe the request).
+    pub sgl_threshold: u64,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Self {
+            io_sgls: false,
+            sgl_threshold: DEFAULT_SGL_THRESHOLD,
+        }
+    }
+}
+
+impl Policy {
+    /// Chooses the format for a request of `shape` on `queue`.
+    pub fn choose(&self, queue: QueueKind, shape: Shape) -> Format {
+        if queue == QueueKind::Admin || !self.io_sgls {
+            return Format::Prp;
+        }
+        if !shape.prp_ok {
+            return Format::Sgl;
+        }
+        let avg = shape.len / shape.ranges.max(1) as u64;
+        if self.sgl_threshold != 0 && avg >= self.sgl_threshold {
+            Format::Sgl
+        } else {
+            Format::Prp
+        }
+    }
+}
+
+/// Builds the data pointer in `format` from the ranges of one transfer.
+pub fn build<I, P>(
+    format: Format,
+    ranges: I,
+    page: PageSize,
+    pool: &mut P,
+    list: &mut DescList,
+) -> Result<DataPtr, Error>
+where
+    I: IntoIterator<Item = Result<DmaRange, MapError>>,
+    P: DescPool + ?Sized,
+{
+    match format {
+        Format::Prp => build_prp(ranges, page, pool, list),
+        Format::Sgl => build_sgl(ranges, pool, list),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use blk_dma::{HostAddr, Iova};
+
+    fn seg(a: usize, l: u64) -> HostSeg {
+        HostSeg::new(HostAddr::new(a), l)
+    }
+
+    #[test]
+    fn policy_follows_the_kernel_rule() {
+        let p = Policy {
+            io_sgls: true,
+            sgl_threshold: DEFAULT_SGL_THRESHOLD,
+        };
+        let small = Shape::of_segments(
+            &[seg(0x1000, 0x1000), seg(0x5000, 0x1000)],
+            PageSize::DEFAULT,
+        );
+        assert!(small.prp_ok);
+        assert_eq!(p.choose(QueueKind::Io, small), Format::Prp);
+        let big = Shape::of_segments(
+            &[seg(0x10000, 0x10000), seg(0x40000, 0x10000)],
+            PageSize::DEFAULT,
+        );
+        assert_eq!(p.choose(QueueKind::Io, big), Format::Sgl);
+        let gap = Shape::of_segments(&[seg(0x1000, 0x200), seg(0x5000, 0x200)], PageSize::DEFAULT);
+        assert!(!gap.prp_ok);
+        assert_eq!(p.choose(QueueKind::Io, gap), Format::Sgl);
+        // Admin commands and controllers without SGLs: always PRP.
+        assert_eq!(p.choose(QueueKind::Admin, gap), Format::Prp);
+        let no = Policy {
+            io_sgls: false,
+            ..p
+        };
+        assert_eq!(no.choose(QueueKind::Io, big), Format::Prp);
+        // Threshold 0 disables the size rule, not the alignment rule.
+        let off = Policy {
+            sgl_threshold: 0,
+            ..p
+        };
+        assert_eq!(off.choose(QueueKind::Io, big), Format::Prp);
+        assert_eq!(off.choose(QueueKind::Io, gap), Format::Sgl);
+        // A coalesced request is one range: its size decides.
+        let c = Shape::coalesced(DmaRange::new(Iova::new(0x1000), 0x20000));
+        assert_eq!(p.choose(QueueKind::Io, c), Format::Sgl);
+        let c = Shape::coalesced(DmaRange::new(Iova::new(0x1002), 0x200));
+        assert!(!c.prp_ok);
+        // Unaligned first segment.
+        let s = Shape::of_segments(&[seg(0x1001, 0x10)], PageSize::DEFAULT);
+        assert!(!s.prp_ok);
+    }
+}

@@ -1,0 +1,322 @@
+//! Property tests of the whole host-side data path: random requests mapped by
+//! blk-dma through the fake IOMMU, turned into PRPs or SGLs by the policy,
+//! walked back as a controller would, and read through the IOMMU: the device
+//! must see exactly the request's bytes, in order, and nothing may stay
+//! mapped afterwards.
+
+mod common;
+
+use blk_dma::fake::FakeMapper;
+use blk_dma::{Direction, DmaIter, DmaRange, DmaState, HostSeg, MapError};
+use common::{Arena, Device};
+use nvme_vfio::nvme::desc::{DescList, HeapPool};
+use nvme_vfio::nvme::dptr::{self, Format, Policy, QueueKind, Shape};
+use nvme_vfio::nvme::spec::{DataPtr, PageSize};
+use nvme_vfio::nvme::walk::{walk_prp, walk_sgl, DeviceMemory};
+use proptest::prelude::*;
+use proptest::test_runner::{Config, TestRunner};
+
+const ARENA: usize = 4 << 20;
+const POOL_PAGES: usize = 64;
+const PAGE: usize = 4096;
+
+/// One segment as generated: which arena, where, how long.
+#[derive(Clone, Debug)]
+struct Seg {
+    registered: bool,
+    off: usize,
+    len: usize,
+}
+
+/// Segments whose interior boundaries are page aligned (coalescible).
+fn aligned_request() -> impl Strategy<Value = Vec<Seg>> {
+    (1usize..=128)
+        .prop_flat_map(|n| {
+            (
+                proptest::collection::vec((any::<bool>(), 0usize..900, 1usize..=4), n),
+                0usize..PAGE / 4,
+                1usize..=PAGE,
+            )
+        })
+        .prop_map(|(v, first_off, last_len)| {
+            let n = v.len();
+            v.into_iter()
+                .enumerate()
+                .map(|(i, (registered, page, pages))| {
+                    let start = if i == 0 { first_off * 4 } else { 0 };
+                    let len = if i + 1 == n && n > 1 {
+                        last_len
+                    } else {
+                        pages * PAGE - start
+                    };
+                    Seg {
+                        registered,
+                        off: page * PAGE + start,
+                        len,
+                    }
+                })
+                .collect()
+        })
+}
+
+/// Segments with arbitrary offsets and lengths.
+fn random_request() -> impl Strategy<Value = Vec<Seg>> {
+    proptest::collection::vec(
+        (any::<bool>(), 0usize..(ARENA - 20_000), 1usize..=12_000).prop_map(
+            |(registered, off, len)| Seg {
+                registered,
+                off,
+                len,
+            },
+        ),
+        1..=128,
+    )
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Reg {
+    All,
+    None,
+    Mixed,
+}
+
+fn reg() -> impl Strategy<Value = Reg> {
+    prop_oneof![Just(Reg::All), Just(Reg::None), Just(Reg::Mixed)]
+}
+
+struct World {
+    registered: Arena,
+    plain: Arena,
+}
+
+impl World {
+    fn new() -> Self {
+        Self {
+            registered: Arena::new(ARENA, 0x5a),
+            plain: Arena::new(ARENA, 0xc3),
+        }
+    }
+
+    fn segs(&self, req: &[Seg], reg: Reg) -> Vec<HostSeg> {
+        req.iter()
+            .map(|s| {
+                let r = match reg {
+                    Reg::All => true,
+                    Reg::None => false,
+                    Reg::Mixed => s.registered,
+                };
+                if r { &self.registered } else { &self.plain }.seg(s.off, s.len)
+            })
+            .collect()
+    }
+
+    fn expected(&self, segs: &[HostSeg]) -> Vec<u8> {
+        segs.iter()
+            .flat_map(|&s| {
+                let a = if self.registered.read(s.addr, &mut [0]) {
+                    &self.registered
+                } else {
+                    &self.plain
+                };
+                a.bytes(s)
+            })
+            .collect()
+    }
+}
+
+fn read_all(dev: &impl DeviceMemory, ranges: &[DmaRange]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for r in ranges {
+        let mut b = vec![0; r.len as usize];
+        assert!(dev.read(r.addr, &mut b), "device cannot read {r:?}");
+        out.extend_from_slice(&b);
+    }
+    out
+}
+
+/// Maps, builds, walks and checks one request; then unmaps and checks that
+/// nothing is left.
+fn check(
+    world: &World,
+    segs: &[HostSeg],
+    iommu: bool,
+    dir: Direction,
+) -> Result<(), TestCaseError> {
+    let fake = if iommu {
+        FakeMapper::with_iommu(4096)
+    } else {
+        FakeMapper::without_iommu()
+    };
+    fake.register(world.registered.host(), world.registered.len() as u64);
+    let mut pool = HeapPool::new(POOL_PAGES, PAGE, |h, l| fake.register(h, l).addr).unwrap();
+    let policy = Policy {
+        io_sgls: true,
+        ..Policy::default()
+    };
+    let page = PageSize::DEFAULT;
+    let mut state = DmaState::new();
+    let mut list = DescList::new();
+    let total: u64 = segs.iter().map(|s| s.len).sum();
+
+    let it = DmaIter::start(segs, dir, &fake, &mut state)
+        .map_err(|e| TestCaseError::fail(e.to_string()))?;
+    let shape = match it.coalesced() {
+        Some(r) => Shape::coalesced(r),
+        None => Shape::of_segments(segs, page),
+    };
+    let coalesced = it.is_coalesced();
+    let format = policy.choose(QueueKind::Io, shape);
+    let dp = dptr::build(format, it, page, &mut pool, &mut list)
+        .map_err(|e| TestCaseError::fail(e.to_string()))?;
+
+    let dev = Device {
+        iommu: &fake,
+        arenas: &[&world.registered, &world.plain],
+        pool: &pool,
+    };
+    let ranges = match dp {
+        DataPtr::Prp { prp1, prp2 } => {
+            prop_assert_eq!(format, Format::Prp);
+            walk_prp(prp1, prp2, total, page, &dev)
+        }
+        DataPtr::Sgl(d) => {
+            prop_assert_eq!(format, Format::Sgl);
+            walk_sgl(d, total, &dev)
+        }
+    }
+    .map_err(|e| TestCaseError::fail(e.to_string()))?;
+    prop_assert_eq!(read_all(&dev, &ranges), world.expected(segs));
+    if coalesced {
+        prop_assert_eq!(ranges.len(), 1, "a coalesced request is one range");
+        prop_assert!(state.coalesced().is_some());
+    }
+    let all_registered = segs.iter().all(|s| world.registered.read(s.addr, &mut [0]));
+    if all_registered {
+        prop_assert!(!state.is_mapped(), "registered memory needs no unmap");
+        prop_assert_eq!(fake.calls().syscalls(), 0);
+    }
+
+    list.release(&mut pool);
+    state.unmap(&fake);
+    prop_assert_eq!(fake.live_links(), 0);
+    prop_assert_eq!(fake.live_iovas(), 0);
+    prop_assert_eq!(pool.available(), POOL_PAGES);
+    Ok(())
+}
+
+fn runner(cases: u32) -> TestRunner {
+    TestRunner::new(Config {
+        cases,
+        failure_persistence: None,
+        ..Config::default()
+    })
+}
+
+fn dir() -> impl Strategy<Value = Direction> {
+    prop_oneof![Just(Direction::ToDevice), Just(Direction::FromDevice)]
+}
+
+#[test]
+fn device_sees_exactly_the_request_bytes_aligned_requests() {
+    let world = World::new();
+    runner(300)
+        .run(
+            &(aligned_request(), reg(), any::<bool>(), dir()),
+            |(req, reg, iommu, dir)| {
+                let segs = world.segs(&req, reg);
+                check(&world, &segs, iommu, dir)
+            },
+        )
+        .unwrap();
+}
+
+#[test]
+fn device_sees_exactly_the_request_bytes_random_requests() {
+    let world = World::new();
+    runner(300)
+        .run(
+            &(random_request(), reg(), any::<bool>(), dir()),
+            |(req, reg, iommu, dir)| {
+                let segs = world.segs(&req, reg);
+                check(&world, &segs, iommu, dir)
+            },
+        )
+        .unwrap();
+}
+
+#[test]
+fn unregistered_aligned_requests_behind_an_iommu_are_one_range() {
+    let world = World::new();
+    runner(200)
+        .run(&(aligned_request(), dir()), |(req, dir)| {
+            let segs = world.segs(&req, Reg::None);
+            let fake = FakeMapper::with_iommu(4096);
+            let mut state = DmaState::new();
+            let ranges: Vec<DmaRange> = DmaIter::start(&segs, dir, &fake, &mut state)
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap();
+            prop_assert_eq!(ranges.len(), 1);
+            prop_assert_eq!(ranges[0].len, segs.iter().map(|s| s.len).sum::<u64>());
+            prop_assert_eq!(fake.calls().alloc, 1);
+            state.unmap(&fake);
+            prop_assert_eq!((fake.live_links(), fake.live_iovas()), (0, 0));
+            Ok(())
+        })
+        .unwrap();
+}
+
+#[test]
+fn failure_at_every_link_or_map_position_leaves_nothing_mapped() {
+    let world = World::new();
+    let req = prop_oneof![aligned_request(), random_request()];
+    runner(60)
+        .run(&(req, any::<bool>(), dir()), |(req, iommu, dir)| {
+            let segs = world.segs(&req, Reg::None);
+            // How many link/map calls a clean run makes.
+            let probe = if iommu {
+                FakeMapper::with_iommu(4096)
+            } else {
+                FakeMapper::without_iommu()
+            };
+            let mut state = DmaState::new();
+            let n: Result<Vec<_>, MapError> = DmaIter::start(&segs, dir, &probe, &mut state)
+                .unwrap()
+                .collect();
+            n.unwrap();
+            let calls = probe.calls();
+            state.unmap(&probe);
+            let positions = calls.link.max(calls.map);
+            prop_assert!(positions >= 1);
+            for pos in 0..positions {
+                let fake = if iommu {
+                    FakeMapper::with_iommu(4096)
+                } else {
+                    FakeMapper::without_iommu()
+                };
+                if calls.link > 0 {
+                    fake.fail_link_at(pos);
+                } else {
+                    fake.fail_map_at(pos);
+                }
+                let mut state = DmaState::new();
+                let res: Result<Vec<_>, MapError> =
+                    DmaIter::start(&segs, dir, &fake, &mut state).and_then(|it| it.collect());
+                prop_assert!(
+                    matches!(res, Err(MapError::MapFailed { .. })),
+                    "position {}: {:?}",
+                    pos,
+                    res
+                );
+                prop_assert!(!state.is_mapped());
+                prop_assert_eq!(
+                    (fake.live_links(), fake.live_iovas()),
+                    (0, 0),
+                    "position {}",
+                    pos
+                );
+            }
+            Ok(())
+        })
+        .unwrap();
+}
