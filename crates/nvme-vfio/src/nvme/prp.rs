@@ -149,8 +149,7 @@ where
     };
     let mut end = first.addr.raw() + first.len;
     w.run((first.addr.raw() & !mask) + ps, end, ps)?;
-    let mut index = 1;
-    for r in ranges {
+    for (index, r) in (1..).zip(ranges) {
         let r = r?;
         if end & mask != 0 || r.addr.raw() & mask != 0 {
             return Err(Error::PrpGap {
@@ -160,7 +159,6 @@ where
         }
         end = r.addr.raw() + r.len;
         w.run(r.addr.raw(), end, ps)?;
-        index += 1;
     }
     let prp2 = match (w.head, w.first) {
         (Some(h), _) => h.iova.raw(),

@@ -62,8 +62,9 @@ where
         });
     }
     let mut cur = list.alloc(pool)?;
-    // SAFETY (for every write below): slots are < per_page, inside the page;
-    // the pages belong to this command and are not submitted yet.
+    // Every write below stays in slots < per_page, inside the page; the
+    // pages belong to this command and are not submitted yet.
+    // SAFETY: as just said.
     unsafe {
         cur.write_16(0, first.to_bytes());
         cur.write_16(1, second.to_bytes());

@@ -99,6 +99,8 @@ pub struct SglDescriptor {
 const _: () = assert!(core::mem::size_of::<SglDescriptor>() == 16);
 const _: () = assert!(core::mem::align_of::<SglDescriptor>() == 8);
 
+// `len` is the spec's Length field; a descriptor has no notion of emptiness.
+#[allow(clippy::len_without_is_empty)]
 impl SglDescriptor {
     /// A descriptor of `ty` with subtype Address.
     #[inline]
