@@ -23,6 +23,24 @@ impl fmt::Display for Errno {
 
 impl std::error::Error for Errno {}
 
+/// Where a request's memory lives, as far as DMA is concerned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Memory {
+    /// Host memory (registered or not).
+    Host,
+    /// Device memory reached by bus address (a CMB, a peer BAR).
+    Device,
+}
+
+impl fmt::Display for Memory {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Memory::Host => "host",
+            Memory::Device => "device",
+        })
+    }
+}
+
 /// Why a request could not be mapped. After any of these, nothing of the
 /// request is left mapped.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -50,9 +68,9 @@ pub enum MapError {
         /// Position of the offending segment.
         index: usize,
         /// The kind of memory of segment 0.
-        expected: &'static str,
+        expected: Memory,
         /// The kind of memory of segment `index`.
-        found: &'static str,
+        found: Memory,
     },
     /// The [`DmaState`](crate::DmaState) passed in still holds a mapping.
     #[error("DMA state still holds a mapping; unmap it before reuse")]

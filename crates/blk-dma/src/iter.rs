@@ -16,7 +16,7 @@
 //! 3. Otherwise **direct**, every segment mapped on its own and recorded.
 
 use crate::addr::{Direction, DmaRange, HostAddr, HostSeg, Iova};
-use crate::error::MapError;
+use crate::error::{MapError, Memory};
 use crate::mapper::{Mapper, Region, RegionKind};
 
 /// What the unmap path must undo for one request: the analog of the kernel's
@@ -40,8 +40,9 @@ pub struct DmaState {
 enum Mapping {
     /// Nothing to undo (registered or device memory, or not mapped yet).
     None,
-    /// One coalesced IOVA range, linked in IOVA space of its own.
-    Coalesced(DmaRange),
+    /// One coalesced IOVA range, linked in IOVA space of its own, and the
+    /// log2 of the IOMMU granule it was allocated with.
+    Coalesced(DmaRange, u8),
     /// Segments mapped one by one, listed in `segs`.
     Segments,
 }
@@ -78,7 +79,7 @@ impl DmaState {
     /// The request's single IOVA range, when it was coalesced.
     pub fn coalesced(&self) -> Option<DmaRange> {
         match self.mapping {
-            Mapping::Coalesced(r) => Some(r),
+            Mapping::Coalesced(r, _) => Some(r),
             _ => None,
         }
     }
@@ -91,12 +92,20 @@ impl DmaState {
 
     /// Undoes every mapping this state holds, leaving it empty and ready for
     /// the next request. Does nothing for registered or device memory.
+    #[inline]
     pub fn unmap<M: Mapper + ?Sized>(&mut self, mapper: &M) {
+        if self.mapping != Mapping::None {
+            self.unmap_slow(mapper);
+        }
+    }
+
+    #[inline(never)]
+    fn unmap_slow<M: Mapper + ?Sized>(&mut self, mapper: &M) {
         match self.mapping {
             Mapping::None => {}
-            Mapping::Coalesced(r) => {
+            Mapping::Coalesced(r, shift) => {
                 mapper.unlink(r.addr, r.len, self.dir);
-                let g = mapper.iommu_granule().unwrap_or(1);
+                let g = 1u64 << shift;
                 let base = r.addr.align_down(g);
                 mapper.free_iova(base, span(r.addr.offset_in(g), r.len, g));
             }
@@ -123,30 +132,66 @@ fn span(off: u64, len: u64, g: u64) -> u64 {
     (off + len).next_multiple_of(g)
 }
 
-/// The memory kind of a request, fixed by its first segment.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Memory {
-    Host,
-    Device,
-}
-
-impl Memory {
-    fn name(self) -> &'static str {
-        match self {
-            Memory::Host => "host",
-            Memory::Device => "device",
-        }
-    }
-}
-
-#[derive(Clone, Copy, Debug)]
 enum Mode {
-    /// The single coalesced range, until yielded.
-    Coalesced(Option<DmaRange>),
+    /// One range, held in `pending` until yielded: a coalesced request, or a
+    /// single segment inside one region.
+    One,
     /// Segments translated or mapped one by one.
     Direct,
     /// Exhausted, or failed (and rolled back).
     Done,
+}
+
+/// The last region looked up, reduced to what translation needs:
+/// consecutive segments usually share one. `end == 0` when empty.
+#[derive(Clone, Copy, Debug)]
+struct RegionCache {
+    host: u64,
+    end: u64,
+    addr: u64,
+    memory: Memory,
+}
+
+impl RegionCache {
+    const EMPTY: Self = Self {
+        host: 0,
+        end: 0,
+        addr: 0,
+        memory: Memory::Host,
+    };
+
+    #[inline]
+    fn of(r: &Region) -> Self {
+        Self {
+            host: r.host.raw_u64(),
+            end: r.host.raw_u64().wrapping_add(r.len),
+            addr: r.addr.raw(),
+            memory: memory_of(r.kind),
+        }
+    }
+
+    #[inline]
+    fn contains(&self, a: u64) -> bool {
+        a >= self.host && a < self.end
+    }
+
+    /// The longest prefix of `len` bytes at `a` inside the region.
+    #[inline]
+    fn translate(&self, a: u64, len: u64) -> DmaRange {
+        DmaRange::new(
+            Iova::new(self.addr.wrapping_add(a - self.host)),
+            len.min(self.end - a),
+        )
+    }
+}
+
+#[inline]
+fn memory_of(kind: RegionKind) -> Memory {
+    match kind {
+        RegionKind::Registered => Memory::Host,
+        RegionKind::Device => Memory::Device,
+    }
 }
 
 /// The ranges of one request, produced as the consumer (a PRP or SGL builder)
@@ -163,16 +208,17 @@ pub struct DmaIter<'a, M: Mapper + ?Sized> {
     mapper: &'a M,
     segs: &'a [HostSeg],
     state: &'a mut DmaState,
-    mode: Mode,
-    memory: Memory,
     /// Next segment to consume and the offset into it.
     idx: usize,
     off: u64,
-    /// The range being merged; `len == 0` when there is none.
+    /// The range being merged (or the single range in `Mode::One`);
+    /// `len == 0` when there is none.
     pending: DmaRange,
-    /// The last region looked up: consecutive segments usually share one.
-    region: Option<Region>,
+    region: RegionCache,
     max_seg: u64,
+    mode: Mode,
+    /// The memory kind of the request, fixed by its first segment.
+    memory: Memory,
 }
 
 impl<'a, M: Mapper + ?Sized> DmaIter<'a, M> {
@@ -183,6 +229,7 @@ impl<'a, M: Mapper + ?Sized> DmaIter<'a, M> {
     /// direct path the work happens as ranges are pulled.
     ///
     /// `state` must be empty ([`MapError::StateInUse`] otherwise).
+    #[inline]
     pub fn start(
         segs: &'a [HostSeg],
         dir: Direction,
@@ -194,38 +241,55 @@ impl<'a, M: Mapper + ?Sized> DmaIter<'a, M> {
         }
         let first = *segs.first().ok_or(MapError::EmptyRequest)?;
         state.dir = dir;
-        let region = mapper.lookup(first.addr);
+        let a = first.addr.raw_u64();
+        let region = match mapper.lookup(first.addr) {
+            Some(r) if r.contains(first.addr) => RegionCache::of(&r),
+            _ => RegionCache::EMPTY,
+        };
+        let max_seg = mapper.max_segment_size().max(1);
         let mut it = DmaIter {
             mapper,
             segs,
             state,
-            mode: Mode::Direct,
-            memory: Memory::Host,
             idx: 0,
             off: 0,
             pending: DmaRange::new(Iova::new(0), 0),
             region,
-            max_seg: mapper.max_segment_size().max(1),
+            max_seg,
+            mode: Mode::Direct,
+            memory: region.memory,
         };
-        match region {
-            Some(r) if r.contains(first.addr) => {
-                if r.kind == RegionKind::Device {
-                    it.memory = Memory::Device;
+        if region.end != 0 {
+            // Fast path: one segment inside one region is one range.
+            if segs.len() == 1 && first.len <= region.end - a && first.len <= max_seg {
+                if first.len == 0 {
+                    return Err(MapError::EmptySegment { index: 0 });
                 }
+                it.pending = region.translate(a, first.len);
+                it.mode = Mode::One;
             }
-            _ => {
-                if let Some(g) = mapper.iommu_granule() {
-                    if let Some(total) = coalescible(segs, g)? {
-                        if total <= it.max_seg {
-                            let range = link_all(segs, total, g, dir, mapper)?;
-                            it.state.mapping = Mapping::Coalesced(range);
-                            it.mode = Mode::Coalesced(Some(range));
-                        }
-                    }
-                }
-            }
+        } else {
+            it.try_coalesce(dir)?;
         }
         Ok(it)
+    }
+
+    /// The coalesced path, for a request starting in unregistered host
+    /// memory: taken when the backend has an IOMMU and the segments qualify.
+    #[inline(never)]
+    fn try_coalesce(&mut self, dir: Direction) -> Result<(), MapError> {
+        let Some(g) = self.mapper.iommu_granule() else {
+            return Ok(());
+        };
+        if let Some(total) = coalescible(self.segs, g)? {
+            if total <= self.max_seg {
+                let range = link_all(self.segs, total, g, dir, self.mapper)?;
+                self.state.mapping = Mapping::Coalesced(range, g.trailing_zeros() as u8);
+                self.pending = range;
+                self.mode = Mode::One;
+            }
+        }
+        Ok(())
     }
 
     /// Whether the request was coalesced into one IOVA range (it then yields
@@ -239,7 +303,19 @@ impl<'a, M: Mapper + ?Sized> DmaIter<'a, M> {
         self.state.coalesced()
     }
 
+    /// The request's only range, when [`start`](Self::start) already knows
+    /// there is exactly one: a coalesced request, or a single segment inside
+    /// one registered or device region. Consumers can then skip iterating.
+    #[inline]
+    pub fn single(&self) -> Option<DmaRange> {
+        match self.mode {
+            Mode::One => Some(self.pending),
+            _ => None,
+        }
+    }
+
     /// Undoes what this iterator mapped and finishes it.
+    #[cold]
     fn fail(&mut self, e: MapError) -> Option<Result<DmaRange, MapError>> {
         self.state.unmap(self.mapper);
         self.mode = Mode::Done;
@@ -260,68 +336,74 @@ impl<'a, M: Mapper + ?Sized> DmaIter<'a, M> {
             }
         }
         // No overflow: seg.addr + seg.len was checked above.
-        let addr = HostAddr::new(seg.addr.raw() + self.off as usize);
+        let a = seg.addr.raw_u64() + self.off;
         let remaining = seg.len - self.off;
-        let region = match self.region {
-            Some(r) if r.contains(addr) => Some(r),
-            _ => {
-                let r = self.mapper.lookup(addr).filter(|r| r.contains(addr));
-                if r.is_some() {
-                    self.region = r;
-                }
-                r
-            }
-        };
-        let (range, memory) = match region {
-            Some(r) => (
-                r.translate(addr, remaining),
-                match r.kind {
-                    RegionKind::Registered => Memory::Host,
-                    RegionKind::Device => Memory::Device,
-                },
-            ),
-            None => {
-                if self.memory == Memory::Device {
-                    return Some(Err(self.mixed(Memory::Host)));
-                }
-                match self
-                    .mapper
-                    .map_segment(HostSeg::new(addr, remaining), self.state.dir)
-                {
-                    Ok(r) if r.len > 0 && r.len <= remaining => {
-                        self.state.record(r);
-                        (r, Memory::Host)
+        if !self.region.contains(a) {
+            let addr = HostAddr::new(a as usize);
+            match self.mapper.lookup(addr) {
+                Some(r) if r.contains(addr) => {
+                    // Never cache a region of the other memory kind: the
+                    // fast path in `next_in_region` relies on it.
+                    let cache = RegionCache::of(&r);
+                    if cache.memory != self.memory {
+                        return Some(Err(self.mixed(cache.memory)));
                     }
-                    Ok(r) => {
-                        // A backend bug; undo it and fail rather than loop or
-                        // overrun the segment.
-                        self.mapper.unmap_segment(r, self.state.dir);
-                        return Some(Err(MapError::MapFailed {
-                            host: addr,
-                            len: remaining,
-                            source: crate::error::Errno(libc_einval()),
-                        }));
-                    }
-                    Err(e) => return Some(Err(e)),
+                    self.region = cache;
+                }
+                _ => {
+                    return self
+                        .map_one(addr, remaining)
+                        .map(|r| r.map(|r| self.advance(seg, r)))
                 }
             }
-        };
-        if memory != self.memory {
-            return Some(Err(self.mixed(memory)));
         }
-        self.off += range.len;
+        let r = self.region.translate(a, remaining);
+        Some(Ok(self.advance(seg, r)))
+    }
+
+    /// Maps `remaining` bytes at `addr` (outside every region) on their own.
+    fn map_one(&mut self, addr: HostAddr, remaining: u64) -> Option<Result<DmaRange, MapError>> {
+        if self.memory == Memory::Device {
+            return Some(Err(self.mixed(Memory::Host)));
+        }
+        match self
+            .mapper
+            .map_segment(HostSeg::new(addr, remaining), self.state.dir)
+        {
+            Ok(r) if r.len > 0 && r.len <= remaining => {
+                self.state.record(r);
+                Some(Ok(r))
+            }
+            Ok(r) => {
+                // A backend bug; undo it and fail rather than loop or overrun
+                // the segment.
+                self.mapper.unmap_segment(r, self.state.dir);
+                Some(Err(MapError::MapFailed {
+                    host: addr,
+                    len: remaining,
+                    source: crate::error::Errno(libc_einval()),
+                }))
+            }
+            Err(e) => Some(Err(e)),
+        }
+    }
+
+    /// Moves past `r.len` bytes of `seg` and returns `r`.
+    #[inline]
+    fn advance(&mut self, seg: HostSeg, r: DmaRange) -> DmaRange {
+        self.off += r.len;
         if self.off == seg.len {
             self.idx += 1;
             self.off = 0;
         }
-        Some(Ok(range))
+        r
     }
 
     fn mixed(&self, found: Memory) -> MapError {
         MapError::MixedMemory {
             index: self.idx,
-            expected: self.memory.name(),
-            found: found.name(),
+            expected: self.memory,
+            found,
         }
     }
 
@@ -342,9 +424,9 @@ impl<M: Mapper + ?Sized> Iterator for DmaIter<'_, M> {
     fn next(&mut self) -> Option<Self::Item> {
         match self.mode {
             Mode::Direct => {}
-            Mode::Coalesced(r) => {
-                self.mode = Mode::Coalesced(None);
-                return r.map(Ok);
+            Mode::One => {
+                self.mode = Mode::Done;
+                return Some(Ok(self.pending));
             }
             Mode::Done => return None,
         }
@@ -362,20 +444,112 @@ impl<M: Mapper + ?Sized> Iterator for DmaIter<'_, M> {
                 }
                 Some(Err(e)) => return self.fail(e),
                 Some(Ok(r)) => {
-                    if self.pending.len == 0 {
-                        self.pending = r;
-                    } else if self.pending.end() == r.addr
-                        && self.pending.len + r.len <= self.max_seg
-                    {
-                        self.pending.len += r.len;
-                    } else {
-                        let out = self.emit();
-                        self.pending = r;
+                    if let Some(out) = self.absorb(r) {
                         return Some(Ok(out));
                     }
                 }
             }
         }
+    }
+}
+
+/// A consumer of device ranges, such as a PRP or SGL builder, fed by
+/// [`DmaIter::feed`].
+pub trait RangeSink {
+    /// The consumer's error; mapping errors convert into it.
+    type Error: From<MapError>;
+
+    /// Takes the next range of the request.
+    fn push(&mut self, range: DmaRange) -> Result<(), Self::Error>;
+}
+
+impl<M: Mapper + ?Sized> DmaIter<'_, M> {
+    /// Merges `r` into the pending range, or returns the pending range to
+    /// emit (then `r` is pending). The pending range is shorter than the
+    /// maximum segment size on entry.
+    #[inline(always)]
+    fn absorb(&mut self, r: DmaRange) -> Option<DmaRange> {
+        if self.pending.len == 0 {
+            self.pending = r;
+            None
+        } else if self.pending.end() == r.addr && self.pending.len + r.len <= self.max_seg {
+            self.pending.len += r.len;
+            None
+        } else {
+            Some(core::mem::replace(&mut self.pending, r))
+        }
+    }
+
+    /// The next segment, when it lies wholly inside the cached region and
+    /// needs no splitting: the common case, translated without a call.
+    #[inline(always)]
+    fn next_in_region(&mut self) -> Option<DmaRange> {
+        if self.off != 0 {
+            return None;
+        }
+        let seg = self.segs.get(self.idx)?;
+        let a = seg.addr.raw_u64();
+        // 0 < len <= min(room in the region, max_seg), in one comparison.
+        // The cache never holds a region of the other memory kind.
+        let fits = self.region.contains(a)
+            && seg.len.wrapping_sub(1) < (self.region.end - a).min(self.max_seg);
+        if !fits {
+            return None;
+        }
+        self.idx += 1;
+        Some(DmaRange::new(
+            Iova::new(self.region.addr.wrapping_add(a - self.region.host)),
+            seg.len,
+        ))
+    }
+
+    /// Feeds every range of the request to `sink`, in order: the same ranges
+    /// as iterating, produced in a tight loop with the sink inlined (the
+    /// I/O path's way to consume a request).
+    ///
+    /// Stops at the first error, from mapping (after undoing what this
+    /// iterator mapped) or from the sink (the [`DmaState`] then holds what
+    /// was mapped so far, for [`DmaState::unmap`]).
+    #[inline]
+    pub fn feed<S: RangeSink>(mut self, sink: &mut S) -> Result<(), S::Error> {
+        match self.mode {
+            Mode::Direct => {}
+            Mode::One => {
+                self.mode = Mode::Done;
+                return sink.push(self.pending);
+            }
+            Mode::Done => return Ok(()),
+        }
+        loop {
+            while let Some(r) = self.next_in_region() {
+                if let Some(out) = self.absorb(r) {
+                    sink.push(out)?;
+                }
+            }
+            match self.next_raw() {
+                None => break,
+                Some(Err(e)) => {
+                    self.state.unmap(self.mapper);
+                    self.mode = Mode::Done;
+                    return Err(e.into());
+                }
+                Some(Ok(r)) => {
+                    if let Some(out) = self.absorb(r) {
+                        sink.push(out)?;
+                    }
+                    while self.pending.len >= self.max_seg {
+                        let out = self.emit();
+                        sink.push(out)?;
+                    }
+                }
+            }
+        }
+        self.mode = Mode::Done;
+        while self.pending.len != 0 {
+            let out = self.emit();
+            sink.push(out)?;
+        }
+        Ok(())
     }
 }
 
@@ -441,8 +615,8 @@ fn link_all<M: Mapper + ?Sized>(
                 if r.kind == RegionKind::Device && r.contains(s.addr) {
                     result = Err(MapError::MixedMemory {
                         index,
-                        expected: Memory::Host.name(),
-                        found: Memory::Device.name(),
+                        expected: Memory::Host,
+                        found: Memory::Device,
                     });
                     break;
                 }

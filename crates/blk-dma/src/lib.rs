@@ -45,6 +45,6 @@ mod mapper;
 pub mod fake;
 
 pub use addr::{Direction, DmaRange, HostAddr, HostSeg, Iova};
-pub use error::{Errno, MapError};
-pub use iter::{DmaIter, DmaState};
+pub use error::{Errno, MapError, Memory};
+pub use iter::{DmaIter, DmaState, RangeSink};
 pub use mapper::{Mapper, Region, RegionKind};

@@ -37,6 +37,18 @@ impl Region {
         addr.raw_u64().wrapping_sub(self.host.raw_u64()) < self.len
     }
 
+    /// The device range of `seg` when it lies wholly inside the region (and
+    /// is not empty).
+    #[inline]
+    pub fn translate_whole(&self, seg: HostSeg) -> Option<DmaRange> {
+        let off = seg.addr.raw_u64().wrapping_sub(self.host.raw_u64());
+        if off < self.len && seg.len <= self.len - off && seg.len != 0 {
+            Some(DmaRange::new(self.addr.wrapping_add(off), seg.len))
+        } else {
+            None
+        }
+    }
+
     /// Translates the longest prefix of `len` bytes at `addr` that lies in the
     /// region. The caller has checked [`contains`](Self::contains).
     #[inline]

@@ -1,7 +1,9 @@
 //! Each mapping path of `DmaIter`, with made-up addresses.
 
 use blk_dma::fake::FakeMapper;
-use blk_dma::{Direction, DmaIter, DmaRange, DmaState, HostAddr, HostSeg, Iova, MapError, Mapper};
+use blk_dma::{
+    Direction, DmaIter, DmaRange, DmaState, HostAddr, HostSeg, Iova, MapError, Mapper, Memory,
+};
 
 fn seg(addr: usize, len: u64) -> HostSeg {
     HostSeg::new(HostAddr::new(addr), len)
@@ -129,8 +131,8 @@ fn mixing_device_and_host_memory_is_an_error_either_way() {
         err,
         MapError::MixedMemory {
             index: 1,
-            expected: "device",
-            found: "host"
+            expected: Memory::Device,
+            found: Memory::Host
         }
     );
     // Host first (coalescible), then device.
@@ -140,8 +142,8 @@ fn mixing_device_and_host_memory_is_an_error_either_way() {
         err,
         MapError::MixedMemory {
             index: 1,
-            expected: "host",
-            found: "device"
+            expected: Memory::Host,
+            found: Memory::Device
         }
     );
     // Host first (not coalescible), then device.

@@ -10,7 +10,7 @@ use blk_dma::fake::FakeMapper;
 use blk_dma::{Direction, DmaIter, DmaRange, DmaState, HostSeg, MapError};
 use common::{Arena, Device};
 use nvme_vfio::nvme::desc::{DescList, HeapPool};
-use nvme_vfio::nvme::dptr::{self, Format, Policy, QueueKind, Shape};
+use nvme_vfio::nvme::dptr::{self, Format, Policy, QueueKind, Setup, Shape};
 use nvme_vfio::nvme::spec::{DataPtr, PageSize};
 use nvme_vfio::nvme::walk::{walk_prp, walk_sgl, DeviceMemory};
 use proptest::prelude::*;
@@ -141,6 +141,7 @@ fn check(
     segs: &[HostSeg],
     iommu: bool,
     dir: Direction,
+    via_map_data: bool,
 ) -> Result<(), TestCaseError> {
     let fake = if iommu {
         FakeMapper::with_iommu(4096)
@@ -158,16 +159,34 @@ fn check(
     let mut list = DescList::new();
     let total: u64 = segs.iter().map(|s| s.len).sum();
 
-    let it = DmaIter::start(segs, dir, &fake, &mut state)
-        .map_err(|e| TestCaseError::fail(e.to_string()))?;
-    let shape = match it.coalesced() {
-        Some(r) => Shape::coalesced(r),
-        None => Shape::of_segments(segs, page),
+    let fail = |e: &dyn std::fmt::Display| TestCaseError::fail(e.to_string());
+    let (dp, format) = if via_map_data {
+        // The I/O path: map_data, ranges fed through RangeSink.
+        let setup = Setup {
+            policy,
+            queue: QueueKind::Io,
+            page,
+            pool: &mut pool,
+            list: &mut list,
+        };
+        let dp = dptr::map_data(segs, dir, &fake, &mut state, setup).map_err(|e| fail(&e))?;
+        let format = match dp {
+            DataPtr::Prp { .. } => Format::Prp,
+            DataPtr::Sgl(_) => Format::Sgl,
+        };
+        (dp, format)
+    } else {
+        // The pull iterator into the generic builders.
+        let it = DmaIter::start(segs, dir, &fake, &mut state).map_err(|e| fail(&e))?;
+        let shape = match it.coalesced() {
+            Some(r) => Shape::coalesced(r),
+            None => Shape::of_segments(segs, page),
+        };
+        let format = policy.choose(QueueKind::Io, shape);
+        let dp = dptr::build(format, it, page, &mut pool, &mut list).map_err(|e| fail(&e))?;
+        (dp, format)
     };
-    let coalesced = it.is_coalesced();
-    let format = policy.choose(QueueKind::Io, shape);
-    let dp = dptr::build(format, it, page, &mut pool, &mut list)
-        .map_err(|e| TestCaseError::fail(e.to_string()))?;
+    let coalesced = state.coalesced().is_some();
 
     let dev = Device {
         iommu: &fake,
@@ -221,10 +240,16 @@ fn device_sees_exactly_the_request_bytes_aligned_requests() {
     let world = World::new();
     runner(300)
         .run(
-            &(aligned_request(), reg(), any::<bool>(), dir()),
-            |(req, reg, iommu, dir)| {
+            &(
+                aligned_request(),
+                reg(),
+                any::<bool>(),
+                dir(),
+                any::<bool>(),
+            ),
+            |(req, reg, iommu, dir, via_map_data)| {
                 let segs = world.segs(&req, reg);
-                check(&world, &segs, iommu, dir)
+                check(&world, &segs, iommu, dir, via_map_data)
             },
         )
         .unwrap();
@@ -235,10 +260,10 @@ fn device_sees_exactly_the_request_bytes_random_requests() {
     let world = World::new();
     runner(300)
         .run(
-            &(random_request(), reg(), any::<bool>(), dir()),
-            |(req, reg, iommu, dir)| {
+            &(random_request(), reg(), any::<bool>(), dir(), any::<bool>()),
+            |(req, reg, iommu, dir, via_map_data)| {
                 let segs = world.segs(&req, reg);
-                check(&world, &segs, iommu, dir)
+                check(&world, &segs, iommu, dir, via_map_data)
             },
         )
         .unwrap();

@@ -11,7 +11,7 @@ use blk_dma::fake::FakeMapper;
 use blk_dma::{Direction, DmaIter, DmaState, HostSeg};
 use common::Arena;
 use nvme_vfio::nvme::desc::{DescList, HeapPool};
-use nvme_vfio::nvme::dptr::{self, Format, Policy, QueueKind, Shape};
+use nvme_vfio::nvme::dptr::{self, Format, Policy, QueueKind, Setup, Shape};
 use nvme_vfio::nvme::spec::PageSize;
 
 struct Counting;
@@ -61,6 +61,21 @@ fn run(
     let mut list = DescList::new();
     let before = allocs();
     for _ in 0..n {
+        if format.is_none() {
+            // The I/O path.
+            let setup = Setup {
+                policy,
+                queue: QueueKind::Io,
+                page: PageSize::DEFAULT,
+                pool,
+                list: &mut list,
+            };
+            let dp = dptr::map_data(segs, Direction::FromDevice, fake, &mut state, setup).unwrap();
+            std::hint::black_box(dp);
+            list.release(pool);
+            state.unmap(fake);
+            continue;
+        }
         let it = DmaIter::start(segs, Direction::FromDevice, fake, &mut state).unwrap();
         let shape = match it.coalesced() {
             Some(r) => Shape::coalesced(r),

@@ -6,11 +6,11 @@
 //! can describe them) or their average size is at least a threshold (one
 //! descriptor per range beats one entry per page); PRPs otherwise.
 
-use blk_dma::{DmaRange, HostSeg, MapError};
+use blk_dma::{Direction, DmaIter, DmaRange, DmaState, HostSeg, MapError, Mapper};
 
 use super::desc::{DescList, DescPool};
-use super::prp::build_prp;
-use super::sgl::build_sgl;
+use super::prp::{build_prp, prp_simple, PrpBuilder};
+use super::sgl::{build_sgl, data_block, SglBuilder};
 use super::spec::{DataPtr, PageSize};
 use crate::error::Error;
 
@@ -62,23 +62,28 @@ impl Shape {
     /// is device alignment.
     pub fn of_segments(segs: &[HostSeg], page: PageSize) -> Self {
         let mask = page.bytes() - 1;
-        let mut len = 0u64;
-        let mut gaps = 0u64;
-        for (i, s) in segs.iter().enumerate() {
+        let Some(first) = segs.first() else {
+            return Self {
+                ranges: 0,
+                len: 0,
+                prp_ok: false,
+            };
+        };
+        // Every interior boundary: the end of one segment and the start of
+        // the next, or-ed together, must be page aligned.
+        let mut gaps = 0;
+        let mut len = first.len;
+        let mut prev_end = first.addr.raw_u64().wrapping_add(first.len);
+        for s in &segs[1..] {
             let start = s.addr.raw_u64();
-            if i > 0 {
-                gaps |= start & mask;
-            }
-            if i + 1 < segs.len() {
-                gaps |= start.wrapping_add(s.len) & mask;
-            }
+            gaps |= prev_end | start;
+            prev_end = start.wrapping_add(s.len);
             len = len.saturating_add(s.len);
         }
-        let first_ok = segs.first().is_some_and(|s| s.addr.raw_u64() & 3 == 0);
         Self {
             ranges: segs.len(),
             len,
-            prp_ok: first_ok && gaps == 0,
+            prp_ok: first.addr.raw_u64() & 3 == 0 && gaps & mask == 0,
         }
     }
 }
@@ -112,8 +117,9 @@ impl Policy {
         if !shape.prp_ok {
             return Format::Sgl;
         }
-        let avg = shape.len / shape.ranges.max(1) as u64;
-        if self.sgl_threshold != 0 && avg >= self.sgl_threshold {
+        // avg = len / ranges >= threshold, without a division.
+        let avg_reaches = shape.len >= self.sgl_threshold.saturating_mul(shape.ranges as u64);
+        if self.sgl_threshold != 0 && avg_reaches {
             Format::Sgl
         } else {
             Format::Prp
@@ -137,6 +143,114 @@ where
         Format::Prp => build_prp(ranges, page, pool, list),
         Format::Sgl => build_sgl(ranges, pool, list),
     }
+}
+
+/// What [`map_data`] needs besides the request: the controller's rules and
+/// the command's descriptor resources.
+#[derive(Debug)]
+pub struct Setup<'a, P: DescPool + ?Sized> {
+    /// PRP or SGL choice.
+    pub policy: Policy,
+    /// The queue the command goes to.
+    pub queue: QueueKind,
+    /// Controller page size (CC.MPS).
+    pub page: PageSize,
+    /// Where PRP list and SGL segment pages come from.
+    pub pool: &'a mut P,
+    /// The command's descriptor pages (empty on entry).
+    pub list: &'a mut DescList,
+}
+
+/// Maps a request's segments and builds its data pointer: the I/O path's
+/// whole host-side setup, like the kernel's `nvme_map_data`.
+///
+/// A request that blk-dma maps to one range (a single segment in registered
+/// or device memory, or a coalesced request) takes a short path: an inline
+/// SGL data block, or PRP1/PRP2 when it spans at most two pages. Otherwise
+/// the ranges stream from blk-dma into the chosen builder.
+///
+/// On error nothing stays mapped and every descriptor page is back in the
+/// pool. On success `state` and `setup.list` hold what the completion must
+/// release ([`DmaState::unmap`], [`DescList::release`]).
+#[inline]
+pub fn map_data<M, P>(
+    segs: &[HostSeg],
+    dir: Direction,
+    mapper: &M,
+    state: &mut DmaState,
+    setup: Setup<'_, P>,
+) -> Result<DataPtr, Error>
+where
+    M: Mapper + ?Sized,
+    P: DescPool + ?Sized,
+{
+    if let ([seg], false) = (segs, state.is_mapped()) {
+        // One buffer in registered or device memory: no iterator, no state.
+        if let Some(r) = mapper
+            .lookup(seg.addr)
+            .and_then(|r| r.translate_whole(*seg))
+        {
+            match setup.policy.choose(setup.queue, Shape::coalesced(r)) {
+                Format::Sgl => return data_block(r).map(DataPtr::Sgl),
+                Format::Prp => {
+                    if let Some(dp) = prp_simple(r, setup.page) {
+                        return Ok(dp);
+                    }
+                }
+            }
+        }
+    }
+    map_data_slow(segs, dir, mapper, state, setup)
+}
+
+/// [`map_data`] for everything but a single segment in one region.
+#[inline(never)]
+fn map_data_slow<M, P>(
+    segs: &[HostSeg],
+    dir: Direction,
+    mapper: &M,
+    state: &mut DmaState,
+    setup: Setup<'_, P>,
+) -> Result<DataPtr, Error>
+where
+    M: Mapper + ?Sized,
+    P: DescPool + ?Sized,
+{
+    let it = DmaIter::start(segs, dir, mapper, state)?;
+    let (format, single) = match it.single() {
+        Some(r) => (
+            setup.policy.choose(setup.queue, Shape::coalesced(r)),
+            Some(r),
+        ),
+        None => (
+            setup
+                .policy
+                .choose(setup.queue, Shape::of_segments(segs, setup.page)),
+            None,
+        ),
+    };
+    let Setup {
+        page, pool, list, ..
+    } = setup;
+    let out = match (format, single) {
+        (Format::Sgl, Some(r)) => data_block(r).map(DataPtr::Sgl),
+        (Format::Sgl, None) => SglBuilder::new(&mut *pool, &mut *list).and_then(|mut b| {
+            it.feed(&mut b)?;
+            b.finish()
+        }),
+        (Format::Prp, single) => match single.and_then(|r| prp_simple(r, page)) {
+            Some(dp) => Ok(dp),
+            None => PrpBuilder::new(page, &mut *pool, &mut *list).and_then(|mut b| {
+                it.feed(&mut b)?;
+                b.finish()
+            }),
+        },
+    };
+    if out.is_err() {
+        list.release(pool);
+        state.unmap(mapper);
+    }
+    out
 }
 
 #[cfg(test)]

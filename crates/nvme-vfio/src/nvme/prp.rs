@@ -10,19 +10,46 @@
 //! - A PRP list fills one controller page; when more entries are needed, the
 //!   last entry of the page points to the next list page instead.
 
-use blk_dma::{DmaRange, Iova, MapError};
+use blk_dma::{DmaRange, Iova, MapError, RangeSink};
 
 use super::desc::{DescList, DescPage, DescPool};
 use super::spec::{DataPtr, PageSize};
 use crate::error::Error;
 
-/// Writes PRP entries after PRP1, switching to a list on the second entry
-/// and chaining list pages as they fill.
-struct PrpWriter<'a, P: DescPool + ?Sized> {
+/// PRP1/PRP2 for a single range spanning at most two controller pages (no
+/// list needed), or `None` when it needs the general builder (more pages,
+/// or a PRP1 that is not dword aligned, which the builder reports).
+#[inline]
+pub fn prp_simple(r: DmaRange, page: PageSize) -> Option<DataPtr> {
+    let ps = page.bytes();
+    let a = r.addr.raw();
+    let second = (a & !(ps - 1)) + ps;
+    let end = a.checked_add(r.len)?;
+    if a & 3 != 0 || r.len == 0 || end > second + ps {
+        return None;
+    }
+    let prp2 = if end > second { second } else { 0 };
+    Some(DataPtr::Prp {
+        prp1: r.addr,
+        prp2: Iova::new(prp2),
+    })
+}
+
+/// A PRP builder fed one range at a time ([`RangeSink`]); entries after
+/// PRP1 go to PRP2 while there is one, then to list pages chained as they
+/// fill.
+#[derive(Debug)]
+pub struct PrpBuilder<'a, P: DescPool + ?Sized> {
     pool: &'a mut P,
     list: &'a mut DescList,
+    ps: u64,
     per_page: usize,
-    /// The single entry so far, while no list page is in use.
+    /// Ranges pushed so far.
+    ranges: usize,
+    prp1: Iova,
+    /// End of the last range pushed.
+    end: u64,
+    /// The single entry after PRP1, while no list page is in use.
     first: Option<u64>,
     /// The list page being filled and the next free slot in it.
     cur: Option<DescPage>,
@@ -33,57 +60,137 @@ struct PrpWriter<'a, P: DescPool + ?Sized> {
     head: Option<DescPage>,
 }
 
-impl<P: DescPool + ?Sized> PrpWriter<'_, P> {
-    /// Appends the entries for the pages `[next, end)`, `next` page aligned.
+impl<'a, P: DescPool + ?Sized> PrpBuilder<'a, P> {
+    /// A builder for controller page size `page`, taking list pages from
+    /// `pool` into `list` (which must be empty).
     #[inline]
-    fn run(&mut self, mut next: u64, end: u64, page: u64) -> Result<(), Error> {
+    pub fn new(page: PageSize, pool: &'a mut P, list: &'a mut DescList) -> Result<Self, Error> {
+        let ps = page.bytes();
+        if pool.page_size() < ps as usize {
+            return Err(Error::DescPageTooSmall {
+                pool: pool.page_size(),
+                page: ps as usize,
+            });
+        }
+        Ok(Self {
+            pool,
+            list,
+            ps,
+            per_page: page.prps_per_page(),
+            ranges: 0,
+            prp1: Iova::new(0),
+            end: 0,
+            first: None,
+            cur: None,
+            idx: 0,
+            last: 0,
+            head: None,
+        })
+    }
+
+    /// Appends the entries for the pages `[next, end)`, `next` page aligned.
+    #[inline(always)]
+    fn run(&mut self, mut next: u64, end: u64) -> Result<(), Error> {
         while next < end {
-            let cur = match self.cur {
-                Some(c) if self.idx < self.per_page => c,
-                Some(c) => {
-                    // Page full: its last slot becomes the pointer to the
-                    // next page, and the entry that was there moves over.
-                    let n = self.list.alloc(self.pool)?;
-                    // SAFETY: slots 0 and per_page - 1 are inside pages of at
-                    // least a controller page (checked in build_prp); both
-                    // pages belong to this command and are not submitted yet.
-                    unsafe {
-                        n.write_u64(0, self.last);
-                        c.write_u64(self.per_page - 1, n.iova.raw());
-                    }
-                    self.cur = Some(n);
-                    self.idx = 1;
-                    n
+            match self.cur {
+                Some(cur) if self.idx < self.per_page => {
+                    // SAFETY: idx < per_page, inside a list page of at least
+                    // a controller page (checked in `new`); the page belongs
+                    // to this command and is not submitted yet.
+                    unsafe { cur.write_u64(self.idx, next) };
+                    self.idx += 1;
                 }
-                None => match self.first {
-                    None => {
-                        self.first = Some(next);
-                        self.last = next;
-                        next += page;
-                        continue;
+                _ => {
+                    if let Some(cur) = self.next_page(next)? {
+                        // SAFETY: as above; next_page leaves idx < per_page.
+                        unsafe { cur.write_u64(self.idx, next) };
+                        self.idx += 1;
                     }
-                    Some(first) => {
-                        let n = self.list.alloc(self.pool)?;
-                        // SAFETY: as above, slot 0.
-                        unsafe { n.write_u64(0, first) };
-                        self.head = Some(n);
-                        self.cur = Some(n);
-                        self.idx = 1;
-                        n
-                    }
-                },
-            };
-            let room = (self.per_page - self.idx) as u64;
-            let count = (end - next).div_ceil(page).min(room);
-            for k in 0..count as usize {
-                // SAFETY: idx + k < per_page: inside the page, as above.
-                unsafe { cur.write_u64(self.idx + k, next) };
-                next += page;
+                }
             }
-            self.idx += count as usize;
-            self.last = next - page;
+            self.last = next;
+            next += self.ps;
         }
         Ok(())
+    }
+
+    /// Where entry `next` goes when the current page (if any) is full:
+    /// `Ok(None)` when it becomes the single entry after PRP1; otherwise a
+    /// list page with a free slot: a fresh page takes the single entry
+    /// along (the first page) or the full page's last entry, whose slot
+    /// becomes the chain pointer.
+    #[cold]
+    fn next_page(&mut self, next: u64) -> Result<Option<DescPage>, Error> {
+        let moved = match (self.cur, self.first) {
+            (None, None) => {
+                self.first = Some(next);
+                return Ok(None);
+            }
+            (None, Some(first)) => first,
+            (Some(_), _) => self.last,
+        };
+        let n = self.list.alloc(self.pool)?;
+        // SAFETY: slot 0 of a fresh page, and the last slot of the full one;
+        // both pages belong to this command and are not submitted yet.
+        unsafe {
+            n.write_u64(0, moved);
+            if let Some(c) = self.cur {
+                c.write_u64(self.per_page - 1, n.iova.raw());
+            }
+        }
+        if self.head.is_none() {
+            self.head = Some(n);
+        }
+        self.cur = Some(n);
+        self.idx = 1;
+        Ok(Some(n))
+    }
+
+    /// The data pointer, once every range is pushed.
+    pub fn finish(self) -> Result<DataPtr, Error> {
+        if self.ranges == 0 {
+            return Err(Error::EmptyTransfer);
+        }
+        let prp2 = match (self.head, self.first) {
+            (Some(h), _) => h.iova.raw(),
+            (None, Some(e)) => e,
+            (None, None) => 0,
+        };
+        Ok(DataPtr::Prp {
+            prp1: self.prp1,
+            prp2: Iova::new(prp2),
+        })
+    }
+}
+
+impl<P: DescPool + ?Sized> RangeSink for PrpBuilder<'_, P> {
+    type Error = Error;
+
+    #[inline(always)]
+    fn push(&mut self, r: DmaRange) -> Result<(), Error> {
+        let mask = self.ps - 1;
+        let a = r.addr.raw();
+        if self.ranges == 0 {
+            if r.len == 0 {
+                return Err(Error::EmptyTransfer);
+            }
+            if a & 3 != 0 {
+                return Err(Error::PrpMisaligned { addr: r.addr });
+            }
+            self.prp1 = r.addr;
+            self.end = a + r.len;
+            self.ranges = 1;
+            return self.run((a & !mask) + self.ps, self.end);
+        }
+        if (self.end | a) & mask != 0 {
+            return Err(Error::PrpGap {
+                index: self.ranges,
+                addr: r.addr,
+            });
+        }
+        self.ranges += 1;
+        self.end = a + r.len;
+        self.run(a, self.end)
     }
 }
 
@@ -104,69 +211,14 @@ where
     I: IntoIterator<Item = Result<DmaRange, MapError>>,
     P: DescPool + ?Sized,
 {
-    let r = build(ranges.into_iter(), page, pool, list);
+    let r = PrpBuilder::new(page, pool, list).and_then(|mut b| {
+        for r in ranges {
+            b.push(r?)?;
+        }
+        b.finish()
+    });
     if r.is_err() {
         list.release(pool);
     }
     r
-}
-
-#[inline]
-fn build<I, P>(
-    mut ranges: I,
-    page: PageSize,
-    pool: &mut P,
-    list: &mut DescList,
-) -> Result<DataPtr, Error>
-where
-    I: Iterator<Item = Result<DmaRange, MapError>>,
-    P: DescPool + ?Sized,
-{
-    let ps = page.bytes();
-    let mask = ps - 1;
-    let first = ranges.next().ok_or(Error::EmptyTransfer)??;
-    if first.len == 0 {
-        return Err(Error::EmptyTransfer);
-    }
-    if first.addr.raw() & 3 != 0 {
-        return Err(Error::PrpMisaligned { addr: first.addr });
-    }
-    if pool.page_size() < ps as usize {
-        return Err(Error::DescPageTooSmall {
-            pool: pool.page_size(),
-            page: ps as usize,
-        });
-    }
-    let mut w = PrpWriter {
-        per_page: page.prps_per_page(),
-        pool,
-        list,
-        first: None,
-        cur: None,
-        idx: 0,
-        last: 0,
-        head: None,
-    };
-    let mut end = first.addr.raw() + first.len;
-    w.run((first.addr.raw() & !mask) + ps, end, ps)?;
-    for (index, r) in (1..).zip(ranges) {
-        let r = r?;
-        if end & mask != 0 || r.addr.raw() & mask != 0 {
-            return Err(Error::PrpGap {
-                index,
-                addr: r.addr,
-            });
-        }
-        end = r.addr.raw() + r.len;
-        w.run(r.addr.raw(), end, ps)?;
-    }
-    let prp2 = match (w.head, w.first) {
-        (Some(h), _) => h.iova.raw(),
-        (None, Some(e)) => e,
-        (None, None) => 0,
-    };
-    Ok(DataPtr::Prp {
-        prp1: first.addr,
-        prp2: Iova::new(prp2),
-    })
 }

@@ -11,7 +11,7 @@
 //! - A segment descriptor's length is the byte length of the segment it
 //!   points to.
 
-use blk_dma::{DmaRange, MapError};
+use blk_dma::{DmaRange, MapError, RangeSink};
 
 use super::desc::{DescList, DescPage, DescPool};
 use super::spec::{DataPtr, SglDescriptor, SglType};
@@ -19,9 +19,138 @@ use crate::error::Error;
 
 /// A Data Block descriptor for a range, if its length fits.
 #[inline]
-fn data_block(r: DmaRange) -> Result<SglDescriptor, Error> {
+pub(crate) fn data_block(r: DmaRange) -> Result<SglDescriptor, Error> {
     let len = u32::try_from(r.len).map_err(|_| Error::SglRangeTooLong { len: r.len })?;
     Ok(SglDescriptor::data(r.addr, len))
+}
+
+/// An SGL builder fed one range at a time ([`RangeSink`]).
+#[derive(Debug)]
+pub struct SglBuilder<'a, P: DescPool + ?Sized> {
+    pool: &'a mut P,
+    list: &'a mut DescList,
+    per_page: usize,
+    /// Descriptors pushed so far.
+    count: usize,
+    /// The first data descriptor, kept inline until a second one arrives.
+    first: SglDescriptor,
+    /// The segment being filled and its next free slot.
+    cur: Option<DescPage>,
+    idx: usize,
+    /// The last data descriptor written, to move when a segment fills up.
+    last: SglDescriptor,
+    /// Where the descriptor pointing at `cur` lives: SGL1 (`None`) or the
+    /// last slot of the previous segment.
+    pointer: Option<DescPage>,
+    sgl1: SglDescriptor,
+}
+
+impl<'a, P: DescPool + ?Sized> SglBuilder<'a, P> {
+    /// A builder taking segment pages from `pool` into `list` (which must be
+    /// empty).
+    #[inline]
+    pub fn new(pool: &'a mut P, list: &'a mut DescList) -> Result<Self, Error> {
+        let per_page = pool.page_size() / 16;
+        if per_page < 2 {
+            return Err(Error::DescPageTooSmall {
+                pool: pool.page_size(),
+                page: 32,
+            });
+        }
+        Ok(Self {
+            pool,
+            list,
+            per_page,
+            count: 0,
+            first: SglDescriptor::default(),
+            cur: None,
+            idx: 0,
+            last: SglDescriptor::default(),
+            pointer: None,
+            sgl1: SglDescriptor::default(),
+        })
+    }
+
+    /// Starts a new segment page for descriptor `d` when the current one is
+    /// full (or for the second descriptor, when there is none yet).
+    #[cold]
+    fn next_segment(&mut self, d: SglDescriptor) -> Result<(), Error> {
+        let next = self.list.alloc(self.pool)?;
+        match self.cur {
+            None => {
+                // SAFETY: slots 0 and 1 of a fresh page of this command, not
+                // submitted yet.
+                unsafe {
+                    next.write_16(0, self.first.to_bytes());
+                    next.write_16(1, d.to_bytes());
+                }
+                self.idx = 2;
+            }
+            Some(full) => {
+                // The full segment's last slot becomes the pointer to the new
+                // one, and the data descriptor there moves over.
+                let seg =
+                    SglDescriptor::new(SglType::Segment, full.iova, (self.per_page * 16) as u32);
+                match self.pointer {
+                    None => self.sgl1 = seg,
+                    // SAFETY: the last slot of this command's previous page.
+                    Some(p) => unsafe { p.write_16(self.per_page - 1, seg.to_bytes()) },
+                }
+                // SAFETY: slots 0 and 1 of a fresh page of this command.
+                unsafe {
+                    next.write_16(0, self.last.to_bytes());
+                    next.write_16(1, d.to_bytes());
+                }
+                self.pointer = Some(full);
+                self.idx = 2;
+            }
+        }
+        self.cur = Some(next);
+        Ok(())
+    }
+
+    /// SGL Entry 1, once every range is pushed.
+    pub fn finish(mut self) -> Result<DataPtr, Error> {
+        match (self.count, self.cur) {
+            (0, _) => Err(Error::EmptyTransfer),
+            (1, _) | (_, None) => Ok(DataPtr::Sgl(self.first)),
+            (_, Some(cur)) => {
+                let tail =
+                    SglDescriptor::new(SglType::LastSegment, cur.iova, (self.idx * 16) as u32);
+                match self.pointer {
+                    None => self.sgl1 = tail,
+                    // SAFETY: the last slot of this command's previous page.
+                    Some(p) => unsafe { p.write_16(self.per_page - 1, tail.to_bytes()) },
+                }
+                Ok(DataPtr::Sgl(self.sgl1))
+            }
+        }
+    }
+}
+
+impl<P: DescPool + ?Sized> RangeSink for SglBuilder<'_, P> {
+    type Error = Error;
+
+    #[inline(always)]
+    fn push(&mut self, r: DmaRange) -> Result<(), Error> {
+        let d = data_block(r)?;
+        self.count += 1;
+        if self.count == 1 {
+            self.first = d;
+            return Ok(());
+        }
+        match self.cur {
+            Some(cur) if self.idx < self.per_page => {
+                // SAFETY: idx < per_page, inside this command's page, not
+                // submitted yet.
+                unsafe { cur.write_16(self.idx, d.to_bytes()) };
+                self.idx += 1;
+            }
+            _ => self.next_segment(d)?,
+        }
+        self.last = d;
+        Ok(())
+    }
 }
 
 /// Builds SGL Entry 1 (and SGL segments taken from `pool` into `list`) for
@@ -35,74 +164,14 @@ where
     I: IntoIterator<Item = Result<DmaRange, MapError>>,
     P: DescPool + ?Sized,
 {
-    let r = build(ranges.into_iter(), pool, list);
+    let r = SglBuilder::new(pool, list).and_then(|mut b| {
+        for r in ranges {
+            b.push(r?)?;
+        }
+        b.finish()
+    });
     if r.is_err() {
         list.release(pool);
     }
     r
-}
-
-#[inline]
-fn build<I, P>(mut ranges: I, pool: &mut P, list: &mut DescList) -> Result<DataPtr, Error>
-where
-    I: Iterator<Item = Result<DmaRange, MapError>>,
-    P: DescPool + ?Sized,
-{
-    let first = ranges.next().ok_or(Error::EmptyTransfer)??;
-    let first = data_block(first)?;
-    let Some(second) = ranges.next() else {
-        return Ok(DataPtr::Sgl(first));
-    };
-    let second = data_block(second?)?;
-    let per_page = pool.page_size() / 16;
-    if per_page < 2 {
-        return Err(Error::DescPageTooSmall {
-            pool: pool.page_size(),
-            page: 32,
-        });
-    }
-    let mut cur = list.alloc(pool)?;
-    // Every write below stays in slots < per_page, inside the page; the
-    // pages belong to this command and are not submitted yet.
-    // SAFETY: as just said.
-    unsafe {
-        cur.write_16(0, first.to_bytes());
-        cur.write_16(1, second.to_bytes());
-    }
-    let mut idx = 2;
-    let mut last = second;
-    // Where the descriptor pointing at `cur` lives: SGL1 (None) or a slot in
-    // the previous segment.
-    let mut pointer: Option<DescPage> = None;
-    let mut sgl1 = SglDescriptor::default();
-    for r in ranges {
-        let d = data_block(r?)?;
-        if idx == per_page {
-            // Segment full: its last slot becomes the pointer to a new
-            // segment, and the data descriptor there moves to the new one.
-            let next = list.alloc(pool)?;
-            let full = SglDescriptor::new(SglType::Segment, cur.iova, (per_page * 16) as u32);
-            match pointer {
-                None => sgl1 = full,
-                // SAFETY: as above.
-                Some(p) => unsafe { p.write_16(per_page - 1, full.to_bytes()) },
-            }
-            // SAFETY: as above.
-            unsafe { next.write_16(0, last.to_bytes()) };
-            pointer = Some(cur);
-            cur = next;
-            idx = 1;
-        }
-        // SAFETY: as above.
-        unsafe { cur.write_16(idx, d.to_bytes()) };
-        idx += 1;
-        last = d;
-    }
-    let tail = SglDescriptor::new(SglType::LastSegment, cur.iova, (idx * 16) as u32);
-    match pointer {
-        None => sgl1 = tail,
-        // SAFETY: as above.
-        Some(p) => unsafe { p.write_16(per_page - 1, tail.to_bytes()) },
-    }
-    Ok(DataPtr::Sgl(sgl1))
 }
