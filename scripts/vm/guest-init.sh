@@ -117,6 +117,7 @@ bind_nvme_to_vfio() {
         group=${group##*/}
         wait_for "/dev/vfio/$group" || fail_setup "/dev/vfio/$group did not appear"
         echo "nvme $bdf vfio-pci group $group" >>/out/guest-info
+        log "$bdf bound to vfio-pci, /dev/vfio/$group"
     done
     [ "$found" = 1 ] || fail_setup "no NVMe PCI function (class 0x010802) found"
 }
@@ -142,6 +143,7 @@ wait_for_nvme_block_devices() {
     for bdf in $(nvme_functions); do
         drv=$(readlink "/sys/bus/pci/devices/$bdf/driver" 2>/dev/null)
         echo "nvme $bdf ${drv##*/}" >>/out/guest-info
+        log "$bdf left on driver ${drv##*/}"
     done
 }
 
@@ -160,6 +162,7 @@ mount_host_root() {
 
 # Run the command inside the host root. Its exit status is returned.
 run_command() {
+    # shellcheck disable=SC3045 # busybox ash has ulimit -l
     ulimit -l "$VM_MEMLOCK" || fail_setup "ulimit -l $VM_MEMLOCK failed"
     # Root has CAP_IPC_LOCK, which bypasses RLIMIT_MEMLOCK both in mlock()
     # and in VFIO type1 DMA-mapping accounting; dropping it from the bounding
@@ -169,6 +172,7 @@ run_command() {
     fi
     # env -i: the command sees only what env.sh exports (plus VM_GUEST).
     # cd happens inside the chroot, with the host's /bin/sh.
+    # shellcheck disable=SC2016 # expanded by the inner shells
     env -i /bin/busybox sh -c '. /out/env.sh; export VM_GUEST=1; exec "$@"' vm-env \
         /bin/busybox chroot /host /bin/sh -c 'cd -- "$1" || exit 126; shift; exec "$@"' vm-run \
         "$VM_CWD" "$@" </dev/null >/out/stdout 2>/out/stderr
@@ -186,11 +190,13 @@ main() {
     # Defaults, overridden by config.sh.
     VM_BIND=1 VM_MEMLOCK=unlimited VM_DROP_IPC_LOCK=0 VM_CWD=/ VM_NAMESPACES=1 VM_DEV_TIMEOUT=60
     # config.sh is written by run.sh; its `set --` sets the command's argv.
+    # shellcheck source=/dev/null
     . /out/config.sh
     echo "kernel $(uname -r)" >/out/guest-info
 
     [ "$VM_BIND" = 1 ] && override_nvme_functions
     load_module_list /etc/vm/modules-dev
+    log "modules loaded"
     require_modules vfio vfio_iommu_type1 vfio_pci nvme nvme_core
     [ -n "$(ls /sys/kernel/iommu_groups 2>/dev/null)" ] ||
         fail_setup "/sys/kernel/iommu_groups is empty: the IOMMU is not active"
@@ -201,6 +207,8 @@ main() {
     fi
 
     mount_host_root
+    [ -d "/host$VM_CWD" ] ||
+        fail_setup "working directory $VM_CWD does not exist in the guest (the guest's /tmp is its own tmpfs; run from a directory elsewhere)"
     log "running command"
     run_command "$@"
     status=$?

@@ -64,6 +64,10 @@ Options (environment variable in brackets):
                       value also drops CAP_IPC_LOCK from the command, since
                       root would otherwise bypass the limit. [VM_MEMLOCK]
   --keep-ipc-lock     with --memlock, keep CAP_IPC_LOCK. [VM_KEEP_IPC_LOCK=1]
+  --aw-bits 39|48     IOMMU guest address width: IOVAs the IOMMU accepts are
+                      below 2^N (minus the MSI window). Default 39 (also
+                      QEMU 7.2's default; QEMU 10.0 defaults to 48).
+                      [VM_IOMMU_AW_BITS]
   --env NAME[=VALUE]  pass one more environment variable (repeatable).
   --timeout SEC       kill the VM after SEC seconds. Default 600. [VM_TIMEOUT]
   --console-log PATH  copy the guest console log to PATH. [VM_CONSOLE_LOG]
@@ -124,6 +128,7 @@ parse_options() {
     MEMLOCK=${VM_MEMLOCK:-}
     KEEP_IPC_LOCK=${VM_KEEP_IPC_LOCK:-0}
     TIMEOUT=${VM_TIMEOUT:-600}
+    AW_BITS=${VM_IOMMU_AW_BITS:-39}
     CONSOLE_LOG=${VM_CONSOLE_LOG:-}
     KEEP=${VM_KEEP:-0}
     VERBOSE=${VM_VERBOSE:-0}
@@ -143,7 +148,7 @@ parse_options() {
         case "$opt" in
             --image | --image-size | --lba-size | --namespaces | --cmb-mb | \
                 --queues | --mdts | --prefill | --memlock | --timeout | \
-                --console-log | --env)
+                --console-log | --env | --aw-bits)
                 (($# >= 2)) || die "option $opt needs a value"
                 val=$2
                 shift 2
@@ -164,6 +169,7 @@ parse_options() {
             --keep-ipc-lock) KEEP_IPC_LOCK=1 ;;
             --env) EXTRA_ENV+=("$val") ;;
             --timeout) TIMEOUT=$val ;;
+            --aw-bits) AW_BITS=$val ;;
             --console-log) CONSOLE_LOG=$val ;;
             --keep) KEEP=1 ;;
             -v | --verbose) VERBOSE=1 ;;
@@ -192,14 +198,22 @@ is_uint() {
 
 validate_options() {
     [[ "$LBA_SIZE" == 512 || "$LBA_SIZE" == 4096 ]] || die "--lba-size must be 512 or 4096, not '$LBA_SIZE'"
-    is_uint "$NAMESPACES" && ((NAMESPACES >= 1 && NAMESPACES <= 32)) ||
+    if ! is_uint "$NAMESPACES" || ((NAMESPACES < 1 || NAMESPACES > 32)); then
         die "--namespaces must be 1..32, not '$NAMESPACES'"
+    fi
     is_uint "$CMB_MB" || die "--cmb-mb must be a number of MiB, not '$CMB_MB'"
-    [[ -z "$QUEUES" ]] || { is_uint "$QUEUES" && ((QUEUES >= 1)); } || die "--queues must be >= 1, not '$QUEUES'"
-    [[ -z "$MDTS" ]] || { is_uint "$MDTS" && ((MDTS <= 255)); } || die "--mdts must be 0..255, not '$MDTS'"
+    if [[ -n "$QUEUES" ]] && { ! is_uint "$QUEUES" || ((QUEUES < 1)); }; then
+        die "--queues must be >= 1, not '$QUEUES'"
+    fi
+    if [[ -n "$MDTS" ]] && { ! is_uint "$MDTS" || ((MDTS > 255)); }; then
+        die "--mdts must be 0..255, not '$MDTS'"
+    fi
+    [[ "$AW_BITS" == 39 || "$AW_BITS" == 48 ]] || die "--aw-bits must be 39 or 48, not '$AW_BITS'"
     [[ -z "$MEMLOCK" || "$MEMLOCK" == unlimited ]] || is_uint "$MEMLOCK" ||
         die "--memlock must be a number of KiB or 'unlimited', not '$MEMLOCK'"
-    is_uint "$TIMEOUT" && ((TIMEOUT > 0)) || die "--timeout must be a positive number of seconds, not '$TIMEOUT'"
+    if ! is_uint "$TIMEOUT" || ((TIMEOUT == 0)); then
+        die "--timeout must be a positive number of seconds, not '$TIMEOUT'"
+    fi
     ((${#IMAGES[@]} <= NAMESPACES)) || die "more --image options (${#IMAGES[@]}) than namespaces ($NAMESPACES)"
     local e
     for e in "${EXTRA_ENV[@]}"; do
@@ -450,11 +464,13 @@ choose_accelerator() {
     fi
     case "$accel" in
         tcg)
+            # shellcheck disable=SC2054 # commas belong to QEMU's syntax
             ACCEL_ARGS=(-accel tcg,thread=multi -M q35)
             CPU_MODEL=max
             ;;
         kvm)
             # intel-iommu interrupt remapping with KVM needs the split irqchip.
+            # shellcheck disable=SC2054 # commas belong to QEMU's syntax
             ACCEL_ARGS=(-accel kvm -M q35,kernel-irqchip=split)
             CPU_MODEL=host
             ;;
@@ -601,15 +617,20 @@ write_guest_config() {
 }
 
 build_qemu_args() {
-    local out=$1 log=$2
+    local out=$1 log=$2 cmdline=$KERNEL_CMDLINE
+    # -v shows the whole kernel log on the console.
+    [[ "$VERBOSE" != 1 ]] || cmdline=${cmdline/ quiet/}
+    # shellcheck disable=SC2054 # commas belong to QEMU's syntax
     QEMU_ARGS=(
         "${ACCEL_ARGS[@]}" -cpu "$CPU_MODEL"
         -m "${VM_MEM_MB:-1024}" -smp "${VM_SMP:-2}"
         -nodefaults -display none -monitor none -no-reboot
         -serial "file:$(qemu_escape "$log")"
         # The IOMMU must be created before the PCI devices it translates.
-        -device intel-iommu,intremap=on
-        -kernel "$KERNEL_IMAGE" -initrd "$INITRAMFS" -append "$KERNEL_CMDLINE"
+        # intremap=on gives the guest interrupt remapping (works under TCG
+        # as is; KVM needs kernel-irqchip=split, set in choose_accelerator).
+        -device "intel-iommu,intremap=on,aw-bits=$AW_BITS"
+        -kernel "$KERNEL_IMAGE" -initrd "$INITRAMFS" -append "$cmdline"
         -virtfs "local,path=/,mount_tag=host,security_model=none,readonly=on,multidevs=remap"
         -virtfs "local,path=$(qemu_escape "$out"),mount_tag=out,security_model=none"
     )
@@ -634,11 +655,20 @@ build_qemu_args() {
 print_console_tail() {
     local log=$1
     if [[ -s "$log" ]]; then
-        echo "run.sh: last lines of the guest console ($log):" >&2
+        echo "run.sh: last lines of the guest console (all of it: --console-log PATH or --keep):" >&2
         tail -n 25 "$log" | sed 's/^/  | /' >&2
     else
         echo "run.sh: the guest console log is empty" >&2
     fi
+}
+
+stop_vm_on_signal() {
+    if [[ -n "${VM_PID:-}" ]]; then
+        kill -TERM "$VM_PID" 2>/dev/null || true
+        wait "$VM_PID" 2>/dev/null || true
+    fi
+    echo "run.sh: interrupted; the VM was stopped" >&2
+    exit "$EXIT_VM_FAILURE"
 }
 
 cleanup_run() {
@@ -675,14 +705,20 @@ run_vm() {
 
     : >"$log"
     if [[ "$VERBOSE" == 1 ]]; then
-        tail -n +1 -f "$log" >&2 &
+        tail -n +1 -f "$log" >&2 8>&- &
         TAIL_PID=$!
         info "accelerator $ACCEL, kernel $KERNEL_VERSION, run dir $RUN_DIR"
     fi
     local start qemu_status=0
     start=$(date +%s.%N)
-    timeout --kill-after=10 "$TIMEOUT" qemu-system-x86_64 "${QEMU_ARGS[@]}" </dev/null >"$qerr" 2>&1 ||
-        qemu_status=$?
+    # In the background so that a signal to this script can stop the VM:
+    # timeout(1) runs QEMU in its own process group.
+    timeout --kill-after=10 "$TIMEOUT" qemu-system-x86_64 "${QEMU_ARGS[@]}" </dev/null >"$qerr" 2>&1 &
+    VM_PID=$!
+    trap stop_vm_on_signal INT TERM HUP
+    wait "$VM_PID" || qemu_status=$?
+    VM_PID=""
+    trap - INT TERM HUP
     if [[ "${VM_PARALLEL:-0}" != 1 ]]; then
         exec 8>&-
     fi

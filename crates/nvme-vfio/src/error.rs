@@ -1,55 +1,39 @@
 //! The crate's error type.
 
-use blk_dma::{Iova, MapError};
+use blk_dma::MapError;
+
+use crate::nvme::DptrError;
+use crate::vfio::VfioError;
 
 /// Errors of the driver.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// Mapping the request's memory for the device failed.
+    /// Building a command's data pointer failed.
+    #[error(transparent)]
+    Dptr(#[from] DptrError),
+    /// Mapping memory for the device failed.
     #[error(transparent)]
     Map(#[from] MapError),
-    /// The transfer has no data.
-    #[error("empty data transfer")]
-    EmptyTransfer,
-    /// The first range does not start on a dword boundary, as PRP1 must.
-    #[error("data starts at {addr}, not dword aligned as PRP1 requires")]
-    PrpMisaligned {
-        /// Device address of the first byte.
-        addr: Iova,
+    /// A VFIO operation failed.
+    #[error(transparent)]
+    Vfio(#[from] VfioError),
+    /// No DMA memory could be allocated for a buffer.
+    #[error("cannot allocate {len:#x} bytes of DMA memory")]
+    OutOfDmaMemory {
+        /// Bytes asked for.
+        len: u64,
+        /// Why, when the system said.
+        #[source]
+        source: Option<std::io::Error>,
     },
-    /// A range boundary inside the transfer is not on a controller page
-    /// boundary, which PRPs cannot describe (use an SGL).
-    #[error("range {index} at {addr} leaves a gap that PRPs cannot describe")]
-    PrpGap {
-        /// Position of the range that starts after the gap.
-        index: usize,
-        /// Its device address.
-        addr: Iova,
-    },
-    /// A range is longer than an SGL data block can describe.
-    #[error("range of {len:#x} bytes exceeds an SGL data block's 32-bit length")]
-    SglRangeTooLong {
-        /// Length of the range.
+    /// The IOMMU's valid IOVA ranges have no room left.
+    #[error("no IOVA space left for {len:#x} bytes")]
+    IovaExhausted {
+        /// Bytes asked for.
         len: u64,
     },
-    /// The descriptor pool has no page left.
-    #[error("descriptor pool exhausted")]
-    DescPoolEmpty,
-    /// The transfer needs more descriptor pages than one command may hold.
-    #[error("transfer needs more than {max} descriptor pages")]
-    TooManyDescPages {
-        /// Pages one command may hold.
-        max: usize,
-    },
-    /// The descriptor pool's pages are smaller than the controller page size.
-    #[error(
-        "descriptor pages of {pool} bytes are smaller than the controller page ({page} bytes)"
-    )]
-    DescPageTooSmall {
-        /// The pool's page size.
-        pool: usize,
-        /// The controller page size.
-        page: usize,
-    },
+    /// A buffer of zero bytes, or a registration of zero bytes, was asked for.
+    #[error("zero-length DMA memory request")]
+    ZeroLength,
 }

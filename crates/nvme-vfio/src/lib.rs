@@ -14,6 +14,8 @@
 //!   controller.
 
 pub mod error;
+pub mod mem;
 pub mod nvme;
+pub mod vfio;
 
 pub use error::Error;

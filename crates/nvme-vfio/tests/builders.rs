@@ -7,7 +7,7 @@ use nvme_vfio::nvme::prp::build_prp;
 use nvme_vfio::nvme::sgl::build_sgl;
 use nvme_vfio::nvme::spec::{DataPtr, PageSize, SglDescriptor, SglType};
 use nvme_vfio::nvme::walk::{walk_prp, walk_sgl, DeviceMemory, WalkError};
-use nvme_vfio::Error;
+use nvme_vfio::nvme::DptrError;
 
 const POOL_IOVA: u64 = 0xa000_0000;
 
@@ -239,7 +239,7 @@ fn prp_rejects_what_it_cannot_describe_and_returns_pages() {
     // PRP1 not dword aligned.
     assert_eq!(
         build_prp(ok(&[r(0x1002, 0x200)]), page, &mut pool, &mut list),
-        Err(Error::PrpMisaligned {
+        Err(DptrError::PrpMisaligned {
             addr: Iova::new(0x1002)
         })
     );
@@ -252,7 +252,7 @@ fn prp_rejects_what_it_cannot_describe_and_returns_pages() {
     );
     assert_eq!(
         e,
-        Err(Error::PrpGap {
+        Err(DptrError::PrpGap {
             index: 2,
             addr: Iova::new(0x2_0200)
         })
@@ -266,14 +266,14 @@ fn prp_rejects_what_it_cannot_describe_and_returns_pages() {
     );
     assert_eq!(
         e,
-        Err(Error::PrpGap {
+        Err(DptrError::PrpGap {
             index: 1,
             addr: Iova::new(0x9000)
         })
     );
     // The pool runs dry mid-way.
     let e = build_prp(ok(&pages(1100, 4096)), page, &mut pool, &mut list);
-    assert_eq!(e, Err(Error::DescPoolEmpty));
+    assert_eq!(e, Err(DptrError::DescPoolEmpty));
     // More list pages than a command holds.
     let mut big = self::pool(16, 4096);
     let e = build_prp(
@@ -284,7 +284,7 @@ fn prp_rejects_what_it_cannot_describe_and_returns_pages() {
     );
     assert_eq!(
         e,
-        Err(Error::TooManyDescPages {
+        Err(DptrError::TooManyDescPages {
             max: MAX_DESC_PAGES
         })
     );
@@ -292,7 +292,7 @@ fn prp_rejects_what_it_cannot_describe_and_returns_pages() {
     // Empty, and a mapping error passed through.
     assert_eq!(
         build_prp(ok(&[]), page, &mut pool, &mut list),
-        Err(Error::EmptyTransfer)
+        Err(DptrError::EmptyTransfer)
     );
     let failing = [
         Ok(r(0x1000, 0x1000)),
@@ -301,7 +301,7 @@ fn prp_rejects_what_it_cannot_describe_and_returns_pages() {
     ];
     assert_eq!(
         build_prp(failing, page, &mut pool, &mut list),
-        Err(Error::Map(MapError::EmptyRequest))
+        Err(DptrError::Map(MapError::EmptyRequest))
     );
     // Pool pages smaller than the controller page.
     let mut small = self::pool(2, 4096);
@@ -312,7 +312,7 @@ fn prp_rejects_what_it_cannot_describe_and_returns_pages() {
             &mut small,
             &mut list
         ),
-        Err(Error::DescPageTooSmall {
+        Err(DptrError::DescPageTooSmall {
             pool: 4096,
             page: 16384
         })
@@ -425,7 +425,7 @@ fn sgl_rejects_ranges_too_long_for_a_data_block() {
             &mut pool,
             &mut list
         ),
-        Err(Error::SglRangeTooLong { len: big })
+        Err(DptrError::SglRangeTooLong { len: big })
     );
     assert_eq!(pool.available(), 2);
 }

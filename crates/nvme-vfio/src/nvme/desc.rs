@@ -10,7 +10,7 @@ use std::alloc::{self, Layout};
 
 use blk_dma::{HostAddr, Iova};
 
-use crate::error::Error;
+use super::error::DptrError;
 
 /// Descriptor pages one command may use: with 4 KiB pages, 8 PRP list pages
 /// describe up to 16 MiB and 8 SGL segments up to 2,040 ranges.
@@ -101,13 +101,16 @@ impl DescList {
 
     /// Takes a page from `pool` and holds it.
     #[inline]
-    pub(crate) fn alloc<P: DescPool + ?Sized>(&mut self, pool: &mut P) -> Result<DescPage, Error> {
+    pub(crate) fn alloc<P: DescPool + ?Sized>(
+        &mut self,
+        pool: &mut P,
+    ) -> Result<DescPage, DptrError> {
         if self.len == MAX_DESC_PAGES {
-            return Err(Error::TooManyDescPages {
+            return Err(DptrError::TooManyDescPages {
                 max: MAX_DESC_PAGES,
             });
         }
-        let page = pool.alloc().ok_or(Error::DescPoolEmpty)?;
+        let page = pool.alloc().ok_or(DptrError::DescPoolEmpty)?;
         self.pages[self.len] = Some(page);
         self.len += 1;
         Ok(page)

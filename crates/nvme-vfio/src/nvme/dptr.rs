@@ -9,10 +9,10 @@
 use blk_dma::{Direction, DmaIter, DmaRange, DmaState, HostSeg, MapError, Mapper};
 
 use super::desc::{DescList, DescPool};
+use super::error::DptrError;
 use super::prp::{build_prp, prp_simple, PrpBuilder};
 use super::sgl::{build_sgl, data_block, SglBuilder};
 use super::spec::{DataPtr, PageSize};
-use crate::error::Error;
 
 /// The Linux driver's default `sgl_threshold`: 32 KiB.
 pub const DEFAULT_SGL_THRESHOLD: u64 = 32 * 1024;
@@ -134,7 +134,7 @@ pub fn build<I, P>(
     page: PageSize,
     pool: &mut P,
     list: &mut DescList,
-) -> Result<DataPtr, Error>
+) -> Result<DataPtr, DptrError>
 where
     I: IntoIterator<Item = Result<DmaRange, MapError>>,
     P: DescPool + ?Sized,
@@ -179,7 +179,7 @@ pub fn map_data<M, P>(
     mapper: &M,
     state: &mut DmaState,
     setup: Setup<'_, P>,
-) -> Result<DataPtr, Error>
+) -> Result<DataPtr, DptrError>
 where
     M: Mapper + ?Sized,
     P: DescPool + ?Sized,
@@ -211,7 +211,7 @@ fn map_data_slow<M, P>(
     mapper: &M,
     state: &mut DmaState,
     setup: Setup<'_, P>,
-) -> Result<DataPtr, Error>
+) -> Result<DataPtr, DptrError>
 where
     M: Mapper + ?Sized,
     P: DescPool + ?Sized,

@@ -2,7 +2,10 @@
 
 pub mod desc;
 pub mod dptr;
+mod error;
 pub mod prp;
 pub mod sgl;
 pub mod spec;
 pub mod walk;
+
+pub use error::DptrError;

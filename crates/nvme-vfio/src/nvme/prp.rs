@@ -13,8 +13,8 @@
 use blk_dma::{DmaRange, Iova, MapError, RangeSink};
 
 use super::desc::{DescList, DescPage, DescPool};
+use super::error::DptrError;
 use super::spec::{DataPtr, PageSize};
-use crate::error::Error;
 
 /// PRP1/PRP2 for a single range spanning at most two controller pages (no
 /// list needed), or `None` when it needs the general builder (more pages,
@@ -64,10 +64,10 @@ impl<'a, P: DescPool + ?Sized> PrpBuilder<'a, P> {
     /// A builder for controller page size `page`, taking list pages from
     /// `pool` into `list` (which must be empty).
     #[inline]
-    pub fn new(page: PageSize, pool: &'a mut P, list: &'a mut DescList) -> Result<Self, Error> {
+    pub fn new(page: PageSize, pool: &'a mut P, list: &'a mut DescList) -> Result<Self, DptrError> {
         let ps = page.bytes();
         if pool.page_size() < ps as usize {
-            return Err(Error::DescPageTooSmall {
+            return Err(DptrError::DescPageTooSmall {
                 pool: pool.page_size(),
                 page: ps as usize,
             });
@@ -90,7 +90,7 @@ impl<'a, P: DescPool + ?Sized> PrpBuilder<'a, P> {
 
     /// Appends the entries for the pages `[next, end)`, `next` page aligned.
     #[inline(always)]
-    fn run(&mut self, mut next: u64, end: u64) -> Result<(), Error> {
+    fn run(&mut self, mut next: u64, end: u64) -> Result<(), DptrError> {
         while next < end {
             match self.cur {
                 Some(cur) if self.idx < self.per_page => {
@@ -120,7 +120,7 @@ impl<'a, P: DescPool + ?Sized> PrpBuilder<'a, P> {
     /// along (the first page) or the full page's last entry, whose slot
     /// becomes the chain pointer.
     #[cold]
-    fn next_page(&mut self, next: u64) -> Result<Option<DescPage>, Error> {
+    fn next_page(&mut self, next: u64) -> Result<Option<DescPage>, DptrError> {
         let moved = match (self.cur, self.first) {
             (None, None) => {
                 self.first = Some(next);
@@ -147,9 +147,9 @@ impl<'a, P: DescPool + ?Sized> PrpBuilder<'a, P> {
     }
 
     /// The data pointer, once every range is pushed.
-    pub fn finish(self) -> Result<DataPtr, Error> {
+    pub fn finish(self) -> Result<DataPtr, DptrError> {
         if self.ranges == 0 {
-            return Err(Error::EmptyTransfer);
+            return Err(DptrError::EmptyTransfer);
         }
         let prp2 = match (self.head, self.first) {
             (Some(h), _) => h.iova.raw(),
@@ -164,18 +164,18 @@ impl<'a, P: DescPool + ?Sized> PrpBuilder<'a, P> {
 }
 
 impl<P: DescPool + ?Sized> RangeSink for PrpBuilder<'_, P> {
-    type Error = Error;
+    type Error = DptrError;
 
     #[inline(always)]
-    fn push(&mut self, r: DmaRange) -> Result<(), Error> {
+    fn push(&mut self, r: DmaRange) -> Result<(), DptrError> {
         let mask = self.ps - 1;
         let a = r.addr.raw();
         if self.ranges == 0 {
             if r.len == 0 {
-                return Err(Error::EmptyTransfer);
+                return Err(DptrError::EmptyTransfer);
             }
             if a & 3 != 0 {
-                return Err(Error::PrpMisaligned { addr: r.addr });
+                return Err(DptrError::PrpMisaligned { addr: r.addr });
             }
             self.prp1 = r.addr;
             self.end = a + r.len;
@@ -183,7 +183,7 @@ impl<P: DescPool + ?Sized> RangeSink for PrpBuilder<'_, P> {
             return self.run((a & !mask) + self.ps, self.end);
         }
         if (self.end | a) & mask != 0 {
-            return Err(Error::PrpGap {
+            return Err(DptrError::PrpGap {
                 index: self.ranges,
                 addr: r.addr,
             });
@@ -197,7 +197,7 @@ impl<P: DescPool + ?Sized> RangeSink for PrpBuilder<'_, P> {
 /// Builds PRP1/PRP2 (and PRP list pages taken from `pool` into `list`) for
 /// the ranges of one transfer, in order. `list` must be empty.
 ///
-/// Fails with [`Error::PrpMisaligned`] or [`Error::PrpGap`] when the ranges
+/// Fails with [`DptrError::PrpMisaligned`] or [`DptrError::PrpGap`] when the ranges
 /// break PRP's alignment rules, with the mapping error when `ranges` yields
 /// one, or when the pool runs dry. On error every page taken is back in the
 /// pool; the caller still owns (and must unmap) the ranges' DMA state.
@@ -206,7 +206,7 @@ pub fn build_prp<I, P>(
     page: PageSize,
     pool: &mut P,
     list: &mut DescList,
-) -> Result<DataPtr, Error>
+) -> Result<DataPtr, DptrError>
 where
     I: IntoIterator<Item = Result<DmaRange, MapError>>,
     P: DescPool + ?Sized,

@@ -14,13 +14,13 @@
 use blk_dma::{DmaRange, MapError, RangeSink};
 
 use super::desc::{DescList, DescPage, DescPool};
+use super::error::DptrError;
 use super::spec::{DataPtr, SglDescriptor, SglType};
-use crate::error::Error;
 
 /// A Data Block descriptor for a range, if its length fits.
 #[inline]
-pub(crate) fn data_block(r: DmaRange) -> Result<SglDescriptor, Error> {
-    let len = u32::try_from(r.len).map_err(|_| Error::SglRangeTooLong { len: r.len })?;
+pub(crate) fn data_block(r: DmaRange) -> Result<SglDescriptor, DptrError> {
+    let len = u32::try_from(r.len).map_err(|_| DptrError::SglRangeTooLong { len: r.len })?;
     Ok(SglDescriptor::data(r.addr, len))
 }
 
@@ -49,10 +49,10 @@ impl<'a, P: DescPool + ?Sized> SglBuilder<'a, P> {
     /// A builder taking segment pages from `pool` into `list` (which must be
     /// empty).
     #[inline]
-    pub fn new(pool: &'a mut P, list: &'a mut DescList) -> Result<Self, Error> {
+    pub fn new(pool: &'a mut P, list: &'a mut DescList) -> Result<Self, DptrError> {
         let per_page = pool.page_size() / 16;
         if per_page < 2 {
-            return Err(Error::DescPageTooSmall {
+            return Err(DptrError::DescPageTooSmall {
                 pool: pool.page_size(),
                 page: 32,
             });
@@ -74,7 +74,7 @@ impl<'a, P: DescPool + ?Sized> SglBuilder<'a, P> {
     /// Starts a new segment page for descriptor `d` when the current one is
     /// full (or for the second descriptor, when there is none yet).
     #[cold]
-    fn next_segment(&mut self, d: SglDescriptor) -> Result<(), Error> {
+    fn next_segment(&mut self, d: SglDescriptor) -> Result<(), DptrError> {
         let next = self.list.alloc(self.pool)?;
         match self.cur {
             None => {
@@ -110,9 +110,9 @@ impl<'a, P: DescPool + ?Sized> SglBuilder<'a, P> {
     }
 
     /// SGL Entry 1, once every range is pushed.
-    pub fn finish(mut self) -> Result<DataPtr, Error> {
+    pub fn finish(mut self) -> Result<DataPtr, DptrError> {
         match (self.count, self.cur) {
-            (0, _) => Err(Error::EmptyTransfer),
+            (0, _) => Err(DptrError::EmptyTransfer),
             (1, _) | (_, None) => Ok(DataPtr::Sgl(self.first)),
             (_, Some(cur)) => {
                 let tail =
@@ -129,10 +129,10 @@ impl<'a, P: DescPool + ?Sized> SglBuilder<'a, P> {
 }
 
 impl<P: DescPool + ?Sized> RangeSink for SglBuilder<'_, P> {
-    type Error = Error;
+    type Error = DptrError;
 
     #[inline(always)]
-    fn push(&mut self, r: DmaRange) -> Result<(), Error> {
+    fn push(&mut self, r: DmaRange) -> Result<(), DptrError> {
         let d = data_block(r)?;
         self.count += 1;
         if self.count == 1 {
@@ -159,7 +159,7 @@ impl<P: DescPool + ?Sized> RangeSink for SglBuilder<'_, P> {
 /// One range gives an inline Data Block descriptor and takes no page. On
 /// error every page taken is back in the pool; the caller still owns (and
 /// must unmap) the ranges' DMA state.
-pub fn build_sgl<I, P>(ranges: I, pool: &mut P, list: &mut DescList) -> Result<DataPtr, Error>
+pub fn build_sgl<I, P>(ranges: I, pool: &mut P, list: &mut DescList) -> Result<DataPtr, DptrError>
 where
     I: IntoIterator<Item = Result<DmaRange, MapError>>,
     P: DescPool + ?Sized,

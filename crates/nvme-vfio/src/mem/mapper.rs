@@ -1,0 +1,142 @@
+//! blk-dma's [`Mapper`] over a [`DmaSpace`]: what the I/O path maps requests
+//! with.
+//!
+//! - Slabs, registered memory and device memory are translated from a
+//!   per-thread copy of the region table, refreshed only when the table's
+//!   generation changes: no lock and no syscall on the registered path.
+//! - Unregistered memory behind the IOMMU is linked into one IOVA range per
+//!   request with one VFIO_IOMMU_MAP_DMA per segment and undone with a
+//!   single VFIO_IOMMU_UNMAP_DMA for the whole range.
+//! - To-device transfers are mapped read-only, so the device cannot write
+//!   into a buffer it should only read.
+
+use core::cell::RefCell;
+use std::sync::Arc;
+
+use blk_dma::{Direction, DmaRange, Errno, HostAddr, HostSeg, Iova, MapError, Mapper, Region};
+
+use super::dma_map::Access;
+use super::space::DmaSpace;
+use crate::vfio::VfioError;
+
+/// A per-thread handle for mapping requests in a [`DmaSpace`]: `Send`, not
+/// `Sync`, one per queue pair.
+#[derive(Debug)]
+pub struct VfioMapper {
+    space: Arc<DmaSpace>,
+    /// Region table copy and its generation.
+    regions: RefCell<(u64, Vec<Region>)>,
+}
+
+impl VfioMapper {
+    /// A mapper for `space`.
+    pub fn new(space: Arc<DmaSpace>) -> Self {
+        let regions = space.regions();
+        Self {
+            space,
+            regions: RefCell::new(regions),
+        }
+    }
+
+    /// The space this mapper maps in.
+    pub fn space(&self) -> &Arc<DmaSpace> {
+        &self.space
+    }
+}
+
+fn access(dir: Direction) -> Access {
+    match dir {
+        Direction::ToDevice => Access::ReadOnly,
+        Direction::FromDevice => Access::ReadWrite,
+    }
+}
+
+/// The errno behind a VFIO error, for blk-dma's error values.
+fn errno_of(e: &VfioError) -> i32 {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            return io.raw_os_error().unwrap_or(libc::EIO);
+        }
+        cur = err.source();
+    }
+    libc::EIO
+}
+
+impl Mapper for VfioMapper {
+    fn iommu_granule(&self) -> Option<u64> {
+        Some(self.space.granule())
+    }
+
+    #[inline]
+    fn lookup(&self, addr: HostAddr) -> Option<Region> {
+        let gen = self.space.generation();
+        let mut table = self.regions.borrow_mut();
+        if table.0 != gen {
+            *table = self.space.regions();
+        }
+        // Sorted by host address: the last region starting at or below addr.
+        let i = table.1.partition_point(|r| r.host <= addr);
+        let r = *table.1.get(i.checked_sub(1)?)?;
+        r.contains(addr).then_some(r)
+    }
+
+    fn alloc_iova(&self, len: u64) -> Result<Iova, MapError> {
+        self.space
+            .alloc_iova(len)
+            .map_err(|_| MapError::IovaExhausted { len })
+    }
+
+    fn free_iova(&self, iova: Iova, len: u64) {
+        self.space.free_iova(iova, len);
+    }
+
+    fn link(&self, iova: Iova, seg: HostSeg, dir: Direction) -> Result<(), MapError> {
+        let g = self.space.granule();
+        let off = seg.addr.offset_in(g);
+        let host = HostAddr::new(seg.addr.raw() - off as usize);
+        let span = (off + seg.len).next_multiple_of(g);
+        self.space
+            .iommu()
+            .map_dma(iova.align_down(g), host, span, access(dir))
+            .map_err(|e| MapError::MapFailed {
+                host: seg.addr,
+                len: seg.len,
+                source: Errno(errno_of(&e)),
+            })
+    }
+
+    fn sync(&self, _iova: Iova, _len: u64) -> Result<(), MapError> {
+        // VFIO_IOMMU_MAP_DMA returns with the mapping in place.
+        Ok(())
+    }
+
+    fn unlink(&self, iova: Iova, len: u64, _dir: Direction) {
+        let g = self.space.granule();
+        let start = iova.align_down(g);
+        let span = (iova.offset_in(g) + len).next_multiple_of(g);
+        if let Err(e) = self.space.iommu().unmap_dma(start, span) {
+            log::error!("unmapping IOVA {start} (+{span:#x}): {e}");
+        }
+    }
+
+    fn map_segment(&self, seg: HostSeg, dir: Direction) -> Result<DmaRange, MapError> {
+        let g = self.space.granule();
+        let off = seg.addr.offset_in(g);
+        let span = (off + seg.len).next_multiple_of(g);
+        let base = self.alloc_iova(span)?;
+        let iova = base.wrapping_add(off);
+        if let Err(e) = self.link(iova, seg, dir) {
+            self.free_iova(base, span);
+            return Err(e);
+        }
+        Ok(DmaRange::new(iova, seg.len))
+    }
+
+    fn unmap_segment(&self, range: DmaRange, dir: Direction) {
+        let g = self.space.granule();
+        self.unlink(range.addr, range.len, dir);
+        let span = (range.addr.offset_in(g) + range.len).next_multiple_of(g);
+        self.free_iova(range.addr.align_down(g), span);
+    }
+}

@@ -1,0 +1,5 @@
+//! VFIO: container, group and device (work in progress).
+
+mod error;
+
+pub use error::VfioError;
