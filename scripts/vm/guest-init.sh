@@ -157,7 +157,23 @@ mount_host_root() {
     mount --bind /proc /host/proc
     mount --bind /sys /host/sys
     mount --rbind /dev /host/dev
-    mount -t tmpfs tmpfs /host/tmp
+    # The command gets a writable /tmp of its own. When its working directory
+    # lives under the host's /tmp (a CI checkout, say), that directory is
+    # bound back in, read-only like the rest of the host root.
+    case "$VM_CWD" in
+        /tmp/?*)
+            top=${VM_CWD#/tmp/}
+            top=${top%%/*}
+            mkdir -p /hosttmp
+            mount --bind /host/tmp /hosttmp
+            mount -t tmpfs tmpfs /host/tmp
+            mkdir -p "/host/tmp/$top"
+            mount --bind "/hosttmp/$top" "/host/tmp/$top"
+            ;;
+        *)
+            mount -t tmpfs tmpfs /host/tmp
+            ;;
+    esac
 }
 
 # Run the command inside the host root. Its exit status is returned.
@@ -208,7 +224,7 @@ main() {
 
     mount_host_root
     [ -d "/host$VM_CWD" ] ||
-        fail_setup "working directory $VM_CWD does not exist in the guest (the guest's /tmp is its own tmpfs; run from a directory elsewhere)"
+        fail_setup "working directory $VM_CWD does not exist in the guest"
     log "running command"
     run_command "$@"
     status=$?
