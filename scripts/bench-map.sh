@@ -32,7 +32,7 @@ if ! command -v valgrind >/dev/null; then
 fi
 
 cargo build --release --quiet -p nvme-bench --bin map-cost
-bin=target/release/map-cost
+bin=${CARGO_TARGET_DIR:-target}/release/map-cost
 
 ir() {
     valgrind --tool=callgrind --callgrind-out-file=/dev/null "$bin" "$@" 2>&1 |

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Runs every test of the project: the workspace's cargo tests (unit, property,
 # integration, doc tests; no hardware needed), then the VM tests, which boot
-# QEMU with an emulated NVMe controller behind an emulated IOMMU (scripts/vm).
+# QEMU with an emulated NVMe controller behind an emulated IOMMU (scripts/vm)
+# and run the VFIO and DMA-memory test binaries inside it, in three scenarios:
+# the controller on vfio-pci, left on the kernel's nvme driver, and a low
+# RLIMIT_MEMLOCK.
 #
 # The VM tests need root (they install QEMU with apt-get on first use). Where
 # they cannot run, they are skipped with the reason printed, never passed.
@@ -22,4 +25,45 @@ if [ "$(id -u)" != 0 ]; then
     echo "SKIPPED: VM tests need root (QEMU and its packages are installed with apt-get)"
     exit 0
 fi
+
+# The VM runner itself.
 scripts/vm/selftest.sh
+
+# Test binaries that run inside the guest.
+bins=()
+for t in vm_vfio vm_mem; do
+    bin=$(cargo test -p nvme-vfio --test "$t" --no-run 2>&1 |
+        sed -n "s/.*(\(.*$t-[^)]*\)).*/\1/p" | tail -n 1)
+    if [ -z "$bin" ] || [ ! -x "$bin" ]; then
+        echo "cannot find the $t test binary" >&2
+        exit 1
+    fi
+    bins+=("$bin")
+done
+
+passed=0
+failed=0
+# run_scenario NAME RUN.SH-OPTIONS...: every binary in one VM boot.
+run_scenario() {
+    local name=$1 start status
+    shift
+    echo "-- scenario $name"
+    start=$(date +%s)
+    status=0
+    # shellcheck disable=SC2016 # expanded by the guest's shell
+    scripts/vm/run.sh "$@" --env NVME_VM_SCENARIO="$name" --env NVME_VM_REQUIRE=1 -- \
+        sh -c 'for b in "$@"; do "$b" --test-threads=1 || exit 1; done' vm-tests "${bins[@]}" ||
+        status=$?
+    echo "-- scenario $name: exit $status, $(($(date +%s) - start)) s"
+    if [ "$status" = 0 ]; then
+        passed=$((passed + 1))
+    else
+        failed=$((failed + 1))
+    fi
+}
+run_scenario bound
+run_scenario nvme-driver --no-bind
+run_scenario low-memlock --memlock 64
+
+echo "VM scenarios: $passed passed, $failed failed"
+[ "$failed" = 0 ]
