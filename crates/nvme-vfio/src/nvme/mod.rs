@@ -1,9 +1,12 @@
 //! The NVMe side: specification types, data pointer builders and walkers.
 
+pub mod cmd;
 pub mod desc;
 pub mod dptr;
 mod error;
+pub mod identify;
 pub mod prp;
+pub mod regs;
 pub mod sgl;
 pub mod spec;
 pub mod walk;

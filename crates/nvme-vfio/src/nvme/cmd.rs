@@ -1,0 +1,459 @@
+//! Submission and completion queue entries (NVMe Base 2.0, 4.2 and 4.6) and
+//! the completion status as a typed value.
+
+use core::fmt;
+
+use blk_dma::Iova;
+
+use super::spec::{DataPtr, Psdt};
+
+/// Admin command opcodes.
+pub mod admin {
+    /// Delete I/O Submission Queue.
+    pub const DELETE_SQ: u8 = 0x00;
+    /// Create I/O Submission Queue.
+    pub const CREATE_SQ: u8 = 0x01;
+    /// Get Log Page.
+    pub const GET_LOG_PAGE: u8 = 0x02;
+    /// Delete I/O Completion Queue.
+    pub const DELETE_CQ: u8 = 0x04;
+    /// Create I/O Completion Queue.
+    pub const CREATE_CQ: u8 = 0x05;
+    /// Identify.
+    pub const IDENTIFY: u8 = 0x06;
+    /// Abort.
+    pub const ABORT: u8 = 0x08;
+    /// Set Features.
+    pub const SET_FEATURES: u8 = 0x09;
+    /// Get Features.
+    pub const GET_FEATURES: u8 = 0x0a;
+    /// Asynchronous Event Request.
+    pub const ASYNC_EVENT: u8 = 0x0c;
+    /// Doorbell Buffer Config.
+    pub const DOORBELL_BUFFER_CONFIG: u8 = 0x7c;
+}
+
+/// NVM command set I/O opcodes.
+pub mod io {
+    /// Flush.
+    pub const FLUSH: u8 = 0x00;
+    /// Write.
+    pub const WRITE: u8 = 0x01;
+    /// Read.
+    pub const READ: u8 = 0x02;
+    /// Write Zeroes.
+    pub const WRITE_ZEROES: u8 = 0x08;
+    /// Dataset Management.
+    pub const DSM: u8 = 0x09;
+}
+
+/// Identify CNS values.
+pub mod cns {
+    /// Identify Namespace.
+    pub const NAMESPACE: u8 = 0x00;
+    /// Identify Controller.
+    pub const CONTROLLER: u8 = 0x01;
+    /// Active Namespace ID list.
+    pub const ACTIVE_NAMESPACES: u8 = 0x02;
+}
+
+/// Feature identifiers.
+pub mod feature {
+    /// Volatile Write Cache.
+    pub const VOLATILE_WRITE_CACHE: u8 = 0x06;
+    /// Number of Queues.
+    pub const NUMBER_OF_QUEUES: u8 = 0x07;
+}
+
+/// Log page identifiers.
+pub mod log_page {
+    /// Error Information.
+    pub const ERROR: u8 = 0x01;
+    /// SMART / Health Information.
+    pub const SMART: u8 = 0x02;
+}
+
+/// A 64-byte submission queue entry.
+#[derive(Clone, Copy, PartialEq, Eq, Default)]
+#[repr(C)]
+pub struct Command {
+    /// Dword 0: opcode (7:0), fused (9:8), PSDT (15:14), command ID (31:16).
+    pub cdw0: u32,
+    /// Namespace ID.
+    pub nsid: u32,
+    /// Dwords 2 and 3.
+    pub cdw2: u32,
+    /// Dword 3.
+    pub cdw3: u32,
+    /// Metadata pointer.
+    pub mptr: u64,
+    /// Data pointer: PRP1/PRP2 or SGL1.
+    pub dptr: [u64; 2],
+    /// Dwords 10 to 15.
+    pub cdw10: u32,
+    /// Dword 11.
+    pub cdw11: u32,
+    /// Dword 12.
+    pub cdw12: u32,
+    /// Dword 13.
+    pub cdw13: u32,
+    /// Dword 14.
+    pub cdw14: u32,
+    /// Dword 15.
+    pub cdw15: u32,
+}
+
+const _: () = assert!(core::mem::size_of::<Command>() == 64);
+const _: () = assert!(core::mem::offset_of!(Command, dptr) == 24);
+const _: () = assert!(core::mem::offset_of!(Command, cdw10) == 40);
+
+impl Command {
+    /// A command with `opcode` for namespace `nsid`; the command ID is set at
+    /// submission.
+    pub const fn new(opcode: u8, nsid: u32) -> Self {
+        Command {
+            cdw0: opcode as u32,
+            nsid,
+            cdw2: 0,
+            cdw3: 0,
+            mptr: 0,
+            dptr: [0; 2],
+            cdw10: 0,
+            cdw11: 0,
+            cdw12: 0,
+            cdw13: 0,
+            cdw14: 0,
+            cdw15: 0,
+        }
+    }
+
+    /// The opcode.
+    pub const fn opcode(&self) -> u8 {
+        self.cdw0 as u8
+    }
+
+    /// The command identifier.
+    pub const fn cid(&self) -> u16 {
+        (self.cdw0 >> 16) as u16
+    }
+
+    /// Sets the command identifier.
+    pub fn set_cid(&mut self, cid: u16) {
+        self.cdw0 = (self.cdw0 & 0xffff) | (cid as u32) << 16;
+    }
+
+    /// The PSDT field: PRP or SGL.
+    pub const fn psdt(&self) -> u8 {
+        ((self.cdw0 >> 14) & 0x3) as u8
+    }
+
+    /// Sets the data pointer and the PSDT that goes with it.
+    pub fn set_data(&mut self, dp: DataPtr) {
+        let psdt = match dp.psdt() {
+            Psdt::Prp => 0,
+            Psdt::SglMptrContiguous => 1,
+            Psdt::SglMptrSgl => 2,
+        };
+        self.cdw0 = (self.cdw0 & !(0x3 << 14)) | psdt << 14;
+        self.dptr = dp.to_qwords();
+    }
+
+    /// Identify with `cns` (and controller ID 0) into a 4 KiB buffer.
+    pub fn identify(cns: u8, nsid: u32) -> Self {
+        let mut c = Self::new(admin::IDENTIFY, nsid);
+        c.cdw10 = cns as u32;
+        c
+    }
+
+    /// Create I/O Completion Queue `qid` of `entries` at `addr` (physically
+    /// contiguous), with interrupts on vector `vector` if `Some`.
+    pub fn create_cq(qid: u16, entries: u16, addr: Iova, vector: Option<u16>) -> Self {
+        let mut c = Self::new(admin::CREATE_CQ, 0);
+        c.dptr = [addr.raw(), 0];
+        c.cdw10 = (entries as u32 - 1) << 16 | qid as u32;
+        // PC (bit 0) = 1: contiguous; IEN (bit 1); IV (31:16).
+        c.cdw11 = 1 | match vector {
+            Some(v) => 2 | (v as u32) << 16,
+            None => 0,
+        };
+        c
+    }
+
+    /// Create I/O Submission Queue `qid` of `entries` at `addr`, completing
+    /// into completion queue `cqid`.
+    pub fn create_sq(qid: u16, entries: u16, addr: Iova, cqid: u16) -> Self {
+        let mut c = Self::new(admin::CREATE_SQ, 0);
+        c.dptr = [addr.raw(), 0];
+        c.cdw10 = (entries as u32 - 1) << 16 | qid as u32;
+        // PC (bit 0) = 1: contiguous; QPRIO 0; CQID (31:16).
+        c.cdw11 = 1 | (cqid as u32) << 16;
+        c
+    }
+
+    /// Delete I/O Submission (`sq`) or Completion Queue `qid`.
+    pub fn delete_queue(sq: bool, qid: u16) -> Self {
+        let mut c = Self::new(
+            if sq {
+                admin::DELETE_SQ
+            } else {
+                admin::DELETE_CQ
+            },
+            0,
+        );
+        c.cdw10 = qid as u32;
+        c
+    }
+
+    /// Set Features `fid` with dword 11 `value`.
+    pub fn set_features(fid: u8, value: u32) -> Self {
+        let mut c = Self::new(admin::SET_FEATURES, 0);
+        c.cdw10 = fid as u32;
+        c.cdw11 = value;
+        c
+    }
+
+    /// Get Features `fid` (current value).
+    pub fn get_features(fid: u8) -> Self {
+        let mut c = Self::new(admin::GET_FEATURES, 0);
+        c.cdw10 = fid as u32;
+        c
+    }
+
+    /// Get Log Page `lid` of `bytes` (a multiple of 4) for namespace `nsid`.
+    pub fn get_log_page(lid: u8, nsid: u32, bytes: u32) -> Self {
+        let mut c = Self::new(admin::GET_LOG_PAGE, nsid);
+        let numd = bytes / 4 - 1;
+        c.cdw10 = lid as u32 | (numd & 0xffff) << 16;
+        c.cdw11 = numd >> 16;
+        c
+    }
+
+    /// Abort command `cid` on submission queue `sqid`.
+    pub fn abort(sqid: u16, cid: u16) -> Self {
+        let mut c = Self::new(admin::ABORT, 0);
+        c.cdw10 = sqid as u32 | (cid as u32) << 16;
+        c
+    }
+
+    /// Read or Write of `blocks` (1 to 65536) logical blocks at `lba`.
+    pub fn rw(write: bool, nsid: u32, lba: u64, blocks: u32, fua: bool) -> Self {
+        let mut c = Self::new(if write { io::WRITE } else { io::READ }, nsid);
+        c.cdw10 = lba as u32;
+        c.cdw11 = (lba >> 32) as u32;
+        c.cdw12 = (blocks - 1) & 0xffff | (fua as u32) << 30;
+        c
+    }
+
+    /// The starting LBA of a Read, Write or Write Zeroes.
+    pub const fn slba(&self) -> u64 {
+        self.cdw10 as u64 | (self.cdw11 as u64) << 32
+    }
+
+    /// The number of logical blocks of a Read, Write or Write Zeroes.
+    pub const fn nlb(&self) -> u32 {
+        (self.cdw12 & 0xffff) + 1
+    }
+}
+
+impl fmt::Debug for Command {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Command")
+            .field("opcode", &format_args!("{:#04x}", self.opcode()))
+            .field("cid", &self.cid())
+            .field("nsid", &self.nsid)
+            .field("psdt", &self.psdt())
+            .field(
+                "dptr",
+                &format_args!("[{:#x}, {:#x}]", self.dptr[0], self.dptr[1]),
+            )
+            .field(
+                "cdw10_15",
+                &[
+                    self.cdw10, self.cdw11, self.cdw12, self.cdw13, self.cdw14, self.cdw15,
+                ],
+            )
+            .finish()
+    }
+}
+
+/// A 16-byte completion queue entry.
+#[derive(Clone, Copy, PartialEq, Eq, Default, Debug)]
+#[repr(C)]
+pub struct Completion {
+    /// Command-specific result.
+    pub result: u32,
+    /// Reserved (dword 1).
+    pub rsvd: u32,
+    /// Submission queue head pointer.
+    pub sq_head: u16,
+    /// Submission queue identifier.
+    pub sq_id: u16,
+    /// Command identifier.
+    pub cid: u16,
+    /// Phase tag (bit 0) and status field (15:1).
+    pub status: u16,
+}
+
+const _: () = assert!(core::mem::size_of::<Completion>() == 16);
+
+impl Completion {
+    /// The phase tag.
+    pub const fn phase(&self) -> bool {
+        self.status & 1 != 0
+    }
+
+    /// The status, without the phase tag.
+    pub const fn status(&self) -> Status {
+        Status(self.status >> 1)
+    }
+}
+
+/// A completion's status field (bits 15:1 of the CQE's dword 3): status code
+/// type (SCT), status code (SC), more (M) and do not retry (DNR).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct Status(pub u16);
+
+impl Status {
+    /// Successful completion.
+    pub const SUCCESS: Status = Status(0);
+
+    /// A status of type `sct` and code `sc`, with `dnr`.
+    pub const fn new(sct: u8, sc: u8, dnr: bool) -> Self {
+        Status(sc as u16 | ((sct as u16 & 0x7) << 8) | (dnr as u16) << 14)
+    }
+
+    /// Status Code.
+    pub const fn sc(self) -> u8 {
+        self.0 as u8
+    }
+
+    /// Status Code Type: 0 generic, 1 command specific, 2 media and data
+    /// integrity, 3 path related, 7 vendor specific.
+    pub const fn sct(self) -> u8 {
+        ((self.0 >> 8) & 0x7) as u8
+    }
+
+    /// Do Not Retry: the same command would fail again.
+    pub const fn dnr(self) -> bool {
+        self.0 & (1 << 14) != 0
+    }
+
+    /// More: more status in the Error Information log page.
+    pub const fn more(self) -> bool {
+        self.0 & (1 << 13) != 0
+    }
+
+    /// Whether the command succeeded.
+    pub const fn is_success(self) -> bool {
+        self.sct() == 0 && self.sc() == 0
+    }
+
+    /// The specification's name for this status.
+    pub const fn name(self) -> &'static str {
+        match (self.sct(), self.sc()) {
+            (0, 0x00) => "Successful Completion",
+            (0, 0x01) => "Invalid Command Opcode",
+            (0, 0x02) => "Invalid Field in Command",
+            (0, 0x03) => "Command ID Conflict",
+            (0, 0x04) => "Data Transfer Error",
+            (0, 0x05) => "Commands Aborted due to Power Loss Notification",
+            (0, 0x06) => "Internal Error",
+            (0, 0x07) => "Command Abort Requested",
+            (0, 0x08) => "Command Aborted due to SQ Deletion",
+            (0, 0x0b) => "Invalid Namespace or Format",
+            (0, 0x0d) => "Invalid SGL Segment Descriptor",
+            (0, 0x0e) => "Invalid Number of SGL Descriptors",
+            (0, 0x0f) => "Data SGL Length Invalid",
+            (0, 0x11) => "SGL Descriptor Type Invalid",
+            (0, 0x13) => "PRP Offset Invalid",
+            (0, 0x80) => "LBA Out of Range",
+            (0, 0x81) => "Capacity Exceeded",
+            (0, 0x82) => "Namespace Not Ready",
+            (1, 0x00) => "Completion Queue Invalid",
+            (1, 0x01) => "Invalid Queue Identifier",
+            (1, 0x02) => "Invalid Queue Size",
+            (1, 0x03) => "Abort Command Limit Exceeded",
+            (1, 0x08) => "Invalid Interrupt Vector",
+            (1, 0x09) => "Invalid Log Page",
+            (1, 0x0c) => "Invalid Queue Deletion",
+            (1, 0x0d) => "Feature Identifier Not Saveable",
+            (2, 0x80) => "Write Fault",
+            (2, 0x81) => "Unrecovered Read Error",
+            (2, 0x86) => "Access Denied",
+            (_, _) => "Unknown Status",
+        }
+    }
+}
+
+impl fmt::Debug for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "Status {{ sct: {}, sc: {:#04x} ({}), dnr: {} }}",
+            self.sct(),
+            self.sc(),
+            self.name(),
+            self.dnr()
+        )
+    }
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} (SCT {:#x}, SC {:#04x}",
+            self.name(),
+            self.sct(),
+            self.sc()
+        )?;
+        if self.dnr() {
+            f.write_str(", do not retry")?;
+        }
+        f.write_str(")")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layouts_and_fields() {
+        let mut c = Command::rw(true, 1, 0x1_2345_6789, 8, true);
+        c.set_cid(0xbeef);
+        assert_eq!(c.opcode(), io::WRITE);
+        assert_eq!(c.cid(), 0xbeef);
+        assert_eq!(c.slba(), 0x1_2345_6789);
+        assert_eq!(c.nlb(), 8);
+        assert_eq!(c.cdw12 >> 30 & 1, 1, "FUA");
+        c.set_data(DataPtr::Sgl(crate::nvme::spec::SglDescriptor::data(
+            Iova::new(0x1000),
+            4096,
+        )));
+        assert_eq!(c.psdt(), 1);
+        let q = Command::create_cq(3, 1024, Iova::new(0x20_0000), Some(2));
+        assert_eq!(q.cdw10, (1023 << 16) | 3);
+        assert_eq!(q.cdw11, 1 | 2 | (2 << 16));
+        let l = Command::get_log_page(log_page::SMART, 0xffff_ffff, 512);
+        assert_eq!(l.cdw10, 2 | (127 << 16));
+    }
+
+    #[test]
+    fn status_decoding() {
+        let cqe = Completion {
+            status: (Status::new(0, 0x80, true).0 << 1) | 1,
+            ..Default::default()
+        };
+        assert!(cqe.phase());
+        let s = cqe.status();
+        assert_eq!((s.sct(), s.sc(), s.dnr()), (0, 0x80, true));
+        assert_eq!(s.name(), "LBA Out of Range");
+        assert_eq!(
+            s.to_string(),
+            "LBA Out of Range (SCT 0x0, SC 0x80, do not retry)"
+        );
+        assert!(Status::SUCCESS.is_success());
+        assert!(!Status::new(2, 0x81, false).is_success());
+    }
+}
