@@ -2,7 +2,7 @@
 # Runs every test of the project: the workspace's cargo tests (unit, property,
 # integration, doc tests; no hardware needed), then the VM tests, which boot
 # QEMU with an emulated NVMe controller behind an emulated IOMMU (scripts/vm)
-# and run the VFIO and DMA-memory test binaries inside it, in three scenarios:
+# and run the VFIO, DMA-memory and driver test binaries inside it, in three scenarios:
 # the controller on vfio-pci, left on the kernel's nvme driver, and a low
 # RLIMIT_MEMLOCK.
 #
@@ -31,7 +31,7 @@ scripts/vm/selftest.sh
 
 # Test binaries that run inside the guest.
 bins=()
-for t in vm_vfio vm_mem; do
+for t in vm_vfio vm_mem vm_ctrl; do
     bin=$(cargo test -p nvme-vfio --test "$t" --no-run 2>&1 |
         sed -n "s/.*(\(.*$t-[^)]*\)).*/\1/p" | tail -n 1)
     if [ -z "$bin" ] || [ ! -x "$bin" ]; then
@@ -61,9 +61,30 @@ run_scenario() {
         failed=$((failed + 1))
     fi
 }
-run_scenario bound
+# The namespace's backing image: after the VM powers off, the host checks the
+# bytes the driver wrote there (vm_ctrl's write_for_the_host_to_check).
+image=target/vm-test-ns1.img
+rm -f "$image"
+run_scenario bound --image "$image" --image-size 64M --env NVME_VM_NS_BYTES=67108864
+echo "-- host check of the backing image"
+if python3 - "$image" <<'PY'
+import sys
+with open(sys.argv[1], "rb") as f:
+    f.seek(1000 * 512)
+    got = f.read(4096)
+want = bytes((i * 7 + 3) & 0xFF for i in range(4096))
+sys.exit(0 if got == want else 1)
+PY
+then
+    echo "-- host check: the 8 blocks written at LBA 1000 are in the image"
+    passed=$((passed + 1))
+else
+    echo "-- host check: the image does not hold what the driver wrote at LBA 1000"
+    failed=$((failed + 1))
+fi
+rm -f "$image"
 run_scenario nvme-driver --no-bind
 run_scenario low-memlock --memlock 64
 
-echo "VM scenarios: $passed passed, $failed failed"
+echo "VM checks: $passed passed, $failed failed"
 [ "$failed" = 0 ]

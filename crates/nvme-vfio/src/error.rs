@@ -2,6 +2,7 @@
 
 use blk_dma::MapError;
 
+use crate::nvme::cmd::Status;
 use crate::nvme::DptrError;
 use crate::vfio::VfioError;
 
@@ -36,4 +37,63 @@ pub enum Error {
     /// A buffer of zero bytes, or a registration of zero bytes, was asked for.
     #[error("zero-length DMA memory request")]
     ZeroLength,
+    /// The device did not answer in time.
+    #[error("timed out after {ms} ms waiting for {what}")]
+    Timeout {
+        /// What was waited for.
+        what: &'static str,
+        /// How long.
+        ms: u64,
+    },
+    /// The controller reported a fatal error (CSTS.CFS) and needs a reset.
+    #[error("controller fatal status (CSTS.CFS) while {during}")]
+    ControllerFatal {
+        /// What the driver was doing.
+        during: &'static str,
+    },
+    /// Registers read as all ones: the device is gone (removed, or its
+    /// function reset underneath the driver).
+    #[error("device not responding (registers read all ones)")]
+    DeviceGone,
+    /// A command completed with an error status.
+    #[error("{what} failed: {status}")]
+    Command {
+        /// The command.
+        what: &'static str,
+        /// Its completion status.
+        status: Status,
+    },
+    /// The controller lacks something the driver needs.
+    #[error("unsupported controller: {0}")]
+    Unsupported(&'static str),
+    /// A namespace that does not exist or is not active.
+    #[error("namespace {nsid} is not active on this controller")]
+    NoNamespace {
+        /// The namespace ID asked for.
+        nsid: u32,
+    },
+    /// A namespace formatted with metadata, which the driver does not
+    /// handle.
+    #[error(
+        "namespace {nsid} uses {metadata} bytes of metadata per block, which is not supported"
+    )]
+    MetadataFormat {
+        /// The namespace ID.
+        nsid: u32,
+        /// Metadata bytes per block.
+        metadata: u16,
+    },
+    /// No I/O queue is left to create a queue pair with.
+    #[error("all {max} I/O queues are in use")]
+    NoQueues {
+        /// I/O queues the controller granted.
+        max: u16,
+    },
+    /// The request is invalid (detected before anything is submitted).
+    #[error("invalid request: {0}")]
+    Invalid(String),
+    /// The controller was disabled to stop a command that did not complete
+    /// in time; it must be reset before further use.
+    #[error("controller disabled after a command timed out; reset it")]
+    Disabled,
 }

@@ -13,6 +13,7 @@
 //!   ranges as strictly as a controller, for tests and the software
 //!   controller.
 
+pub mod ctrl;
 pub mod error;
 pub mod mem;
 pub mod nvme;

@@ -64,6 +64,13 @@ impl DmaBuf {
         HostSeg::new(self.host(), len.min(self.len) as u64)
     }
 
+    /// A raw pointer to the first byte, for memory the device accesses while
+    /// the buffer is held (queue rings): such memory is only read and
+    /// written through this pointer, with volatile accesses.
+    pub(crate) fn as_ptr(&self) -> *mut u8 {
+        self.ptr.as_ptr()
+    }
+
     /// The contents. No I/O is in flight on a buffer its owner holds.
     pub fn as_slice(&self) -> &[u8] {
         // SAFETY: ptr..ptr+len is slab memory owned by this buffer and

@@ -6,6 +6,7 @@ pub mod dptr;
 mod error;
 pub mod identify;
 pub mod prp;
+pub mod queue;
 pub mod regs;
 pub mod sgl;
 pub mod spec;

@@ -1,0 +1,524 @@
+//! The NVMe controller: bring-up, the admin queue, namespaces, and I/O queue
+//! pairs ([`QueuePair`]).
+//!
+//! Bring-up follows NVMe Base 2.0, 3.5.1: disable (wait for CSTS.RDY = 0),
+//! program the admin queues, write CC, enable (wait for CSTS.RDY = 1). Every
+//! wait is bounded by CAP.TO and checks CSTS.CFS.
+
+mod pool;
+mod qpair;
+
+use std::any::Any;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use crate::mem::{DmaSpace, SpaceConfig};
+use crate::nvme::cmd::{cns, feature, Command, Completion};
+use crate::nvme::identify::{IdentifyController, IdentifyNamespace, IDENTIFY_LEN};
+use crate::nvme::queue::{CompletionQueue, SubmissionQueue};
+use crate::nvme::regs::{self, offset, Aqa, Cap, Cc, Csts, Registers, Shutdown, ShutdownStatus};
+use crate::nvme::spec::{DataPtr, PageSize};
+use crate::Error;
+
+pub use pool::{DmaDescPool, DESC_PAGE};
+pub use qpair::{QueueConfig, QueuePair};
+
+/// Admin queue entries.
+const ADMIN_ENTRIES: u16 = 32;
+/// Time allowed for an admin command.
+const ADMIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time allowed for a normal shutdown when the controller does not say.
+const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Driver settings for a controller.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// DMA memory settings.
+    pub space: SpaceConfig,
+    /// I/O queues to ask the controller for.
+    pub io_queues: u16,
+    /// Time allowed for an I/O command before the driver stops the
+    /// controller.
+    pub io_timeout: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            space: SpaceConfig::default(),
+            io_queues: 16,
+            io_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// An active namespace.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Namespace {
+    id: u32,
+    block_size: u64,
+    blocks: u64,
+}
+
+impl Namespace {
+    /// The namespace ID.
+    pub fn id(&self) -> u32 {
+        self.id
+    }
+    /// Logical block size in bytes.
+    pub fn block_size(&self) -> u64 {
+        self.block_size
+    }
+    /// Capacity in logical blocks.
+    pub fn blocks(&self) -> u64 {
+        self.blocks
+    }
+    /// Capacity in bytes.
+    pub fn bytes(&self) -> u64 {
+        self.blocks * self.block_size
+    }
+}
+
+/// The admin queue pair; commands are serialized through its mutex.
+#[derive(Debug)]
+struct Admin {
+    sq: SubmissionQueue,
+    cq: CompletionQueue,
+    next_cid: u16,
+}
+
+/// State shared by the controller and its queue pairs.
+pub(crate) struct Shared {
+    regs: Arc<dyn Registers>,
+    space: Arc<DmaSpace>,
+    cap: Cap,
+    page: PageSize,
+    admin: Mutex<Admin>,
+    /// I/O queue IDs in use (index = qid - 1).
+    qids: Mutex<Vec<bool>>,
+    disabled: std::sync::atomic::AtomicBool,
+    config: Config,
+}
+
+impl core::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Shared")
+            .field("cap", &self.cap)
+            .field("page", &self.page)
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Shared {
+    fn csts(&self) -> Result<Csts, Error> {
+        let v = self.regs.read32(offset::CSTS);
+        if v == u32::MAX {
+            return Err(Error::DeviceGone);
+        }
+        Ok(Csts(v))
+    }
+
+    /// Waits until CSTS.RDY is `ready`, bounded by CAP.TO.
+    fn wait_ready(&self, ready: bool, during: &'static str) -> Result<(), Error> {
+        let limit = Duration::from_millis(self.cap.timeout_ms().max(500));
+        let start = Instant::now();
+        loop {
+            let csts = self.csts()?;
+            if csts.ready() == ready {
+                return Ok(());
+            }
+            if csts.fatal() && ready {
+                return Err(Error::ControllerFatal { during });
+            }
+            if start.elapsed() > limit {
+                return Err(Error::Timeout {
+                    what: if ready {
+                        "CSTS.RDY = 1"
+                    } else {
+                        "CSTS.RDY = 0"
+                    },
+                    ms: limit.as_millis() as u64,
+                });
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    }
+
+    /// Clears CC.EN and waits for the controller to stop: after this the
+    /// device does no more DMA.
+    pub(crate) fn disable(&self) -> Result<(), Error> {
+        let cc = Cc(self.regs.read32(offset::CC));
+        if cc.enabled() {
+            self.regs.write32(offset::CC, cc.with_enable(false).0);
+        }
+        self.wait_ready(false, "disabling")
+    }
+
+    /// Stops the controller after a command timed out, so no memory is
+    /// touched by the device once the caller gets its buffers back.
+    pub(crate) fn stop_after_timeout(&self) {
+        self.disabled
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Err(e) = self.disable() {
+            log::error!("disabling the controller after a timeout: {e}");
+        }
+    }
+
+    pub(crate) fn is_disabled(&self) -> bool {
+        self.disabled.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Runs one admin command to completion, with `data` (a 4 KiB-aligned
+    /// DMA buffer) as its PRP1 if given.
+    pub(crate) fn admin(
+        &self,
+        mut cmd: Command,
+        data: Option<blk_dma::Iova>,
+        what: &'static str,
+    ) -> Result<Completion, Error> {
+        if self.is_disabled() {
+            return Err(Error::Disabled);
+        }
+        let mut a = lock(&self.admin);
+        let cid = a.next_cid;
+        a.next_cid = a.next_cid.wrapping_add(1);
+        cmd.set_cid(cid);
+        if let Some(iova) = data {
+            cmd.set_data(DataPtr::Prp {
+                prp1: iova,
+                prp2: blk_dma::Iova::new(0),
+            });
+        }
+        if !a.sq.push(&cmd) {
+            return Err(Error::Invalid("admin queue full".into()));
+        }
+        a.sq.ring(&*self.regs);
+        let start = Instant::now();
+        let mut spins = 0u32;
+        loop {
+            if let Some(c) = a.cq.pop() {
+                a.sq.set_head(c.sq_head);
+                a.cq.ring(&*self.regs);
+                if c.cid != cid {
+                    log::warn!("stale admin completion for cid {}", c.cid);
+                    continue;
+                }
+                let status = c.status();
+                if !status.is_success() {
+                    return Err(Error::Command { what, status });
+                }
+                return Ok(c);
+            }
+            spins += 1;
+            if spins % 64 == 0 {
+                if self.csts()?.fatal() {
+                    return Err(Error::ControllerFatal { during: what });
+                }
+                if start.elapsed() > ADMIN_TIMEOUT {
+                    drop(a);
+                    self.stop_after_timeout();
+                    return Err(Error::Timeout {
+                        what,
+                        ms: ADMIN_TIMEOUT.as_millis() as u64,
+                    });
+                }
+                std::thread::yield_now();
+            }
+        }
+    }
+
+    pub(crate) fn doorbells(&self, qid: u16) -> (u64, u64) {
+        let s = self.cap.doorbell_stride();
+        (
+            regs::sq_tail_doorbell(qid, s),
+            regs::cq_head_doorbell(qid, s),
+        )
+    }
+}
+
+/// An NVMe controller.
+pub struct Controller {
+    shared: Arc<Shared>,
+    identify: IdentifyController,
+    io_queues: u16,
+    /// Keeps the VFIO device (and its BAR mapping) open.
+    _backend: Option<Box<dyn Any + Send + Sync>>,
+}
+
+impl core::fmt::Debug for Controller {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Controller")
+            .field("identify", &self.identify)
+            .field("io_queues", &self.io_queues)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Controller {
+    /// Opens the controller at PCI address `addr` (`0000:01:00.0` or
+    /// `01:00.0`), bound to vfio-pci, and brings it up.
+    pub fn open(addr: &str, config: Config) -> Result<Self, Error> {
+        let dev = crate::vfio::Device::open(addr)?;
+        dev.enable_bus_master()?;
+        let bar = Arc::new(dev.map_bar(0)?);
+        let space = DmaSpace::new(dev.container().clone(), config.space);
+        Self::with_backend(bar, space, config, Some(Box::new(dev)))
+    }
+
+    /// Brings up a controller reached through `regs`, with DMA memory in
+    /// `space` (a VFIO container's, or a device model's). `backend` is kept
+    /// alive as long as the controller.
+    pub fn with_backend(
+        regs: Arc<dyn Registers>,
+        space: Arc<DmaSpace>,
+        config: Config,
+        backend: Option<Box<dyn Any + Send + Sync>>,
+    ) -> Result<Self, Error> {
+        let cap_raw = regs.read64(offset::CAP);
+        if cap_raw == u64::MAX {
+            return Err(Error::DeviceGone);
+        }
+        let cap = Cap(cap_raw);
+        if cap.css() & 1 == 0 {
+            return Err(Error::Unsupported("NVM command set not supported"));
+        }
+        // 4 KiB pages when the controller allows them (every CPU page size
+        // the driver runs on is a multiple).
+        let page = if cap.mps_min() <= 4096 && 4096 <= cap.mps_max() {
+            PageSize::DEFAULT
+        } else {
+            return Err(Error::Unsupported(
+                "4 KiB memory pages not supported (CAP.MPSMIN)",
+            ));
+        };
+        let entries = ADMIN_ENTRIES.min(cap.max_queue_entries().min(4096) as u16);
+        let (sq_db, cq_db) = (
+            regs::sq_tail_doorbell(0, cap.doorbell_stride()),
+            regs::cq_head_doorbell(0, cap.doorbell_stride()),
+        );
+        let admin = Admin {
+            sq: SubmissionQueue::new(&space, entries, sq_db)?,
+            cq: CompletionQueue::new(&space, entries, cq_db)?,
+            next_cid: 0,
+        };
+        let shared = Arc::new(Shared {
+            regs,
+            space,
+            cap,
+            page,
+            admin: Mutex::new(admin),
+            qids: Mutex::new(Vec::new()),
+            disabled: std::sync::atomic::AtomicBool::new(false),
+            config,
+        });
+        Self::enable(&shared)?;
+        let mut ctrl = Controller {
+            shared,
+            identify: IdentifyController::default(),
+            io_queues: 0,
+            _backend: backend,
+        };
+        ctrl.identify = ctrl.identify_controller()?;
+        ctrl.io_queues = ctrl.negotiate_queues()?;
+        *lock(&ctrl.shared.qids) = vec![false; ctrl.io_queues as usize];
+        Ok(ctrl)
+    }
+
+    /// Disables, programs the admin queues and CC, enables.
+    fn enable(s: &Arc<Shared>) -> Result<(), Error> {
+        s.disable()?;
+        {
+            let mut a = lock(&s.admin);
+            a.sq.reset();
+            a.cq.reset();
+            let r = &s.regs;
+            r.write32(offset::AQA, Aqa::new(a.sq.entries(), a.cq.entries()).0);
+            r.write64(offset::ASQ, a.sq.iova().raw());
+            r.write64(offset::ACQ, a.cq.iova().raw());
+        }
+        let cc = Cc::default()
+            .with_css(0)
+            .with_mps(s.page.mps())
+            .with_entry_sizes(6, 4)
+            .with_enable(true);
+        s.regs.write32(offset::CC, cc.0);
+        s.wait_ready(true, "enabling")?;
+        s.disabled.store(false, std::sync::atomic::Ordering::SeqCst);
+        Ok(())
+    }
+
+    fn identify_controller(&self) -> Result<IdentifyController, Error> {
+        let buf = self.shared.space.alloc(IDENTIFY_LEN)?;
+        self.shared.admin(
+            Command::identify(cns::CONTROLLER, 0),
+            Some(buf.iova()),
+            "Identify Controller",
+        )?;
+        let mut id = IdentifyController::default();
+        id.0.copy_from_slice(&buf.as_slice()[..IDENTIFY_LEN]);
+        Ok(id)
+    }
+
+    /// Asks for `config.io_queues` submission and completion queues; returns
+    /// how many the controller granted (the smaller of both counts).
+    fn negotiate_queues(&self) -> Result<u16, Error> {
+        let want = self.shared.config.io_queues.clamp(1, 0xfffe) as u32 - 1;
+        let c = self.shared.admin(
+            Command::set_features(feature::NUMBER_OF_QUEUES, want | want << 16),
+            None,
+            "Set Features (Number of Queues)",
+        )?;
+        let sq = (c.result & 0xffff) + 1;
+        let cq = (c.result >> 16) + 1;
+        Ok(sq.min(cq).min(want + 1) as u16)
+    }
+
+    /// The Identify Controller data.
+    pub fn identify(&self) -> &IdentifyController {
+        &self.identify
+    }
+
+    /// The controller capabilities.
+    pub fn cap(&self) -> Cap {
+        self.shared.cap
+    }
+
+    /// I/O queues granted by the controller.
+    pub fn io_queues(&self) -> u16 {
+        self.io_queues
+    }
+
+    /// The DMA space buffers are allocated from.
+    pub fn space(&self) -> &Arc<DmaSpace> {
+        &self.shared.space
+    }
+
+    /// A DMA buffer of at least `len` bytes (see [`DmaSpace::alloc`]).
+    pub fn dma_alloc(&self, len: usize) -> Result<crate::mem::DmaBuf, Error> {
+        self.shared.space.alloc(len)
+    }
+
+    /// IDs of the active namespaces.
+    pub fn active_namespaces(&self) -> Result<Vec<u32>, Error> {
+        let buf = self.shared.space.alloc(IDENTIFY_LEN)?;
+        self.shared.admin(
+            Command::identify(cns::ACTIVE_NAMESPACES, 0),
+            Some(buf.iova()),
+            "Identify Active Namespace List",
+        )?;
+        Ok(buf.as_slice()[..IDENTIFY_LEN]
+            .chunks_exact(4)
+            .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .take_while(|&id| id != 0)
+            .collect())
+    }
+
+    /// Namespace `nsid`, if active and formatted without metadata.
+    pub fn namespace(&self, nsid: u32) -> Result<Namespace, Error> {
+        if nsid == 0 || nsid == u32::MAX {
+            return Err(Error::NoNamespace { nsid });
+        }
+        let buf = self.shared.space.alloc(IDENTIFY_LEN)?;
+        let r = self.shared.admin(
+            Command::identify(cns::NAMESPACE, nsid),
+            Some(buf.iova()),
+            "Identify Namespace",
+        );
+        match r {
+            Err(Error::Command { status, .. }) if status.sct() == 0 && status.sc() == 0x0b => {
+                return Err(Error::NoNamespace { nsid })
+            }
+            r => r?,
+        };
+        let mut id = IdentifyNamespace::default();
+        id.0.copy_from_slice(&buf.as_slice()[..IDENTIFY_LEN]);
+        if !id.is_active() {
+            return Err(Error::NoNamespace { nsid });
+        }
+        let f = id.current_lba_format().ok_or(Error::Unsupported(
+            "namespace reports no current LBA format",
+        ))?;
+        if f.metadata != 0 {
+            return Err(Error::MetadataFormat {
+                nsid,
+                metadata: f.metadata,
+            });
+        }
+        let block_size = f.block_size();
+        if !(512..=1 << 20).contains(&block_size) {
+            return Err(Error::Unsupported("LBA data size outside 512 B to 1 MiB"));
+        }
+        Ok(Namespace {
+            id: nsid,
+            block_size,
+            blocks: id.nsze(),
+        })
+    }
+
+    /// Largest transfer of one command in bytes (from MDTS; 1 MiB when the
+    /// controller sets no limit).
+    pub fn max_transfer(&self) -> u64 {
+        match self.identify.mdts() {
+            0 => 1 << 20,
+            m => (self.shared.cap.mps_min() << m).min(1 << 20),
+        }
+    }
+
+    /// Creates an I/O queue pair for the calling thread.
+    pub fn queue_pair(&self, config: QueueConfig) -> Result<QueuePair, Error> {
+        QueuePair::create(self, config)
+    }
+
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    pub(crate) fn alloc_qid(&self) -> Result<u16, Error> {
+        let mut q = lock(&self.shared.qids);
+        let i = q.iter().position(|used| !used).ok_or(Error::NoQueues {
+            max: self.io_queues,
+        })?;
+        q[i] = true;
+        Ok(i as u16 + 1)
+    }
+}
+
+impl Shared {
+    pub(crate) fn free_qid(&self, qid: u16) {
+        if let Some(slot) = lock(&self.qids).get_mut(qid as usize - 1) {
+            *slot = false;
+        }
+    }
+}
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        // Queue pairs hold the shared state and delete their own queues when
+        // dropped; here: normal shutdown, bounded.
+        if self.shared.is_disabled() {
+            return;
+        }
+        let r = &self.shared.regs;
+        let cc = Cc(r.read32(offset::CC));
+        r.write32(offset::CC, cc.with_shutdown(Shutdown::Normal).0);
+        let start = Instant::now();
+        while start.elapsed() < SHUTDOWN_TIMEOUT {
+            match self.shared.csts() {
+                Ok(c) if c.shutdown_status() == ShutdownStatus::Complete => {
+                    // Queue pairs still alive must not send admin commands.
+                    self.shared
+                        .disabled
+                        .store(true, std::sync::atomic::Ordering::SeqCst);
+                    return;
+                }
+                Ok(_) => std::thread::sleep(Duration::from_micros(500)),
+                Err(_) => return,
+            }
+        }
+        log::warn!("controller shutdown did not complete in {SHUTDOWN_TIMEOUT:?}");
+    }
+}

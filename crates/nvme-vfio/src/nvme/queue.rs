@@ -1,0 +1,186 @@
+//! Submission and completion queue rings in DMA memory.
+//!
+//! The device reads the submission ring and writes the completion ring at
+//! any time, so ring memory is never turned into a Rust reference: entries
+//! are written and read with volatile accesses through raw pointers, with a
+//! fence between the entries and the doorbell that publishes them.
+
+use core::sync::atomic::{fence, Ordering};
+use std::sync::Arc;
+
+use blk_dma::Iova;
+
+use super::cmd::{Command, Completion};
+use super::regs::Registers;
+use crate::mem::{DmaBuf, DmaSpace};
+use crate::Error;
+
+/// A submission queue: a ring of 64-byte commands and its tail doorbell.
+#[derive(Debug)]
+pub struct SubmissionQueue {
+    ring: DmaBuf,
+    entries: u16,
+    /// Next free slot (the tail the device has not seen yet, until rung).
+    tail: u16,
+    /// The device's head, from the latest completion's SQ head field.
+    head: u16,
+    doorbell: u64,
+}
+
+impl SubmissionQueue {
+    /// A ring of `entries` commands (2 to 65536) in `space`, with its tail
+    /// doorbell at BAR0 offset `doorbell`.
+    pub fn new(space: &Arc<DmaSpace>, entries: u16, doorbell: u64) -> Result<Self, Error> {
+        // Queue base addresses must be page aligned: buffers of 4 KiB and
+        // more are.
+        let ring = space.alloc((entries as usize * size_of::<Command>()).max(4096))?;
+        Ok(Self {
+            ring,
+            entries,
+            tail: 0,
+            head: 0,
+            doorbell,
+        })
+    }
+
+    /// Device address of the ring.
+    pub fn iova(&self) -> Iova {
+        self.ring.iova()
+    }
+
+    /// Ring size in entries.
+    pub fn entries(&self) -> u16 {
+        self.entries
+    }
+
+    /// Whether the ring has no free slot (one slot always stays empty).
+    pub fn is_full(&self) -> bool {
+        self.next(self.tail) == self.head
+    }
+
+    fn next(&self, i: u16) -> u16 {
+        if i + 1 == self.entries {
+            0
+        } else {
+            i + 1
+        }
+    }
+
+    /// Copies `cmd` into the next slot; the device sees it once
+    /// [`ring`](Self::ring) writes the doorbell. Returns `false` if full.
+    #[inline]
+    pub fn push(&mut self, cmd: &Command) -> bool {
+        if self.is_full() {
+            return false;
+        }
+        let slot = self.ring.as_ptr().cast::<Command>();
+        // SAFETY: tail < entries, so the slot is inside the ring buffer,
+        // which this queue owns; the device does not read slots past the
+        // last doorbell value, so writing this one races with nothing.
+        unsafe { slot.add(self.tail as usize).write_volatile(*cmd) };
+        self.tail = self.next(self.tail);
+        true
+    }
+
+    /// Publishes every pushed command with one tail doorbell write.
+    #[inline]
+    pub fn ring<R: Registers + ?Sized>(&self, regs: &R) {
+        // The commands must be in memory before the device sees the doorbell.
+        fence(Ordering::SeqCst);
+        regs.write32(self.doorbell, self.tail as u32);
+    }
+
+    /// Records the device's head from a completion.
+    #[inline]
+    pub fn set_head(&mut self, head: u16) {
+        if head < self.entries {
+            self.head = head;
+        }
+    }
+
+    /// Forgets every slot (after the controller was reset).
+    pub fn reset(&mut self) {
+        self.tail = 0;
+        self.head = 0;
+    }
+}
+
+/// A completion queue: a ring of 16-byte completions and its head doorbell.
+#[derive(Debug)]
+pub struct CompletionQueue {
+    ring: DmaBuf,
+    entries: u16,
+    head: u16,
+    /// The phase tag that marks a new entry in the current pass.
+    phase: bool,
+    doorbell: u64,
+}
+
+impl CompletionQueue {
+    /// A ring of `entries` completions in `space`, zeroed, with its head
+    /// doorbell at BAR0 offset `doorbell`.
+    pub fn new(space: &Arc<DmaSpace>, entries: u16, doorbell: u64) -> Result<Self, Error> {
+        let mut ring = space.alloc((entries as usize * size_of::<Completion>()).max(4096))?;
+        // Not yet known to the device: plain access is fine.
+        ring.as_mut_slice().fill(0);
+        Ok(Self {
+            ring,
+            entries,
+            head: 0,
+            phase: true,
+            doorbell,
+        })
+    }
+
+    /// Device address of the ring.
+    pub fn iova(&self) -> Iova {
+        self.ring.iova()
+    }
+
+    /// Ring size in entries.
+    pub fn entries(&self) -> u16 {
+        self.entries
+    }
+
+    /// The next completion, if the device has posted one; consumes it.
+    #[inline]
+    pub fn pop(&mut self) -> Option<Completion> {
+        let slot = self.ring.as_ptr().cast::<Completion>();
+        // SAFETY: head < entries, inside the ring this queue owns. The
+        // device may be writing other slots; this one is only read, with a
+        // volatile read, and its phase tag tells whether it is complete.
+        let status =
+            unsafe { core::ptr::addr_of!((*slot.add(self.head as usize)).status).read_volatile() };
+        if (status & 1 != 0) != self.phase {
+            return None;
+        }
+        // Read the rest of the entry only after seeing its phase tag.
+        fence(Ordering::Acquire);
+        // SAFETY: as above; the device finished this entry (phase tag).
+        let cqe = unsafe { slot.add(self.head as usize).read_volatile() };
+        self.head += 1;
+        if self.head == self.entries {
+            self.head = 0;
+            self.phase = !self.phase;
+        }
+        Some(cqe)
+    }
+
+    /// Tells the device which entries are consumed (one write per batch).
+    #[inline]
+    pub fn ring<R: Registers + ?Sized>(&self, regs: &R) {
+        regs.write32(self.doorbell, self.head as u32);
+    }
+
+    /// Zeroes the ring and starts over (after the controller was reset).
+    pub fn reset(&mut self) {
+        let p = self.ring.as_ptr();
+        for i in 0..self.ring.len() {
+            // SAFETY: inside the ring; the controller is disabled, so the
+            // device does not write it.
+            unsafe { p.add(i).write_volatile(0) };
+        }
+        self.head = 0;
+        self.phase = true;
+    }
+}
