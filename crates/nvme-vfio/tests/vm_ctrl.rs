@@ -223,3 +223,50 @@ fn write_for_the_host_to_check() {
     qp.write(&ns, 1000, &data, true).unwrap();
     qp.flush(&ns).unwrap();
 }
+
+#[test]
+fn logs_features_zeroes_and_trim() {
+    if !in_vm() {
+        return;
+    }
+    let _g = DEVICE.lock().unwrap_or_else(|e| e.into_inner());
+    let ctrl = Controller::open(NVME, Config::default()).expect("bring-up");
+    let ns = ctrl.namespace(1).unwrap();
+    let mut qp = ctrl.queue_pair(QueueConfig::default()).unwrap();
+    let before = ctrl.smart_log().unwrap();
+    let data = pattern(7, 64 << 10);
+    for i in 0..4 {
+        qp.write(&ns, 20_000 + i * 128, &data, false).unwrap();
+    }
+    let after = ctrl.smart_log().unwrap();
+    assert!(
+        after.host_write_commands >= before.host_write_commands + 4,
+        "{before:?} -> {after:?}"
+    );
+    assert!(after.temperature_k > 200, "{after:?}");
+    // The error log can be read (QEMU keeps none).
+    ctrl.error_log(16).unwrap();
+    // Volatile write cache: QEMU has one, enabled; toggle it and back.
+    assert!(ctrl.write_cache().unwrap());
+    ctrl.set_write_cache(false).unwrap();
+    assert!(!ctrl.write_cache().unwrap());
+    ctrl.set_write_cache(true).unwrap();
+    assert!(ctrl.write_cache().unwrap());
+    // Write Zeroes: the blocks read back as zeroes.
+    qp.write_zeroes(&ns, 20_000, 128).unwrap();
+    let mut back = vec![0xffu8; 64 << 10];
+    qp.read(&ns, 20_000, &mut back).unwrap();
+    assert!(back.iter().all(|&b| b == 0));
+    qp.read(&ns, 20_128, &mut back).unwrap();
+    assert!(back == data, "neighbouring blocks untouched");
+    // Deallocate completes (what deallocated blocks read as is up to the
+    // device); bad ranges are refused before submission.
+    qp.deallocate(&ns, &[(20_256, 128), (20_384, 64)]).unwrap();
+    assert!(matches!(qp.deallocate(&ns, &[]), Err(Error::Invalid(_))));
+    assert!(matches!(
+        qp.deallocate(&ns, &[(ns.blocks(), 1)]),
+        Err(Error::Invalid(_))
+    ));
+    // Aborting a command that already completed: not aborted.
+    assert!(!ctrl.abort(qp.qid(), 0).unwrap());
+}

@@ -13,8 +13,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crate::mem::{DmaSpace, SpaceConfig};
-use crate::nvme::cmd::{cns, feature, Command, Completion};
+use crate::nvme::cmd::{cns, feature, log_page, Command, Completion};
 use crate::nvme::identify::{IdentifyController, IdentifyNamespace, IDENTIFY_LEN};
+use crate::nvme::log::{ErrorLogEntry, SmartLog, ERROR_ENTRY_LEN, SMART_LEN};
 use crate::nvme::queue::{CompletionQueue, SubmissionQueue};
 use crate::nvme::regs::{self, offset, Aqa, Cap, Cc, Csts, Registers, Shutdown, ShutdownStatus};
 use crate::nvme::spec::{DataPtr, PageSize};
@@ -457,6 +458,70 @@ impl Controller {
             block_size,
             blocks: id.nsze(),
         })
+    }
+
+    /// The SMART / Health Information log (controller-wide).
+    pub fn smart_log(&self) -> Result<SmartLog, Error> {
+        let buf = self.shared.space.alloc(4096)?;
+        self.shared.admin(
+            Command::get_log_page(log_page::SMART, 0xffff_ffff, SMART_LEN as u32),
+            Some(buf.iova()),
+            "Get Log Page (SMART)",
+        )?;
+        let mut b = [0u8; SMART_LEN];
+        b.copy_from_slice(&buf.as_slice()[..SMART_LEN]);
+        Ok(SmartLog::parse(&b))
+    }
+
+    /// The newest `entries` (1 to 64) Error Information log entries that are
+    /// in use.
+    pub fn error_log(&self, entries: usize) -> Result<Vec<ErrorLogEntry>, Error> {
+        let n = entries.clamp(1, 64);
+        let buf = self.shared.space.alloc(4096)?;
+        self.shared.admin(
+            Command::get_log_page(log_page::ERROR, 0xffff_ffff, (n * ERROR_ENTRY_LEN) as u32),
+            Some(buf.iova()),
+            "Get Log Page (Error Information)",
+        )?;
+        Ok(buf.as_slice()[..n * ERROR_ENTRY_LEN]
+            .chunks_exact(ERROR_ENTRY_LEN)
+            .filter_map(ErrorLogEntry::parse)
+            .filter(|e| e.error_count != 0)
+            .collect())
+    }
+
+    /// Whether the volatile write cache is enabled.
+    pub fn write_cache(&self) -> Result<bool, Error> {
+        let c = self.shared.admin(
+            Command::get_features(feature::VOLATILE_WRITE_CACHE),
+            None,
+            "Get Features (Volatile Write Cache)",
+        )?;
+        Ok(c.result & 1 != 0)
+    }
+
+    /// Enables or disables the volatile write cache (when present).
+    pub fn set_write_cache(&self, on: bool) -> Result<(), Error> {
+        if self.identify.vwc() & 1 == 0 {
+            return Err(Error::Unsupported("no volatile write cache"));
+        }
+        self.shared
+            .admin(
+                Command::set_features(feature::VOLATILE_WRITE_CACHE, on as u32),
+                None,
+                "Set Features (Volatile Write Cache)",
+            )
+            .map(drop)
+    }
+
+    /// Asks the controller to abort command `cid` on submission queue
+    /// `sqid`. Returns whether it was aborted (Abort's dword 0, bit 0 clear);
+    /// the command itself then completes with "Command Abort Requested".
+    pub fn abort(&self, sqid: u16, cid: u16) -> Result<bool, Error> {
+        let c = self
+            .shared
+            .admin(Command::abort(sqid, cid), None, "Abort")?;
+        Ok(c.result & 1 == 0)
     }
 
     /// Largest transfer of one command in bytes (from MDTS; 1 MiB when the

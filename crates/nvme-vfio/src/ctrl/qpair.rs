@@ -168,6 +168,70 @@ impl QueuePair {
             .map(drop)
     }
 
+    /// Writes zeroes to `blocks` blocks at `lba` (split at 65536 blocks per
+    /// command).
+    pub fn write_zeroes(&mut self, ns: &Namespace, lba: u64, blocks: u64) -> Result<(), Error> {
+        self.check_range(ns, lba, blocks)?;
+        let mut done = 0;
+        while done < blocks {
+            let n = (blocks - done).min(1 << 16);
+            self.exec(
+                Command::write_zeroes(ns.id(), lba + done, n as u32, false),
+                "Write Zeroes",
+            )?;
+            done += n;
+        }
+        Ok(())
+    }
+
+    /// Deallocates (trims) the given `(lba, blocks)` ranges: one Dataset
+    /// Management command per 256 ranges. Each range holds at most
+    /// `u32::MAX` blocks.
+    pub fn deallocate(&mut self, ns: &Namespace, ranges: &[(u64, u64)]) -> Result<(), Error> {
+        if ranges.is_empty() {
+            return Err(Error::Invalid("no ranges to deallocate".into()));
+        }
+        for &(lba, blocks) in ranges {
+            self.check_range(ns, lba, blocks)?;
+            if blocks > u32::MAX as u64 {
+                return Err(Error::Invalid(format!(
+                    "range of {blocks} blocks is longer than a DSM range"
+                )));
+            }
+        }
+        let mut buf = self.shared.space.alloc(4096)?;
+        for group in ranges.chunks(256) {
+            let b = buf.as_mut_slice();
+            for (i, &(lba, blocks)) in group.iter().enumerate() {
+                let e = &mut b[16 * i..16 * i + 16];
+                e[0..4].fill(0);
+                e[4..8].copy_from_slice(&(blocks as u32).to_le_bytes());
+                e[8..16].copy_from_slice(&lba.to_le_bytes());
+            }
+            let mut cmd = Command::deallocate(ns.id(), group.len() as u32);
+            cmd.set_data(crate::nvme::spec::DataPtr::Prp {
+                prp1: buf.iova(),
+                prp2: blk_dma::Iova::new(0),
+            });
+            self.exec(cmd, "Dataset Management (Deallocate)")?;
+        }
+        Ok(())
+    }
+
+    fn check_range(&self, ns: &Namespace, lba: u64, blocks: u64) -> Result<(), Error> {
+        if blocks == 0 {
+            return Err(Error::Invalid("zero-length range".into()));
+        }
+        if lba.checked_add(blocks).is_none_or(|end| end > ns.blocks()) {
+            return Err(Error::Invalid(format!(
+                "LBA range {lba}+{blocks} past the end of namespace {} ({} blocks)",
+                ns.id(),
+                ns.blocks()
+            )));
+        }
+        Ok(())
+    }
+
     /// Checks a request and returns its length in blocks.
     fn validate(&self, ns: &Namespace, lba: u64, segs: &[HostSeg]) -> Result<u64, Error> {
         let total: u64 = segs.iter().map(|s| s.len).sum();
@@ -181,13 +245,7 @@ impl QueuePair {
             )));
         }
         let blocks = total / ns.block_size();
-        if lba.checked_add(blocks).is_none_or(|end| end > ns.blocks()) {
-            return Err(Error::Invalid(format!(
-                "LBA range {lba}+{blocks} past the end of namespace {} ({} blocks)",
-                ns.id(),
-                ns.blocks()
-            )));
-        }
+        self.check_range(ns, lba, blocks)?;
         if !self.sgl_any_alignment && segs.iter().any(|s| s.addr.raw() & 3 != 0 || s.len & 3 != 0) {
             return Err(Error::Invalid(
                 "buffers must be dword (4-byte) aligned".into(),

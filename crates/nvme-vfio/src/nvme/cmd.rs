@@ -244,6 +244,26 @@ impl Command {
         c
     }
 
+    /// Write Zeroes of `blocks` (1 to 65536) logical blocks at `lba`; with
+    /// `deallocate` the controller may deallocate them instead.
+    pub fn write_zeroes(nsid: u32, lba: u64, blocks: u32, deallocate: bool) -> Self {
+        let mut c = Self::new(io::WRITE_ZEROES, nsid);
+        c.cdw10 = lba as u32;
+        c.cdw11 = (lba >> 32) as u32;
+        c.cdw12 = (blocks - 1) & 0xffff | (deallocate as u32) << 25;
+        c
+    }
+
+    /// Dataset Management with the Deallocate attribute over `ranges`
+    /// (1 to 256) range entries in a buffer the caller points DPTR at.
+    pub fn deallocate(nsid: u32, ranges: u32) -> Self {
+        let mut c = Self::new(io::DSM, nsid);
+        c.cdw10 = (ranges - 1) & 0xff;
+        // AD: attribute - deallocate.
+        c.cdw11 = 1 << 2;
+        c
+    }
+
     /// The starting LBA of a Read, Write or Write Zeroes.
     pub const fn slba(&self) -> u64 {
         self.cdw10 as u64 | (self.cdw11 as u64) << 32

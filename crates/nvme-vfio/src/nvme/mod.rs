@@ -5,6 +5,7 @@ pub mod desc;
 pub mod dptr;
 mod error;
 pub mod identify;
+pub mod log;
 pub mod prp;
 pub mod queue;
 pub mod regs;
