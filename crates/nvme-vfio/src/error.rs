@@ -89,6 +89,14 @@ pub enum Error {
         /// I/O queues the controller granted.
         max: u16,
     },
+    /// The queue pair has too few free command slots for the request.
+    #[error("queue full: the request needs {needed} command slots, {free} are free")]
+    QueueFull {
+        /// Commands the request needs (more than one when split at MDTS).
+        needed: usize,
+        /// Commands that can still be submitted.
+        free: usize,
+    },
     /// The request is invalid (detected before anything is submitted).
     #[error("invalid request: {0}")]
     Invalid(String),

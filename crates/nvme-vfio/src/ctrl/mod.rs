@@ -5,6 +5,7 @@
 //! program the admin queues, write CC, enable (wait for CSTS.RDY = 1). Every
 //! wait is bounded by CAP.TO and checks CSTS.CFS.
 
+mod io;
 mod pool;
 mod qpair;
 
@@ -21,6 +22,7 @@ use crate::nvme::regs::{self, offset, Aqa, Cap, Cc, Csts, Registers, Shutdown, S
 use crate::nvme::spec::{DataPtr, PageSize};
 use crate::Error;
 
+pub use io::{Done, Io, IoBuf, Op};
 pub use pool::{DmaDescPool, DESC_PAGE};
 pub use qpair::{QueueConfig, QueuePair};
 

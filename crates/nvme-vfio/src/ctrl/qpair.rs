@@ -1,15 +1,27 @@
 //! I/O queue pairs: one per thread (`Send`, not `Sync`), no locks on the I/O
 //! path.
+//!
+//! Requests are submitted asynchronously ([`QueuePair::submit`]) and their
+//! completions collected with [`QueuePair::poll`]: buffers move into the
+//! request and come back with the completion, so the device never writes
+//! memory its owner can touch. Commands are written into the submission ring
+//! as they come and published with one tail doorbell per batch (at the next
+//! poll or [`flush`](QueuePair::flush)); completions are drained by phase
+//! tag with one head doorbell per poll. Requests larger than the controller's
+//! maximum transfer are split into several commands and complete once.
+//! The blocking calls ([`read`](QueuePair::read), [`write`](QueuePair::write),
+//! ...) run on the same machinery.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use blk_dma::{Direction, DmaState, HostAddr, HostSeg};
 
+use super::io::{Done, Io, IoBuf, Op};
 use super::pool::DmaDescPool;
 use super::{Controller, Namespace, Shared};
 use crate::mem::VfioMapper;
-use crate::nvme::cmd::{io, Command, Completion};
+use crate::nvme::cmd::{io, Command};
 use crate::nvme::desc::DescList;
 use crate::nvme::dptr::{self, Policy, QueueKind, Setup};
 use crate::nvme::queue::{CompletionQueue, SubmissionQueue};
@@ -18,7 +30,8 @@ use crate::Error;
 /// Settings for a queue pair.
 #[derive(Clone, Copy, Debug)]
 pub struct QueueConfig {
-    /// Entries in each queue (capped at CAP.MQES + 1).
+    /// Entries in each queue (capped at CAP.MQES + 1); up to `depth - 1`
+    /// commands are in flight.
     pub depth: u16,
     /// Descriptor pages (PRP lists, SGL segments) for this queue pair.
     pub desc_pages: usize,
@@ -37,6 +50,31 @@ impl Default for QueueConfig {
     }
 }
 
+/// Tag of the one blocking request a queue pair runs at a time.
+const BLOCKING: u64 = u64::MAX;
+/// Empty polls between two looks at the clock for timed-out commands.
+const TIMEOUT_CHECK: u32 = 1024;
+
+/// One command in flight: its request and what to undo at completion.
+#[derive(Debug)]
+struct Slot {
+    busy: bool,
+    req: u32,
+    started: Option<Instant>,
+    state: DmaState,
+    list: DescList,
+}
+
+/// One request in flight: it completes when its last command does.
+#[derive(Debug)]
+struct Pending {
+    buf: IoBuf,
+    tag: u64,
+    remaining: u32,
+    error: Option<Error>,
+    what: &'static str,
+}
+
 /// An I/O submission/completion queue pair.
 #[derive(Debug)]
 pub struct QueuePair {
@@ -50,9 +88,21 @@ pub struct QueuePair {
     max_transfer: u64,
     /// SGL data blocks may start at any byte (SGLS = 01b).
     sgl_any_alignment: bool,
-    state: DmaState,
-    list: DescList,
-    next_cid: u16,
+    /// Indexed by command ID.
+    slots: Vec<Slot>,
+    free_cids: Vec<u16>,
+    reqs: Vec<Option<Pending>>,
+    free_reqs: Vec<u32>,
+    /// Commands written since the last tail doorbell.
+    unrung: bool,
+    idle_polls: u32,
+    /// Segments of the command being built (capacity reused).
+    scratch: Vec<HostSeg>,
+    /// Command IDs taken by the request being submitted, for rollback.
+    taken: Vec<u16>,
+    /// Completions collected while a blocking call waited.
+    stash: Vec<Done>,
+    blocking_done: Option<Result<(), Error>>,
 }
 
 impl QueuePair {
@@ -99,6 +149,7 @@ impl QueuePair {
             return Err(e);
         }
         let id = ctrl.identify();
+        let depth = entries as usize - 1;
         Ok(Self {
             shared: shared.clone(),
             qid,
@@ -112,9 +163,24 @@ impl QueuePair {
             },
             max_transfer: ctrl.max_transfer(),
             sgl_any_alignment: config.sgl && id.sgls() & 0x3 == 0x1,
-            state: DmaState::with_capacity(16),
-            list: DescList::new(),
-            next_cid: 0,
+            slots: (0..depth)
+                .map(|_| Slot {
+                    busy: false,
+                    req: 0,
+                    started: None,
+                    state: DmaState::with_capacity(8),
+                    list: DescList::new(),
+                })
+                .collect(),
+            free_cids: (0..depth as u16).rev().collect(),
+            reqs: (0..depth).map(|_| None).collect(),
+            free_reqs: (0..depth as u32).rev().collect(),
+            unrung: false,
+            idle_polls: 0,
+            scratch: Vec::with_capacity(16),
+            taken: Vec::with_capacity(depth),
+            stash: Vec::with_capacity(depth),
+            blocking_done: None,
         })
     }
 
@@ -123,20 +189,423 @@ impl QueuePair {
         self.qid
     }
 
-    /// Reads blocks starting at `lba` into `buf` (its length is a multiple
-    /// of the block size). `buf` may be any memory: a [`DmaBuf`](crate::mem::DmaBuf)'s
-    /// slice or registered memory is translated, other memory is mapped for
-    /// the duration of the command (one coalesced IOVA range).
-    pub fn read(&mut self, ns: &Namespace, lba: u64, buf: &mut [u8]) -> Result<(), Error> {
-        let seg = HostSeg::from_slice(buf);
-        self.rw(false, ns, lba, &[seg], false)
+    /// Commands in flight.
+    pub fn inflight(&self) -> usize {
+        self.slots.len() - self.free_cids.len()
     }
 
-    /// Writes `buf` to blocks starting at `lba`; `fua` forces it to media
-    /// before completion.
+    /// Most commands that can be in flight at once.
+    pub fn depth(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Submits `io`. Its buffer belongs to the request until it comes back
+    /// in a [`Done`] from [`poll`](Self::poll); on refusal the request comes
+    /// back with the error and nothing was submitted. The device sees the
+    /// command at the next [`poll`](Self::poll) or [`flush`](Self::flush).
+    // The refused request comes back by value: "queue full" is a normal,
+    // frequent outcome for a caller that submits until full, and boxing it
+    // would allocate there.
+    #[allow(clippy::result_large_err)]
+    pub fn submit(&mut self, io: Io) -> Result<(), (Error, Io)> {
+        if io.len > io.buf.len() {
+            let len = io.len;
+            return Err((
+                Error::Invalid(format!("transfer of {len} bytes from a smaller buffer")),
+                io,
+            ));
+        }
+        let seg = io.buf.seg(io.len);
+        let Io {
+            op,
+            ns,
+            lba,
+            len,
+            buf,
+            tag,
+        } = io;
+        self.submit_request(op, &ns, lba, &[seg], buf, tag)
+            .map_err(|(e, buf)| {
+                (
+                    e,
+                    Io {
+                        op,
+                        ns,
+                        lba,
+                        len,
+                        buf,
+                        tag,
+                    },
+                )
+            })
+    }
+
+    /// Submits a read or write of caller-managed memory with no buffer
+    /// ownership: the zero-overhead path for embedding. Its completion comes
+    /// back from [`poll`](Self::poll) with [`IoBuf::Raw`] and `tag`.
+    ///
+    /// # Safety
+    ///
+    /// Every segment must stay valid, and not be read or written by the
+    /// caller (for a read) or not be written (for a write), until the
+    /// completion with `tag` is returned by `poll`, or the queue pair is
+    /// dropped.
+    pub unsafe fn submit_raw(
+        &mut self,
+        op: Op,
+        ns: &Namespace,
+        lba: u64,
+        segs: &[HostSeg],
+        tag: u64,
+    ) -> Result<(), Error> {
+        self.submit_request(op, ns, lba, segs, IoBuf::Raw, tag)
+            .map_err(|(e, _)| e)
+    }
+
+    /// Publishes every submitted command with one tail doorbell write.
+    #[inline]
+    pub fn flush(&mut self) {
+        if self.unrung {
+            self.sq.ring(&*self.shared.regs);
+            self.unrung = false;
+        }
+    }
+
+    /// Publishes pending submissions, then collects completed requests into
+    /// `out` (with one head doorbell write for the batch). Returns how many
+    /// were added. Commands past the I/O timeout stop the controller, and
+    /// every request in flight then completes with an error.
+    pub fn poll(&mut self, out: &mut Vec<Done>) -> usize {
+        let before = out.len();
+        out.append(&mut self.stash);
+        self.reap(out);
+        out.len() - before
+    }
+
+    fn reap(&mut self, out: &mut Vec<Done>) {
+        self.flush();
+        let mut seen = false;
+        while let Some(c) = self.cq.pop() {
+            seen = true;
+            self.sq.set_head(c.sq_head);
+            let cid = c.cid as usize;
+            match self.slots.get(cid) {
+                Some(s) if s.busy => {}
+                _ => {
+                    log::warn!("queue {}: completion for unknown command {cid}", self.qid);
+                    continue;
+                }
+            }
+            let req = self.finish_slot(cid);
+            let status = c.status();
+            if let Some(Some(p)) = self.reqs.get_mut(req as usize) {
+                if !status.is_success() && p.error.is_none() {
+                    p.error = Some(Error::Command {
+                        what: p.what,
+                        status,
+                    });
+                }
+            }
+            self.finish_child(req, out);
+        }
+        if seen {
+            self.cq.ring(&*self.shared.regs);
+            self.idle_polls = 0;
+        } else if self.inflight() > 0 {
+            self.idle_polls += 1;
+            if self.idle_polls >= TIMEOUT_CHECK {
+                self.idle_polls = 0;
+                self.check_timeouts(out);
+            }
+        }
+    }
+
+    /// Undoes a finished command's mappings and frees its ID; returns its
+    /// request.
+    fn finish_slot(&mut self, cid: usize) -> u32 {
+        let s = &mut self.slots[cid];
+        s.list.release(&mut self.pool);
+        s.state.unmap(&self.mapper);
+        s.busy = false;
+        s.started = None;
+        self.free_cids.push(cid as u16);
+        s.req
+    }
+
+    /// Counts one command of request `req` done; completes the request when
+    /// it was the last.
+    fn finish_child(&mut self, req: u32, out: &mut Vec<Done>) {
+        let Some(Some(p)) = self.reqs.get_mut(req as usize) else {
+            return;
+        };
+        p.remaining -= 1;
+        if p.remaining > 0 {
+            return;
+        }
+        let Some(p) = self.reqs[req as usize].take() else {
+            return;
+        };
+        self.free_reqs.push(req);
+        let result = match p.error {
+            Some(e) => Err(e),
+            None => Ok(()),
+        };
+        if p.tag == BLOCKING && matches!(p.buf, IoBuf::Raw) {
+            self.blocking_done = Some(result);
+        } else {
+            out.push(Done {
+                tag: p.tag,
+                buf: p.buf,
+                result,
+            });
+        }
+    }
+
+    fn check_timeouts(&mut self, out: &mut Vec<Done>) {
+        let limit = self.shared.config.io_timeout;
+        let expired = self
+            .slots
+            .iter()
+            .any(|s| s.busy && s.started.is_some_and(|t| t.elapsed() > limit));
+        if expired {
+            self.fail_all(out);
+        }
+    }
+
+    /// Stops the controller (so the device touches no memory any more), then
+    /// completes every request in flight with an error.
+    fn fail_all(&mut self, out: &mut Vec<Done>) {
+        self.shared.stop_after_timeout();
+        let ms = self.shared.config.io_timeout.as_millis() as u64;
+        for cid in 0..self.slots.len() {
+            if !self.slots[cid].busy {
+                continue;
+            }
+            let req = self.finish_slot(cid);
+            if let Some(Some(p)) = self.reqs.get_mut(req as usize) {
+                if p.error.is_none() {
+                    p.error = Some(Error::Timeout { what: p.what, ms });
+                }
+            }
+            self.finish_child(req, out);
+        }
+    }
+
+    /// Checks a request and returns its length in blocks.
+    fn validate(&self, ns: &Namespace, lba: u64, segs: &[HostSeg]) -> Result<u64, Error> {
+        let total: u64 = segs.iter().map(|s| s.len).sum();
+        if total == 0 || segs.iter().any(|s| s.len == 0) {
+            return Err(Error::Invalid("zero-length transfer".into()));
+        }
+        if total % ns.block_size() != 0 {
+            return Err(Error::Invalid(format!(
+                "length {total} is not a multiple of the {}-byte block size",
+                ns.block_size()
+            )));
+        }
+        let blocks = total / ns.block_size();
+        check_range(ns, lba, blocks)?;
+        if !self.sgl_any_alignment && segs.iter().any(|s| s.addr.raw() & 3 != 0 || s.len & 3 != 0) {
+            return Err(Error::Invalid(
+                "buffers must be dword (4-byte) aligned".into(),
+            ));
+        }
+        Ok(blocks)
+    }
+
+    /// Validates, splits at the maximum transfer, maps and queues the
+    /// commands of one request. All or nothing: on error nothing is queued
+    /// and the buffer comes back.
+    fn submit_request(
+        &mut self,
+        op: Op,
+        ns: &Namespace,
+        lba: u64,
+        segs: &[HostSeg],
+        buf: IoBuf,
+        tag: u64,
+    ) -> Result<(), (Error, IoBuf)> {
+        if self.shared.is_disabled() {
+            return Err((Error::Disabled, buf));
+        }
+        if let Err(e) = self.validate(ns, lba, segs) {
+            return Err((e, buf));
+        }
+        let total: u64 = segs.iter().map(|s| s.len).sum();
+        let chunk = (self.max_transfer / ns.block_size()).max(1) * ns.block_size();
+        let children = total.div_ceil(chunk) as usize;
+        if children > self.free_cids.len() {
+            return Err((
+                Error::QueueFull {
+                    needed: children,
+                    free: self.free_cids.len(),
+                },
+                buf,
+            ));
+        }
+        let Some(req) = self.free_reqs.pop() else {
+            return Err((Error::QueueFull { needed: 1, free: 0 }, buf));
+        };
+        let (write, fua, what) = match op {
+            Op::Read => (false, false, "Read"),
+            Op::Write { fua } => (true, fua, "Write"),
+        };
+        self.reqs[req as usize] = Some(Pending {
+            buf,
+            tag,
+            remaining: children as u32,
+            error: None,
+            what,
+        });
+        let dir = if write {
+            Direction::ToDevice
+        } else {
+            Direction::FromDevice
+        };
+        let now = Instant::now();
+        self.taken.clear();
+        let (mut i, mut off, mut lba) = (0usize, 0u64, lba);
+        let mut failure = None;
+        while i < segs.len() {
+            self.scratch.clear();
+            let mut want = chunk;
+            while want > 0 && i < segs.len() {
+                let s = segs[i];
+                let n = (s.len - off).min(want);
+                self.scratch
+                    .push(HostSeg::new(HostAddr::new(s.addr.raw() + off as usize), n));
+                want -= n;
+                off += n;
+                if off == s.len {
+                    i += 1;
+                    off = 0;
+                }
+            }
+            let blocks = (chunk - want) / ns.block_size();
+            let cid = match self.free_cids.pop() {
+                Some(c) => c,
+                None => {
+                    failure = Some(Error::QueueFull {
+                        needed: children,
+                        free: 0,
+                    });
+                    break;
+                }
+            };
+            let slot = &mut self.slots[cid as usize];
+            let setup = Setup {
+                policy: self.policy,
+                queue: QueueKind::Io,
+                page: self.shared.page,
+                pool: &mut self.pool,
+                list: &mut slot.list,
+            };
+            match dptr::map_data(&self.scratch, dir, &self.mapper, &mut slot.state, setup) {
+                Ok(dp) => {
+                    let mut cmd = Command::rw(write, ns.id(), lba, blocks as u32, fua);
+                    cmd.set_cid(cid);
+                    cmd.set_data(dp);
+                    slot.busy = true;
+                    slot.req = req;
+                    slot.started = Some(now);
+                    // Room is guaranteed: in-flight commands never exceed
+                    // the ring size minus one.
+                    self.sq.push(&cmd);
+                    self.taken.push(cid);
+                }
+                Err(e) => {
+                    self.free_cids.push(cid);
+                    failure = Some(e.into());
+                    break;
+                }
+            }
+            lba += blocks;
+        }
+        if let Some(e) = failure {
+            // Not yet visible to the device: unwind the commands written.
+            self.sq.unpush(self.taken.len() as u16);
+            for k in 0..self.taken.len() {
+                let cid = self.taken[k] as usize;
+                self.finish_slot(cid);
+            }
+            let p = self.reqs[req as usize].take();
+            self.free_reqs.push(req);
+            let buf = p.map(|p| p.buf).unwrap_or(IoBuf::Raw);
+            return Err((e, buf));
+        }
+        self.unrung = true;
+        Ok(())
+    }
+
+    /// Runs one request to completion (the blocking calls).
+    fn run_blocking(
+        &mut self,
+        op: Op,
+        ns: &Namespace,
+        lba: u64,
+        segs: &[HostSeg],
+    ) -> Result<(), Error> {
+        self.submit_request(op, ns, lba, segs, IoBuf::Raw, BLOCKING)
+            .map_err(|(e, _)| e)?;
+        self.wait_blocking()
+    }
+
+    /// Polls until the blocking request completes, keeping other completions
+    /// for the next [`poll`](Self::poll). Never returns while the device may
+    /// still access the request's memory.
+    fn wait_blocking(&mut self) -> Result<(), Error> {
+        let mut stash = std::mem::take(&mut self.stash);
+        let r = loop {
+            self.reap(&mut stash);
+            if let Some(r) = self.blocking_done.take() {
+                break r;
+            }
+            std::hint::spin_loop();
+        };
+        self.stash = stash;
+        r
+    }
+
+    /// Runs a command without data to completion.
+    fn exec(&mut self, mut cmd: Command, what: &'static str) -> Result<(), Error> {
+        if self.shared.is_disabled() {
+            return Err(Error::Disabled);
+        }
+        let (Some(cid), Some(req)) = (self.free_cids.pop(), self.free_reqs.pop()) else {
+            return Err(Error::QueueFull { needed: 1, free: 0 });
+        };
+        self.reqs[req as usize] = Some(Pending {
+            buf: IoBuf::Raw,
+            tag: BLOCKING,
+            remaining: 1,
+            error: None,
+            what,
+        });
+        let slot = &mut self.slots[cid as usize];
+        slot.busy = true;
+        slot.req = req;
+        slot.started = Some(Instant::now());
+        cmd.set_cid(cid);
+        self.sq.push(&cmd);
+        self.unrung = true;
+        self.wait_blocking()
+    }
+
+    /// Reads blocks starting at `lba` into `buf` (its length is a multiple
+    /// of the block size) and waits. `buf` may be any memory: a
+    /// [`DmaBuf`](crate::mem::DmaBuf)'s slice or registered memory is
+    /// translated, other memory is mapped for the duration of the command
+    /// (one coalesced IOVA range).
+    pub fn read(&mut self, ns: &Namespace, lba: u64, buf: &mut [u8]) -> Result<(), Error> {
+        let seg = HostSeg::from_slice(buf);
+        self.run_blocking(Op::Read, ns, lba, &[seg])
+    }
+
+    /// Writes `buf` to blocks starting at `lba` and waits; `fua` forces it
+    /// to media before completion.
     pub fn write(&mut self, ns: &Namespace, lba: u64, buf: &[u8], fua: bool) -> Result<(), Error> {
         let seg = HostSeg::from_slice(buf);
-        self.rw(true, ns, lba, &[seg], fua)
+        self.run_blocking(Op::Write { fua }, ns, lba, &[seg])
     }
 
     /// Reads into several buffers, filled in order (one request).
@@ -147,7 +616,7 @@ impl QueuePair {
         bufs: &mut [&mut [u8]],
     ) -> Result<(), Error> {
         let segs: Vec<HostSeg> = bufs.iter().map(|b| HostSeg::from_slice(b)).collect();
-        self.rw(false, ns, lba, &segs, false)
+        self.run_blocking(Op::Read, ns, lba, &segs)
     }
 
     /// Writes several buffers, in order (one request).
@@ -159,19 +628,18 @@ impl QueuePair {
         fua: bool,
     ) -> Result<(), Error> {
         let segs: Vec<HostSeg> = bufs.iter().map(|b| HostSeg::from_slice(b)).collect();
-        self.rw(true, ns, lba, &segs, fua)
+        self.run_blocking(Op::Write { fua }, ns, lba, &segs)
     }
 
     /// Flushes the volatile write cache of `ns`.
-    pub fn flush(&mut self, ns: &Namespace) -> Result<(), Error> {
+    pub fn flush_cache(&mut self, ns: &Namespace) -> Result<(), Error> {
         self.exec(Command::new(io::FLUSH, ns.id()), "Flush")
-            .map(drop)
     }
 
     /// Writes zeroes to `blocks` blocks at `lba` (split at 65536 blocks per
     /// command).
     pub fn write_zeroes(&mut self, ns: &Namespace, lba: u64, blocks: u64) -> Result<(), Error> {
-        self.check_range(ns, lba, blocks)?;
+        check_range(ns, lba, blocks)?;
         let mut done = 0;
         while done < blocks {
             let n = (blocks - done).min(1 << 16);
@@ -192,7 +660,7 @@ impl QueuePair {
             return Err(Error::Invalid("no ranges to deallocate".into()));
         }
         for &(lba, blocks) in ranges {
-            self.check_range(ns, lba, blocks)?;
+            check_range(ns, lba, blocks)?;
             if blocks > u32::MAX as u64 {
                 return Err(Error::Invalid(format!(
                     "range of {blocks} blocks is longer than a DSM range"
@@ -213,154 +681,37 @@ impl QueuePair {
                 prp1: buf.iova(),
                 prp2: blk_dma::Iova::new(0),
             });
+            // `buf` outlives the command: exec returns only when it is done
+            // or the controller is stopped.
             self.exec(cmd, "Dataset Management (Deallocate)")?;
         }
         Ok(())
     }
+}
 
-    fn check_range(&self, ns: &Namespace, lba: u64, blocks: u64) -> Result<(), Error> {
-        if blocks == 0 {
-            return Err(Error::Invalid("zero-length range".into()));
-        }
-        if lba.checked_add(blocks).is_none_or(|end| end > ns.blocks()) {
-            return Err(Error::Invalid(format!(
-                "LBA range {lba}+{blocks} past the end of namespace {} ({} blocks)",
-                ns.id(),
-                ns.blocks()
-            )));
-        }
-        Ok(())
+fn check_range(ns: &Namespace, lba: u64, blocks: u64) -> Result<(), Error> {
+    if blocks == 0 {
+        return Err(Error::Invalid("zero-length range".into()));
     }
-
-    /// Checks a request and returns its length in blocks.
-    fn validate(&self, ns: &Namespace, lba: u64, segs: &[HostSeg]) -> Result<u64, Error> {
-        let total: u64 = segs.iter().map(|s| s.len).sum();
-        if total == 0 || segs.iter().any(|s| s.len == 0) {
-            return Err(Error::Invalid("zero-length transfer".into()));
-        }
-        if total % ns.block_size() != 0 {
-            return Err(Error::Invalid(format!(
-                "length {total} is not a multiple of the {}-byte block size",
-                ns.block_size()
-            )));
-        }
-        let blocks = total / ns.block_size();
-        self.check_range(ns, lba, blocks)?;
-        if !self.sgl_any_alignment && segs.iter().any(|s| s.addr.raw() & 3 != 0 || s.len & 3 != 0) {
-            return Err(Error::Invalid(
-                "buffers must be dword (4-byte) aligned".into(),
-            ));
-        }
-        Ok(blocks)
+    if lba.checked_add(blocks).is_none_or(|end| end > ns.blocks()) {
+        return Err(Error::Invalid(format!(
+            "LBA range {lba}+{blocks} past the end of namespace {} ({} blocks)",
+            ns.id(),
+            ns.blocks()
+        )));
     }
-
-    fn rw(
-        &mut self,
-        write: bool,
-        ns: &Namespace,
-        lba: u64,
-        segs: &[HostSeg],
-        fua: bool,
-    ) -> Result<(), Error> {
-        self.validate(ns, lba, segs)?;
-        let dir = if write {
-            Direction::ToDevice
-        } else {
-            Direction::FromDevice
-        };
-        // Split at the controller's maximum transfer (MDTS), in whole blocks.
-        let chunk = (self.max_transfer / ns.block_size()).max(1) * ns.block_size();
-        let mut lba = lba;
-        let mut pieces: Vec<HostSeg> = Vec::with_capacity(segs.len());
-        let (mut i, mut off) = (0usize, 0u64);
-        while i < segs.len() {
-            pieces.clear();
-            let mut want = chunk;
-            while want > 0 && i < segs.len() {
-                let s = segs[i];
-                let n = (s.len - off).min(want);
-                pieces.push(HostSeg::new(HostAddr::new(s.addr.raw() + off as usize), n));
-                want -= n;
-                off += n;
-                if off == s.len {
-                    i += 1;
-                    off = 0;
-                }
-            }
-            let bytes = chunk - want;
-            let blocks = bytes / ns.block_size();
-            let mut cmd = Command::rw(write, ns.id(), lba, blocks as u32, fua);
-            let setup = Setup {
-                policy: self.policy,
-                queue: QueueKind::Io,
-                page: self.shared.page,
-                pool: &mut self.pool,
-                list: &mut self.list,
-            };
-            let dp = dptr::map_data(&pieces, dir, &self.mapper, &mut self.state, setup)?;
-            cmd.set_data(dp);
-            let r = self.exec(cmd, if write { "Write" } else { "Read" });
-            // The command is complete (or the controller is stopped): the
-            // device no longer touches the memory.
-            self.list.release(&mut self.pool);
-            self.state.unmap(&self.mapper);
-            r?;
-            lba += blocks;
-        }
-        Ok(())
-    }
-
-    /// Submits `cmd` and polls for its completion, bounded by the I/O
-    /// timeout; on timeout the controller is stopped before returning.
-    fn exec(&mut self, mut cmd: Command, what: &'static str) -> Result<Completion, Error> {
-        if self.shared.is_disabled() {
-            return Err(Error::Disabled);
-        }
-        let cid = self.next_cid;
-        self.next_cid = self.next_cid.wrapping_add(1);
-        cmd.set_cid(cid);
-        if !self.sq.push(&cmd) {
-            return Err(Error::Invalid("submission queue full".into()));
-        }
-        self.sq.ring(&*self.shared.regs);
-        let timeout: Duration = self.shared.config.io_timeout;
-        let start = Instant::now();
-        let mut spins = 0u32;
-        loop {
-            if let Some(c) = self.cq.pop() {
-                self.sq.set_head(c.sq_head);
-                self.cq.ring(&*self.shared.regs);
-                if c.cid != cid {
-                    log::warn!("queue {}: stale completion for cid {}", self.qid, c.cid);
-                    continue;
-                }
-                let status = c.status();
-                if !status.is_success() {
-                    return Err(Error::Command { what, status });
-                }
-                return Ok(c);
-            }
-            spins = spins.wrapping_add(1);
-            if spins % 1024 == 0 {
-                if self.shared.csts()?.fatal() {
-                    self.shared.stop_after_timeout();
-                    return Err(Error::ControllerFatal { during: what });
-                }
-                if start.elapsed() > timeout {
-                    self.shared.stop_after_timeout();
-                    return Err(Error::Timeout {
-                        what,
-                        ms: timeout.as_millis() as u64,
-                    });
-                }
-                std::thread::yield_now();
-            }
-        }
-    }
+    Ok(())
 }
 
 impl Drop for QueuePair {
     fn drop(&mut self) {
+        // Requests still in flight own buffers the device may write: wait
+        // for them (bounded by the I/O timeout, which stops the controller).
+        let mut sink = Vec::new();
+        while self.inflight() > 0 {
+            self.reap(&mut sink);
+            std::hint::spin_loop();
+        }
         if !self.shared.is_disabled() {
             let s = &self.shared;
             if let Err(e) = s.admin(

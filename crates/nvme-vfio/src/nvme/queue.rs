@@ -90,6 +90,13 @@ impl SubmissionQueue {
         regs.write32(self.doorbell, self.tail as u32);
     }
 
+    /// Takes back the last `n` pushed commands, which no doorbell has
+    /// published yet.
+    pub fn unpush(&mut self, n: u16) {
+        let n = n % self.entries;
+        self.tail = (self.tail + self.entries - n) % self.entries;
+    }
+
     /// Records the device's head from a completion.
     #[inline]
     pub fn set_head(&mut self, head: u16) {

@@ -1,0 +1,173 @@
+//! Requests and completions of the asynchronous I/O API.
+
+use blk_dma::HostSeg;
+
+use super::Namespace;
+use crate::mem::DmaBuf;
+use crate::Error;
+
+/// A buffer that an I/O owns while the device may access it.
+pub enum IoBuf {
+    /// DMA memory from the controller's pool: translated, nothing mapped
+    /// per I/O.
+    Dma(DmaBuf),
+    /// Ordinary memory: mapped for the I/O as one coalesced IOVA range.
+    Vec(Vec<u8>),
+    /// No buffer: the completion of a command submitted with
+    /// [`QueuePair::submit_raw`](super::QueuePair::submit_raw), whose memory
+    /// the caller owns.
+    Raw,
+}
+
+impl IoBuf {
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        match self {
+            IoBuf::Dma(b) => b.len(),
+            IoBuf::Vec(v) => v.len(),
+            IoBuf::Raw => 0,
+        }
+    }
+
+    /// Whether the buffer is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The contents.
+    pub fn as_slice(&self) -> &[u8] {
+        match self {
+            IoBuf::Dma(b) => b.as_slice(),
+            IoBuf::Vec(v) => v,
+            IoBuf::Raw => &[],
+        }
+    }
+
+    /// The contents, writable.
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        match self {
+            IoBuf::Dma(b) => b.as_mut_slice(),
+            IoBuf::Vec(v) => v,
+            IoBuf::Raw => &mut [],
+        }
+    }
+
+    /// The first `len` bytes as a segment.
+    pub(crate) fn seg(&self, len: usize) -> HostSeg {
+        HostSeg::from_slice(&self.as_slice()[..len.min(self.len())])
+    }
+}
+
+impl core::fmt::Debug for IoBuf {
+    // Kind and length only: a buffer's bytes do not belong in logs and
+    // error messages.
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            IoBuf::Dma(b) => write!(f, "IoBuf::Dma({} bytes at {})", b.len(), b.iova()),
+            IoBuf::Vec(v) => write!(f, "IoBuf::Vec({} bytes)", v.len()),
+            IoBuf::Raw => f.write_str("IoBuf::Raw"),
+        }
+    }
+}
+
+impl From<DmaBuf> for IoBuf {
+    fn from(b: DmaBuf) -> Self {
+        IoBuf::Dma(b)
+    }
+}
+
+impl From<Vec<u8>> for IoBuf {
+    fn from(v: Vec<u8>) -> Self {
+        IoBuf::Vec(v)
+    }
+}
+
+/// What an I/O does.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Op {
+    /// Read into the buffer.
+    Read,
+    /// Write the buffer; `fua` forces it to media before completion.
+    Write {
+        /// Force Unit Access.
+        fua: bool,
+    },
+}
+
+/// An I/O request: the buffer moves in with it and comes back in [`Done`].
+#[derive(Debug)]
+pub struct Io {
+    pub(crate) op: Op,
+    pub(crate) ns: Namespace,
+    pub(crate) lba: u64,
+    pub(crate) len: usize,
+    pub(crate) buf: IoBuf,
+    pub(crate) tag: u64,
+}
+
+impl Io {
+    /// A read of `buf.len()` bytes (rounded down to whole blocks if
+    /// `len` is not given via [`with_len`](Self::with_len)) at `lba`.
+    pub fn read(ns: &Namespace, lba: u64, buf: impl Into<IoBuf>) -> Self {
+        Self::new(Op::Read, ns, lba, buf.into())
+    }
+
+    /// A write of the buffer at `lba`.
+    pub fn write(ns: &Namespace, lba: u64, buf: impl Into<IoBuf>) -> Self {
+        Self::new(Op::Write { fua: false }, ns, lba, buf.into())
+    }
+
+    fn new(op: Op, ns: &Namespace, lba: u64, buf: IoBuf) -> Self {
+        Io {
+            op,
+            ns: ns.clone(),
+            lba,
+            len: buf.len(),
+            buf,
+            tag: 0,
+        }
+    }
+
+    /// Transfers only the first `len` bytes of the buffer.
+    pub fn with_len(mut self, len: usize) -> Self {
+        self.len = len;
+        self
+    }
+
+    /// Sets Force Unit Access on a write.
+    pub fn fua(mut self) -> Self {
+        if let Op::Write { .. } = self.op {
+            self.op = Op::Write { fua: true };
+        }
+        self
+    }
+
+    /// A caller's value handed back in [`Done::tag`].
+    pub fn tag(mut self, tag: u64) -> Self {
+        self.tag = tag;
+        self
+    }
+
+    /// Gives the buffer back (for a request that was refused).
+    pub fn into_buf(self) -> IoBuf {
+        self.buf
+    }
+}
+
+/// A completed I/O: the buffer, back with its owner, and the result.
+#[derive(Debug)]
+pub struct Done {
+    /// The request's tag.
+    pub tag: u64,
+    /// The request's buffer.
+    pub buf: IoBuf,
+    /// The outcome.
+    pub result: Result<(), Error>,
+}
+
+impl Done {
+    /// The buffer and the result.
+    pub fn into_parts(self) -> (IoBuf, Result<(), Error>) {
+        (self.buf, self.result)
+    }
+}
