@@ -28,6 +28,34 @@ fn in_vm() -> bool {
     vm && scenario == "bound"
 }
 
+/// The kernel log records available now (the VM's /dev/kmsg).
+fn kernel_log() -> Vec<String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let Ok(mut f) = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc_o_nonblock())
+        .open("/dev/kmsg")
+    else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 8192];
+    // One record per read; EAGAIN at the end.
+    while let Ok(n) = f.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        out.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    out
+}
+
+/// O_NONBLOCK on Linux (x86-64 and aarch64).
+const fn libc_o_nonblock() -> i32 {
+    0o4000
+}
+
 /// Bytes of a test pattern that differs per use and per position.
 fn pattern(seed: u64, len: usize) -> Vec<u8> {
     (0..len as u64)
@@ -352,4 +380,50 @@ fn asynchronous_io_at_queue_depth_32() {
     d.result.unwrap();
     raw.truncate(4096);
     assert!(raw == pattern(1000, 8192)[..4096]);
+}
+
+#[test]
+fn a_read_into_read_only_memory_is_refused_by_the_iommu() {
+    use nvme_vfio::mem::Access;
+    if !in_vm() {
+        return;
+    }
+    let _g = DEVICE.lock().unwrap_or_else(|e| e.into_inner());
+    let ctrl = Controller::open(NVME, Config::default()).expect("bring-up");
+    let ns = ctrl.namespace(1).unwrap();
+    let mut qp = ctrl.queue_pair(QueueConfig::default()).unwrap();
+    qp.write(&ns, 30_000, &pattern(5, 8192), false).unwrap();
+    let mut mem = vec![0xa5u8; 3 * 4096];
+    let at = (mem.as_ptr() as usize).next_multiple_of(4096) - mem.as_ptr() as usize;
+    // SAFETY: `mem` outlives the registration, dropped below.
+    let reg = unsafe {
+        ctrl.space()
+            .register_with(mem[at..].as_ptr(), 8192, Access::ReadOnly)
+    }
+    .unwrap();
+    let r = qp.read(&ns, 30_000, &mut mem[at..at + 8192]);
+    // The IOMMU refuses the device's writes: the memory is unchanged, and
+    // the guest kernel logs the DMA remapping fault. QEMU 7.2's NVMe model
+    // still completes the command successfully (it ignores the failed DMA);
+    // a controller that reports the fault fails it with an error status.
+    assert!(
+        mem.iter().all(|&b| b == 0xa5),
+        "read-only memory was changed"
+    );
+    if let Err(e) = &r {
+        assert!(matches!(e, Error::Command { .. }), "{e}");
+    }
+    assert!(
+        kernel_log()
+            .iter()
+            .any(|l| l.contains("DMAR") && l.contains("Write")),
+        "no DMA remapping fault for the refused write in the kernel log"
+    );
+    // Writing from it is fine: the device may read it.
+    qp.write(&ns, 30_000, &mem[at..at + 8192], false).unwrap();
+    drop(reg);
+    // The queue pair and controller are still usable.
+    let mut back = vec![0u8; 8192];
+    qp.read(&ns, 30_000, &mut back).unwrap();
+    assert!(back.iter().all(|&b| b == 0xa5));
 }

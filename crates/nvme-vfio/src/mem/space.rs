@@ -256,6 +256,24 @@ impl DmaSpace {
         addr: *const u8,
         len: usize,
     ) -> Result<Registration, Error> {
+        // SAFETY: the caller upholds `register`'s contract, which is this one's.
+        unsafe { self.register_with(addr, len, Access::ReadWrite) }
+    }
+
+    /// [`register`](Self::register) with the device's access limited to
+    /// `access`: with [`Access::ReadOnly`] the device can only read the
+    /// memory (a data source for writes), and a read command into it fails
+    /// at the IOMMU instead of changing it.
+    ///
+    /// # Safety
+    ///
+    /// As for [`register`](Self::register).
+    pub unsafe fn register_with(
+        self: &Arc<Self>,
+        addr: *const u8,
+        len: usize,
+        access: Access,
+    ) -> Result<Registration, Error> {
         if len == 0 {
             return Err(Error::ZeroLength);
         }
@@ -265,7 +283,7 @@ impl DmaSpace {
         let start = HostAddr::new(host.raw() - off as usize);
         let span = (off + len as u64).next_multiple_of(g);
         let iova = self.alloc_iova(span)?;
-        if let Err(e) = self.iommu.map_dma(iova, start, span, Access::ReadWrite) {
+        if let Err(e) = self.iommu.map_dma(iova, start, span, access) {
             self.free_iova(iova, span);
             return Err(e.into());
         }
