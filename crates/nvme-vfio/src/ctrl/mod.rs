@@ -43,6 +43,10 @@ pub struct Config {
     /// Time allowed for an I/O command before the driver stops the
     /// controller.
     pub io_timeout: Duration,
+    /// Interrupt mode: enable MSI-X and give each I/O completion queue a
+    /// vector, so [`QueuePair::wait`] can sleep until completions arrive.
+    /// Polled mode (the default) needs no interrupts.
+    pub interrupts: bool,
 }
 
 impl Default for Config {
@@ -51,6 +55,7 @@ impl Default for Config {
             space: SpaceConfig::default(),
             io_queues: 16,
             io_timeout: Duration::from_secs(30),
+            interrupts: false,
         }
     }
 }
@@ -101,6 +106,8 @@ pub(crate) struct Shared {
     qids: Mutex<Vec<bool>>,
     disabled: std::sync::atomic::AtomicBool,
     config: Config,
+    /// MSI-X vectors in interrupt mode: vector `qid` serves I/O queue `qid`.
+    pub(crate) msix: Option<crate::vfio::Msix>,
 }
 
 impl core::fmt::Debug for Shared {
@@ -269,7 +276,18 @@ impl Controller {
         dev.enable_bus_master()?;
         let bar = Arc::new(dev.map_bar(0)?);
         let space = DmaSpace::new(dev.container().clone(), config.space);
-        Self::with_backend(bar, space, config, Some(Box::new(dev)))
+        let msix = if config.interrupts {
+            let n = dev.msix_vectors()?.min(config.io_queues as u32 + 1);
+            if n < 2 {
+                return Err(Error::Unsupported(
+                    "interrupt mode needs at least 2 MSI-X vectors",
+                ));
+            }
+            Some(dev.enable_msix(n)?)
+        } else {
+            None
+        };
+        Self::build(bar, space, config, Some(Box::new(dev)), msix)
     }
 
     /// Brings up a controller reached through `regs`, with DMA memory in
@@ -280,6 +298,21 @@ impl Controller {
         space: Arc<DmaSpace>,
         config: Config,
         backend: Option<Box<dyn Any + Send + Sync>>,
+    ) -> Result<Self, Error> {
+        if config.interrupts {
+            return Err(Error::Unsupported(
+                "interrupt mode needs a VFIO device (Controller::open)",
+            ));
+        }
+        Self::build(regs, space, config, backend, None)
+    }
+
+    fn build(
+        regs: Arc<dyn Registers>,
+        space: Arc<DmaSpace>,
+        config: Config,
+        backend: Option<Box<dyn Any + Send + Sync>>,
+        msix: Option<crate::vfio::Msix>,
     ) -> Result<Self, Error> {
         let cap_raw = regs.read64(offset::CAP);
         if cap_raw == u64::MAX {
@@ -317,6 +350,7 @@ impl Controller {
             qids: Mutex::new(Vec::new()),
             disabled: std::sync::atomic::AtomicBool::new(false),
             config,
+            msix,
         });
         Self::enable(&shared)?;
         let mut ctrl = Controller {

@@ -103,6 +103,10 @@ pub struct QueuePair {
     /// Completions collected while a blocking call waited.
     stash: Vec<Done>,
     blocking_done: Option<Result<(), Error>>,
+    /// The MSI-X vector of the completion queue, in interrupt mode.
+    irq: Option<u16>,
+    /// Interrupts seen so far.
+    interrupts: u64,
 }
 
 impl QueuePair {
@@ -131,8 +135,14 @@ impl QueuePair {
         let (sq_db, cq_db) = shared.doorbells(qid);
         let cq = CompletionQueue::new(&shared.space, entries, cq_db)?;
         let sq = SubmissionQueue::new(&shared.space, entries, sq_db)?;
+        // Interrupt mode: vector `qid` (vector 0 stays with the admin queue).
+        let irq = match &shared.msix {
+            Some(m) if (qid as usize) < m.len() => Some(qid),
+            Some(_) => return Err(Error::NoQueues { max: qid - 1 }),
+            None => None,
+        };
         shared.admin(
-            Command::create_cq(qid, entries, cq.iova(), None),
+            Command::create_cq(qid, entries, cq.iova(), irq),
             None,
             "Create I/O Completion Queue",
         )?;
@@ -181,6 +191,8 @@ impl QueuePair {
             taken: Vec::with_capacity(depth),
             stash: Vec::with_capacity(depth),
             blocking_done: None,
+            irq,
+            interrupts: 0,
         })
     }
 
@@ -280,6 +292,46 @@ impl QueuePair {
         out.append(&mut self.stash);
         self.reap(out);
         out.len() - before
+    }
+
+    /// Like [`poll`](Self::poll), but when nothing has completed yet waits
+    /// up to `timeout` for a completion: asleep on the queue's interrupt in
+    /// interrupt mode, spinning otherwise. Returns how many requests were
+    /// added to `out` (0 if the time ran out or nothing is in flight).
+    pub fn wait(&mut self, out: &mut Vec<Done>, timeout: std::time::Duration) -> usize {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let n = self.poll(out);
+            if n > 0 || self.inflight() == 0 {
+                return n;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return 0;
+            }
+            match (self.irq, &self.shared.msix) {
+                (Some(v), Some(msix)) => {
+                    let Some(fd) = msix.eventfd(v as usize) else {
+                        return 0;
+                    };
+                    let ms = (deadline - now).as_millis().clamp(1, i32::MAX as u128) as i32;
+                    let mut pfd = libc::pollfd {
+                        fd: std::os::fd::AsRawFd::as_raw_fd(&fd),
+                        events: libc::POLLIN,
+                        revents: 0,
+                    };
+                    // SAFETY: one valid pollfd for the duration of the call.
+                    unsafe { libc::poll(&mut pfd, 1, ms) };
+                    self.interrupts += msix.take_count(v as usize).unwrap_or(0);
+                }
+                _ => std::hint::spin_loop(),
+            }
+        }
+    }
+
+    /// Interrupts this queue pair has taken (interrupt mode).
+    pub fn interrupts(&self) -> u64 {
+        self.interrupts
     }
 
     fn reap(&mut self, out: &mut Vec<Done>) {
