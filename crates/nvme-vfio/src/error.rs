@@ -100,6 +100,10 @@ pub enum Error {
     /// The request is invalid (detected before anything is submitted).
     #[error("invalid request: {0}")]
     Invalid(String),
+    /// The controller was reset while the request was in flight; it was not
+    /// completed (its data may be partly transferred) and may be retried.
+    #[error("controller reset while the request was in flight")]
+    Reset,
     /// The controller was disabled to stop a command that did not complete
     /// in time; it must be reset before further use.
     #[error("controller disabled after a command timed out; reset it")]

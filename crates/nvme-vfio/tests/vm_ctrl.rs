@@ -463,3 +463,75 @@ fn interrupt_mode_wakes_the_waiter() {
     let mut buf = vec![0u8; 4096];
     qp.read(&ns, 0, &mut buf).unwrap();
 }
+
+#[test]
+fn io_continues_after_a_controller_reset_in_the_middle_of_a_run() {
+    use nvme_vfio::ctrl::{Done, Io};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    if !in_vm() {
+        return;
+    }
+    let _g = DEVICE.lock().unwrap_or_else(|e| e.into_inner());
+    let ctrl = Controller::open(NVME, Config::default()).expect("bring-up");
+    let ns = ctrl.namespace(1).unwrap();
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        // Another thread keeps doing verified I/O across the reset.
+        let other = s.spawn(|| {
+            let mut qp = ctrl.queue_pair(QueueConfig::default()).unwrap();
+            let (mut ok, mut reset) = (0u32, 0u32);
+            let mut i = 0u64;
+            while !stop.load(Ordering::SeqCst) || ok < 20 {
+                let data = pattern(5000 + i, 4096);
+                let lba = 50_000 + (i % 64) * 8;
+                match qp.write(&ns, lba, &data, false) {
+                    Ok(()) => {
+                        let mut back = vec![0u8; 4096];
+                        match qp.read(&ns, lba, &mut back) {
+                            Ok(()) => {
+                                assert!(back == data, "other thread, round {i}");
+                                ok += 1;
+                            }
+                            Err(Error::Reset) => reset += 1,
+                            Err(e) => panic!("other thread read: {e}"),
+                        }
+                    }
+                    Err(Error::Reset) => reset += 1,
+                    Err(e) => panic!("other thread write: {e}"),
+                }
+                i += 1;
+            }
+            (ok, reset)
+        });
+        let mut qp = ctrl.queue_pair(QueueConfig::default()).unwrap();
+        let mut done: Vec<Done> = Vec::new();
+        for i in 0..16u64 {
+            qp.submit(Io::write(&ns, 60_000 + i * 8, pattern(i, 4096)).tag(i))
+                .unwrap();
+        }
+        qp.flush();
+        ctrl.reset().expect("reset");
+        while done.len() < 16 {
+            qp.poll(&mut done);
+        }
+        for d in &done {
+            match &d.result {
+                Ok(()) | Err(Error::Reset) => {}
+                Err(e) => panic!("request {}: {e}", d.tag),
+            }
+            assert_eq!(d.buf.len(), 4096, "the buffer came back");
+        }
+        // I/O continues on this queue pair after the reset.
+        let data = pattern(99, 64 << 10);
+        qp.write(&ns, 61_000, &data, true).unwrap();
+        let mut back = vec![0u8; data.len()];
+        qp.read(&ns, 61_000, &mut back).unwrap();
+        assert!(back == data);
+        stop.store(true, Ordering::SeqCst);
+        let (ok, _reset) = other.join().unwrap();
+        assert!(ok >= 20, "the other thread kept working after the reset");
+    });
+    // The controller still answers admin commands.
+    assert_eq!(ctrl.identify().model(), "QEMU NVMe Ctrl");
+    ctrl.namespace(1).unwrap();
+}

@@ -108,6 +108,12 @@ pub(crate) struct Shared {
     config: Config,
     /// MSI-X vectors in interrupt mode: vector `qid` serves I/O queue `qid`.
     pub(crate) msix: Option<crate::vfio::Msix>,
+    /// Bumped by every controller reset: queue pairs compare it with their
+    /// own to notice that their queues are gone.
+    pub(crate) generation: std::sync::atomic::AtomicU64,
+    /// A reset is in progress: new requests fail with the retryable
+    /// [`Error::Reset`].
+    resetting: std::sync::atomic::AtomicBool,
 }
 
 impl core::fmt::Debug for Shared {
@@ -186,6 +192,19 @@ impl Shared {
     /// DMA buffer) as its PRP1 if given.
     pub(crate) fn admin(
         &self,
+        cmd: Command,
+        data: Option<blk_dma::Iova>,
+        what: &'static str,
+    ) -> Result<Completion, Error> {
+        if self.is_resetting() {
+            return Err(Error::Reset);
+        }
+        self.admin_raw(cmd, data, what)
+    }
+
+    /// [`admin`](Self::admin) without the reset check, for the reset itself.
+    fn admin_raw(
+        &self,
         mut cmd: Command,
         data: Option<blk_dma::Iova>,
         what: &'static str,
@@ -239,6 +258,77 @@ impl Shared {
                 std::thread::yield_now();
             }
         }
+    }
+
+    /// Disables, programs the admin queues and CC, enables.
+    fn enable(&self) -> Result<(), Error> {
+        self.disable()?;
+        {
+            let mut a = lock(&self.admin);
+            a.sq.reset();
+            a.cq.reset();
+            let r = &self.regs;
+            r.write32(offset::AQA, Aqa::new(a.sq.entries(), a.cq.entries()).0);
+            r.write64(offset::ASQ, a.sq.iova().raw());
+            r.write64(offset::ACQ, a.cq.iova().raw());
+        }
+        let cc = Cc::default()
+            .with_css(0)
+            .with_mps(self.page.mps())
+            .with_entry_sizes(6, 4)
+            .with_enable(true);
+        self.regs.write32(offset::CC, cc.0);
+        self.wait_ready(true, "enabling")?;
+        self.disabled
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Resets the controller: disable (every queue and command in flight
+    /// is dropped by the device, which then touches no memory), enable,
+    /// ask for the I/O queues again. Queue pairs notice by the generation
+    /// and recreate their queues, failing what they had in flight.
+    pub(crate) fn reset(&self) -> Result<(), Error> {
+        use std::sync::atomic::Ordering::SeqCst;
+        if self.resetting.swap(true, SeqCst) {
+            // Another thread is resetting: wait for it (bounded by its own
+            // CAP.TO waits) instead of resetting twice.
+            while self.resetting.load(SeqCst) {
+                std::thread::sleep(Duration::from_micros(100));
+            }
+            return if self.is_disabled() {
+                Err(Error::Disabled)
+            } else {
+                Ok(())
+            };
+        }
+        let r = self.enable().and_then(|()| {
+            let want = self.config.io_queues.clamp(1, 0xfffe) as u32 - 1;
+            self.admin_raw(
+                Command::set_features(feature::NUMBER_OF_QUEUES, want | want << 16),
+                None,
+                "Set Features (Number of Queues)",
+            )
+            .map(drop)
+        });
+        self.generation.fetch_add(1, SeqCst);
+        if r.is_err() {
+            self.disabled.store(true, SeqCst);
+        }
+        self.resetting.store(false, SeqCst);
+        r
+    }
+
+    /// Whether a reset is in progress.
+    #[inline]
+    pub(crate) fn is_resetting(&self) -> bool {
+        self.resetting.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// The current reset generation.
+    #[inline]
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::Acquire)
     }
 
     pub(crate) fn doorbells(&self, qid: u16) -> (u64, u64) {
@@ -351,8 +441,10 @@ impl Controller {
             disabled: std::sync::atomic::AtomicBool::new(false),
             config,
             msix,
+            generation: std::sync::atomic::AtomicU64::new(0),
+            resetting: std::sync::atomic::AtomicBool::new(false),
         });
-        Self::enable(&shared)?;
+        shared.enable()?;
         let mut ctrl = Controller {
             shared,
             identify: IdentifyController::default(),
@@ -363,29 +455,6 @@ impl Controller {
         ctrl.io_queues = ctrl.negotiate_queues()?;
         *lock(&ctrl.shared.qids) = vec![false; ctrl.io_queues as usize];
         Ok(ctrl)
-    }
-
-    /// Disables, programs the admin queues and CC, enables.
-    fn enable(s: &Arc<Shared>) -> Result<(), Error> {
-        s.disable()?;
-        {
-            let mut a = lock(&s.admin);
-            a.sq.reset();
-            a.cq.reset();
-            let r = &s.regs;
-            r.write32(offset::AQA, Aqa::new(a.sq.entries(), a.cq.entries()).0);
-            r.write64(offset::ASQ, a.sq.iova().raw());
-            r.write64(offset::ACQ, a.cq.iova().raw());
-        }
-        let cc = Cc::default()
-            .with_css(0)
-            .with_mps(s.page.mps())
-            .with_entry_sizes(6, 4)
-            .with_enable(true);
-        s.regs.write32(offset::CC, cc.0);
-        s.wait_ready(true, "enabling")?;
-        s.disabled.store(false, std::sync::atomic::Ordering::SeqCst);
-        Ok(())
     }
 
     fn identify_controller(&self) -> Result<IdentifyController, Error> {
@@ -567,6 +636,14 @@ impl Controller {
             0 => 1 << 20,
             m => (self.shared.cap.mps_min() << m).min(1 << 20),
         }
+    }
+
+    /// Resets the controller (also what recovery does after a command that
+    /// cannot be aborted or a fatal controller status). Requests in flight on
+    /// every queue pair complete with [`Error::Reset`]; each queue pair
+    /// recreates its queues at its next call, and I/O continues.
+    pub fn reset(&self) -> Result<(), Error> {
+        self.shared.reset()
     }
 
     /// Creates an I/O queue pair for the calling thread.

@@ -105,6 +105,8 @@ pub struct QueuePair {
     blocking_done: Option<Result<(), Error>>,
     /// The MSI-X vector of the completion queue, in interrupt mode.
     irq: Option<u16>,
+    /// The controller reset generation the queues were created in.
+    generation: u64,
     /// Interrupts seen so far.
     interrupts: u64,
 }
@@ -193,6 +195,7 @@ impl QueuePair {
             blocking_done: None,
             irq,
             interrupts: 0,
+            generation: shared.generation(),
         })
     }
 
@@ -329,13 +332,81 @@ impl QueuePair {
         }
     }
 
+    /// After a controller reset: the device dropped every command, so each
+    /// request in flight completes with an error (the ones that had timed
+    /// out with `Timeout`, the others with `Reset`) and gets its buffer back;
+    /// then the queues are created again on the same rings.
+    fn recover(&mut self, out: &mut Vec<Done>) -> Result<(), Error> {
+        let generation = self.shared.generation();
+        for cid in 0..self.slots.len() {
+            if !self.slots[cid].busy {
+                continue;
+            }
+            let req = self.finish_slot(cid);
+            if let Some(Some(p)) = self.reqs.get_mut(req as usize) {
+                if p.error.is_none() {
+                    p.error = Some(Error::Reset);
+                }
+            }
+            self.finish_child(req, out);
+        }
+        self.sq.reset();
+        self.cq.reset();
+        self.unrung = false;
+        self.generation = generation;
+        let entries = self.sq.entries();
+        let s = &self.shared;
+        s.admin(
+            Command::create_cq(self.qid, entries, self.cq.iova(), self.irq),
+            None,
+            "Create I/O Completion Queue",
+        )?;
+        s.admin(
+            Command::create_sq(self.qid, entries, self.sq.iova(), self.qid),
+            None,
+            "Create I/O Submission Queue",
+        )?;
+        Ok(())
+    }
+
+    /// Recovers if the controller was reset since the queues were created.
+    #[inline]
+    fn check_generation(&mut self, out: &mut Vec<Done>) -> Result<(), Error> {
+        if self.generation == self.shared.generation() {
+            return Ok(());
+        }
+        self.recover(out)
+    }
+
     /// Interrupts this queue pair has taken (interrupt mode).
     pub fn interrupts(&self) -> u64 {
         self.interrupts
     }
 
     fn reap(&mut self, out: &mut Vec<Done>) {
+        if self.shared.is_resetting() {
+            return;
+        }
+        if let Err(e) = self.check_generation(out) {
+            log::error!("queue {}: recreating queues after a reset: {e}", self.qid);
+            return;
+        }
         self.flush();
+        let seen = self.drain_completions(out);
+        if seen {
+            self.idle_polls = 0;
+        } else if self.inflight() > 0 {
+            self.idle_polls += 1;
+            if self.idle_polls >= TIMEOUT_CHECK {
+                self.idle_polls = 0;
+                self.check_timeouts(out);
+            }
+        }
+    }
+
+    /// Takes every posted completion, with one head doorbell write; returns
+    /// whether there was any.
+    fn drain_completions(&mut self, out: &mut Vec<Done>) -> bool {
         let mut seen = false;
         while let Some(c) = self.cq.pop() {
             seen = true;
@@ -362,14 +433,8 @@ impl QueuePair {
         }
         if seen {
             self.cq.ring(&*self.shared.regs);
-            self.idle_polls = 0;
-        } else if self.inflight() > 0 {
-            self.idle_polls += 1;
-            if self.idle_polls >= TIMEOUT_CHECK {
-                self.idle_polls = 0;
-                self.check_timeouts(out);
-            }
         }
+        seen
     }
 
     /// Undoes a finished command's mappings and frees its ID; returns its
@@ -413,14 +478,71 @@ impl QueuePair {
         }
     }
 
+    /// Recovery for commands past the I/O timeout, and for a controller that
+    /// reports a fatal status: abort the late commands; if they still do not
+    /// complete, reset the controller (and if even that fails, stop it).
     fn check_timeouts(&mut self, out: &mut Vec<Done>) {
         let limit = self.shared.config.io_timeout;
-        let expired = self
-            .slots
-            .iter()
-            .any(|s| s.busy && s.started.is_some_and(|t| t.elapsed() > limit));
-        if expired {
-            self.fail_all(out);
+        let fatal = self.shared.csts().map(|c| c.fatal()).unwrap_or(true);
+        let late = |s: &Slot| s.busy && s.started.is_some_and(|t| t.elapsed() > limit);
+        if !fatal && !self.slots.iter().any(late) {
+            return;
+        }
+        if !fatal {
+            for cid in 0..self.slots.len() {
+                if late(&self.slots[cid]) {
+                    match self
+                        .shared
+                        .admin(Command::abort(self.qid, cid as u16), None, "Abort")
+                    {
+                        Ok(_) => {
+                            log::warn!("queue {}: aborting command {cid} after {limit:?}", self.qid)
+                        }
+                        Err(e) => {
+                            log::warn!("queue {}: abort of command {cid} failed: {e}", self.qid)
+                        }
+                    }
+                }
+            }
+            // Give the aborts a moment to complete the commands.
+            let grace = Instant::now();
+            while self.slots.iter().any(late) && grace.elapsed() < std::time::Duration::from_secs(1)
+            {
+                self.drain_completions(out);
+                std::hint::spin_loop();
+            }
+            if !self.slots.iter().any(late) {
+                return;
+            }
+        }
+        // Mark the late requests so they complete with Timeout, then reset.
+        let ms = limit.as_millis() as u64;
+        for cid in 0..self.slots.len() {
+            if fatal || late(&self.slots[cid]) {
+                let req = self.slots[cid].req as usize;
+                if let Some(Some(p)) = self.reqs.get_mut(req) {
+                    if p.error.is_none() && self.slots[cid].busy {
+                        p.error = Some(if fatal {
+                            Error::ControllerFatal { during: p.what }
+                        } else {
+                            Error::Timeout { what: p.what, ms }
+                        });
+                    }
+                }
+            }
+        }
+        log::warn!("queue {}: resetting the controller to recover", self.qid);
+        match self.shared.reset() {
+            Ok(()) => {
+                if let Err(e) = self.recover(out) {
+                    log::error!("queue {}: recreating queues after a reset: {e}", self.qid);
+                    self.fail_all(out);
+                }
+            }
+            Err(e) => {
+                log::error!("controller reset failed: {e}");
+                self.fail_all(out);
+            }
         }
     }
 
@@ -477,6 +599,17 @@ impl QueuePair {
         buf: IoBuf,
         tag: u64,
     ) -> Result<(), (Error, IoBuf)> {
+        if self.shared.is_resetting() {
+            return Err((Error::Reset, buf));
+        }
+        if self.generation != self.shared.generation() {
+            let mut stash = std::mem::take(&mut self.stash);
+            let r = self.recover(&mut stash);
+            self.stash = stash;
+            if let Err(e) = r {
+                return Err((e, buf));
+            }
+        }
         if self.shared.is_disabled() {
             return Err((Error::Disabled, buf));
         }
@@ -620,6 +753,15 @@ impl QueuePair {
 
     /// Runs a command without data to completion.
     fn exec(&mut self, mut cmd: Command, what: &'static str) -> Result<(), Error> {
+        if self.shared.is_resetting() {
+            return Err(Error::Reset);
+        }
+        if self.generation != self.shared.generation() {
+            let mut stash = std::mem::take(&mut self.stash);
+            let r = self.recover(&mut stash);
+            self.stash = stash;
+            r?;
+        }
         if self.shared.is_disabled() {
             return Err(Error::Disabled);
         }
