@@ -65,7 +65,8 @@ run_scenario() {
 # bytes the driver wrote there (vm_ctrl's write_for_the_host_to_check).
 image=target/vm-test-ns1.img
 rm -f "$image"
-run_scenario bound --image "$image" --image-size 64M --env NVME_VM_NS_BYTES=67108864
+run_scenario bound --image "$image" --image-size 64M --cmb-mb 16 \
+    --env NVME_VM_NS_BYTES=67108864 --env NVME_VM_CMB=1
 echo "-- host check of the backing image"
 if python3 - "$image" <<'PY'
 import sys

@@ -535,3 +535,54 @@ fn io_continues_after_a_controller_reset_in_the_middle_of_a_run() {
     assert_eq!(ctrl.identify().model(), "QEMU NVMe Ctrl");
     ctrl.namespace(1).unwrap();
 }
+
+#[test]
+fn controller_memory_buffer_as_data_buffer() {
+    if !in_vm() {
+        return;
+    }
+    let _g = DEVICE.lock().unwrap_or_else(|e| e.into_inner());
+    let ctrl = Controller::open(NVME, Config::default()).expect("bring-up");
+    let Some(len) = ctrl.cmb_len() else {
+        // scripts/test.sh boots the VM with a 16 MiB CMB.
+        assert!(
+            std::env::var_os("NVME_VM_CMB").is_none(),
+            "the VM has a CMB but the controller did not enable it"
+        );
+        eprintln!("skipped: the controller has no CMB (scripts/vm/run.sh --cmb-mb 16)");
+        return;
+    };
+    assert_eq!(len, 16 << 20);
+    let ns = ctrl.namespace(1).unwrap();
+    for sgl in [false, true] {
+        let mut qp = ctrl
+            .queue_pair(QueueConfig {
+                sgl,
+                ..Default::default()
+            })
+            .unwrap();
+        let data = pattern(42 + sgl as u64, 64 << 10);
+        // Write from the CMB.
+        let mut cmb = ctrl.cmb_alloc(data.len()).unwrap();
+        cmb.write(0, &data).unwrap();
+        qp.write_cmb(&ns, 70_000, &cmb, data.len()).unwrap();
+        let mut back = vec![0u8; data.len()];
+        qp.read(&ns, 70_000, &mut back).unwrap();
+        assert!(back == data, "written from the CMB, sgl {sgl}");
+        // Read into the CMB.
+        let mut into = ctrl.cmb_alloc(data.len()).unwrap();
+        qp.read_cmb(&ns, 70_000, &mut into, data.len()).unwrap();
+        let mut got = vec![0u8; data.len()];
+        into.read(0, &mut got).unwrap();
+        assert!(got == data, "read into the CMB, sgl {sgl}");
+        assert_ne!(cmb.bus_addr(), into.bus_addr());
+    }
+    // The CMB keeps working after a controller reset.
+    ctrl.reset().unwrap();
+    let mut qp = ctrl.queue_pair(QueueConfig::default()).unwrap();
+    let mut into = ctrl.cmb_alloc(4096).unwrap();
+    qp.read_cmb(&ns, 70_000, &mut into, 4096).unwrap();
+    let mut got = vec![0u8; 4096];
+    into.read(0, &mut got).unwrap();
+    assert!(got == pattern(43, 64 << 10)[..4096]);
+}

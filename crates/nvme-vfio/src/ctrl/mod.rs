@@ -5,6 +5,7 @@
 //! program the admin queues, write CC, enable (wait for CSTS.RDY = 1). Every
 //! wait is bounded by CAP.TO and checks CSTS.CFS.
 
+mod cmb;
 mod io;
 mod pool;
 mod qpair;
@@ -22,6 +23,7 @@ use crate::nvme::regs::{self, offset, Aqa, Cap, Cc, Csts, Registers, Shutdown, S
 use crate::nvme::spec::{DataPtr, PageSize};
 use crate::Error;
 
+pub use cmb::CmbBuf;
 pub use io::{Done, Io, IoBuf, Op};
 pub use pool::{DmaDescPool, DESC_PAGE};
 pub use qpair::{QueueConfig, QueuePair};
@@ -47,6 +49,9 @@ pub struct Config {
     /// vector, so [`QueuePair::wait`] can sleep until completions arrive.
     /// Polled mode (the default) needs no interrupts.
     pub interrupts: bool,
+    /// Enable the controller memory buffer when the controller has one
+    /// with read and write data support ([`Controller::cmb_alloc`]).
+    pub cmb: bool,
 }
 
 impl Default for Config {
@@ -56,6 +61,7 @@ impl Default for Config {
             io_queues: 16,
             io_timeout: Duration::from_secs(30),
             interrupts: false,
+            cmb: true,
         }
     }
 }
@@ -114,6 +120,8 @@ pub(crate) struct Shared {
     /// A reset is in progress: new requests fail with the retryable
     /// [`Error::Reset`].
     resetting: std::sync::atomic::AtomicBool,
+    /// CMBMSC to program at every enable (0: no CMB in use).
+    cmbmsc: std::sync::atomic::AtomicU64,
 }
 
 impl core::fmt::Debug for Shared {
@@ -272,6 +280,13 @@ impl Shared {
             r.write64(offset::ASQ, a.sq.iova().raw());
             r.write64(offset::ACQ, a.cq.iova().raw());
         }
+        if self.cap.cmb_supported() {
+            // Always written: a CMB base address left enabled by an earlier
+            // user would make the controller take our DMA addresses in that
+            // range for its own memory.
+            let cmbmsc = self.cmbmsc.load(std::sync::atomic::Ordering::SeqCst);
+            self.regs.write64(cmb::CMBMSC, cmbmsc);
+        }
         let cc = Cc::default()
             .with_css(0)
             .with_mps(self.page.mps())
@@ -345,6 +360,7 @@ pub struct Controller {
     shared: Arc<Shared>,
     identify: IdentifyController,
     io_queues: u16,
+    cmb: Option<Arc<cmb::Cmb>>,
     /// Keeps the VFIO device (and its BAR mapping) open.
     _backend: Option<Box<dyn Any + Send + Sync>>,
 }
@@ -362,7 +378,7 @@ impl Controller {
     /// Opens the controller at PCI address `addr` (`0000:01:00.0` or
     /// `01:00.0`), bound to vfio-pci, and brings it up.
     pub fn open(addr: &str, config: Config) -> Result<Self, Error> {
-        let dev = crate::vfio::Device::open(addr)?;
+        let dev = Arc::new(crate::vfio::Device::open(addr)?);
         dev.enable_bus_master()?;
         let bar = Arc::new(dev.map_bar(0)?);
         let space = DmaSpace::new(dev.container().clone(), config.space);
@@ -377,7 +393,23 @@ impl Controller {
         } else {
             None
         };
-        Self::build(bar, space, config, Some(Box::new(dev)), msix)
+        let want_cmb = config.cmb;
+        let mut ctrl = Self::build(
+            bar,
+            space.clone(),
+            config,
+            Some(Box::new(dev.clone())),
+            msix,
+        )?;
+        if want_cmb && ctrl.shared.cap.cmb_supported() {
+            if let Some(cmb) = cmb::Cmb::enable(&dev, &*ctrl.shared.regs, &space)? {
+                ctrl.shared
+                    .cmbmsc
+                    .store(cmb.cmbmsc, std::sync::atomic::Ordering::SeqCst);
+                ctrl.cmb = Some(Arc::new(cmb));
+            }
+        }
+        Ok(ctrl)
     }
 
     /// Brings up a controller reached through `regs`, with DMA memory in
@@ -443,12 +475,14 @@ impl Controller {
             msix,
             generation: std::sync::atomic::AtomicU64::new(0),
             resetting: std::sync::atomic::AtomicBool::new(false),
+            cmbmsc: std::sync::atomic::AtomicU64::new(0),
         });
         shared.enable()?;
         let mut ctrl = Controller {
             shared,
             identify: IdentifyController::default(),
             io_queues: 0,
+            cmb: None,
             _backend: backend,
         };
         ctrl.identify = ctrl.identify_controller()?;
@@ -646,6 +680,20 @@ impl Controller {
         self.shared.reset()
     }
 
+    /// Size of the controller memory buffer in use, if any.
+    pub fn cmb_len(&self) -> Option<u64> {
+        self.cmb.as_ref().map(|c| c.len())
+    }
+
+    /// A buffer of at least `len` bytes in the controller memory buffer.
+    pub fn cmb_alloc(&self, len: usize) -> Result<CmbBuf, Error> {
+        let cmb = self
+            .cmb
+            .as_ref()
+            .ok_or(Error::Unsupported("no controller memory buffer in use"))?;
+        CmbBuf::alloc(cmb, len)
+    }
+
     /// Creates an I/O queue pair for the calling thread.
     pub fn queue_pair(&self, config: QueueConfig) -> Result<QueuePair, Error> {
         QueuePair::create(self, config)
@@ -681,6 +729,10 @@ impl Drop for Controller {
             return;
         }
         let r = &self.shared.regs;
+        if self.cmb.is_some() {
+            // Leave no CMB address window behind for the next user.
+            r.write64(cmb::CMBMSC, 0);
+        }
         let cc = Cc(r.read32(offset::CC));
         r.write32(offset::CC, cc.with_shutdown(Shutdown::Normal).0);
         let start = Instant::now();

@@ -802,6 +802,31 @@ impl QueuePair {
         self.run_blocking(Op::Write { fua }, ns, lba, &[seg])
     }
 
+    /// Reads `len` bytes at `lba` into a controller memory buffer and waits:
+    /// the controller moves the data within itself.
+    pub fn read_cmb(
+        &mut self,
+        ns: &Namespace,
+        lba: u64,
+        buf: &mut super::CmbBuf,
+        len: usize,
+    ) -> Result<(), Error> {
+        let seg = buf.seg(len);
+        self.run_blocking(Op::Read, ns, lba, &[seg])
+    }
+
+    /// Writes `len` bytes of a controller memory buffer at `lba` and waits.
+    pub fn write_cmb(
+        &mut self,
+        ns: &Namespace,
+        lba: u64,
+        buf: &super::CmbBuf,
+        len: usize,
+    ) -> Result<(), Error> {
+        let seg = buf.seg(len);
+        self.run_blocking(Op::Write { fua: false }, ns, lba, &[seg])
+    }
+
     /// Reads into several buffers, filled in order (one request).
     pub fn read_vectored(
         &mut self,

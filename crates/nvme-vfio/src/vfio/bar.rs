@@ -208,6 +208,23 @@ impl Bar {
     }
 }
 
+impl Bar {
+    /// The host address of `len` bytes at `offset`, when they lie inside one
+    /// mapped area: for device memory (a controller memory buffer) that the
+    /// driver registers with its DMA space. Only ever used as an address or
+    /// through volatile accesses.
+    pub(crate) fn area_ptr(&self, offset: u64, len: u64) -> Option<NonNull<u8>> {
+        let end = offset.checked_add(len)?;
+        let area = self
+            .areas
+            .iter()
+            .find(|a| offset >= a.offset && end <= a.offset + a.len as u64)?;
+        // SAFETY: `offset - area.offset + len <= area.len`: inside the
+        // area's live mapping (invariant).
+        Some(unsafe { area.ptr.add((offset - area.offset) as usize) })
+    }
+}
+
 impl Drop for Bar {
     fn drop(&mut self) {
         for area in &self.areas {
