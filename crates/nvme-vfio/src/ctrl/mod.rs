@@ -15,10 +15,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crate::mem::{DmaSpace, SpaceConfig};
-use crate::nvme::cmd::{cns, feature, log_page, Command, Completion};
+use crate::nvme::cmd::{admin, cns, feature, log_page, Command, Completion};
 use crate::nvme::identify::{IdentifyController, IdentifyNamespace, IDENTIFY_LEN};
 use crate::nvme::log::{ErrorLogEntry, SmartLog, ERROR_ENTRY_LEN, SMART_LEN};
-use crate::nvme::queue::{CompletionQueue, SubmissionQueue};
+use crate::nvme::queue::{CompletionQueue, Shadow, SubmissionQueue};
 use crate::nvme::regs::{self, offset, Aqa, Cap, Cc, Csts, Registers, Shutdown, ShutdownStatus};
 use crate::nvme::spec::{DataPtr, PageSize};
 use crate::Error;
@@ -52,6 +52,9 @@ pub struct Config {
     /// Enable the controller memory buffer when the controller has one
     /// with read and write data support ([`Controller::cmb_alloc`]).
     pub cmb: bool,
+    /// Use shadow doorbells (Doorbell Buffer Config) when the controller
+    /// offers them: fewer MMIO writes, which cost most under a hypervisor.
+    pub shadow_doorbells: bool,
 }
 
 impl Default for Config {
@@ -62,6 +65,7 @@ impl Default for Config {
             io_timeout: Duration::from_secs(30),
             interrupts: false,
             cmb: true,
+            shadow_doorbells: true,
         }
     }
 }
@@ -122,6 +126,47 @@ pub(crate) struct Shared {
     resetting: std::sync::atomic::AtomicBool,
     /// CMBMSC to program at every enable (0: no CMB in use).
     cmbmsc: std::sync::atomic::AtomicU64,
+    /// Shadow doorbell and EventIdx pages, once configured.
+    pub(crate) dbbuf: std::sync::OnceLock<DbBuf>,
+}
+
+/// The two pages of Doorbell Buffer Config.
+#[derive(Debug)]
+pub(crate) struct DbBuf {
+    shadow: crate::mem::DmaBuf,
+    eventidx: crate::mem::DmaBuf,
+    stride: u64,
+}
+
+impl DbBuf {
+    /// The shadow slots of queue `qid`'s SQ tail (`sq`) or CQ head doorbell.
+    pub(crate) fn slot(&self, qid: u16, sq: bool, always_mmio: bool) -> Option<Shadow> {
+        let at = (2 * qid as u64 + u64::from(!sq)) * self.stride;
+        if at + 4 > self.shadow.len() as u64 {
+            return None;
+        }
+        let at = at as usize;
+        // SAFETY: `at + 4` is inside each 4 KiB page (checked).
+        let db = unsafe { core::ptr::NonNull::new_unchecked(self.shadow.as_ptr().add(at)) };
+        // SAFETY: as above.
+        let ei = unsafe { core::ptr::NonNull::new_unchecked(self.eventidx.as_ptr().add(at)) };
+        Some(Shadow {
+            db: db.cast(),
+            ei: ei.cast(),
+            always_mmio,
+        })
+    }
+
+    /// Zeroes both pages (the controller is disabled).
+    fn clear(&self) {
+        for p in [&self.shadow, &self.eventidx] {
+            for i in 0..p.len() {
+                // SAFETY: inside the page; the disabled controller does not
+                // access it.
+                unsafe { p.as_ptr().add(i).write_volatile(0) };
+            }
+        }
+    }
 }
 
 impl core::fmt::Debug for Shared {
@@ -317,14 +362,18 @@ impl Shared {
                 Ok(())
             };
         }
-        let r = self.enable().and_then(|()| {
+        let r = self.disable().and_then(|()| {
+            if let Some(db) = self.dbbuf.get() {
+                db.clear();
+            }
+            self.enable()?;
             let want = self.config.io_queues.clamp(1, 0xfffe) as u32 - 1;
             self.admin_raw(
                 Command::set_features(feature::NUMBER_OF_QUEUES, want | want << 16),
                 None,
                 "Set Features (Number of Queues)",
-            )
-            .map(drop)
+            )?;
+            self.configure_dbbuf()
         });
         self.generation.fetch_add(1, SeqCst);
         if r.is_err() {
@@ -332,6 +381,28 @@ impl Shared {
         }
         self.resetting.store(false, SeqCst);
         r
+    }
+
+    /// Issues Doorbell Buffer Config with the shadow pages (after bring-up
+    /// and after every reset); the controller seeds the slots of existing
+    /// queues with their current values. The admin queue keeps writing MMIO
+    /// doorbells too.
+    fn configure_dbbuf(&self) -> Result<(), Error> {
+        let Some(db) = self.dbbuf.get() else {
+            return Ok(());
+        };
+        let mut cmd = Command::new(admin::DOORBELL_BUFFER_CONFIG, 0);
+        cmd.set_data(DataPtr::Prp {
+            prp1: db.shadow.iova(),
+            prp2: db.eventidx.iova(),
+        });
+        self.admin_raw(cmd, None, "Doorbell Buffer Config")?;
+        let mut a = lock(&self.admin);
+        if let (Some(sq), Some(cq)) = (db.slot(0, true, true), db.slot(0, false, true)) {
+            a.sq.set_shadow(sq);
+            a.cq.set_shadow(cq);
+        }
+        Ok(())
     }
 
     /// Whether a reset is in progress.
@@ -476,6 +547,7 @@ impl Controller {
             generation: std::sync::atomic::AtomicU64::new(0),
             resetting: std::sync::atomic::AtomicBool::new(false),
             cmbmsc: std::sync::atomic::AtomicU64::new(0),
+            dbbuf: std::sync::OnceLock::new(),
         });
         shared.enable()?;
         let mut ctrl = Controller {
@@ -487,6 +559,9 @@ impl Controller {
         };
         ctrl.identify = ctrl.identify_controller()?;
         ctrl.io_queues = ctrl.negotiate_queues()?;
+        if ctrl.shared.config.shadow_doorbells && ctrl.identify.oacs() & (1 << 8) != 0 {
+            ctrl.setup_shadow_doorbells()?;
+        }
         *lock(&ctrl.shared.qids) = vec![false; ctrl.io_queues as usize];
         Ok(ctrl)
     }
@@ -515,6 +590,29 @@ impl Controller {
         let sq = (c.result & 0xffff) + 1;
         let cq = (c.result >> 16) + 1;
         Ok(sq.min(cq).min(want + 1) as u16)
+    }
+
+    /// Allocates the shadow doorbell pages and configures them.
+    fn setup_shadow_doorbells(&self) -> Result<(), Error> {
+        let s = &self.shared;
+        let mut shadow = s.space.alloc(4096)?;
+        let mut eventidx = s.space.alloc(4096)?;
+        shadow.as_mut_slice().fill(0);
+        eventidx.as_mut_slice().fill(0);
+        let db = DbBuf {
+            shadow,
+            eventidx,
+            stride: s.cap.doorbell_stride(),
+        };
+        if s.dbbuf.set(db).is_err() {
+            return Ok(());
+        }
+        s.configure_dbbuf()
+    }
+
+    /// Whether shadow doorbells are in use.
+    pub fn shadow_doorbells(&self) -> bool {
+        self.shared.dbbuf.get().is_some()
     }
 
     /// The Identify Controller data.

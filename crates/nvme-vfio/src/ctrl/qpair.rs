@@ -135,8 +135,16 @@ impl QueuePair {
             .depth
             .clamp(2, shared.cap.max_queue_entries().min(65535) as u16);
         let (sq_db, cq_db) = shared.doorbells(qid);
-        let cq = CompletionQueue::new(&shared.space, entries, cq_db)?;
-        let sq = SubmissionQueue::new(&shared.space, entries, sq_db)?;
+        let mut cq = CompletionQueue::new(&shared.space, entries, cq_db)?;
+        let mut sq = SubmissionQueue::new(&shared.space, entries, sq_db)?;
+        if let Some(db) = shared.dbbuf.get() {
+            if let (Some(s), Some(c)) = (db.slot(qid, true, false), db.slot(qid, false, false)) {
+                s.clear();
+                c.clear();
+                sq.set_shadow(s);
+                cq.set_shadow(c);
+            }
+        }
         // Interrupt mode: vector `qid` (vector 0 stays with the admin queue).
         let irq = match &shared.msix {
             Some(m) if (qid as usize) < m.len() => Some(qid),
@@ -352,6 +360,9 @@ impl QueuePair {
         }
         self.sq.reset();
         self.cq.reset();
+        for shadow in [self.sq.shadow(), self.cq.shadow()].into_iter().flatten() {
+            shadow.clear();
+        }
         self.unrung = false;
         self.generation = generation;
         let entries = self.sq.entries();
@@ -376,6 +387,12 @@ impl QueuePair {
             return Ok(());
         }
         self.recover(out)
+    }
+
+    /// Submission doorbell publications so far, and how many of them had to
+    /// write the MMIO doorbell (fewer with shadow doorbells).
+    pub fn doorbell_stats(&self) -> (u64, u64) {
+        self.sq.doorbell_stats()
     }
 
     /// Interrupts this queue pair has taken (interrupt mode).

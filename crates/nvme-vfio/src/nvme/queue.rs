@@ -5,6 +5,7 @@
 //! are written and read with volatile accesses through raw pointers, with a
 //! fence between the entries and the doorbell that publishes them.
 
+use core::ptr::NonNull;
 use core::sync::atomic::{fence, Ordering};
 use std::sync::Arc;
 
@@ -14,6 +15,60 @@ use super::cmd::{Command, Completion};
 use super::regs::Registers;
 use crate::mem::{DmaBuf, DmaSpace};
 use crate::Error;
+
+/// A queue's slots in the shadow doorbell and EventIdx pages (Doorbell
+/// Buffer Config): the driver writes new doorbell values into `db` and
+/// writes the MMIO doorbell only when the controller's `ei` says it needs
+/// telling.
+#[derive(Clone, Copy, Debug)]
+pub struct Shadow {
+    /// This doorbell's slot in the shadow doorbell page.
+    pub db: NonNull<u32>,
+    /// This doorbell's slot in the EventIdx page.
+    pub ei: NonNull<u32>,
+    /// Write the MMIO doorbell every time anyway (the admin queue).
+    pub always_mmio: bool,
+}
+
+// SAFETY: the pages belong to the controller's shared state, which outlives
+// every queue; each slot is written by the one queue it belongs to.
+unsafe impl Send for Shadow {}
+
+impl Shadow {
+    /// Zeroes both slots, for a queue about to be created (no controller
+    /// queue uses them: a previous queue with this ID left its values).
+    pub fn clear(&self) {
+        // SAFETY: slots inside the shadow pages (see the type), not in use
+        // by the controller for any queue.
+        unsafe {
+            self.db.as_ptr().write_volatile(0);
+            self.ei.as_ptr().write_volatile(0);
+        }
+    }
+
+    /// Publishes `new` (after `old`) into the shadow slot; returns whether
+    /// the MMIO doorbell must be written too (the controller asked to be
+    /// told, by its EventIdx).
+    #[inline]
+    fn publish(&self, old: u16, new: u16) -> bool {
+        // SAFETY: slots inside the shadow and EventIdx pages (see the type);
+        // device-shared memory, accessed with volatile operations only.
+        unsafe { self.db.as_ptr().write_volatile(new as u32) };
+        // The shadow value must be visible before EventIdx is read, or the
+        // controller could miss the update (the virtio event-index rule).
+        fence(Ordering::SeqCst);
+        // SAFETY: as above.
+        let ei = unsafe { self.ei.as_ptr().read_volatile() } as u16;
+        self.always_mmio || need_event(ei, new, old)
+    }
+}
+
+/// Whether moving a doorbell from `old` to `new` passes the controller's
+/// event index `ei` (NVMe Base 2.0, 5.8; the same rule as virtio's).
+#[inline]
+pub const fn need_event(ei: u16, new: u16, old: u16) -> bool {
+    new.wrapping_sub(ei).wrapping_sub(1) < new.wrapping_sub(old)
+}
 
 /// A submission queue: a ring of 64-byte commands and its tail doorbell.
 #[derive(Debug)]
@@ -25,6 +80,12 @@ pub struct SubmissionQueue {
     /// The device's head, from the latest completion's SQ head field.
     head: u16,
     doorbell: u64,
+    /// The tail last published.
+    rung: u16,
+    shadow: Option<Shadow>,
+    /// Doorbell publications, and how many of them wrote MMIO.
+    rings: u64,
+    mmio_rings: u64,
 }
 
 impl SubmissionQueue {
@@ -40,7 +101,26 @@ impl SubmissionQueue {
             tail: 0,
             head: 0,
             doorbell,
+            rung: 0,
+            shadow: None,
+            rings: 0,
+            mmio_rings: 0,
         })
+    }
+
+    /// Uses shadow doorbells from now on.
+    pub fn set_shadow(&mut self, shadow: Shadow) {
+        self.shadow = Some(shadow);
+    }
+
+    /// The shadow slots in use, if any.
+    pub fn shadow(&self) -> Option<Shadow> {
+        self.shadow
+    }
+
+    /// Doorbell publications and MMIO doorbell writes so far.
+    pub fn doorbell_stats(&self) -> (u64, u64) {
+        (self.rings, self.mmio_rings)
     }
 
     /// Device address of the ring.
@@ -82,12 +162,18 @@ impl SubmissionQueue {
         true
     }
 
-    /// Publishes every pushed command with one tail doorbell write.
+    /// Publishes every pushed command with one tail doorbell write (or a
+    /// shadow doorbell update).
     #[inline]
-    pub fn ring<R: Registers + ?Sized>(&self, regs: &R) {
+    pub fn ring<R: Registers + ?Sized>(&mut self, regs: &R) {
         // The commands must be in memory before the device sees the doorbell.
         fence(Ordering::SeqCst);
-        regs.write32(self.doorbell, self.tail as u32);
+        self.rings += 1;
+        if self.shadow.is_none_or(|s| s.publish(self.rung, self.tail)) {
+            regs.write32(self.doorbell, self.tail as u32);
+            self.mmio_rings += 1;
+        }
+        self.rung = self.tail;
     }
 
     /// Takes back the last `n` pushed commands, which no doorbell has
@@ -109,6 +195,7 @@ impl SubmissionQueue {
     pub fn reset(&mut self) {
         self.tail = 0;
         self.head = 0;
+        self.rung = 0;
     }
 }
 
@@ -121,6 +208,9 @@ pub struct CompletionQueue {
     /// The phase tag that marks a new entry in the current pass.
     phase: bool,
     doorbell: u64,
+    /// The head last published.
+    rung: u16,
+    shadow: Option<Shadow>,
 }
 
 impl CompletionQueue {
@@ -136,7 +226,19 @@ impl CompletionQueue {
             head: 0,
             phase: true,
             doorbell,
+            rung: 0,
+            shadow: None,
         })
+    }
+
+    /// Uses shadow doorbells from now on.
+    pub fn set_shadow(&mut self, shadow: Shadow) {
+        self.shadow = Some(shadow);
+    }
+
+    /// The shadow slots in use, if any.
+    pub fn shadow(&self) -> Option<Shadow> {
+        self.shadow
     }
 
     /// Device address of the ring.
@@ -175,8 +277,11 @@ impl CompletionQueue {
 
     /// Tells the device which entries are consumed (one write per batch).
     #[inline]
-    pub fn ring<R: Registers + ?Sized>(&self, regs: &R) {
-        regs.write32(self.doorbell, self.head as u32);
+    pub fn ring<R: Registers + ?Sized>(&mut self, regs: &R) {
+        if self.shadow.is_none_or(|s| s.publish(self.rung, self.head)) {
+            regs.write32(self.doorbell, self.head as u32);
+        }
+        self.rung = self.head;
     }
 
     /// Zeroes the ring and starts over (after the controller was reset).
@@ -189,5 +294,23 @@ impl CompletionQueue {
         }
         self.head = 0;
         self.phase = true;
+        self.rung = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::need_event;
+
+    #[test]
+    fn event_index_rule() {
+        // The controller wants to hear once the value passes ei.
+        assert!(need_event(5, 6, 5));
+        assert!(need_event(5, 8, 4));
+        assert!(!need_event(9, 8, 4));
+        assert!(!need_event(5, 5, 4));
+        // Across the 16-bit wrap.
+        assert!(need_event(0xffff, 2, 0xfffe));
+        assert!(!need_event(3, 2, 0xfffe));
     }
 }
