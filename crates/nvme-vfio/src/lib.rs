@@ -20,3 +20,8 @@ pub mod nvme;
 pub mod vfio;
 
 pub use error::Error;
+
+/// The README's code examples, compiled as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+pub struct ReadmeDoctests;
