@@ -655,8 +655,8 @@ impl Controller {
             .collect())
     }
 
-    /// Namespace `nsid`, if active and formatted without metadata.
-    pub fn namespace(&self, nsid: u32) -> Result<Namespace, Error> {
+    /// The Identify Namespace data of `nsid`.
+    pub fn identify_namespace(&self, nsid: u32) -> Result<IdentifyNamespace, Error> {
         if nsid == 0 || nsid == u32::MAX {
             return Err(Error::NoNamespace { nsid });
         }
@@ -674,6 +674,12 @@ impl Controller {
         };
         let mut id = IdentifyNamespace::default();
         id.0.copy_from_slice(&buf.as_slice()[..IDENTIFY_LEN]);
+        Ok(id)
+    }
+
+    /// Namespace `nsid`, if active and formatted without metadata.
+    pub fn namespace(&self, nsid: u32) -> Result<Namespace, Error> {
+        let id = self.identify_namespace(nsid)?;
         if !id.is_active() {
             return Err(Error::NoNamespace { nsid });
         }
