@@ -29,6 +29,10 @@ fi
 # The VM runner itself.
 scripts/vm/selftest.sh
 
+# The nvme-cli example, tested inside the guest by scripts/cli-test.sh.
+cargo build --release --quiet -p nvme-vfio --example nvme-cli
+cli=target/release/examples/nvme-cli
+
 # Test binaries that run inside the guest.
 bins=()
 for t in vm_vfio vm_mem vm_ctrl; do
@@ -43,16 +47,21 @@ done
 
 passed=0
 failed=0
-# run_scenario NAME RUN.SH-OPTIONS...: every binary in one VM boot.
+# run_scenario NAME CLI RUN.SH-OPTIONS...: every binary, and the CLI tests
+# when CLI is "cli", in one VM boot.
 run_scenario() {
-    local name=$1 start status
-    shift
+    local name=$1 cli_scenario=$2 start status
+    shift 2
+    [ "$cli_scenario" = cli ] && cli_scenario=$name || cli_scenario=
     echo "-- scenario $name"
     start=$(date +%s)
     status=0
     # shellcheck disable=SC2016 # expanded by the guest's shell
     scripts/vm/run.sh "$@" --env NVME_VM_SCENARIO="$name" --env NVME_VM_REQUIRE=1 -- \
-        sh -c 'for b in "$@"; do "$b" --test-threads=1 || exit 1; done' vm-tests "${bins[@]}" ||
+        sh -c 'cli=$1 cs=$2; shift 2
+            for b in "$@"; do "$b" --test-threads=1 || exit 1; done
+            [ -z "$cs" ] || scripts/cli-test.sh "$cli" "$cs"' \
+        vm-tests "$cli" "$cli_scenario" "${bins[@]}" ||
         status=$?
     echo "-- scenario $name: exit $status, $(($(date +%s) - start)) s"
     if [ "$status" = 0 ]; then
@@ -65,7 +74,7 @@ run_scenario() {
 # bytes the driver wrote there (vm_ctrl's write_for_the_host_to_check).
 image=target/vm-test-ns1.img
 rm -f "$image"
-run_scenario bound --image "$image" --image-size 64M --cmb-mb 16 \
+run_scenario bound cli --image "$image" --image-size 64M --cmb-mb 16 \
     --env NVME_VM_NS_BYTES=67108864 --env NVME_VM_CMB=1
 echo "-- host check of the backing image"
 if python3 - "$image" <<'PY'
@@ -84,8 +93,8 @@ else
     failed=$((failed + 1))
 fi
 rm -f "$image"
-run_scenario nvme-driver --no-bind
-run_scenario low-memlock --memlock 64
+run_scenario nvme-driver cli --no-bind
+run_scenario low-memlock - --memlock 64
 
 echo "VM checks: $passed passed, $failed failed"
 [ "$failed" = 0 ]

@@ -395,8 +395,12 @@ impl QueuePair {
         self.sq.doorbell_stats()
     }
 
-    /// Interrupts this queue pair has taken (interrupt mode).
-    pub fn interrupts(&self) -> u64 {
+    /// Interrupts this queue pair's completion queue has raised so far
+    /// (interrupt mode; 0 in polled mode), whether or not a waiter slept.
+    pub fn interrupts(&mut self) -> u64 {
+        if let (Some(v), Some(msix)) = (self.irq, &self.shared.msix) {
+            self.interrupts += msix.take_count(v as usize).unwrap_or(0);
+        }
         self.interrupts
     }
 

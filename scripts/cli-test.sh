@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# Tests of the nvme-cli example, run inside the VM of scripts/vm (see
+# scripts/test.sh): every command, JSON output parsed, a file written then
+# read back byte-identical, and each bad input with its message and exit
+# status. Usage: cli-test.sh CLI-BINARY SCENARIO   (scenario: bound or
+# nvme-driver). Prints "N passed, N failed" and exits non-zero on failure.
+set -uo pipefail
+
+cli=$1
+scenario=${2:-bound}
+dev=0000:00:03.0
+work=$(mktemp -d)
+passed=0
+failed=0
+
+ok() { passed=$((passed + 1)); echo "PASS $*"; }
+bad() { failed=$((failed + 1)); echo "FAIL $*"; }
+
+# expect NAME STATUS PATTERN -- COMMAND...: exit status STATUS and stderr
+# (for errors) or stdout matching PATTERN.
+expect() {
+    local name=$1 want=$2 pat=$3
+    shift 4
+    local out err status
+    out=$("$@" 2>"$work/err")
+    status=$?
+    err=$(cat "$work/err")
+    if [ "$status" != "$want" ]; then
+        bad "$name: exit $status, wanted $want ($err)"
+    elif ! printf '%s\n%s\n' "$out" "$err" | grep -q -- "$pat"; then
+        bad "$name: output does not match '$pat': $out $err"
+    else
+        ok "$name"
+    fi
+}
+
+# json NAME PYTHON-EXPR -- COMMAND...: stdout parses as JSON and EXPR on it
+# (bound to j) is true.
+json() {
+    local name=$1 expr=$2
+    shift 3
+    if "$@" 2>"$work/err" | python3 -c "import json,sys; j=json.load(sys.stdin); sys.exit(0 if ($expr) else 1)"; then
+        ok "$name"
+    else
+        bad "$name: JSON check '$expr' failed ($(cat "$work/err"))"
+    fi
+}
+
+if [ "$scenario" = nvme-driver ]; then
+    expect "id-ctrl on a device still on the nvme driver" 2 "bound to nvme" -- "$cli" id-ctrl $dev
+    json "list shows the kernel driver" 'j[0]["driver"] == "nvme" and not j[0]["usable"]' -- "$cli" list --json
+else
+    json "list --json" 'j[0]["address"] == "'$dev'" and j[0]["driver"] == "vfio-pci" and j[0]["usable"]' -- "$cli" list --json
+    json "id-ctrl --json" 'j["mn"] == "QEMU NVMe Ctrl" and j["vid"] == 0x1b36 and j["ver"] == 0x10400' -- "$cli" id-ctrl $dev --json
+    expect "id-ctrl text" 0 "mn        : QEMU NVMe Ctrl" -- "$cli" id-ctrl 00:03.0
+    json "id-ns --json" 'j["nsze"] == 131072 and j["block_size"] == 512 and j["lbafs"][0]["in_use"]' -- "$cli" id-ns $dev -n 1 --json
+
+    head -c $((1 << 20)) /dev/urandom >"$work/data"
+    expect "write a file" 0 "success" -- "$cli" write $dev -n 1 --lba 4096 -i "$work/data" --yes
+    expect "read it back" 0 "" -- "$cli" read $dev -n 1 --lba 4096 --size $((1 << 20)) -o "$work/back"
+    if cmp -s "$work/data" "$work/back"; then ok "read back byte-identical"; else bad "read back differs"; fi
+    "$cli" read $dev -n 1 --lba 4096 --blocks 8 >"$work/stdout-read"
+    if cmp -s -n 4096 "$work/data" "$work/stdout-read"; then ok "read to stdout"; else bad "read to stdout differs"; fi
+
+    head -c 1000 /dev/urandom >"$work/odd"
+    expect "write without --yes" 2 "add --yes" -- "$cli" write $dev -n 1 --lba 4096 -i "$work/odd"
+    expect "size not a multiple of the block size" 2 "not a multiple of the 512-byte block size" -- "$cli" write $dev -n 1 --lba 4096 -i "$work/odd" --yes
+    "$cli" read $dev -n 1 --lba 4096 --blocks 2 -o "$work/after"
+    if cmp -s -n 1024 "$work/data" "$work/after"; then ok "refused writes wrote nothing"; else bad "a refused write changed the disk"; fi
+    expect "write --pad" 0 "success" -- "$cli" write $dev -n 1 --lba 4096 -i "$work/odd" --pad --yes
+    "$cli" read $dev -n 1 --lba 4096 --blocks 2 -o "$work/padded"
+    if cmp -s -n 1000 "$work/odd" "$work/padded" && [ "$(tail -c 24 "$work/padded" | tr -d '\0' | wc -c)" = 0 ]; then
+        ok "padded write reads back with zero padding"
+    else
+        bad "padded write reads back wrong"
+    fi
+    expect "read past the end" 2 "past the end of namespace 1" -- "$cli" read $dev -n 1 --lba 131070 --blocks 8 -o "$work/x"
+    expect "write past the end" 2 "past the end of namespace 1" -- "$cli" write $dev -n 1 --lba 131071 -i "$work/data" --yes
+    expect "unknown device" 2 "no PCI device 0000:00:1f.7" -- "$cli" id-ctrl 0000:00:1f.7
+    expect "malformed address" 2 "" -- "$cli" id-ctrl not-an-address
+    expect "inactive namespace" 2 "namespace 7 is not active" -- "$cli" id-ns $dev -n 7
+    expect "read without a length" 2 "give --blocks or --size" -- "$cli" read $dev -n 1 --lba 0
+    expect "flush" 0 "success" -- "$cli" flush $dev -n 1
+    expect "trim without --yes" 2 "add --yes" -- "$cli" trim $dev -n 1 --lba 0 --blocks 8
+    json "trim --json" 'j["command"] == "trim" and j["status"] == "success"' -- "$cli" trim $dev -n 1 --lba 8192 --blocks 64 --yes --json
+    expect "write-zeroes" 0 "success" -- "$cli" write-zeroes $dev -n 1 --lba 4096 --blocks 8 --yes
+    "$cli" read $dev -n 1 --lba 4096 --blocks 8 -o "$work/zeroes"
+    if [ "$(tr -d '\0' <"$work/zeroes" | wc -c)" = 0 ]; then ok "write-zeroes reads back zeroes"; else bad "write-zeroes left data"; fi
+    json "smart-log --json" 'j["host_write_commands"] > 0 and j["temperature"] > 200' -- "$cli" smart-log $dev --json
+    expect "smart-log text" 0 "temperature" -- "$cli" smart-log $dev
+    expect "usage error" 2 "Usage" -- "$cli" frobnicate
+fi
+
+rm -rf "$work"
+echo "nvme-cli: $passed passed, $failed failed"
+[ "$failed" = 0 ]
