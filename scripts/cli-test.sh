@@ -49,6 +49,32 @@ json() {
 if [ "$scenario" = nvme-driver ]; then
     expect "id-ctrl on a device still on the nvme driver" 2 "bound to nvme" -- "$cli" id-ctrl $dev
     json "list shows the kernel driver" 'j[0]["driver"] == "nvme" and not j[0]["usable"]' -- "$cli" list --json
+
+    # scripts/setup-vfio.sh: from the kernel driver to vfio-pci and back.
+    setup=scripts/setup-vfio.sh
+    export HUGEMEM=64
+    expect "setup status on nvme" 0 "$dev  *QEMU NVMe Ctrl  *nvme  *3  *yes  *no" -- $setup status
+    expect "setup --dry-run bind" 0 "would write 'vfio-pci' to .*$dev/driver_override" -- $setup --dry-run bind $dev
+    expect "dry run changed nothing" 0 "$dev  *QEMU NVMe Ctrl  *nvme" -- $setup status
+    # A disk in use (active swap here: it needs no filesystem module in the
+    # guest) is refused.
+    if mkswap /dev/nvme0n1 >/dev/null && swapon /dev/nvme0n1; then
+        expect "bind refuses a disk in use" 1 "/dev/nvme0n1 is active swap" -- $setup bind $dev
+        expect "status shows it in use" 0 "/dev/nvme0n1 is active swap" -- $setup status
+        swapoff /dev/nvme0n1
+    else
+        bad "could not enable swap on /dev/nvme0n1 to test the refusal"
+    fi
+    expect "setup bind" 0 "$dev: bound to vfio-pci (was nvme), /dev/vfio/3" -- $setup bind 00:03.0
+    expect "bind is idempotent" 0 "already on vfio-pci" -- $setup bind $dev
+    expect "status after bind" 0 "$dev  *-  *vfio-pci  *3  *yes" -- $setup status
+    expect "hugepages reserved" 0 "hugepages (2 MiB): 32 total" -- $setup status
+    json "usable by the CLI after bind" 'j["mn"] == "QEMU NVMe Ctrl"' -- "$cli" id-ctrl $dev --json
+    expect "setup reset" 0 "$dev: back on nvme (was vfio-pci) /dev/nvme0n1" -- $setup reset $dev
+    if [ -b /dev/nvme0n1 ]; then ok "the kernel's /dev/nvme0n1 is back"; else bad "/dev/nvme0n1 missing after reset"; fi
+    expect "reset is idempotent" 0 "already on nvme" -- $setup reset $dev
+    expect "setup of a bad address" 1 "is not an NVMe function" -- $setup bind 0000:00:1f.7
+    expect "setup of a malformed address" 1 "malformed PCI address" -- $setup bind nonsense
 else
     json "list --json" 'j[0]["address"] == "'$dev'" and j[0]["driver"] == "vfio-pci" and j[0]["usable"]' -- "$cli" list --json
     json "id-ctrl --json" 'j["mn"] == "QEMU NVMe Ctrl" and j["vid"] == 0x1b36 and j["ver"] == 0x10400' -- "$cli" id-ctrl $dev --json
