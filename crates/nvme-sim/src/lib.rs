@@ -1,6 +1,103 @@
-//! An in-process software NVMe controller and IOMMU.
+//! An in-process software NVMe controller and IOMMU, for the driver's
+//! integration tests, fault injection and driver-overhead benchmarks.
 //!
-//! This crate will play the device side of the driver's hardware boundary
-//! (register file, queue processing, PRP/SGL walking through a software
-//! IOMMU, fault injection). It currently holds no model; the device-side
-//! PRP/SGL walker it will use lives in [`nvme_vfio::nvme::walk`].
+//! - [`SimIommu`]: a software IOMMU. The driver's DMA memory programs it
+//!   through [`DmaMap`](nvme_vfio::mem::DmaMap) with VFIO type1v2's rules;
+//!   the controller reaches host memory only through its live mappings, so
+//!   a bad IOVA is a failed transfer, not a crash.
+//! - [`SimController`]: the controller. Its register file implements
+//!   [`Registers`](nvme_vfio::nvme::regs::Registers) (BAR0); a worker thread
+//!   fetches commands from the queues the driver sets up, walks PRPs and
+//!   SGLs with the strict device-side walker of [`nvme_vfio::nvme::walk`],
+//!   moves data to and from RAM-backed namespaces and posts completions
+//!   with the phase tag.
+//! - [`FaultRule`]: fault injection per command (error status, dropped,
+//!   delayed or out-of-order completions, CSTS.CFS), plus never-ready and
+//!   fatal-status switches on the controller.
+//!
+//! # How it works
+//!
+//! - **One worker thread per controller** owns every queue and runs the
+//!   controller's state machine; the driver's threads only touch the
+//!   register file (atomics) and their own memory. The worker sleeps
+//!   (`thread::park`, with a timeout when a timer is due: ready delay,
+//!   shutdown, delayed completions) while there is nothing to do, and every
+//!   doorbell or CC write wakes it (`unpark`, a single atomic operation when
+//!   it is awake). [`Config::idle_spin`] lets it poll a little before
+//!   sleeping, for latency benchmarks. Dropping the controller stops and
+//!   joins the worker.
+//! - CC writes are queued in order, so a quick disable/enable pair is two
+//!   transitions. A controller that cannot run the configuration it is
+//!   enabled with (bad MPS, CSS, AQA, ASQ/ACQ) raises CSTS.CFS, as does an
+//!   unreadable submission queue or unwritable completion queue (as QEMU's
+//!   controller does).
+//! - Queues are served round robin, 64 commands at a time. A completion
+//!   queue is never overwritten: with no free slot the controller stops
+//!   fetching from the submission queues that complete there and keeps
+//!   finished completions until the head doorbell moves.
+//! - **Shadow doorbells** (Doorbell Buffer Config) are used, not only
+//!   accepted: for I/O queues the worker takes tails and heads from the
+//!   shadow buffer and writes EventIdx entries (event-index protocol, with a
+//!   re-check after each EventIdx write). The admin queue always uses the
+//!   registers.
+//! - **Null mode** ([`Config::null`]) still fetches commands and checks
+//!   namespace, LBA range and MDTS, but does not walk PRPs/SGLs and moves no
+//!   data, so it measures the driver's own cost.
+//! - Commands a fault delays, holds back or drops stay inside the
+//!   controller until they run, are aborted (Abort), their queue is deleted
+//!   (Command Aborted due to SQ Deletion) or the controller is reset.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use nvme_sim::{Config, SimController};
+//! use nvme_vfio::nvme::regs::{offset, Cap, Registers};
+//!
+//! let sim = SimController::new(Config::default())?;
+//! let bar: Arc<dyn Registers> = sim.registers();
+//! let cap = Cap(bar.read64(offset::CAP));
+//! assert_eq!(cap.max_queue_entries(), 1024);
+//! // The driver's DMA memory maps through `sim.iommu()`:
+//! // `DmaSpace::new(sim.iommu().clone(), SpaceConfig { hugepages: false })`.
+//! # Ok::<(), nvme_sim::Error>(())
+//! ```
+
+mod config;
+mod controller;
+mod device;
+mod fault;
+mod iommu;
+mod regs;
+mod storage;
+
+pub use config::{Config, NamespaceConfig};
+pub use controller::{SimController, Stats};
+pub use fault::{FaultAction, FaultRule, Match};
+pub use iommu::{IommuConfig, Mapping, SimIommu};
+
+/// Why the software controller could not do what was asked.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The configuration is out of range.
+    #[error("invalid nvme-sim configuration: {0}")]
+    Config(&'static str),
+    /// The worker thread could not be started.
+    #[error("cannot start the nvme-sim worker thread")]
+    Spawn(#[source] std::io::Error),
+    /// No namespace has this ID.
+    #[error("no namespace {nsid}")]
+    NoNamespace {
+        /// The namespace ID asked for.
+        nsid: u32,
+    },
+    /// The bytes asked for extend past the namespace's end.
+    #[error("{len} bytes at block {lba} are beyond the end of namespace {nsid}")]
+    OutOfRange {
+        /// The namespace.
+        nsid: u32,
+        /// The first block.
+        lba: u64,
+        /// The length in bytes.
+        len: usize,
+    },
+}

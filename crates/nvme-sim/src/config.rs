@@ -1,0 +1,235 @@
+//! What the software controller looks like: capabilities, limits,
+//! namespaces and timing, with a builder.
+
+use std::time::Duration;
+
+use crate::iommu::IommuConfig;
+use crate::Error;
+
+/// One RAM-backed namespace.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NamespaceConfig {
+    /// Size in logical blocks.
+    pub blocks: u64,
+    /// Logical block size: 512 or 4096 bytes.
+    pub block_size: u32,
+}
+
+impl NamespaceConfig {
+    /// A namespace of `blocks` blocks of `block_size` bytes.
+    pub const fn new(blocks: u64, block_size: u32) -> Self {
+        Self { blocks, block_size }
+    }
+}
+
+/// The software controller's configuration. Start from [`Config::default`]
+/// and adjust with the builder methods (or the public fields).
+///
+/// ```
+/// use nvme_sim::{Config, NamespaceConfig};
+/// let config = Config::default()
+///     .namespaces(&[NamespaceConfig::new(1 << 20, 4096), NamespaceConfig::new(2048, 512)])
+///     .mdts(3)
+///     .sgl(false);
+/// assert_eq!(config.namespaces.len(), 2);
+/// ```
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Entries per queue at most (CAP.MQES + 1), 2 to 65536.
+    pub max_queue_entries: u32,
+    /// CAP.CQR: I/O queues must be physically contiguous (the only kind
+    /// this model supports).
+    pub contiguous_queues_required: bool,
+    /// CAP.TO, in units of 500 ms: the longest the host should wait for a
+    /// CSTS.RDY transition.
+    pub timeout_500ms: u8,
+    /// CAP.DSTRD: doorbells are `4 << dstrd` bytes apart (0 to 15).
+    pub doorbell_stride: u8,
+    /// CAP.MPSMIN: smallest memory page size, `2^(12 + mps_min)` bytes.
+    pub mps_min: u8,
+    /// CAP.MPSMAX: largest memory page size, `2^(12 + mps_max)` bytes.
+    pub mps_max: u8,
+    /// Time from CC.EN = 1 to CSTS.RDY = 1.
+    pub ready_delay: Duration,
+    /// Time from CC.SHN to CSTS.SHST = complete.
+    pub shutdown_delay: Duration,
+    /// I/O submission and completion queues the controller can create (the
+    /// most Set Features (Number of Queues) grants), 1 to 65535.
+    pub max_io_queues: u16,
+    /// Identify MDTS: transfers are limited to `2^mdts` minimum pages (0:
+    /// no limit).
+    pub mdts: u8,
+    /// Whether I/O commands may use SGLs (Identify SGLS).
+    pub sgl: bool,
+    /// The namespaces, with IDs 1, 2, ... in this order.
+    pub namespaces: Vec<NamespaceConfig>,
+    /// Null mode: I/O commands are checked (namespace, LBA range, MDTS,
+    /// PSDT) and complete successfully without walking their data pointer
+    /// or moving data; for measuring the driver's own overhead.
+    pub null: bool,
+    /// Identify serial number.
+    pub serial: String,
+    /// Whether a volatile write cache is present (Identify VWC).
+    pub volatile_write_cache: bool,
+    /// How long the worker polls for new doorbell writes before it sleeps:
+    /// zero (the default) sleeps at once, which costs a wake-up per batch;
+    /// a few microseconds trade a core for latency in benchmarks.
+    pub idle_spin: Duration,
+    /// The IOMMU the controller's DMA goes through, when the controller
+    /// creates its own ([`SimController::new`](crate::SimController::new)).
+    pub iommu: IommuConfig,
+}
+
+impl Default for Config {
+    /// A controller like QEMU's emulated NVMe device, scaled down: 1024
+    /// entries per queue, 64 I/O queues, MDTS 5 (128 KiB), SGLs, a 1 ms
+    /// ready delay, and one namespace of 64 MiB in 512-byte blocks.
+    fn default() -> Self {
+        Self {
+            max_queue_entries: 1024,
+            contiguous_queues_required: true,
+            timeout_500ms: 4,
+            doorbell_stride: 0,
+            mps_min: 0,
+            mps_max: 4,
+            ready_delay: Duration::from_millis(1),
+            shutdown_delay: Duration::from_millis(1),
+            max_io_queues: 64,
+            mdts: 5,
+            sgl: true,
+            namespaces: vec![NamespaceConfig {
+                blocks: 128 << 10,
+                block_size: 512,
+            }],
+            null: false,
+            serial: "SIM0001".into(),
+            volatile_write_cache: true,
+            idle_spin: Duration::ZERO,
+            iommu: IommuConfig::default(),
+        }
+    }
+}
+
+impl Config {
+    /// Replaces the namespaces: IDs 1, 2, ... in this order.
+    pub fn namespaces(mut self, namespaces: &[NamespaceConfig]) -> Self {
+        self.namespaces = namespaces.to_vec();
+        self
+    }
+
+    /// Sets MDTS (see [`mdts`](Self::mdts)).
+    pub fn mdts(mut self, mdts: u8) -> Self {
+        self.mdts = mdts;
+        self
+    }
+
+    /// Sets SGL support.
+    pub fn sgl(mut self, on: bool) -> Self {
+        self.sgl = on;
+        self
+    }
+
+    /// Sets null mode.
+    pub fn null(mut self, on: bool) -> Self {
+        self.null = on;
+        self
+    }
+
+    /// Sets the doorbell stride field (CAP.DSTRD).
+    pub fn doorbell_stride(mut self, dstrd: u8) -> Self {
+        self.doorbell_stride = dstrd;
+        self
+    }
+
+    /// Sets the most I/O queues the controller grants.
+    pub fn max_io_queues(mut self, n: u16) -> Self {
+        self.max_io_queues = n;
+        self
+    }
+
+    /// Sets the most entries per queue.
+    pub fn max_queue_entries(mut self, n: u32) -> Self {
+        self.max_queue_entries = n;
+        self
+    }
+
+    /// Sets the CC.EN to CSTS.RDY delay.
+    pub fn ready_delay(mut self, d: Duration) -> Self {
+        self.ready_delay = d;
+        self
+    }
+
+    /// Sets the CC.SHN to CSTS.SHST = complete delay.
+    pub fn shutdown_delay(mut self, d: Duration) -> Self {
+        self.shutdown_delay = d;
+        self
+    }
+
+    /// Sets CAP.TO, in units of 500 ms.
+    pub fn timeout_500ms(mut self, to: u8) -> Self {
+        self.timeout_500ms = to;
+        self
+    }
+
+    /// Sets the worker's idle polling time.
+    pub fn idle_spin(mut self, d: Duration) -> Self {
+        self.idle_spin = d;
+        self
+    }
+
+    /// Sets the IOMMU configuration.
+    pub fn iommu(mut self, iommu: IommuConfig) -> Self {
+        self.iommu = iommu;
+        self
+    }
+
+    /// The doorbell stride in bytes.
+    pub fn stride(&self) -> u64 {
+        4 << self.doorbell_stride
+    }
+
+    /// CAP as the register file reports it.
+    pub fn cap(&self) -> u64 {
+        (self.max_queue_entries as u64 - 1)
+            | (self.contiguous_queues_required as u64) << 16
+            | (self.timeout_500ms as u64) << 24
+            | (self.doorbell_stride as u64) << 32
+            | 1 << 37 // CSS: NVM command set
+            | (self.mps_min as u64) << 48
+            | (self.mps_max as u64) << 52
+    }
+
+    /// Checks the configuration's ranges.
+    pub fn validate(&self) -> Result<(), Error> {
+        let bad = |what: &'static str| Err(Error::Config(what));
+        if !(2..=65536).contains(&self.max_queue_entries) {
+            return bad("max_queue_entries must be 2 to 65536");
+        }
+        if self.doorbell_stride > 15 {
+            return bad("doorbell_stride must be 0 to 15");
+        }
+        if self.mps_min > self.mps_max || self.mps_max > 15 {
+            return bad("need mps_min <= mps_max <= 15");
+        }
+        if self.max_io_queues == 0 || self.max_io_queues == u16::MAX {
+            return bad("max_io_queues must be 1 to 65534");
+        }
+        if !self.contiguous_queues_required {
+            return bad("only physically contiguous queues are modelled");
+        }
+        for ns in &self.namespaces {
+            if ns.block_size != 512 && ns.block_size != 4096 {
+                return bad("namespace block size must be 512 or 4096");
+            }
+            if ns.blocks == 0 || ns.blocks.checked_mul(ns.block_size as u64).is_none() {
+                return bad("namespace size must be non-zero and fit 64 bits of bytes");
+            }
+        }
+        Ok(())
+    }
+
+    /// The largest transfer in bytes (`None`: no limit).
+    pub fn max_transfer(&self) -> Option<u64> {
+        (self.mdts != 0).then(|| (1u64 << self.mdts) << (12 + self.mps_min))
+    }
+}

@@ -1,0 +1,299 @@
+//! The public face of the software controller: construction, the register
+//! file for the driver, fault injection controls, statistics and the test
+//! helpers that read and write namespace contents directly.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+
+use nvme_vfio::nvme::cmd::Command;
+use nvme_vfio::nvme::regs::Registers;
+
+use crate::config::Config;
+use crate::device::Device;
+use crate::fault::{FaultAction, FaultPlan, FaultRule};
+use crate::iommu::SimIommu;
+use crate::regs::{csts, RegisterFile};
+use crate::storage::Namespace;
+use crate::Error;
+
+/// Counters the worker keeps.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) commands: AtomicU64,
+    pub(crate) admin_commands: AtomicU64,
+    pub(crate) io_commands: AtomicU64,
+    pub(crate) read_commands: AtomicU64,
+    pub(crate) write_commands: AtomicU64,
+    pub(crate) bytes_read: AtomicU64,
+    pub(crate) bytes_written: AtomicU64,
+}
+
+/// A snapshot of what the controller has done.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Commands fetched from any submission queue.
+    pub commands: u64,
+    /// Admin commands executed.
+    pub admin_commands: u64,
+    /// I/O commands executed.
+    pub io_commands: u64,
+    /// Successful Read commands.
+    pub read_commands: u64,
+    /// Successful Write commands.
+    pub write_commands: u64,
+    /// Bytes read by successful Reads.
+    pub bytes_read: u64,
+    /// Bytes written by successful Writes.
+    pub bytes_written: u64,
+    /// Faults injected.
+    pub faults_injected: u64,
+}
+
+/// State shared by the controller handle, the register file's users and
+/// the worker.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) config: Config,
+    pub(crate) regs: Arc<RegisterFile>,
+    pub(crate) iommu: Arc<SimIommu>,
+    pub(crate) namespaces: Vec<Namespace>,
+    faults: Mutex<FaultPlan>,
+    pub(crate) faults_armed: AtomicBool,
+    pub(crate) never_ready: AtomicBool,
+    pub(crate) release_held: AtomicBool,
+    pub(crate) stop: AtomicBool,
+    pub(crate) stats: Counters,
+}
+
+impl Shared {
+    pub(crate) fn new(config: Config, iommu: Option<Arc<SimIommu>>) -> Result<Arc<Self>, Error> {
+        config.validate()?;
+        let regs = RegisterFile::new(config.cap(), config.stride(), config.max_io_queues);
+        Ok(Arc::new(Self {
+            iommu: iommu.unwrap_or_else(|| Arc::new(SimIommu::new(config.iommu.clone()))),
+            namespaces: config
+                .namespaces
+                .iter()
+                .map(|&n| Namespace::new(n))
+                .collect(),
+            regs: Arc::new(regs),
+            config,
+            faults: Mutex::new(FaultPlan::default()),
+            faults_armed: AtomicBool::new(false),
+            never_ready: AtomicBool::new(false),
+            release_held: AtomicBool::new(false),
+            stop: AtomicBool::new(false),
+            stats: Counters::default(),
+        }))
+    }
+
+    fn faults(&self) -> MutexGuard<'_, FaultPlan> {
+        // The plan is updated in single steps: poisoning leaves it usable.
+        self.faults.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The fault action for a fetched command, if a rule fires.
+    pub(crate) fn fault_check(&self, sqid: u16, cmd: &Command) -> Option<FaultAction> {
+        let mut plan = self.faults();
+        let action = plan.check(sqid, cmd);
+        if plan.is_empty() {
+            self.faults_armed.store(false, Ordering::Release);
+        }
+        action
+    }
+}
+
+/// An in-process software NVMe controller.
+///
+/// The driver reaches it through [`registers`](Self::registers) (BAR0) and
+/// does DMA through [`iommu`](Self::iommu); a worker thread plays the
+/// device. Dropping the controller stops the worker; the register file
+/// stays usable (as a dead device whose doorbells go nowhere) as long as
+/// the driver holds it.
+#[derive(Debug)]
+pub struct SimController {
+    shared: Arc<Shared>,
+    worker: Option<JoinHandle<()>>,
+}
+
+impl SimController {
+    /// A controller with its own IOMMU (configured by `config.iommu`).
+    pub fn new(config: Config) -> Result<Self, Error> {
+        Self::start(Shared::new(config, None)?)
+    }
+
+    /// A controller doing DMA through `iommu`, which the caller shares with
+    /// its DMA memory.
+    pub fn with_iommu(config: Config, iommu: Arc<SimIommu>) -> Result<Self, Error> {
+        Self::start(Shared::new(config, Some(iommu))?)
+    }
+
+    fn start(shared: Arc<Shared>) -> Result<Self, Error> {
+        let sh = Arc::clone(&shared);
+        let worker = std::thread::Builder::new()
+            .name("nvme-sim".into())
+            .spawn(move || {
+                sh.regs.set_worker(std::thread::current());
+                let mut dev = Device::new(Arc::clone(&sh));
+                let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| dev.run()));
+                if r.is_err() {
+                    log::error!("nvme-sim worker panicked; raising CSTS.CFS");
+                    sh.regs.update_csts(csts::CFS, 0);
+                }
+            })
+            .map_err(Error::Spawn)?;
+        Ok(Self {
+            shared,
+            worker: Some(worker),
+        })
+    }
+
+    /// BAR0, for the driver.
+    pub fn registers(&self) -> Arc<dyn Registers> {
+        self.shared.regs.clone()
+    }
+
+    /// The IOMMU the controller's DMA goes through.
+    pub fn iommu(&self) -> &Arc<SimIommu> {
+        &self.shared.iommu
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.shared.config
+    }
+
+    /// The doorbell stride in bytes (`4 << CAP.DSTRD`).
+    pub fn doorbell_stride(&self) -> u64 {
+        self.shared.config.stride()
+    }
+
+    /// Adds a fault injection rule; it sees commands fetched from now on.
+    pub fn inject(&self, rule: FaultRule) {
+        self.shared.faults().add(rule);
+        self.shared.faults_armed.store(true, Ordering::Release);
+    }
+
+    /// Removes every fault injection rule.
+    pub fn clear_faults(&self) {
+        self.shared.faults().clear();
+        self.shared.faults_armed.store(false, Ordering::Release);
+    }
+
+    /// Reseeds the generator random rules draw from.
+    pub fn seed_faults(&self, seed: u64) {
+        self.shared.faults().reseed(seed);
+    }
+
+    /// Executes and completes every command held back by
+    /// [`FaultAction::HoldBack`] now.
+    pub fn release_held(&self) {
+        self.shared.release_held.store(true, Ordering::Release);
+        self.shared.regs.kick();
+    }
+
+    /// While set, CC.EN = 1 never sets CSTS.RDY (applies to enables from now
+    /// on).
+    pub fn set_never_ready(&self, on: bool) {
+        self.shared.never_ready.store(on, Ordering::Release);
+    }
+
+    /// Raises CSTS.CFS now: the controller stops processing commands until
+    /// the driver resets it (CC.EN 1 -> 0).
+    pub fn raise_fatal(&self) {
+        self.shared.regs.update_csts(csts::CFS, 0);
+        self.shared.regs.kick();
+    }
+
+    /// What the controller has done so far.
+    pub fn stats(&self) -> Stats {
+        let c = &self.shared.stats;
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        Stats {
+            commands: l(&c.commands),
+            admin_commands: l(&c.admin_commands),
+            io_commands: l(&c.io_commands),
+            read_commands: l(&c.read_commands),
+            write_commands: l(&c.write_commands),
+            bytes_read: l(&c.bytes_read),
+            bytes_written: l(&c.bytes_written),
+            faults_injected: self.shared.faults().fired(),
+        }
+    }
+
+    /// Bytes of memory the namespaces hold (they are sparse: unwritten and
+    /// deallocated blocks take none).
+    pub fn resident_bytes(&self) -> u64 {
+        self.shared.namespaces.iter().map(Namespace::resident).sum()
+    }
+
+    /// Namespace `nsid`'s size in blocks and block size, if it exists.
+    pub fn namespace(&self, nsid: u32) -> Option<(u64, u32)> {
+        self.ns(nsid).map(|n| (n.blocks, n.block_size))
+    }
+
+    fn ns(&self, nsid: u32) -> Option<&Namespace> {
+        let i = usize::try_from(nsid).ok()?.checked_sub(1)?;
+        self.shared.namespaces.get(i)
+    }
+
+    /// The byte offset of `len` bytes at block `lba` of namespace `nsid`.
+    fn extent(&self, nsid: u32, lba: u64, len: usize) -> Result<(&Namespace, u64), Error> {
+        let ns = self.ns(nsid).ok_or(Error::NoNamespace { nsid })?;
+        let off = lba.checked_mul(ns.block_size as u64);
+        match off {
+            Some(off) if off.checked_add(len as u64).is_some_and(|e| e <= ns.bytes()) => {
+                Ok((ns, off))
+            }
+            _ => Err(Error::OutOfRange { nsid, lba, len }),
+        }
+    }
+
+    /// Test helper: copies `buf.len()` bytes of namespace `nsid` from the
+    /// start of block `lba`, as stored (not through the queues).
+    pub fn read_blocks(&self, nsid: u32, lba: u64, buf: &mut [u8]) -> Result<(), Error> {
+        let (ns, off) = self.extent(nsid, lba, buf.len())?;
+        ns.read(off, buf);
+        Ok(())
+    }
+
+    /// Test helper: stores `data` in namespace `nsid` from the start of
+    /// block `lba` (not through the queues).
+    pub fn write_blocks(&self, nsid: u32, lba: u64, data: &[u8]) -> Result<(), Error> {
+        let (ns, off) = self.extent(nsid, lba, data.len())?;
+        ns.write(off, data);
+        Ok(())
+    }
+}
+
+/// The controller is also its own BAR0, for tests that poke registers.
+impl Registers for SimController {
+    fn read32(&self, offset: u64) -> u32 {
+        self.shared.regs.read32(offset)
+    }
+    fn write32(&self, offset: u64, value: u32) {
+        self.shared.regs.write32(offset, value)
+    }
+    fn read64(&self, offset: u64) -> u64 {
+        self.shared.regs.read64(offset)
+    }
+    fn write64(&self, offset: u64, value: u64) {
+        self.shared.regs.write64(offset, value)
+    }
+}
+
+impl Drop for SimController {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::Release);
+        self.shared.regs.kick();
+        if let Some(w) = self.worker.take() {
+            // The worker checks `stop` before sleeping; a kick wakes it.
+            w.thread().unpark();
+            if w.join().is_err() {
+                log::error!("nvme-sim worker ended with a panic");
+            }
+        }
+    }
+}

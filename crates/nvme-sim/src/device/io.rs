@@ -1,0 +1,194 @@
+//! NVM command set I/O commands on RAM-backed namespaces, and the data
+//! pointer (PRP or SGL) handling shared with admin commands.
+
+use std::sync::atomic::Ordering;
+
+use blk_dma::{DmaRange, Iova};
+use nvme_vfio::nvme::cmd::{io, Command, Status};
+use nvme_vfio::nvme::spec::SglDescriptor;
+use nvme_vfio::nvme::walk::{walk_prp, walk_sgl, WalkError};
+
+use super::{fail, invalid, ok, sc, Device, Outcome, DATA_TRANSFER_ERROR};
+use crate::storage::Namespace;
+
+/// The status a controller reports for a malformed or unreachable data
+/// pointer: malformed ones are not worth retrying, failed transfers may be.
+fn walk_status(e: WalkError) -> Status {
+    let code = e.status_code();
+    Status::new(0, code, code != sc::DATA_TRANSFER)
+}
+
+/// Whether the command is part of a fused operation (none are supported).
+fn fused(cmd: &Command) -> bool {
+    (cmd.cdw0 >> 8) & 0x3 != 0
+}
+
+impl Device {
+    /// Namespace `nsid`, if it exists.
+    pub(super) fn namespace(&self, nsid: u32) -> Option<&Namespace> {
+        let i = usize::try_from(nsid).ok()?.checked_sub(1)?;
+        self.sh.namespaces.get(i)
+    }
+
+    /// The host memory ranges `cmd`'s data pointer describes for `len`
+    /// bytes. SGLs are accepted for I/O commands (`io`) when configured;
+    /// admin commands use PRPs, as on PCIe.
+    pub(super) fn ranges(
+        &self,
+        cmd: &Command,
+        len: u64,
+        io: bool,
+    ) -> Result<Vec<DmaRange>, Status> {
+        let mem = &*self.sh.iommu;
+        let [d0, d1] = cmd.dptr;
+        match cmd.psdt() {
+            0 => walk_prp(Iova::new(d0), Iova::new(d1), len, self.page, mem),
+            1 | 2 if io && self.sh.config.sgl => {
+                let mut b = [0u8; 16];
+                b[..8].copy_from_slice(&d0.to_le_bytes());
+                b[8..].copy_from_slice(&d1.to_le_bytes());
+                walk_sgl(SglDescriptor::from_bytes(b), len, mem)
+            }
+            _ => return Err(invalid(sc::INVALID_FIELD)),
+        }
+        .map_err(walk_status)
+    }
+
+    /// Transfers `data` to the host through `cmd`'s data pointer.
+    pub(super) fn send(&self, cmd: &Command, data: &[u8], io: bool) -> Outcome {
+        let ranges = match self.ranges(cmd, data.len() as u64, io) {
+            Ok(r) => r,
+            Err(s) => return fail(s),
+        };
+        if !self.sh.iommu.write_ranges(&ranges, data) {
+            return fail(DATA_TRANSFER_ERROR);
+        }
+        ok(0)
+    }
+
+    /// Transfers `len` bytes from the host through `cmd`'s data pointer.
+    pub(super) fn receive(&self, cmd: &Command, len: u64, io: bool) -> Result<Vec<u8>, Status> {
+        let ranges = self.ranges(cmd, len, io)?;
+        let mut buf = vec![0u8; len as usize];
+        if !self.sh.iommu.read_ranges(&ranges, &mut buf) {
+            return Err(DATA_TRANSFER_ERROR);
+        }
+        Ok(buf)
+    }
+
+    /// Executes an I/O command.
+    pub(super) fn io(&self, cmd: &Command) -> Outcome {
+        self.sh.stats.io_commands.fetch_add(1, Ordering::Relaxed);
+        let op = cmd.opcode();
+        if !matches!(
+            op,
+            io::READ | io::WRITE | io::FLUSH | io::WRITE_ZEROES | io::DSM
+        ) {
+            return fail(invalid(sc::INVALID_OPCODE));
+        }
+        if fused(cmd) {
+            return fail(invalid(sc::INVALID_FIELD));
+        }
+        // Flush of every namespace (Identify VWC bits 2:1 say it is
+        // supported).
+        if op == io::FLUSH && cmd.nsid == u32::MAX {
+            return ok(0);
+        }
+        let Some(ns) = self.namespace(cmd.nsid) else {
+            return fail(invalid(sc::INVALID_NAMESPACE));
+        };
+        match op {
+            io::READ => self.read_write(cmd, ns, false),
+            io::WRITE => self.read_write(cmd, ns, true),
+            io::WRITE_ZEROES => self.write_zeroes(cmd, ns),
+            io::DSM => self.dataset_management(cmd, ns),
+            // Flush: the store is the medium.
+            _ => ok(0),
+        }
+    }
+
+    /// Read or Write (FUA accepted: every write is durable here).
+    fn read_write(&self, cmd: &Command, ns: &Namespace, write: bool) -> Outcome {
+        let Some((off, len)) = ns.byte_range(cmd.slba(), cmd.nlb() as u64) else {
+            return fail(invalid(sc::LBA_OUT_OF_RANGE));
+        };
+        if self.sh.config.max_transfer().is_some_and(|max| len > max) {
+            return fail(invalid(sc::INVALID_FIELD));
+        }
+        let stats = &self.sh.stats;
+        let (cmds, bytes) = if write {
+            (&stats.write_commands, &stats.bytes_written)
+        } else {
+            (&stats.read_commands, &stats.bytes_read)
+        };
+        if !self.sh.config.null {
+            // The data pointer is checked whole before any data moves.
+            let ranges = match self.ranges(cmd, len, true) {
+                Ok(r) => r,
+                Err(s) => return fail(s),
+            };
+            let mut data = vec![0u8; len as usize];
+            let iommu = &self.sh.iommu;
+            if write {
+                if !iommu.read_ranges(&ranges, &mut data) {
+                    return fail(DATA_TRANSFER_ERROR);
+                }
+                ns.write(off, &data);
+            } else {
+                ns.read(off, &mut data);
+                if !iommu.write_ranges(&ranges, &data) {
+                    return fail(DATA_TRANSFER_ERROR);
+                }
+            }
+        }
+        cmds.fetch_add(1, Ordering::Relaxed);
+        bytes.fetch_add(len, Ordering::Relaxed);
+        ok(0)
+    }
+
+    /// Write Zeroes (with or without Deallocate: both read back as zeroes).
+    fn write_zeroes(&self, cmd: &Command, ns: &Namespace) -> Outcome {
+        let Some((off, len)) = ns.byte_range(cmd.slba(), cmd.nlb() as u64) else {
+            return fail(invalid(sc::LBA_OUT_OF_RANGE));
+        };
+        if !self.sh.config.null {
+            ns.zero(off, len);
+        }
+        ok(0)
+    }
+
+    /// Dataset Management: the Deallocate attribute zeroes the ranges
+    /// (Identify Namespace DLFEAT says deallocated blocks read as zeroes);
+    /// the other attributes are hints and change nothing.
+    fn dataset_management(&self, cmd: &Command, ns: &Namespace) -> Outcome {
+        let nr = (cmd.cdw10 & 0xff) as u64 + 1;
+        let deallocate = cmd.cdw11 & (1 << 2) != 0;
+        if self.sh.config.null {
+            return ok(0);
+        }
+        let list = match self.receive(cmd, nr * 16, true) {
+            Ok(l) => l,
+            Err(s) => return fail(s),
+        };
+        if !deallocate {
+            return ok(0);
+        }
+        let mut extents = Vec::with_capacity(nr as usize);
+        for r in list.chunks_exact(16) {
+            let mut w = [0u8; 4];
+            w.copy_from_slice(&r[4..8]);
+            let blocks = u32::from_le_bytes(w) as u64;
+            let mut q = [0u8; 8];
+            q.copy_from_slice(&r[8..16]);
+            let slba = u64::from_le_bytes(q);
+            match ns.byte_range(slba, blocks) {
+                Some(e) => extents.push(e),
+                None => return fail(invalid(sc::LBA_OUT_OF_RANGE)),
+            }
+        }
+        for (off, len) in extents {
+            ns.zero(off, len);
+        }
+        ok(0)
+    }
+}

@@ -1,0 +1,477 @@
+//! The device side: one worker thread owns every queue and runs the
+//! controller's state machine (enable, reset, shutdown), fetches commands
+//! through the IOMMU, executes them and posts completions.
+//!
+//! Nothing here trusts the driver: queue memory, data pointers and command
+//! fields are checked, a malformed command gets an NVMe error status, and
+//! memory the device cannot reach is a failed transfer (or, for queue
+//! memory, CSTS.CFS as on QEMU's controller), never a panic.
+
+mod admin;
+mod info;
+mod io;
+mod queues;
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use nvme_vfio::nvme::cmd::{Command, Status};
+use nvme_vfio::nvme::log::ErrorLogEntry;
+use nvme_vfio::nvme::regs::{Cc, Csts, ShutdownStatus};
+use nvme_vfio::nvme::spec::PageSize;
+
+use crate::controller::Shared;
+use crate::fault::FaultAction;
+use crate::regs::csts;
+
+pub(crate) use queues::{Cq, Sq};
+
+/// Commands fetched from one submission queue before the next gets a turn.
+const BURST: usize = 64;
+/// Error Information log entries kept (Identify ELPE + 1).
+pub(crate) const ERROR_LOG_ENTRIES: usize = 64;
+/// Asynchronous Event Requests outstanding at most (Identify AERL + 1).
+pub(crate) const AER_LIMIT: usize = 4;
+
+/// Generic command status codes (status code type 0).
+pub(crate) mod sc {
+    pub const INVALID_OPCODE: u8 = 0x01;
+    pub const INVALID_FIELD: u8 = 0x02;
+    pub const DATA_TRANSFER: u8 = 0x04;
+    pub const ABORT_REQUESTED: u8 = 0x07;
+    pub const ABORTED_SQ_DELETION: u8 = 0x08;
+    pub const INVALID_NAMESPACE: u8 = 0x0b;
+    pub const SEQUENCE_ERROR: u8 = 0x0c;
+    pub const LBA_OUT_OF_RANGE: u8 = 0x80;
+}
+
+/// Command specific status codes (status code type 1).
+pub(crate) mod csc {
+    pub const CQ_INVALID: u8 = 0x00;
+    pub const INVALID_QID: u8 = 0x01;
+    pub const INVALID_QSIZE: u8 = 0x02;
+    pub const AER_LIMIT: u8 = 0x05;
+    pub const INVALID_VECTOR: u8 = 0x08;
+    pub const INVALID_LOG_PAGE: u8 = 0x09;
+    pub const INVALID_QUEUE_DELETION: u8 = 0x0c;
+    pub const NOT_SAVEABLE: u8 = 0x0d;
+}
+
+/// A generic status with Do Not Retry: the command is malformed.
+pub(crate) const fn invalid(code: u8) -> Status {
+    Status::new(0, code, true)
+}
+
+/// A command specific status with Do Not Retry.
+pub(crate) const fn specific(code: u8) -> Status {
+    Status::new(1, code, true)
+}
+
+/// A transfer the IOMMU refused: retryable, as the mapping may be fixed.
+pub(crate) const DATA_TRANSFER_ERROR: Status = Status::new(0, sc::DATA_TRANSFER, false);
+
+/// What a command's execution produced.
+pub(crate) type Outcome = Option<(Status, u32)>;
+
+/// Completed successfully with `result` in dword 0.
+pub(crate) const fn ok(result: u32) -> Outcome {
+    Some((Status::SUCCESS, result))
+}
+
+/// Failed with `status`.
+pub(crate) const fn fail(status: Status) -> Outcome {
+    Some((status, 0))
+}
+
+/// Why a fetched command has not completed yet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Wait {
+    /// Lost (a Drop fault): only an Abort or a reset ends it.
+    Forever,
+    /// An Asynchronous Event Request: no events are ever reported.
+    Event,
+    /// Delayed: executes at this time.
+    Until(Instant),
+    /// Held back: executes after this many more completions on its CQ.
+    After(u32),
+}
+
+/// A fetched command whose completion is not posted yet.
+#[derive(Clone, Copy, Debug)]
+struct Deferred {
+    sqid: u16,
+    cmd: Command,
+    wait: Wait,
+}
+
+/// The controller's enable state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Power {
+    /// CC.EN = 0.
+    Disabled,
+    /// CC.EN = 1, CSTS.RDY not yet: ready at this time (`None`: never).
+    Enabling(Option<Instant>),
+    /// CSTS.RDY = 1.
+    Ready,
+}
+
+/// The device state, owned by the worker thread.
+pub(crate) struct Device {
+    sh: Arc<Shared>,
+    power: Power,
+    cc: Cc,
+    /// CC.SHN seen: shutdown completes at this time.
+    shutdown_at: Option<Instant>,
+    /// CSTS.SHST = complete: commands are no longer processed.
+    shut_down: bool,
+    page: PageSize,
+    /// Queues by ID (0 is the admin queue).
+    sqs: Vec<Option<Sq>>,
+    cqs: Vec<Option<Cq>>,
+    /// IDs of existing submission queues, in creation order.
+    sq_ids: Vec<u16>,
+    /// I/O queues granted by Set Features (Number of Queues): SQs, CQs.
+    granted: (u16, u16),
+    vwc: bool,
+    /// Other features, stored as set.
+    features: HashMap<u8, u32>,
+    deferred: Vec<Deferred>,
+    /// Doorbell Buffer Config: shadow doorbell and EventIdx buffers.
+    shadow: Option<(blk_dma::Iova, blk_dma::Iova)>,
+    errors: std::collections::VecDeque<ErrorLogEntry>,
+    error_count: u64,
+}
+
+impl Device {
+    pub(crate) fn new(sh: Arc<Shared>) -> Self {
+        let n = sh.config.max_io_queues as usize + 1;
+        let max = sh.config.max_io_queues;
+        let vwc = sh.config.volatile_write_cache;
+        Self {
+            sh,
+            power: Power::Disabled,
+            cc: Cc(0),
+            shutdown_at: None,
+            shut_down: false,
+            page: PageSize::DEFAULT,
+            sqs: vec![None; n],
+            cqs: (0..n).map(|_| None).collect(),
+            sq_ids: Vec::new(),
+            granted: (max, max),
+            vwc,
+            features: HashMap::new(),
+            deferred: Vec::new(),
+            shadow: None,
+            errors: std::collections::VecDeque::new(),
+            error_count: 0,
+        }
+    }
+
+    /// The worker's loop, until the controller is dropped.
+    pub(crate) fn run(&mut self) {
+        let spin = self.sh.config.idle_spin;
+        loop {
+            let seen = self.sh.regs.kicks();
+            if self.sh.stop.load(Ordering::Acquire) {
+                return;
+            }
+            let busy = self.step();
+            if busy {
+                continue;
+            }
+            let idle = Instant::now();
+            while !spin.is_zero() && self.sh.regs.kicks() == seen && idle.elapsed() < spin {
+                std::hint::spin_loop();
+            }
+            if self.sh.regs.kicks() != seen {
+                continue;
+            }
+            // A kick after the check above unparks at once (park's token).
+            match self.next_deadline() {
+                Some(t) => std::thread::park_timeout(t.saturating_duration_since(Instant::now())),
+                None => std::thread::park(),
+            }
+        }
+    }
+
+    /// One pass: register events, timers, queues. Returns whether anything
+    /// happened that may have made more work.
+    fn step(&mut self) -> bool {
+        let mut busy = false;
+        while let Some(cc) = self.sh.regs.next_cc_event() {
+            self.cc_written(Cc(cc));
+            busy = true;
+        }
+        busy |= self.timers(Instant::now());
+        if self.sh.release_held.swap(false, Ordering::AcqRel) {
+            for d in &mut self.deferred {
+                if let Wait::After(n) = &mut d.wait {
+                    *n = 0;
+                }
+            }
+            busy = true;
+        }
+        if self.running() {
+            busy |= self.run_deferred();
+            busy |= self.process_queues();
+        }
+        busy
+    }
+
+    /// Whether commands are processed now.
+    fn running(&self) -> bool {
+        self.power == Power::Ready
+            && !self.shut_down
+            && self.sh.regs.csts() & csts::CFS == 0
+            && self.sh.regs.cc_enabled()
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        let ready = match self.power {
+            Power::Enabling(t) => t,
+            _ => None,
+        };
+        let delayed = self.deferred.iter().filter_map(|d| match d.wait {
+            Wait::Until(t) => Some(t),
+            _ => None,
+        });
+        ready
+            .into_iter()
+            .chain(self.shutdown_at)
+            .chain(delayed)
+            .min()
+    }
+
+    /// Ready and shutdown transitions that are due.
+    fn timers(&mut self, now: Instant) -> bool {
+        let mut busy = false;
+        if let Power::Enabling(Some(t)) = self.power {
+            if t <= now {
+                self.power = Power::Ready;
+                self.sh.regs.update_csts(csts::RDY, 0);
+                log::debug!("controller ready");
+                busy = true;
+            }
+        }
+        if self.shutdown_at.is_some_and(|t| t <= now) {
+            self.shutdown_at = None;
+            self.shut_down = true;
+            self.set_shst(ShutdownStatus::Complete);
+            busy = true;
+        }
+        busy
+    }
+
+    fn set_shst(&self, s: ShutdownStatus) {
+        let v = Csts(0).with_shutdown_status(s).0;
+        self.sh.regs.update_csts(v, csts::SHST_MASK & !v);
+    }
+
+    /// A CC write, in order.
+    fn cc_written(&mut self, cc: Cc) {
+        let old = self.cc;
+        match (old.enabled(), cc.enabled()) {
+            (false, true) => self.enable(cc),
+            (true, false) => self.reset(),
+            _ => {}
+        }
+        self.cc = cc;
+        match (old.shutdown(), cc.shutdown()) {
+            (0, s) if s != 0 => {
+                self.set_shst(ShutdownStatus::Occurring);
+                self.shutdown_at = Instant::now().checked_add(self.sh.config.shutdown_delay);
+            }
+            (s, 0) if s != 0 => {
+                self.set_shst(ShutdownStatus::Normal);
+                self.shutdown_at = None;
+                self.shut_down = false;
+            }
+            _ => {}
+        }
+    }
+
+    /// CC.EN 0 -> 1: checks the configuration and sets up the admin queues;
+    /// CSTS.RDY follows after the ready delay. A configuration the
+    /// controller cannot run is reported with CSTS.CFS.
+    fn enable(&mut self, cc: Cc) {
+        let c = &self.sh.config;
+        let regs = &self.sh.regs;
+        let aqa = regs.aqa();
+        let (asqs, acqs) = ((aqa & 0xfff) + 1, ((aqa >> 16) & 0xfff) + 1);
+        let (asq, acq) = (regs.asq(), regs.acq());
+        let css = (cc.0 >> 4) & 0x7;
+        let why = if cc.mps() < c.mps_min || cc.mps() > c.mps_max {
+            Some("CC.MPS outside CAP.MPSMIN..MPSMAX")
+        } else if css != 0 {
+            Some("CC.CSS is not the NVM command set")
+        } else if asqs < 2 || acqs < 2 {
+            Some("admin queues need at least 2 entries (AQA)")
+        } else if asq & 0xfff != 0 || acq & 0xfff != 0 || asq == 0 || acq == 0 {
+            Some("ASQ and ACQ must be non-zero and 4 KiB aligned")
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            log::warn!("enable refused: {why}; raising CSTS.CFS");
+            self.fatal();
+            self.power = Power::Enabling(None);
+            return;
+        }
+        self.page = PageSize::from_mps(cc.mps()).unwrap_or(PageSize::DEFAULT);
+        self.sqs[0] = Some(Sq::new(blk_dma::Iova::new(asq), asqs, 0));
+        self.cqs[0] = Some(Cq::new(blk_dma::Iova::new(acq), acqs));
+        if let Some(cq) = self.cqs[0].as_mut() {
+            cq.sqs = 1;
+        }
+        self.sq_ids = vec![0];
+        let ready_at = if self.sh.never_ready.load(Ordering::Acquire) {
+            log::debug!("never-ready fault: CSTS.RDY stays 0");
+            None
+        } else {
+            Instant::now().checked_add(self.sh.config.ready_delay)
+        };
+        self.power = Power::Enabling(ready_at);
+    }
+
+    /// CC.EN 1 -> 0: every queue and every command in the controller is
+    /// dropped; CSTS.RDY and CSTS.CFS clear.
+    fn reset(&mut self) {
+        let fresh = Device::new(Arc::clone(&self.sh));
+        let old = std::mem::replace(self, fresh);
+        // The error log survives resets, as on real controllers, and so
+        // does the shutdown state (CC.SHN is separate from CC.EN).
+        self.errors = old.errors;
+        self.error_count = old.error_count;
+        self.shutdown_at = old.shutdown_at;
+        self.shut_down = old.shut_down;
+        self.sh.regs.reset_doorbells();
+        self.sh.regs.update_csts(0, csts::RDY | csts::CFS);
+    }
+
+    /// Raises CSTS.CFS: nothing more is processed until a reset.
+    pub(crate) fn fatal(&self) {
+        self.sh.regs.update_csts(csts::CFS, 0);
+    }
+
+    /// Runs (or defers, when a fault says so) one fetched command.
+    fn execute(&mut self, sqid: u16, cmd: Command) {
+        self.sh.stats.commands.fetch_add(1, Ordering::Relaxed);
+        let action = if self.sh.faults_armed.load(Ordering::Acquire) {
+            self.sh.fault_check(sqid, &cmd)
+        } else {
+            None
+        };
+        let wait = match action {
+            None => return self.run_and_post(sqid, cmd),
+            Some(FaultAction::Status(s)) => {
+                log::debug!("fault: cid {} on SQ {sqid} completes with {s}", cmd.cid());
+                if !s.is_success() {
+                    self.log_error(sqid, &cmd, s);
+                }
+                return self.post(sqid, cmd.cid(), s, 0);
+            }
+            Some(FaultAction::Fatal) => {
+                log::debug!("fault: CSTS.CFS at cid {} on SQ {sqid}", cmd.cid());
+                return self.fatal();
+            }
+            Some(FaultAction::Drop) => Wait::Forever,
+            Some(FaultAction::Delay(d)) => match Instant::now().checked_add(d) {
+                Some(t) => Wait::Until(t),
+                None => Wait::Forever,
+            },
+            Some(FaultAction::HoldBack { after }) => Wait::After(after.max(1)),
+        };
+        log::debug!("fault: cid {} on SQ {sqid} deferred ({wait:?})", cmd.cid());
+        self.deferred.push(Deferred { sqid, cmd, wait });
+    }
+
+    /// Executes `cmd` and posts its completion (unless it completes later).
+    fn run_and_post(&mut self, sqid: u16, cmd: Command) {
+        let out = if sqid == 0 {
+            self.admin(&cmd)
+        } else {
+            self.io(&cmd)
+        };
+        if let Some((status, result)) = out {
+            if !status.is_success() {
+                self.log_error(sqid, &cmd, status);
+            }
+            self.post(sqid, cmd.cid(), status, result);
+        }
+    }
+
+    /// Executes deferred commands whose time has come. Returns whether any
+    /// did.
+    fn run_deferred(&mut self) -> bool {
+        let mut any = false;
+        loop {
+            let now = Instant::now();
+            let Some(i) = self.deferred.iter().position(|d| match d.wait {
+                Wait::Until(t) => t <= now,
+                Wait::After(n) => n == 0,
+                Wait::Forever | Wait::Event => false,
+            }) else {
+                return any;
+            };
+            let d = self.deferred.remove(i);
+            self.run_and_post(d.sqid, d.cmd);
+            any = true;
+        }
+    }
+
+    /// Records a failed command in the Error Information log.
+    fn log_error(&mut self, sqid: u16, cmd: &Command, status: Status) {
+        self.error_count += 1;
+        let rw = matches!(
+            cmd.opcode(),
+            nvme_vfio::nvme::cmd::io::READ | nvme_vfio::nvme::cmd::io::WRITE
+        );
+        let e = ErrorLogEntry {
+            error_count: self.error_count,
+            sqid,
+            cid: cmd.cid(),
+            status: status.0 << 1,
+            nsid: cmd.nsid,
+            lba: if sqid != 0 && rw { cmd.slba() } else { 0 },
+        };
+        self.errors.push_front(e);
+        self.errors.truncate(ERROR_LOG_ENTRIES);
+    }
+
+    /// How long until the next timer, for tests.
+    #[cfg(test)]
+    fn until_next(&self) -> Option<std::time::Duration> {
+        self.next_deadline()
+            .map(|t| t.saturating_duration_since(Instant::now()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Config;
+
+    #[test]
+    fn enable_is_refused_with_cfs_for_a_bad_configuration() {
+        let sh = Shared::new(Config::default(), None).unwrap();
+        let mut d = Device::new(sh.clone());
+        // No admin queues programmed.
+        d.cc_written(Cc(0).with_enable(true));
+        assert_ne!(sh.regs.csts() & csts::CFS, 0);
+        d.cc_written(Cc(0));
+        assert_eq!(sh.regs.csts() & csts::CFS, 0, "reset clears CFS");
+        use nvme_vfio::nvme::regs::{offset, Registers};
+        sh.regs.write32(offset::AQA, 0x001f_001f);
+        sh.regs.write64(offset::ASQ, 0x10000);
+        sh.regs.write64(offset::ACQ, 0x20000);
+        d.cc_written(Cc(0).with_enable(true));
+        assert_eq!(sh.regs.csts() & csts::CFS, 0);
+        let ms = std::time::Duration::from_millis;
+        assert!(d.until_next().is_some_and(|t| t <= ms(1)));
+        d.timers(Instant::now() + ms(2));
+        assert_eq!(sh.regs.csts() & csts::RDY, csts::RDY);
+        assert!(d.running() || !sh.regs.cc_enabled());
+    }
+}
