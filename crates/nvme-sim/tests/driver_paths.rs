@@ -1,0 +1,378 @@
+//! The driver (nvme-vfio's Controller and QueuePair) against the software
+//! controller: every data path, bad inputs refused before submission, and
+//! recovery from each injected fault.
+
+use std::time::{Duration, Instant};
+
+use nvme_sim::{Config, FaultAction, FaultRule, Match, NamespaceConfig, SimController};
+use nvme_vfio::ctrl::{Config as DriverConfig, Controller, Done, Io, IoBuf, Op, QueueConfig};
+use nvme_vfio::mem::{DmaSpace, SpaceConfig};
+use nvme_vfio::nvme::cmd::{admin, io, Status};
+use nvme_vfio::Error;
+
+fn bring_up(config: Config, io_timeout: Duration) -> (SimController, Controller) {
+    let sim = SimController::new(config).unwrap();
+    let space = DmaSpace::new(sim.iommu().clone(), SpaceConfig { hugepages: false });
+    let driver = DriverConfig {
+        space: SpaceConfig { hugepages: false },
+        io_queues: 4,
+        io_timeout,
+        ..DriverConfig::default()
+    };
+    let ctrl = Controller::with_backend(sim.registers(), space, driver, None).unwrap();
+    (sim, ctrl)
+}
+
+fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    (0..len as u64)
+        .map(|i| (i.wrapping_mul(31).wrapping_add(seed * 7) >> 3) as u8)
+        .collect()
+}
+
+fn wait_all(qp: &mut nvme_vfio::ctrl::QueuePair, n: usize) -> Vec<Done> {
+    let mut done = Vec::new();
+    let start = Instant::now();
+    while done.len() < n {
+        qp.poll(&mut done);
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "completions did not arrive"
+        );
+    }
+    done
+}
+
+#[test]
+fn every_data_path_with_mdts_splitting() {
+    // MDTS 2: at most 16 KiB per command, so larger requests are split.
+    let config = Config::default().mdts(2).namespaces(&[
+        NamespaceConfig::new(1 << 16, 512),
+        NamespaceConfig::new(1 << 14, 4096),
+    ]);
+    let (sim, ctrl) = bring_up(config, Duration::from_secs(5));
+    assert_eq!(ctrl.max_transfer(), 16 << 10);
+    for (nsid, sgl) in [(1u32, false), (2, true)] {
+        let ns = ctrl.namespace(nsid).unwrap();
+        let bs = ns.block_size() as usize;
+        let mut qp = ctrl
+            .queue_pair(QueueConfig {
+                sgl,
+                ..QueueConfig::default()
+            })
+            .unwrap();
+        // A DMA buffer from the pool.
+        let data = pattern(1, 64 << 10);
+        let mut buf = ctrl.dma_alloc(data.len()).unwrap();
+        buf.as_mut_slice()[..data.len()].copy_from_slice(&data);
+        let writes = sim.stats().write_commands;
+        qp.write(&ns, 0, &buf.as_slice()[..data.len()], false)
+            .unwrap();
+        assert_eq!(
+            sim.stats().write_commands - writes,
+            4,
+            "64 KiB split into 16 KiB commands"
+        );
+        let mut stored = vec![0u8; data.len()];
+        sim.read_blocks(nsid, 0, &mut stored).unwrap();
+        assert!(stored == data);
+        // Registered user memory.
+        let mut user = vec![0u8; 32 << 10];
+        // SAFETY: `user` outlives the registration, dropped below.
+        let reg = unsafe { ctrl.space().register(user.as_ptr(), user.len()) }.unwrap();
+        qp.read(&ns, 0, &mut user).unwrap();
+        assert!(user[..] == data[..32 << 10]);
+        drop(reg);
+        // Unregistered memory, vectored: three heap pieces in one request.
+        // SGLs describe any layout; PRPs cannot describe unaligned interior
+        // boundaries, which is a clear error rather than a wrong transfer.
+        let (mut a, mut b, mut c) = (vec![0u8; bs], vec![0u8; 4 * bs], vec![0u8; bs]);
+        let r = {
+            let mut bufs: [&mut [u8]; 3] = [&mut a, &mut b, &mut c];
+            qp.read_vectored(&ns, 0, &mut bufs)
+        };
+        if sgl {
+            r.unwrap();
+            let joined: Vec<u8> = [a, b, c].concat();
+            assert!(joined[..] == data[..6 * bs]);
+        } else if let Err(e) = r {
+            assert!(matches!(e, Error::Dptr(_)), "{e}");
+        }
+        // Asynchronous, larger than MDTS, completes once with its buffer.
+        let big = pattern(2, 48 << 10);
+        qp.submit(Io::write(&ns, 64, big.clone()).tag(5))
+            .map_err(|(e, _)| e)
+            .unwrap();
+        let mut done = wait_all(&mut qp, 1);
+        let d = done.pop().unwrap();
+        assert_eq!(d.tag, 5);
+        d.result.unwrap();
+        assert_eq!(d.buf.as_slice(), &big[..]);
+        let mut stored = vec![0u8; big.len()];
+        sim.read_blocks(nsid, 64, &mut stored).unwrap();
+        assert!(stored == big);
+    }
+    // Per-command mappings of user memory were all undone.
+    drop(ctrl);
+    assert!(sim.iommu().mappings().len() <= 4);
+}
+
+#[test]
+fn bad_requests_are_refused_before_submission() {
+    let config = Config::default()
+        .sgl(false)
+        .namespaces(&[NamespaceConfig::new(1024, 512)]);
+    let (sim, ctrl) = bring_up(config, Duration::from_secs(5));
+    assert!(matches!(
+        ctrl.namespace(9),
+        Err(Error::NoNamespace { nsid: 9 })
+    ));
+    let ns = ctrl.namespace(1).unwrap();
+    let mut qp = ctrl.queue_pair(QueueConfig::default()).unwrap();
+    let before = sim.stats();
+    let buf = vec![0u8; 8192];
+    let invalid = |e: Error| matches!(e, Error::Invalid(_));
+    assert!(
+        invalid(qp.write(&ns, 1020, &buf, false).unwrap_err()),
+        "past the end"
+    );
+    assert!(
+        invalid(qp.write(&ns, u64::MAX - 1, &buf, false).unwrap_err()),
+        "overflow"
+    );
+    assert!(
+        invalid(qp.write(&ns, 0, &buf[..700], false).unwrap_err()),
+        "not whole blocks"
+    );
+    assert!(
+        invalid(qp.write(&ns, 0, &buf[..0], false).unwrap_err()),
+        "zero length"
+    );
+    assert!(
+        invalid(qp.write(&ns, 0, &buf[1..513], false).unwrap_err()),
+        "not dword aligned"
+    );
+    assert!(invalid(qp.write_zeroes(&ns, 1000, 100).unwrap_err()));
+    // The refused buffer comes back with an async refusal.
+    let (e, io) = qp.submit(Io::read(&ns, 5000, vec![0u8; 512])).unwrap_err();
+    assert!(invalid(e));
+    assert_eq!(io.into_buf().len(), 512);
+    assert_eq!(
+        sim.stats().write_commands,
+        before.write_commands,
+        "nothing was submitted"
+    );
+    assert_eq!(sim.stats().read_commands, before.read_commands);
+}
+
+#[test]
+fn an_error_status_comes_back_typed() {
+    let (sim, ctrl) = bring_up(Config::default(), Duration::from_secs(5));
+    let ns = ctrl.namespace(1).unwrap();
+    let mut qp = ctrl.queue_pair(QueueConfig::default()).unwrap();
+    for status in [Status::new(2, 0x81, true), Status::new(0, 0x06, false)] {
+        sim.inject(FaultRule::next(
+            Match::io().opcode(io::WRITE),
+            FaultAction::Status(status),
+        ));
+        let e = qp.write(&ns, 0, &[1u8; 512], false).unwrap_err();
+        match e {
+            Error::Command { what, status: s } => {
+                assert_eq!(what, "Write");
+                assert_eq!(
+                    (s.sct(), s.sc(), s.dnr()),
+                    (status.sct(), status.sc(), status.dnr())
+                );
+            }
+            e => panic!("{e}"),
+        }
+    }
+    assert_eq!(
+        Status::new(2, 0x81, true).to_string(),
+        "Unrecovered Read Error (SCT 0x2, SC 0x81, do not retry)"
+    );
+    qp.write(&ns, 0, &[1u8; 512], false).unwrap();
+}
+
+#[test]
+fn a_dropped_completion_is_aborted() {
+    let (sim, ctrl) = bring_up(Config::default(), Duration::from_millis(300));
+    let ns = ctrl.namespace(1).unwrap();
+    let mut qp = ctrl.queue_pair(QueueConfig::default()).unwrap();
+    sim.inject(FaultRule::next(
+        Match::io().opcode(io::READ),
+        FaultAction::Drop,
+    ));
+    let mut buf = vec![0u8; 4096];
+    let t = Instant::now();
+    let e = qp.read(&ns, 0, &mut buf).unwrap_err();
+    // The Abort found the command: it completed with Command Abort Requested.
+    assert!(
+        matches!(e, Error::Command { status, .. } if status.sct() == 0 && status.sc() == 0x07),
+        "{e}"
+    );
+    assert!(t.elapsed() < Duration::from_secs(5));
+    // No reset was needed; I/O continues.
+    qp.read(&ns, 0, &mut buf).unwrap();
+}
+
+#[test]
+fn a_dropped_completion_that_cannot_be_aborted_resets_the_controller() {
+    let (sim, ctrl) = bring_up(Config::default(), Duration::from_millis(300));
+    let ns = ctrl.namespace(1).unwrap();
+    let mut qp = ctrl.queue_pair(QueueConfig::default()).unwrap();
+    let mut other = ctrl.queue_pair(QueueConfig::default()).unwrap();
+    // The read never completes and the Abort itself fails.
+    sim.inject(FaultRule::next(
+        Match::io().opcode(io::READ),
+        FaultAction::Drop,
+    ));
+    sim.inject(FaultRule::next(
+        Match::admin().opcode(admin::ABORT),
+        FaultAction::Status(Status::new(1, 0x03, true)),
+    ));
+    // A second request on another queue pair is in flight at the reset.
+    other
+        .submit(Io::write(&ns, 100, vec![7u8; 4096]).tag(1))
+        .map_err(|(e, _)| e)
+        .unwrap();
+    sim.inject(FaultRule::next(
+        Match::io().opcode(io::WRITE),
+        FaultAction::Delay(Duration::from_secs(3)),
+    ));
+    other
+        .submit(Io::write(&ns, 200, vec![8u8; 4096]).tag(2))
+        .map_err(|(e, _)| e)
+        .unwrap();
+    other.flush();
+    let mut buf = vec![0u8; 4096];
+    let e = qp.read(&ns, 0, &mut buf).unwrap_err();
+    assert!(matches!(e, Error::Timeout { what: "Read", .. }), "{e}");
+    // The other queue pair sees the reset: its delayed request fails with
+    // Reset (or completed before), every buffer comes back, I/O continues.
+    let done = wait_all(&mut other, 2);
+    for d in &done {
+        assert!(
+            matches!(d.result, Ok(()) | Err(Error::Reset)),
+            "{:?}",
+            d.result
+        );
+        assert_eq!(d.buf.len(), 4096);
+    }
+    other.write(&ns, 300, &[9u8; 512], false).unwrap();
+    qp.read(&ns, 300, &mut buf[..512]).unwrap();
+    assert!(buf[..512].iter().all(|&b| b == 9));
+}
+
+#[test]
+fn completions_out_of_order_reach_the_right_requests() {
+    let (sim, ctrl) = bring_up(Config::default(), Duration::from_secs(5));
+    let ns = ctrl.namespace(1).unwrap();
+    for i in 0..8u64 {
+        sim.write_blocks(1, i * 8, &pattern(i, 4096)).unwrap();
+    }
+    let mut qp = ctrl.queue_pair(QueueConfig::default()).unwrap();
+    // The first read completes after the five that follow it; the third is
+    // delayed.
+    sim.inject(FaultRule::next(
+        Match::io().opcode(io::READ),
+        FaultAction::HoldBack { after: 5 },
+    ));
+    sim.inject(FaultRule::nth(
+        Match::io().opcode(io::READ),
+        2,
+        FaultAction::Delay(Duration::from_millis(100)),
+    ));
+    for i in 0..8u64 {
+        qp.submit(Io::read(&ns, i * 8, vec![0u8; 4096]).tag(i))
+            .map_err(|(e, _)| e)
+            .unwrap();
+    }
+    let done = wait_all(&mut qp, 8);
+    let order: Vec<u64> = done.iter().map(|d| d.tag).collect();
+    assert_ne!(
+        order,
+        (0..8).collect::<Vec<_>>(),
+        "completions came out of order"
+    );
+    assert_ne!(order[0], 0);
+    for d in done {
+        let tag = d.tag;
+        let (buf, r) = d.into_parts();
+        r.unwrap();
+        assert_eq!(
+            buf.as_slice(),
+            &pattern(tag, 4096)[..],
+            "request {tag} got its own data"
+        );
+    }
+}
+
+#[test]
+fn a_fatal_status_during_io_resets_the_controller_automatically() {
+    let (sim, ctrl) = bring_up(Config::default(), Duration::from_millis(500));
+    let ns = ctrl.namespace(1).unwrap();
+    let mut qp = ctrl.queue_pair(QueueConfig::default()).unwrap();
+    sim.inject(FaultRule::next(
+        Match::io().opcode(io::WRITE),
+        FaultAction::Fatal,
+    ));
+    qp.submit(Io::write(&ns, 0, vec![3u8; 4096]))
+        .map_err(|(e, _)| e)
+        .unwrap();
+    let done = wait_all(&mut qp, 1);
+    assert!(
+        matches!(
+            done[0].result,
+            Err(Error::ControllerFatal { .. }) | Err(Error::Reset)
+        ),
+        "{:?}",
+        done[0].result
+    );
+    // No manual reset: the queue pair recovered by itself.
+    qp.write(&ns, 8, &[4u8; 4096], false).unwrap();
+    let mut b = vec![0u8; 4096];
+    sim.read_blocks(1, 8, &mut b).unwrap();
+    assert!(b.iter().all(|&x| x == 4));
+}
+
+#[test]
+fn a_controller_that_never_becomes_ready_is_a_timeout_not_a_hang() {
+    let sim = SimController::new(Config::default().timeout_500ms(1)).unwrap();
+    sim.set_never_ready(true);
+    let space = DmaSpace::new(sim.iommu().clone(), SpaceConfig { hugepages: false });
+    let t = Instant::now();
+    let e = Controller::with_backend(sim.registers(), space, DriverConfig::default(), None)
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::Timeout {
+                what: "CSTS.RDY = 1",
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert!(t.elapsed() < Duration::from_secs(3), "bounded by CAP.TO");
+}
+
+#[test]
+fn raw_submissions_and_interrupt_less_waits() {
+    let (_sim, ctrl) = bring_up(Config::default(), Duration::from_secs(5));
+    let ns = ctrl.namespace(1).unwrap();
+    let mut qp = ctrl.queue_pair(QueueConfig::default()).unwrap();
+    let data = pattern(9, 8192);
+    qp.write(&ns, 0, &data, false).unwrap();
+    let mut raw = vec![0u8; 8192];
+    let seg = blk_dma::HostSeg::from_slice(&raw);
+    // SAFETY: `raw` is not touched until its completion is polled below.
+    unsafe { qp.submit_raw(Op::Read, &ns, 0, &[seg], 42) }.unwrap();
+    let mut done = Vec::new();
+    while done.is_empty() {
+        qp.wait(&mut done, Duration::from_secs(1));
+    }
+    assert_eq!(done[0].tag, 42);
+    assert!(matches!(done[0].buf, IoBuf::Raw));
+    raw.truncate(8192);
+    assert!(raw == data);
+}
