@@ -13,12 +13,27 @@ pub struct NamespaceConfig {
     pub blocks: u64,
     /// Logical block size: 512 or 4096 bytes.
     pub block_size: u32,
+    /// Metadata bytes per block the current LBA format reports (0: none).
+    /// Only reported in Identify: the model transfers no metadata, so this
+    /// serves to test that a driver refuses such formats.
+    pub metadata: u16,
 }
 
 impl NamespaceConfig {
     /// A namespace of `blocks` blocks of `block_size` bytes.
     pub const fn new(blocks: u64, block_size: u32) -> Self {
-        Self { blocks, block_size }
+        Self {
+            blocks,
+            block_size,
+            metadata: 0,
+        }
+    }
+
+    /// The same namespace, reporting `bytes` of metadata per block in its
+    /// current LBA format.
+    pub const fn with_metadata(mut self, bytes: u16) -> Self {
+        self.metadata = bytes;
+        self
     }
 }
 
@@ -97,10 +112,7 @@ impl Default for Config {
             max_io_queues: 64,
             mdts: 5,
             sgl: true,
-            namespaces: vec![NamespaceConfig {
-                blocks: 128 << 10,
-                block_size: 512,
-            }],
+            namespaces: vec![NamespaceConfig::new(128 << 10, 512)],
             null: false,
             serial: "SIM0001".into(),
             volatile_write_cache: true,

@@ -15,6 +15,7 @@ const CHUNK: u64 = 64 << 10;
 pub(crate) struct Namespace {
     pub(crate) blocks: u64,
     pub(crate) block_size: u32,
+    pub(crate) metadata: u16,
     chunks: Mutex<HashMap<u64, Box<[u8]>>>,
 }
 
@@ -23,6 +24,7 @@ impl Namespace {
         Self {
             blocks: c.blocks,
             block_size: c.block_size,
+            metadata: c.metadata,
             chunks: Mutex::new(HashMap::new()),
         }
     }

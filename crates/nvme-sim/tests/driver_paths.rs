@@ -376,3 +376,75 @@ fn raw_submissions_and_interrupt_less_waits() {
     raw.truncate(8192);
     assert!(raw == data);
 }
+
+#[test]
+fn a_namespace_formatted_with_metadata_is_refused() {
+    let config = Config::default().namespaces(&[
+        NamespaceConfig::new(1024, 512),
+        NamespaceConfig::new(1024, 512).with_metadata(8),
+    ]);
+    let (_sim, ctrl) = bring_up(config, Duration::from_secs(5));
+    ctrl.namespace(1).unwrap();
+    let e = ctrl.namespace(2).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::MetadataFormat {
+                nsid: 2,
+                metadata: 8
+            }
+        ),
+        "{e}"
+    );
+    assert!(e.to_string().contains("8 bytes of metadata"));
+}
+
+#[test]
+fn a_read_into_read_only_memory_fails_with_an_error_and_changes_nothing() {
+    use nvme_vfio::mem::Access;
+    let (sim, ctrl) = bring_up(Config::default(), Duration::from_secs(5));
+    let ns = ctrl.namespace(1).unwrap();
+    sim.write_blocks(1, 0, &pattern(3, 8192)).unwrap();
+    let mut qp = ctrl.queue_pair(QueueConfig::default()).unwrap();
+    let mut mem = vec![0xa5u8; 3 * 4096];
+    let at = (mem.as_ptr() as usize).next_multiple_of(4096) - mem.as_ptr() as usize;
+    // SAFETY: `mem` outlives the registration, dropped below.
+    let reg = unsafe {
+        ctrl.space()
+            .register_with(mem[at..].as_ptr(), 8192, Access::ReadOnly)
+    }
+    .unwrap();
+    let e = qp.read(&ns, 0, &mut mem[at..at + 8192]).unwrap_err();
+    // Data Transfer Error: the device could not write the buffer.
+    assert!(
+        matches!(e, Error::Command { status, .. } if status.sct() == 0 && status.sc() == 0x04),
+        "{e}"
+    );
+    assert!(mem.iter().all(|&b| b == 0xa5), "read-only memory unchanged");
+    // Writing from it works: the device may read it.
+    qp.write(&ns, 16, &mem[at..at + 8192], false).unwrap();
+    drop(reg);
+}
+
+#[test]
+fn dropping_the_controller_shuts_it_down_and_unmaps_everything() {
+    use nvme_vfio::nvme::regs::{offset, Csts, ShutdownStatus};
+    let (sim, ctrl) = bring_up(Config::default(), Duration::from_secs(5));
+    let ns = ctrl.namespace(1).unwrap();
+    let mut qp = ctrl.queue_pair(QueueConfig::default()).unwrap();
+    qp.write(&ns, 0, &[1u8; 4096], false).unwrap();
+    let regs = sim.registers();
+    assert!(!sim.iommu().mappings().is_empty());
+    drop(qp);
+    drop(ctrl);
+    let csts = Csts(regs.read32(offset::CSTS));
+    assert_eq!(
+        csts.shutdown_status(),
+        ShutdownStatus::Complete,
+        "CC.SHN and SHST"
+    );
+    assert!(
+        sim.iommu().mappings().is_empty(),
+        "every DMA mapping undone"
+    );
+}

@@ -61,12 +61,16 @@ impl Device {
         id.set_size(ns.blocks);
         let formats = [
             LbaFormat {
-                metadata: 0,
+                metadata: if ns.block_size == 512 { ns.metadata } else { 0 },
                 lbads: 9,
                 rp: 0,
             },
             LbaFormat {
-                metadata: 0,
+                metadata: if ns.block_size == 4096 {
+                    ns.metadata
+                } else {
+                    0
+                },
                 lbads: 12,
                 rp: 0,
             },
