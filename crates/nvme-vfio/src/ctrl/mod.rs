@@ -5,33 +5,38 @@
 //! program the admin queues, write CC, enable (wait for CSTS.RDY = 1). Every
 //! wait is bounded by CAP.TO and checks CSTS.CFS.
 
+mod blocking;
 mod cmb;
 mod io;
 mod pool;
 mod qpair;
+mod recovery;
+mod shared;
 
 use std::any::Any;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::mem::{DmaSpace, SpaceConfig};
-use crate::nvme::cmd::{admin, cns, feature, log_page, Command, Completion};
+use crate::nvme::cmd::{cns, feature, log_page, Command};
 use crate::nvme::identify::{IdentifyController, IdentifyNamespace, IDENTIFY_LEN};
 use crate::nvme::log::{ErrorLogEntry, SmartLog, ERROR_ENTRY_LEN, SMART_LEN};
-use crate::nvme::queue::{CompletionQueue, Shadow, SubmissionQueue};
-use crate::nvme::regs::{self, offset, Aqa, Cap, Cc, Csts, Registers, Shutdown, ShutdownStatus};
-use crate::nvme::spec::{DataPtr, PageSize};
+use crate::nvme::queue::{CompletionQueue, SubmissionQueue};
+use crate::nvme::regs::{self, offset, Cap, Cc, Registers, Shutdown, ShutdownStatus};
+use crate::nvme::spec::PageSize;
 use crate::Error;
 
 pub use cmb::CmbBuf;
 pub use io::{Done, Io, IoBuf, Op};
 pub use pool::{DmaDescPool, DESC_PAGE};
 pub use qpair::{QueueConfig, QueuePair};
+pub(crate) use shared::Shared;
+use shared::{lock, Admin, DbBuf};
 
 /// Admin queue entries.
 const ADMIN_ENTRIES: u16 = 32;
 /// Time allowed for an admin command.
-const ADMIN_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const ADMIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time allowed for a normal shutdown when the controller does not say.
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -94,335 +99,6 @@ impl Namespace {
     /// Capacity in bytes.
     pub fn bytes(&self) -> u64 {
         self.blocks * self.block_size
-    }
-}
-
-/// The admin queue pair; commands are serialized through its mutex.
-#[derive(Debug)]
-struct Admin {
-    sq: SubmissionQueue,
-    cq: CompletionQueue,
-    next_cid: u16,
-}
-
-/// State shared by the controller and its queue pairs.
-pub(crate) struct Shared {
-    regs: Arc<dyn Registers>,
-    space: Arc<DmaSpace>,
-    cap: Cap,
-    page: PageSize,
-    admin: Mutex<Admin>,
-    /// I/O queue IDs in use (index = qid - 1).
-    qids: Mutex<Vec<bool>>,
-    disabled: std::sync::atomic::AtomicBool,
-    config: Config,
-    /// MSI-X vectors in interrupt mode: vector `qid` serves I/O queue `qid`.
-    pub(crate) msix: Option<crate::vfio::Msix>,
-    /// Bumped by every controller reset: queue pairs compare it with their
-    /// own to notice that their queues are gone.
-    pub(crate) generation: std::sync::atomic::AtomicU64,
-    /// A reset is in progress: new requests fail with the retryable
-    /// [`Error::Reset`].
-    resetting: std::sync::atomic::AtomicBool,
-    /// CMBMSC to program at every enable (0: no CMB in use).
-    cmbmsc: std::sync::atomic::AtomicU64,
-    /// Shadow doorbell and EventIdx pages, once configured.
-    pub(crate) dbbuf: std::sync::OnceLock<DbBuf>,
-}
-
-/// The two pages of Doorbell Buffer Config.
-#[derive(Debug)]
-pub(crate) struct DbBuf {
-    shadow: crate::mem::DmaBuf,
-    eventidx: crate::mem::DmaBuf,
-    stride: u64,
-}
-
-impl DbBuf {
-    /// The shadow slots of queue `qid`'s SQ tail (`sq`) or CQ head doorbell.
-    pub(crate) fn slot(&self, qid: u16, sq: bool, always_mmio: bool) -> Option<Shadow> {
-        let at = (2 * qid as u64 + u64::from(!sq)) * self.stride;
-        if at + 4 > self.shadow.len() as u64 {
-            return None;
-        }
-        let at = at as usize;
-        // SAFETY: `at + 4` is inside each 4 KiB page (checked).
-        let db = unsafe { core::ptr::NonNull::new_unchecked(self.shadow.as_ptr().add(at)) };
-        // SAFETY: as above.
-        let ei = unsafe { core::ptr::NonNull::new_unchecked(self.eventidx.as_ptr().add(at)) };
-        Some(Shadow {
-            db: db.cast(),
-            ei: ei.cast(),
-            always_mmio,
-        })
-    }
-
-    /// Zeroes both pages (the controller is disabled).
-    fn clear(&self) {
-        for p in [&self.shadow, &self.eventidx] {
-            for i in 0..p.len() {
-                // SAFETY: inside the page; the disabled controller does not
-                // access it.
-                unsafe { p.as_ptr().add(i).write_volatile(0) };
-            }
-        }
-    }
-}
-
-impl core::fmt::Debug for Shared {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("Shared")
-            .field("cap", &self.cap)
-            .field("page", &self.page)
-            .finish_non_exhaustive()
-    }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-impl Shared {
-    fn csts(&self) -> Result<Csts, Error> {
-        let v = self.regs.read32(offset::CSTS);
-        if v == u32::MAX {
-            return Err(Error::DeviceGone);
-        }
-        Ok(Csts(v))
-    }
-
-    /// Waits until CSTS.RDY is `ready`, bounded by CAP.TO.
-    fn wait_ready(&self, ready: bool, during: &'static str) -> Result<(), Error> {
-        let limit = Duration::from_millis(self.cap.timeout_ms().max(500));
-        let start = Instant::now();
-        loop {
-            let csts = self.csts()?;
-            if csts.ready() == ready {
-                return Ok(());
-            }
-            if csts.fatal() && ready {
-                return Err(Error::ControllerFatal { during });
-            }
-            if start.elapsed() > limit {
-                return Err(Error::Timeout {
-                    what: if ready {
-                        "CSTS.RDY = 1"
-                    } else {
-                        "CSTS.RDY = 0"
-                    },
-                    ms: limit.as_millis() as u64,
-                });
-            }
-            std::thread::sleep(Duration::from_micros(200));
-        }
-    }
-
-    /// Clears CC.EN and waits for the controller to stop: after this the
-    /// device does no more DMA.
-    pub(crate) fn disable(&self) -> Result<(), Error> {
-        let cc = Cc(self.regs.read32(offset::CC));
-        if cc.enabled() {
-            self.regs.write32(offset::CC, cc.with_enable(false).0);
-        }
-        self.wait_ready(false, "disabling")
-    }
-
-    /// Stops the controller after a command timed out, so no memory is
-    /// touched by the device once the caller gets its buffers back.
-    pub(crate) fn stop_after_timeout(&self) {
-        self.disabled
-            .store(true, std::sync::atomic::Ordering::SeqCst);
-        if let Err(e) = self.disable() {
-            log::error!("disabling the controller after a timeout: {e}");
-        }
-    }
-
-    pub(crate) fn is_disabled(&self) -> bool {
-        self.disabled.load(std::sync::atomic::Ordering::SeqCst)
-    }
-
-    /// Runs one admin command to completion, with `data` (a 4 KiB-aligned
-    /// DMA buffer) as its PRP1 if given.
-    pub(crate) fn admin(
-        &self,
-        cmd: Command,
-        data: Option<blk_dma::Iova>,
-        what: &'static str,
-    ) -> Result<Completion, Error> {
-        if self.is_resetting() {
-            return Err(Error::Reset);
-        }
-        self.admin_raw(cmd, data, what)
-    }
-
-    /// [`admin`](Self::admin) without the reset check, for the reset itself.
-    fn admin_raw(
-        &self,
-        mut cmd: Command,
-        data: Option<blk_dma::Iova>,
-        what: &'static str,
-    ) -> Result<Completion, Error> {
-        if self.is_disabled() {
-            return Err(Error::Disabled);
-        }
-        let mut a = lock(&self.admin);
-        let cid = a.next_cid;
-        a.next_cid = a.next_cid.wrapping_add(1);
-        cmd.set_cid(cid);
-        if let Some(iova) = data {
-            cmd.set_data(DataPtr::Prp {
-                prp1: iova,
-                prp2: blk_dma::Iova::new(0),
-            });
-        }
-        if !a.sq.push(&cmd) {
-            return Err(Error::Invalid("admin queue full".into()));
-        }
-        a.sq.ring(&*self.regs);
-        let start = Instant::now();
-        let mut spins = 0u32;
-        loop {
-            if let Some(c) = a.cq.pop() {
-                a.sq.set_head(c.sq_head);
-                a.cq.ring(&*self.regs);
-                if c.cid != cid {
-                    log::warn!("stale admin completion for cid {}", c.cid);
-                    continue;
-                }
-                let status = c.status();
-                if !status.is_success() {
-                    return Err(Error::Command { what, status });
-                }
-                return Ok(c);
-            }
-            spins += 1;
-            if spins % 64 == 0 {
-                if self.csts()?.fatal() {
-                    return Err(Error::ControllerFatal { during: what });
-                }
-                if start.elapsed() > ADMIN_TIMEOUT {
-                    drop(a);
-                    self.stop_after_timeout();
-                    return Err(Error::Timeout {
-                        what,
-                        ms: ADMIN_TIMEOUT.as_millis() as u64,
-                    });
-                }
-                std::thread::yield_now();
-            }
-        }
-    }
-
-    /// Disables, programs the admin queues and CC, enables.
-    fn enable(&self) -> Result<(), Error> {
-        self.disable()?;
-        {
-            let mut a = lock(&self.admin);
-            a.sq.reset();
-            a.cq.reset();
-            let r = &self.regs;
-            r.write32(offset::AQA, Aqa::new(a.sq.entries(), a.cq.entries()).0);
-            r.write64(offset::ASQ, a.sq.iova().raw());
-            r.write64(offset::ACQ, a.cq.iova().raw());
-        }
-        if self.cap.cmb_supported() {
-            // Always written: a CMB base address left enabled by an earlier
-            // user would make the controller take our DMA addresses in that
-            // range for its own memory.
-            let cmbmsc = self.cmbmsc.load(std::sync::atomic::Ordering::SeqCst);
-            self.regs.write64(cmb::CMBMSC, cmbmsc);
-        }
-        let cc = Cc::default()
-            .with_css(0)
-            .with_mps(self.page.mps())
-            .with_entry_sizes(6, 4)
-            .with_enable(true);
-        self.regs.write32(offset::CC, cc.0);
-        self.wait_ready(true, "enabling")?;
-        self.disabled
-            .store(false, std::sync::atomic::Ordering::SeqCst);
-        Ok(())
-    }
-
-    /// Resets the controller: disable (every queue and command in flight
-    /// is dropped by the device, which then touches no memory), enable,
-    /// ask for the I/O queues again. Queue pairs notice by the generation
-    /// and recreate their queues, failing what they had in flight.
-    pub(crate) fn reset(&self) -> Result<(), Error> {
-        use std::sync::atomic::Ordering::SeqCst;
-        if self.resetting.swap(true, SeqCst) {
-            // Another thread is resetting: wait for it (bounded by its own
-            // CAP.TO waits) instead of resetting twice.
-            while self.resetting.load(SeqCst) {
-                std::thread::sleep(Duration::from_micros(100));
-            }
-            return if self.is_disabled() {
-                Err(Error::Disabled)
-            } else {
-                Ok(())
-            };
-        }
-        let r = self.disable().and_then(|()| {
-            if let Some(db) = self.dbbuf.get() {
-                db.clear();
-            }
-            self.enable()?;
-            let want = self.config.io_queues.clamp(1, 0xfffe) as u32 - 1;
-            self.admin_raw(
-                Command::set_features(feature::NUMBER_OF_QUEUES, want | want << 16),
-                None,
-                "Set Features (Number of Queues)",
-            )?;
-            self.configure_dbbuf()
-        });
-        self.generation.fetch_add(1, SeqCst);
-        if r.is_err() {
-            self.disabled.store(true, SeqCst);
-        }
-        self.resetting.store(false, SeqCst);
-        r
-    }
-
-    /// Issues Doorbell Buffer Config with the shadow pages (after bring-up
-    /// and after every reset); the controller seeds the slots of existing
-    /// queues with their current values. The admin queue keeps writing MMIO
-    /// doorbells too.
-    fn configure_dbbuf(&self) -> Result<(), Error> {
-        let Some(db) = self.dbbuf.get() else {
-            return Ok(());
-        };
-        let mut cmd = Command::new(admin::DOORBELL_BUFFER_CONFIG, 0);
-        cmd.set_data(DataPtr::Prp {
-            prp1: db.shadow.iova(),
-            prp2: db.eventidx.iova(),
-        });
-        self.admin_raw(cmd, None, "Doorbell Buffer Config")?;
-        let mut a = lock(&self.admin);
-        if let (Some(sq), Some(cq)) = (db.slot(0, true, true), db.slot(0, false, true)) {
-            a.sq.set_shadow(sq);
-            a.cq.set_shadow(cq);
-        }
-        Ok(())
-    }
-
-    /// Whether a reset is in progress.
-    #[inline]
-    pub(crate) fn is_resetting(&self) -> bool {
-        self.resetting.load(std::sync::atomic::Ordering::SeqCst)
-    }
-
-    /// The current reset generation.
-    #[inline]
-    pub(crate) fn generation(&self) -> u64 {
-        self.generation.load(std::sync::atomic::Ordering::Acquire)
-    }
-
-    pub(crate) fn doorbells(&self, qid: u16) -> (u64, u64) {
-        let s = self.cap.doorbell_stride();
-        (
-            regs::sq_tail_doorbell(qid, s),
-            regs::cq_head_doorbell(qid, s),
-        )
     }
 }
 
@@ -814,14 +490,6 @@ impl Controller {
         })?;
         q[i] = true;
         Ok(i as u16 + 1)
-    }
-}
-
-impl Shared {
-    pub(crate) fn free_qid(&self, qid: u16) {
-        if let Some(slot) = lock(&self.qids).get_mut(qid as usize - 1) {
-            *slot = false;
-        }
     }
 }
 

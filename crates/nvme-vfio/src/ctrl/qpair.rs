@@ -21,7 +21,7 @@ use super::io::{Done, Io, IoBuf, Op};
 use super::pool::DmaDescPool;
 use super::{Controller, Namespace, Shared};
 use crate::mem::VfioMapper;
-use crate::nvme::cmd::{io, Command};
+use crate::nvme::cmd::Command;
 use crate::nvme::desc::DescList;
 use crate::nvme::dptr::{self, Policy, QueueKind, Setup};
 use crate::nvme::queue::{CompletionQueue, SubmissionQueue};
@@ -57,58 +57,58 @@ const TIMEOUT_CHECK: u32 = 1024;
 
 /// One command in flight: its request and what to undo at completion.
 #[derive(Debug)]
-struct Slot {
-    busy: bool,
-    req: u32,
-    started: Option<Instant>,
-    state: DmaState,
-    list: DescList,
+pub(super) struct Slot {
+    pub(super) busy: bool,
+    pub(super) req: u32,
+    pub(super) started: Option<Instant>,
+    pub(super) state: DmaState,
+    pub(super) list: DescList,
 }
 
 /// One request in flight: it completes when its last command does.
 #[derive(Debug)]
-struct Pending {
-    buf: IoBuf,
-    tag: u64,
-    remaining: u32,
-    error: Option<Error>,
-    what: &'static str,
+pub(super) struct Pending {
+    pub(super) buf: IoBuf,
+    pub(super) tag: u64,
+    pub(super) remaining: u32,
+    pub(super) error: Option<Error>,
+    pub(super) what: &'static str,
 }
 
 /// An I/O submission/completion queue pair.
 #[derive(Debug)]
 pub struct QueuePair {
-    shared: Arc<Shared>,
-    qid: u16,
-    sq: SubmissionQueue,
-    cq: CompletionQueue,
-    mapper: VfioMapper,
-    pool: DmaDescPool,
-    policy: Policy,
-    max_transfer: u64,
+    pub(super) shared: Arc<Shared>,
+    pub(super) qid: u16,
+    pub(super) sq: SubmissionQueue,
+    pub(super) cq: CompletionQueue,
+    pub(super) mapper: VfioMapper,
+    pub(super) pool: DmaDescPool,
+    pub(super) policy: Policy,
+    pub(super) max_transfer: u64,
     /// SGL data blocks may start at any byte (SGLS = 01b).
-    sgl_any_alignment: bool,
+    pub(super) sgl_any_alignment: bool,
     /// Indexed by command ID.
-    slots: Vec<Slot>,
-    free_cids: Vec<u16>,
-    reqs: Vec<Option<Pending>>,
-    free_reqs: Vec<u32>,
+    pub(super) slots: Vec<Slot>,
+    pub(super) free_cids: Vec<u16>,
+    pub(super) reqs: Vec<Option<Pending>>,
+    pub(super) free_reqs: Vec<u32>,
     /// Commands written since the last tail doorbell.
-    unrung: bool,
-    idle_polls: u32,
+    pub(super) unrung: bool,
+    pub(super) idle_polls: u32,
     /// Segments of the command being built (capacity reused).
-    scratch: Vec<HostSeg>,
+    pub(super) scratch: Vec<HostSeg>,
     /// Command IDs taken by the request being submitted, for rollback.
-    taken: Vec<u16>,
+    pub(super) taken: Vec<u16>,
     /// Completions collected while a blocking call waited.
-    stash: Vec<Done>,
-    blocking_done: Option<Result<(), Error>>,
+    pub(super) stash: Vec<Done>,
+    pub(super) blocking_done: Option<Result<(), Error>>,
     /// The MSI-X vector of the completion queue, in interrupt mode.
-    irq: Option<u16>,
+    pub(super) irq: Option<u16>,
     /// The controller reset generation the queues were created in.
-    generation: u64,
+    pub(super) generation: u64,
     /// Interrupts seen so far.
-    interrupts: u64,
+    pub(super) interrupts: u64,
 }
 
 impl QueuePair {
@@ -340,46 +340,6 @@ impl QueuePair {
         }
     }
 
-    /// After a controller reset: the device dropped every command, so each
-    /// request in flight completes with an error (the ones that had timed
-    /// out with `Timeout`, the others with `Reset`) and gets its buffer back;
-    /// then the queues are created again on the same rings.
-    fn recover(&mut self, out: &mut Vec<Done>) -> Result<(), Error> {
-        let generation = self.shared.generation();
-        for cid in 0..self.slots.len() {
-            if !self.slots[cid].busy {
-                continue;
-            }
-            let req = self.finish_slot(cid);
-            if let Some(Some(p)) = self.reqs.get_mut(req as usize) {
-                if p.error.is_none() {
-                    p.error = Some(Error::Reset);
-                }
-            }
-            self.finish_child(req, out);
-        }
-        self.sq.reset();
-        self.cq.reset();
-        for shadow in [self.sq.shadow(), self.cq.shadow()].into_iter().flatten() {
-            shadow.clear();
-        }
-        self.unrung = false;
-        self.generation = generation;
-        let entries = self.sq.entries();
-        let s = &self.shared;
-        s.admin(
-            Command::create_cq(self.qid, entries, self.cq.iova(), self.irq),
-            None,
-            "Create I/O Completion Queue",
-        )?;
-        s.admin(
-            Command::create_sq(self.qid, entries, self.sq.iova(), self.qid),
-            None,
-            "Create I/O Submission Queue",
-        )?;
-        Ok(())
-    }
-
     /// Recovers if the controller was reset since the queues were created.
     #[inline]
     fn check_generation(&mut self, out: &mut Vec<Done>) -> Result<(), Error> {
@@ -427,7 +387,7 @@ impl QueuePair {
 
     /// Takes every posted completion, with one head doorbell write; returns
     /// whether there was any.
-    fn drain_completions(&mut self, out: &mut Vec<Done>) -> bool {
+    pub(super) fn drain_completions(&mut self, out: &mut Vec<Done>) -> bool {
         let mut seen = false;
         while let Some(c) = self.cq.pop() {
             seen = true;
@@ -460,7 +420,7 @@ impl QueuePair {
 
     /// Undoes a finished command's mappings and frees its ID; returns its
     /// request.
-    fn finish_slot(&mut self, cid: usize) -> u32 {
+    pub(super) fn finish_slot(&mut self, cid: usize) -> u32 {
         let s = &mut self.slots[cid];
         s.list.release(&mut self.pool);
         s.state.unmap(&self.mapper);
@@ -472,7 +432,7 @@ impl QueuePair {
 
     /// Counts one command of request `req` done; completes the request when
     /// it was the last.
-    fn finish_child(&mut self, req: u32, out: &mut Vec<Done>) {
+    pub(super) fn finish_child(&mut self, req: u32, out: &mut Vec<Done>) {
         let Some(Some(p)) = self.reqs.get_mut(req as usize) else {
             return;
         };
@@ -499,93 +459,6 @@ impl QueuePair {
         }
     }
 
-    /// Recovery for commands past the I/O timeout, and for a controller that
-    /// reports a fatal status: abort the late commands; if they still do not
-    /// complete, reset the controller (and if even that fails, stop it).
-    fn check_timeouts(&mut self, out: &mut Vec<Done>) {
-        let limit = self.shared.config.io_timeout;
-        let fatal = self.shared.csts().map(|c| c.fatal()).unwrap_or(true);
-        let late = |s: &Slot| s.busy && s.started.is_some_and(|t| t.elapsed() > limit);
-        if !fatal && !self.slots.iter().any(late) {
-            return;
-        }
-        if !fatal {
-            for cid in 0..self.slots.len() {
-                if late(&self.slots[cid]) {
-                    match self
-                        .shared
-                        .admin(Command::abort(self.qid, cid as u16), None, "Abort")
-                    {
-                        Ok(_) => {
-                            log::warn!("queue {}: aborting command {cid} after {limit:?}", self.qid)
-                        }
-                        Err(e) => {
-                            log::warn!("queue {}: abort of command {cid} failed: {e}", self.qid)
-                        }
-                    }
-                }
-            }
-            // Give the aborts a moment to complete the commands.
-            let grace = Instant::now();
-            while self.slots.iter().any(late) && grace.elapsed() < std::time::Duration::from_secs(1)
-            {
-                self.drain_completions(out);
-                std::hint::spin_loop();
-            }
-            if !self.slots.iter().any(late) {
-                return;
-            }
-        }
-        // Mark the late requests so they complete with Timeout, then reset.
-        let ms = limit.as_millis() as u64;
-        for cid in 0..self.slots.len() {
-            if fatal || late(&self.slots[cid]) {
-                let req = self.slots[cid].req as usize;
-                if let Some(Some(p)) = self.reqs.get_mut(req) {
-                    if p.error.is_none() && self.slots[cid].busy {
-                        p.error = Some(if fatal {
-                            Error::ControllerFatal { during: p.what }
-                        } else {
-                            Error::Timeout { what: p.what, ms }
-                        });
-                    }
-                }
-            }
-        }
-        log::warn!("queue {}: resetting the controller to recover", self.qid);
-        match self.shared.reset() {
-            Ok(()) => {
-                if let Err(e) = self.recover(out) {
-                    log::error!("queue {}: recreating queues after a reset: {e}", self.qid);
-                    self.fail_all(out);
-                }
-            }
-            Err(e) => {
-                log::error!("controller reset failed: {e}");
-                self.fail_all(out);
-            }
-        }
-    }
-
-    /// Stops the controller (so the device touches no memory any more), then
-    /// completes every request in flight with an error.
-    fn fail_all(&mut self, out: &mut Vec<Done>) {
-        self.shared.stop_after_timeout();
-        let ms = self.shared.config.io_timeout.as_millis() as u64;
-        for cid in 0..self.slots.len() {
-            if !self.slots[cid].busy {
-                continue;
-            }
-            let req = self.finish_slot(cid);
-            if let Some(Some(p)) = self.reqs.get_mut(req as usize) {
-                if p.error.is_none() {
-                    p.error = Some(Error::Timeout { what: p.what, ms });
-                }
-            }
-            self.finish_child(req, out);
-        }
-    }
-
     /// Checks a request and returns its length in blocks.
     fn validate(&self, ns: &Namespace, lba: u64, segs: &[HostSeg]) -> Result<u64, Error> {
         let total: u64 = segs.iter().map(|s| s.len).sum();
@@ -599,7 +472,7 @@ impl QueuePair {
             )));
         }
         let blocks = total / ns.block_size();
-        check_range(ns, lba, blocks)?;
+        super::blocking::check_range(ns, lba, blocks)?;
         if !self.sgl_any_alignment && segs.iter().any(|s| s.addr.raw() & 3 != 0 || s.len & 3 != 0) {
             return Err(Error::Invalid(
                 "buffers must be dword (4-byte) aligned".into(),
@@ -623,13 +496,8 @@ impl QueuePair {
         if self.shared.is_resetting() {
             return Err((Error::Reset, buf));
         }
-        if self.generation != self.shared.generation() {
-            let mut stash = std::mem::take(&mut self.stash);
-            let r = self.recover(&mut stash);
-            self.stash = stash;
-            if let Err(e) = r {
-                return Err((e, buf));
-            }
+        if let Err(e) = self.recover_if_reset() {
+            return Err((e, buf));
         }
         if self.shared.is_disabled() {
             return Err((Error::Disabled, buf));
@@ -744,7 +612,7 @@ impl QueuePair {
     }
 
     /// Runs one request to completion (the blocking calls).
-    fn run_blocking(
+    pub(super) fn run_blocking(
         &mut self,
         op: Op,
         ns: &Namespace,
@@ -773,16 +641,11 @@ impl QueuePair {
     }
 
     /// Runs a command without data to completion.
-    fn exec(&mut self, mut cmd: Command, what: &'static str) -> Result<(), Error> {
+    pub(super) fn exec(&mut self, mut cmd: Command, what: &'static str) -> Result<(), Error> {
         if self.shared.is_resetting() {
             return Err(Error::Reset);
         }
-        if self.generation != self.shared.generation() {
-            let mut stash = std::mem::take(&mut self.stash);
-            let r = self.recover(&mut stash);
-            self.stash = stash;
-            r?;
-        }
+        self.recover_if_reset()?;
         if self.shared.is_disabled() {
             return Err(Error::Disabled);
         }
@@ -805,142 +668,6 @@ impl QueuePair {
         self.unrung = true;
         self.wait_blocking()
     }
-
-    /// Reads blocks starting at `lba` into `buf` (its length is a multiple
-    /// of the block size) and waits. `buf` may be any memory: a
-    /// [`DmaBuf`](crate::mem::DmaBuf)'s slice or registered memory is
-    /// translated, other memory is mapped for the duration of the command
-    /// (one coalesced IOVA range).
-    pub fn read(&mut self, ns: &Namespace, lba: u64, buf: &mut [u8]) -> Result<(), Error> {
-        let seg = HostSeg::from_slice(buf);
-        self.run_blocking(Op::Read, ns, lba, &[seg])
-    }
-
-    /// Writes `buf` to blocks starting at `lba` and waits; `fua` forces it
-    /// to media before completion.
-    pub fn write(&mut self, ns: &Namespace, lba: u64, buf: &[u8], fua: bool) -> Result<(), Error> {
-        let seg = HostSeg::from_slice(buf);
-        self.run_blocking(Op::Write { fua }, ns, lba, &[seg])
-    }
-
-    /// Reads `len` bytes at `lba` into a controller memory buffer and waits:
-    /// the controller moves the data within itself.
-    pub fn read_cmb(
-        &mut self,
-        ns: &Namespace,
-        lba: u64,
-        buf: &mut super::CmbBuf,
-        len: usize,
-    ) -> Result<(), Error> {
-        let seg = buf.seg(len);
-        self.run_blocking(Op::Read, ns, lba, &[seg])
-    }
-
-    /// Writes `len` bytes of a controller memory buffer at `lba` and waits.
-    pub fn write_cmb(
-        &mut self,
-        ns: &Namespace,
-        lba: u64,
-        buf: &super::CmbBuf,
-        len: usize,
-    ) -> Result<(), Error> {
-        let seg = buf.seg(len);
-        self.run_blocking(Op::Write { fua: false }, ns, lba, &[seg])
-    }
-
-    /// Reads into several buffers, filled in order (one request).
-    pub fn read_vectored(
-        &mut self,
-        ns: &Namespace,
-        lba: u64,
-        bufs: &mut [&mut [u8]],
-    ) -> Result<(), Error> {
-        let segs: Vec<HostSeg> = bufs.iter().map(|b| HostSeg::from_slice(b)).collect();
-        self.run_blocking(Op::Read, ns, lba, &segs)
-    }
-
-    /// Writes several buffers, in order (one request).
-    pub fn write_vectored(
-        &mut self,
-        ns: &Namespace,
-        lba: u64,
-        bufs: &[&[u8]],
-        fua: bool,
-    ) -> Result<(), Error> {
-        let segs: Vec<HostSeg> = bufs.iter().map(|b| HostSeg::from_slice(b)).collect();
-        self.run_blocking(Op::Write { fua }, ns, lba, &segs)
-    }
-
-    /// Flushes the volatile write cache of `ns`.
-    pub fn flush_cache(&mut self, ns: &Namespace) -> Result<(), Error> {
-        self.exec(Command::new(io::FLUSH, ns.id()), "Flush")
-    }
-
-    /// Writes zeroes to `blocks` blocks at `lba` (split at 65536 blocks per
-    /// command).
-    pub fn write_zeroes(&mut self, ns: &Namespace, lba: u64, blocks: u64) -> Result<(), Error> {
-        check_range(ns, lba, blocks)?;
-        let mut done = 0;
-        while done < blocks {
-            let n = (blocks - done).min(1 << 16);
-            self.exec(
-                Command::write_zeroes(ns.id(), lba + done, n as u32, false),
-                "Write Zeroes",
-            )?;
-            done += n;
-        }
-        Ok(())
-    }
-
-    /// Deallocates (trims) the given `(lba, blocks)` ranges: one Dataset
-    /// Management command per 256 ranges. Each range holds at most
-    /// `u32::MAX` blocks.
-    pub fn deallocate(&mut self, ns: &Namespace, ranges: &[(u64, u64)]) -> Result<(), Error> {
-        if ranges.is_empty() {
-            return Err(Error::Invalid("no ranges to deallocate".into()));
-        }
-        for &(lba, blocks) in ranges {
-            check_range(ns, lba, blocks)?;
-            if blocks > u32::MAX as u64 {
-                return Err(Error::Invalid(format!(
-                    "range of {blocks} blocks is longer than a DSM range"
-                )));
-            }
-        }
-        let mut buf = self.shared.space.alloc(4096)?;
-        for group in ranges.chunks(256) {
-            let b = buf.as_mut_slice();
-            for (i, &(lba, blocks)) in group.iter().enumerate() {
-                let e = &mut b[16 * i..16 * i + 16];
-                e[0..4].fill(0);
-                e[4..8].copy_from_slice(&(blocks as u32).to_le_bytes());
-                e[8..16].copy_from_slice(&lba.to_le_bytes());
-            }
-            let mut cmd = Command::deallocate(ns.id(), group.len() as u32);
-            cmd.set_data(crate::nvme::spec::DataPtr::Prp {
-                prp1: buf.iova(),
-                prp2: blk_dma::Iova::new(0),
-            });
-            // `buf` outlives the command: exec returns only when it is done
-            // or the controller is stopped.
-            self.exec(cmd, "Dataset Management (Deallocate)")?;
-        }
-        Ok(())
-    }
-}
-
-fn check_range(ns: &Namespace, lba: u64, blocks: u64) -> Result<(), Error> {
-    if blocks == 0 {
-        return Err(Error::Invalid("zero-length range".into()));
-    }
-    if lba.checked_add(blocks).is_none_or(|end| end > ns.blocks()) {
-        return Err(Error::Invalid(format!(
-            "LBA range {lba}+{blocks} past the end of namespace {} ({} blocks)",
-            ns.id(),
-            ns.blocks()
-        )));
-    }
-    Ok(())
 }
 
 impl Drop for QueuePair {

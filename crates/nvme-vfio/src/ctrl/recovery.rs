@@ -1,0 +1,152 @@
+//! Recovery of a queue pair: commands past the I/O timeout are aborted,
+//! then the controller is reset if they still do not complete (or CSTS.CFS
+//! is set); after any reset, requests in flight fail with their buffers
+//! handed back and the queues are created again on the same rings.
+
+use std::time::Instant;
+
+use super::io::Done;
+use super::qpair::{QueuePair, Slot};
+use crate::nvme::cmd::Command;
+use crate::Error;
+
+impl QueuePair {
+    /// After a controller reset: the device dropped every command, so each
+    /// request in flight completes with an error (the ones that had timed
+    /// out with `Timeout`, the others with `Reset`) and gets its buffer back;
+    /// then the queues are created again on the same rings.
+    pub(super) fn recover(&mut self, out: &mut Vec<Done>) -> Result<(), Error> {
+        let generation = self.shared.generation();
+        self.fail_inflight(out, |_| Error::Reset);
+        self.sq.reset();
+        self.cq.reset();
+        for shadow in [self.sq.shadow(), self.cq.shadow()].into_iter().flatten() {
+            shadow.clear();
+        }
+        self.unrung = false;
+        self.generation = generation;
+        let entries = self.sq.entries();
+        let s = &self.shared;
+        s.admin(
+            Command::create_cq(self.qid, entries, self.cq.iova(), self.irq),
+            None,
+            "Create I/O Completion Queue",
+        )?;
+        s.admin(
+            Command::create_sq(self.qid, entries, self.sq.iova(), self.qid),
+            None,
+            "Create I/O Submission Queue",
+        )?;
+        Ok(())
+    }
+
+    /// Recovery for commands past the I/O timeout, and for a controller that
+    /// reports a fatal status: abort the late commands; if they still do not
+    /// complete, reset the controller (and if even that fails, stop it).
+    pub(super) fn check_timeouts(&mut self, out: &mut Vec<Done>) {
+        let limit = self.shared.config.io_timeout;
+        let fatal = self.shared.csts().map(|c| c.fatal()).unwrap_or(true);
+        let late = |s: &Slot| s.busy && s.started.is_some_and(|t| t.elapsed() > limit);
+        if !fatal && !self.slots.iter().any(late) {
+            return;
+        }
+        if !fatal {
+            for cid in 0..self.slots.len() {
+                if late(&self.slots[cid]) {
+                    match self
+                        .shared
+                        .admin(Command::abort(self.qid, cid as u16), None, "Abort")
+                    {
+                        Ok(_) => {
+                            log::warn!("queue {}: aborting command {cid} after {limit:?}", self.qid)
+                        }
+                        Err(e) => {
+                            log::warn!("queue {}: abort of command {cid} failed: {e}", self.qid)
+                        }
+                    }
+                }
+            }
+            // Give the aborts a moment to complete the commands.
+            let grace = Instant::now();
+            while self.slots.iter().any(late) && grace.elapsed() < std::time::Duration::from_secs(1)
+            {
+                self.drain_completions(out);
+                std::hint::spin_loop();
+            }
+            if !self.slots.iter().any(late) {
+                return;
+            }
+        }
+        // Mark the late requests so they complete with Timeout, then reset.
+        let ms = limit.as_millis() as u64;
+        for cid in 0..self.slots.len() {
+            if fatal || late(&self.slots[cid]) {
+                let req = self.slots[cid].req as usize;
+                if let Some(Some(p)) = self.reqs.get_mut(req) {
+                    if p.error.is_none() && self.slots[cid].busy {
+                        p.error = Some(if fatal {
+                            Error::ControllerFatal { during: p.what }
+                        } else {
+                            Error::Timeout { what: p.what, ms }
+                        });
+                    }
+                }
+            }
+        }
+        log::warn!("queue {}: resetting the controller to recover", self.qid);
+        match self.shared.reset() {
+            Ok(()) => {
+                if let Err(e) = self.recover(out) {
+                    log::error!("queue {}: recreating queues after a reset: {e}", self.qid);
+                    self.fail_all(out);
+                }
+            }
+            Err(e) => {
+                log::error!("controller reset failed: {e}");
+                self.fail_all(out);
+            }
+        }
+    }
+
+    /// Stops the controller (so the device touches no memory any more), then
+    /// completes every request in flight with an error.
+    pub(super) fn fail_all(&mut self, out: &mut Vec<Done>) {
+        self.shared.stop_after_timeout();
+        let ms = self.shared.config.io_timeout.as_millis() as u64;
+        self.fail_inflight(out, |what| Error::Timeout { what, ms });
+    }
+
+    /// Completes every request in flight with the error `make` builds from
+    /// its command name (unless it already has one), handing its buffer back.
+    /// The device must no longer be processing them.
+    pub(super) fn fail_inflight(
+        &mut self,
+        out: &mut Vec<Done>,
+        make: impl Fn(&'static str) -> Error,
+    ) {
+        for cid in 0..self.slots.len() {
+            if !self.slots[cid].busy {
+                continue;
+            }
+            let req = self.finish_slot(cid);
+            if let Some(Some(p)) = self.reqs.get_mut(req as usize) {
+                if p.error.is_none() {
+                    p.error = Some(make(p.what));
+                }
+            }
+            self.finish_child(req, out);
+        }
+    }
+
+    /// Recovers if the controller was reset since the queues were created;
+    /// the failed requests wait for the next [`poll`](Self::poll).
+    pub(super) fn recover_if_reset(&mut self) -> Result<(), Error> {
+        if self.generation == self.shared.generation() {
+            return Ok(());
+        }
+        let mut stash = std::mem::take(&mut self.stash);
+        let r = self.recover(&mut stash);
+        self.stash = stash;
+        r
+    }
+}
