@@ -448,3 +448,31 @@ fn dropping_the_controller_shuts_it_down_and_unmaps_everything() {
         "every DMA mapping undone"
     );
 }
+
+#[test]
+fn an_admin_command_that_never_completes_resets_the_controller() {
+    let sim = SimController::new(Config::default()).unwrap();
+    let space = DmaSpace::new(sim.iommu().clone(), SpaceConfig { hugepages: false });
+    let driver = DriverConfig {
+        space: SpaceConfig { hugepages: false },
+        admin_timeout: Duration::from_millis(300),
+        ..DriverConfig::default()
+    };
+    let ctrl = Controller::with_backend(sim.registers(), space, driver, None).unwrap();
+    let ns = ctrl.namespace(1).unwrap();
+    let mut qp = ctrl.queue_pair(QueueConfig::default()).unwrap();
+    qp.write(&ns, 0, &[5u8; 512], false).unwrap();
+    sim.inject(FaultRule::next(
+        Match::admin().opcode(admin::GET_LOG_PAGE),
+        FaultAction::Drop,
+    ));
+    let t = Instant::now();
+    let e = ctrl.smart_log().unwrap_err();
+    assert!(matches!(e, Error::Timeout { .. }), "{e}");
+    assert!(t.elapsed() < Duration::from_secs(3));
+    // The controller was reset, not stopped: admin and I/O work again.
+    ctrl.smart_log().unwrap();
+    let mut b = vec![0u8; 512];
+    qp.read(&ns, 0, &mut b).unwrap();
+    assert!(b.iter().all(|&x| x == 5));
+}

@@ -35,8 +35,6 @@ use shared::{lock, Admin, DbBuf};
 
 /// Admin queue entries.
 const ADMIN_ENTRIES: u16 = 32;
-/// Time allowed for an admin command.
-pub(crate) const ADMIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time allowed for a normal shutdown when the controller does not say.
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -47,9 +45,12 @@ pub struct Config {
     pub space: SpaceConfig,
     /// I/O queues to ask the controller for.
     pub io_queues: u16,
-    /// Time allowed for an I/O command before the driver stops the
-    /// controller.
+    /// Time allowed for an I/O command before the driver aborts it (and
+    /// resets the controller if the abort does not complete it).
     pub io_timeout: Duration,
+    /// Time allowed for an admin command before the driver resets the
+    /// controller.
+    pub admin_timeout: Duration,
     /// Interrupt mode: enable MSI-X and give each I/O completion queue a
     /// vector, so [`QueuePair::wait`] can sleep until completions arrive.
     /// Polled mode (the default) needs no interrupts.
@@ -68,6 +69,7 @@ impl Default for Config {
             space: SpaceConfig::default(),
             io_queues: 16,
             io_timeout: Duration::from_secs(30),
+            admin_timeout: Duration::from_secs(10),
             interrupts: false,
             cmb: true,
             shadow_doorbells: true,

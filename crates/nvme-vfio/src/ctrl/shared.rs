@@ -6,7 +6,7 @@
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use super::{cmb, Config, ADMIN_TIMEOUT};
+use super::{cmb, Config};
 use crate::mem::DmaSpace;
 use crate::nvme::cmd::{admin, feature, Command, Completion};
 use crate::nvme::queue::{CompletionQueue, Shadow, SubmissionQueue};
@@ -217,12 +217,21 @@ impl Shared {
                 if self.csts()?.fatal() {
                     return Err(Error::ControllerFatal { during: what });
                 }
-                if start.elapsed() > ADMIN_TIMEOUT {
+                let limit = self.config.admin_timeout;
+                if start.elapsed() > limit {
                     drop(a);
-                    self.stop_after_timeout();
+                    // An admin command cannot be aborted from its own queue
+                    // reliably: reset the controller (queue pairs recover
+                    // by the generation). A timeout during a reset stops the
+                    // controller instead of resetting recursively.
+                    if self.is_resetting() {
+                        self.stop_after_timeout();
+                    } else if let Err(e) = self.reset() {
+                        log::error!("reset after an admin timeout failed: {e}");
+                    }
                     return Err(Error::Timeout {
                         what,
-                        ms: ADMIN_TIMEOUT.as_millis() as u64,
+                        ms: limit.as_millis() as u64,
                     });
                 }
                 std::thread::yield_now();
