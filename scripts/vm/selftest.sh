@@ -158,6 +158,36 @@ case_g() {
     report g "--namespaces 2, per-namespace size, --prefill, --cmb-mb" "$problem"
 }
 
+case_j() {
+    local problem
+    # The guest kernel sees the controller's limits: I/O queues it could
+    # create (blk-mq hardware queues; 2 vCPUs would give 2) and MDTS as the
+    # largest transfer (2^5 pages of 4 KiB = 128 KiB).
+    run_vm j --no-bind --queues 1 --mdts 5 -- sh -c '
+        ls /sys/block/nvme0n1/mq | wc -l
+        cat /sys/block/nvme0n1/queue/max_hw_sectors_kb'
+    problem=$(check_run j 0 "$(printf '%s\n' 1 128)")
+    report j "--queues 1 and --mdts 5 as the guest kernel sees them" "$problem"
+}
+
+case_k() {
+    local cache out status
+    # Something that cannot be installed: a clear error and status 125.
+    ELAPSED=-
+    cache=$(mktemp -d "$CACHE/selftest-k.XXXXXX")
+    status=0
+    out=$(VM_CACHE=$cache VM_KERNEL_PKG=linux-image-0.0.0-nonexistent-amd64 \
+        "$RUN" -- true 2>&1) || status=$?
+    rm -rf "$cache"
+    if [ "$status" != 125 ]; then
+        report k "a package that cannot be installed" "exit $status, wanted 125"
+    elif ! grep -q "cannot download Debian package linux-image-0.0.0-nonexistent-amd64" <<<"$out"; then
+        report k "a package that cannot be installed" "no clear message: $out"
+    else
+        report k "a package that cannot be installed gives a clear error and 125" ""
+    fi
+}
+
 case_h() {
     local problem=""
     run_vm h --timeout 3 -- true
@@ -176,7 +206,7 @@ case_i() {
 
 main() {
     local cases=("$@") start c
-    ((${#cases[@]} > 0)) || cases=(a a2 b c d e f g h i)
+    ((${#cases[@]} > 0)) || cases=(a a2 b c d e f g j h i k)
     echo "preparing (packages, kernel, initramfs)..."
     start=$(date +%s.%N)
     if ! "$RUN" --prepare; then
