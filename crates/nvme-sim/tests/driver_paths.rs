@@ -476,3 +476,122 @@ fn an_admin_command_that_never_completes_resets_the_controller() {
     qp.read(&ns, 0, &mut b).unwrap();
     assert!(b.iter().all(|&x| x == 5));
 }
+
+/// The simulator's registers, counting writes per offset.
+struct Counting {
+    inner: std::sync::Arc<dyn nvme_vfio::nvme::regs::Registers>,
+    writes: std::sync::Mutex<std::collections::HashMap<u64, u64>>,
+}
+
+impl Counting {
+    fn writes(&self, offset: u64) -> u64 {
+        self.writes
+            .lock()
+            .unwrap()
+            .get(&offset)
+            .copied()
+            .unwrap_or(0)
+    }
+}
+
+impl nvme_vfio::nvme::regs::Registers for Counting {
+    fn read32(&self, offset: u64) -> u32 {
+        self.inner.read32(offset)
+    }
+    fn write32(&self, offset: u64, value: u32) {
+        *self.writes.lock().unwrap().entry(offset).or_default() += 1;
+        self.inner.write32(offset, value)
+    }
+    fn read64(&self, offset: u64) -> u64 {
+        self.inner.read64(offset)
+    }
+    fn write64(&self, offset: u64, value: u64) {
+        self.inner.write64(offset, value)
+    }
+}
+
+#[test]
+fn one_sq_doorbell_per_batch_and_one_cq_doorbell_per_poll() {
+    use nvme_vfio::nvme::regs::{cq_head_doorbell, sq_tail_doorbell};
+    let sim = SimController::new(Config::default()).unwrap();
+    let regs = std::sync::Arc::new(Counting {
+        inner: sim.registers(),
+        writes: Default::default(),
+    });
+    let space = DmaSpace::new(sim.iommu().clone(), SpaceConfig { hugepages: false });
+    let driver = DriverConfig {
+        space: SpaceConfig { hugepages: false },
+        shadow_doorbells: false,
+        ..DriverConfig::default()
+    };
+    let ctrl = Controller::with_backend(regs.clone(), space, driver, None).unwrap();
+    let ns = ctrl.namespace(1).unwrap();
+    let mut qp = ctrl.queue_pair(QueueConfig::default()).unwrap();
+    let stride = sim.doorbell_stride();
+    let (sq, cq) = (
+        sq_tail_doorbell(qp.qid(), stride),
+        cq_head_doorbell(qp.qid(), stride),
+    );
+    for i in 0..16u64 {
+        qp.submit(Io::write(&ns, i * 8, vec![i as u8; 4096]).tag(i))
+            .map_err(|(e, _)| e)
+            .unwrap();
+    }
+    assert_eq!(
+        regs.writes(sq),
+        0,
+        "nothing published before the batch ends"
+    );
+    qp.flush();
+    assert_eq!(regs.writes(sq), 1, "16 commands, one tail doorbell write");
+    // Let the device finish them all, then one poll drains every completion
+    // with a single head doorbell write.
+    let start = Instant::now();
+    while sim.stats().write_commands < 16 {
+        assert!(start.elapsed() < Duration::from_secs(5));
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    std::thread::sleep(Duration::from_millis(20));
+    let mut done = Vec::new();
+    assert_eq!(qp.poll(&mut done), 16);
+    assert_eq!(
+        regs.writes(cq),
+        1,
+        "16 completions, one head doorbell write"
+    );
+    assert_eq!(
+        regs.writes(sq),
+        1,
+        "a poll with nothing new to publish rings nothing"
+    );
+    assert_eq!(qp.doorbell_stats(), (1, 1));
+}
+
+#[test]
+fn queue_depth_up_to_mqes_plus_one() {
+    // MQES + 1 = 64 entries: up to 63 commands in flight (one slot stays
+    // empty); a larger requested depth is capped there.
+    let (_sim, ctrl) = bring_up(
+        Config::default().max_queue_entries(64),
+        Duration::from_secs(5),
+    );
+    assert_eq!(ctrl.cap().max_queue_entries(), 64);
+    let ns = ctrl.namespace(1).unwrap();
+    let mut qp = ctrl
+        .queue_pair(QueueConfig {
+            depth: 1000,
+            ..QueueConfig::default()
+        })
+        .unwrap();
+    assert_eq!(qp.depth(), 63);
+    for i in 0..63u64 {
+        qp.submit(Io::read(&ns, i, vec![0u8; 512]).tag(i))
+            .map_err(|(e, _)| e)
+            .unwrap();
+    }
+    assert_eq!(qp.inflight(), 63);
+    let (e, _) = qp.submit(Io::read(&ns, 0, vec![0u8; 512])).unwrap_err();
+    assert!(matches!(e, Error::QueueFull { .. }), "{e}");
+    let done = wait_all(&mut qp, 63);
+    assert!(done.iter().all(|d| d.result.is_ok()));
+}
