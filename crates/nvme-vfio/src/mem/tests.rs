@@ -284,3 +284,22 @@ fn slabs_are_unmapped_when_the_space_goes() {
     drop(s);
     assert!(iommu.live().is_empty());
 }
+
+#[test]
+fn slabs_fall_back_to_4k_pages_without_hugepages() {
+    let reserved = std::fs::read_to_string("/proc/sys/vm/nr_hugepages")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok());
+    if reserved != Some(0) {
+        eprintln!(
+            "skipped: this machine has hugepages reserved ({reserved:?}); the fallback needs none"
+        );
+        return;
+    }
+    let iommu = FakeIommu::new();
+    let s = DmaSpace::new(iommu.clone(), SpaceConfig { hugepages: true });
+    let mut b = s.alloc(8192).unwrap();
+    b.as_mut_slice().fill(1);
+    assert_eq!(s.slab_count(), (1, 0), "one slab, on 4 KiB pages");
+    assert_eq!(iommu.live().len(), 1, "still mapped once");
+}
