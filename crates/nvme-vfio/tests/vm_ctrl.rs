@@ -9,24 +9,12 @@ use std::sync::Mutex;
 use nvme_vfio::ctrl::{Config, Controller, QueueConfig};
 use nvme_vfio::Error;
 
+mod common;
+use common::in_vm;
+
 const NVME: &str = "0000:00:03.0";
 /// Serializes the tests: they share one controller.
 static DEVICE: Mutex<()> = Mutex::new(());
-
-fn in_vm() -> bool {
-    let vm = std::env::var("VM_GUEST").as_deref() == Ok("1");
-    let scenario = std::env::var("NVME_VM_SCENARIO").unwrap_or_else(|_| "bound".into());
-    if !vm {
-        assert!(
-            std::env::var_os("NVME_VM_REQUIRE").is_none(),
-            "NVME_VM_REQUIRE is set but this is not the VM"
-        );
-        eprintln!("skipped: needs the VM (scripts/vm/run.sh)");
-    } else if scenario != "bound" {
-        eprintln!("skipped: scenario {scenario} (needs the controller on vfio-pci)");
-    }
-    vm && scenario == "bound"
-}
 
 /// The kernel log records available now (the VM's /dev/kmsg).
 fn kernel_log() -> Vec<String> {

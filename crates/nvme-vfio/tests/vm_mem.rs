@@ -9,28 +9,13 @@ use blk_dma::{Direction, DmaIter, DmaState, HostAddr, HostSeg, Iova, Mapper, Reg
 use nvme_vfio::mem::{DmaMap, DmaSpace, SpaceConfig, VfioMapper};
 use nvme_vfio::vfio::{Container, Device};
 
+mod common;
+use common::in_vm;
+
 /// The emulated controller's address in the VM (scripts/vm).
 const NVME: &str = "0000:00:03.0";
 /// QEMU's interrupt (MSI) window, which IOVAs must avoid.
 const MSI_WINDOW: std::ops::RangeInclusive<u64> = 0xfee0_0000..=0xfeef_ffff;
-
-/// Whether the test runs in the VM with the controller on vfio-pci.
-fn in_vm() -> bool {
-    let vm = std::env::var("VM_GUEST").as_deref() == Ok("1");
-    let scenario = std::env::var("NVME_VM_SCENARIO").unwrap_or_else(|_| "bound".into());
-    if !vm {
-        // scripts/test.sh sets this: there, a test that cannot find its VM
-        // fails instead of passing as skipped.
-        assert!(
-            std::env::var_os("NVME_VM_REQUIRE").is_none(),
-            "NVME_VM_REQUIRE is set but this is not the VM"
-        );
-        eprintln!("skipped: needs the VM (scripts/vm/run.sh)");
-    } else if scenario != "bound" {
-        eprintln!("skipped: scenario {scenario} (needs the controller on vfio-pci)");
-    }
-    vm && scenario == "bound"
-}
 
 fn container() -> (Device, Arc<Container>) {
     let dev = Device::open(NVME).expect("open the emulated NVMe controller");

@@ -1,4 +1,5 @@
-//! Test memory: host arenas the fake IOMMU maps, and a device-side reader.
+//! Test memory (host arenas the fake IOMMU maps, a device-side reader) and
+//! the check of whether a test runs in the VM of scripts/vm.
 
 #![allow(dead_code)]
 
@@ -97,4 +98,22 @@ impl DeviceMemory for Device<'_> {
         }
         true
     }
+}
+
+/// Whether the test runs in the VM with the controller on vfio-pci.
+pub fn in_vm() -> bool {
+    let vm = std::env::var("VM_GUEST").as_deref() == Ok("1");
+    let scenario = std::env::var("NVME_VM_SCENARIO").unwrap_or_else(|_| "bound".into());
+    if !vm {
+        // scripts/test.sh sets this: there, a test that cannot find its VM
+        // fails instead of passing as skipped.
+        assert!(
+            std::env::var_os("NVME_VM_REQUIRE").is_none(),
+            "NVME_VM_REQUIRE is set but this is not the VM"
+        );
+        eprintln!("skipped: needs the VM (scripts/vm/run.sh)");
+    } else if scenario != "bound" {
+        eprintln!("skipped: scenario {scenario} (needs the controller on vfio-pci)");
+    }
+    vm && scenario == "bound"
 }
