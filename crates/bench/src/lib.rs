@@ -6,6 +6,7 @@
 //! IOMMU (contract checks off), the same descriptor pool and the same PRP/SGL
 //! builders, so the difference measured is the mapping design alone.
 
+pub mod perf;
 pub mod sglist;
 
 use std::alloc::{self, Layout};

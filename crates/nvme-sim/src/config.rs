@@ -90,6 +90,13 @@ pub struct Config {
     /// zero (the default) sleeps at once, which costs a wake-up per batch;
     /// a few microseconds trade a core for latency in benchmarks.
     pub idle_spin: Duration,
+    /// Inline mode: a doorbell write runs the device on the writing thread
+    /// before the write returns (the worker thread still takes CC writes
+    /// and timers). No hand-off between threads per command, so the
+    /// driver's next poll finds the completions: for counting the driver's
+    /// own instructions (callgrind) and for tests that must see no other
+    /// thread at work. Delayed completions still wait for the worker.
+    pub inline: bool,
     /// The IOMMU the controller's DMA goes through, when the controller
     /// creates its own ([`SimController::new`](crate::SimController::new)).
     pub iommu: IommuConfig,
@@ -117,6 +124,7 @@ impl Default for Config {
             serial: "SIM0001".into(),
             volatile_write_cache: true,
             idle_spin: Duration::ZERO,
+            inline: false,
             iommu: IommuConfig::default(),
         }
     }
@@ -186,6 +194,12 @@ impl Config {
     /// Sets the worker's idle polling time.
     pub fn idle_spin(mut self, d: Duration) -> Self {
         self.idle_spin = d;
+        self
+    }
+
+    /// Sets inline mode ([`Config::inline`]).
+    pub fn inline(mut self, on: bool) -> Self {
+        self.inline = on;
         self
     }
 

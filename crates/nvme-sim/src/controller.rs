@@ -27,6 +27,7 @@ pub(crate) struct Counters {
     pub(crate) write_commands: AtomicU64,
     pub(crate) bytes_read: AtomicU64,
     pub(crate) bytes_written: AtomicU64,
+    pub(crate) inline_nanos: AtomicU64,
 }
 
 /// A snapshot of what the controller has done.
@@ -47,6 +48,10 @@ pub struct Stats {
     pub bytes_read: u64,
     /// Bytes written by successful Writes.
     pub bytes_written: u64,
+    /// Nanoseconds the device ran on the driver's threads (inline mode,
+    /// [`Config::inline`](crate::Config::inline)): what to subtract from
+    /// their CPU time to get the driver's own.
+    pub inline_nanos: u64,
     /// Faults injected.
     pub faults_injected: u64,
 }
@@ -132,12 +137,17 @@ impl SimController {
 
     fn start(shared: Arc<Shared>) -> Result<Self, Error> {
         let sh = Arc::clone(&shared);
+        let dev = Arc::new(Mutex::new(Device::new(Arc::clone(&sh))));
+        if sh.config.inline {
+            sh.regs.set_inline(Arc::downgrade(&dev));
+        }
         let worker = std::thread::Builder::new()
             .name("nvme-sim".into())
             .spawn(move || {
                 sh.regs.set_worker(std::thread::current());
-                let mut dev = Device::new(Arc::clone(&sh));
-                let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| dev.run()));
+                let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    crate::device::run(&dev, &sh)
+                }));
                 if r.is_err() {
                     log::error!("nvme-sim worker panicked; raising CSTS.CFS");
                     sh.regs.update_csts(csts::CFS, 0);
@@ -219,6 +229,7 @@ impl SimController {
             write_commands: l(&c.write_commands),
             bytes_read: l(&c.bytes_read),
             bytes_written: l(&c.bytes_written),
+            inline_nanos: l(&c.inline_nanos),
             faults_injected: self.shared.faults().fired(),
         }
     }

@@ -1,16 +1,19 @@
 //! The controller's BAR0 as ordinary memory: registers in atomics, written
 //! by the driver through [`Registers`] and read by the worker thread.
 //!
-//! Doorbell and CC writes wake the worker. CC writes are also queued as
+//! Doorbell and CC writes wake the worker (in inline mode a doorbell write
+//! runs the device on the writing thread instead). CC writes are also queued as
 //! events, so a quick disable/enable pair is seen as two transitions even if
 //! the worker was asleep for both.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Mutex, OnceLock, Weak};
 use std::thread::Thread;
 
 use nvme_vfio::nvme::regs::{offset, Registers};
+
+use crate::device::Device;
 
 /// NVMe version 1.4.0.
 pub(crate) const VERSION_1_4: u32 = 0x0001_0400;
@@ -44,6 +47,8 @@ pub(crate) struct RegisterFile {
     kicks: AtomicU64,
     /// The worker, to unpark.
     worker: OnceLock<Thread>,
+    /// The device, in inline mode: doorbell writes run it directly.
+    inline: OnceLock<Weak<Mutex<Device>>>,
 }
 
 impl RegisterFile {
@@ -64,6 +69,7 @@ impl RegisterFile {
             cc_events: Mutex::new(VecDeque::new()),
             kicks: AtomicU64::new(0),
             worker: OnceLock::new(),
+            inline: OnceLock::new(),
         }
     }
 
@@ -75,6 +81,11 @@ impl RegisterFile {
     /// Records the worker thread, to wake it on writes.
     pub(crate) fn set_worker(&self, t: Thread) {
         let _ = self.worker.set(t);
+    }
+
+    /// Inline mode: doorbell writes run `dev` on the writing thread.
+    pub(crate) fn set_inline(&self, dev: Weak<Mutex<Device>>) {
+        let _ = self.inline.set(dev);
     }
 
     /// Tells the worker there is something new.
@@ -238,7 +249,14 @@ impl Registers for RegisterFile {
                     // Release: the queue entries written before the doorbell
                     // are visible to the worker's acquire load.
                     self.doorbells[i].store(value, Ordering::Release);
-                    self.kick();
+                    match self.inline.get().and_then(Weak::upgrade) {
+                        Some(dev) => {
+                            if crate::device::run_inline(&dev) {
+                                self.kick();
+                            }
+                        }
+                        None => self.kick(),
+                    }
                 }
                 None if off >= offset::DOORBELLS => {
                     log::warn!("write to {off:#x} between doorbells dropped");

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use nvme_sim::{Config, FaultAction, FaultRule, Match, NamespaceConfig, SimController};
-use nvme_vfio::ctrl::{Config as DriverConfig, Controller, QueueConfig};
+use nvme_vfio::ctrl::{Config as DriverConfig, Controller, Io, QueueConfig};
 use nvme_vfio::mem::{DmaSpace, SpaceConfig};
 use nvme_vfio::nvme::cmd::{io, Status};
 
@@ -131,4 +131,35 @@ fn queue_pairs_on_several_threads_run_concurrently() {
     sim.read_blocks(1, 3000 + 49 * 8, &mut b).unwrap();
     assert!(b.iter().all(|&x| x == 3 * 50 + 49));
     assert_eq!(sim.stats().write_commands, 200);
+}
+
+#[test]
+fn inline_mode_completes_commands_during_the_doorbell_write() {
+    let config = Config::default().inline(true);
+    let (sim, ctrl) = bring_up(config, true);
+    let ns = ctrl.namespace(1).unwrap();
+    let mut qp = ctrl.queue_pair(QueueConfig::default()).unwrap();
+    let mut done = Vec::new();
+    for round in 0..50u64 {
+        let mut buf = ctrl.dma_alloc(4096).unwrap();
+        buf.as_mut_slice().fill(round as u8);
+        qp.submit(Io::write(&ns, round * 8, buf).tag(round))
+            .map_err(|(e, _)| e)
+            .unwrap();
+        qp.submit(Io::read(&ns, round * 8, ctrl.dma_alloc(4096).unwrap()).tag(1000 + round))
+            .map_err(|(e, _)| e)
+            .unwrap();
+        // The doorbell write ran the device: the first poll after it finds
+        // both completions, with no other thread involved.
+        qp.flush();
+        done.clear();
+        assert_eq!(qp.poll(&mut done), 2, "round {round}");
+        for d in done.drain(..) {
+            let (buf, r) = d.into_parts();
+            r.unwrap();
+            assert!(buf.as_slice().iter().all(|&b| b == round as u8));
+        }
+    }
+    assert_eq!(sim.stats().write_commands, 50);
+    assert_eq!(sim.stats().read_commands, 50);
 }

@@ -14,7 +14,7 @@ mod queues;
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use nvme_vfio::nvme::cmd::{Command, Status};
@@ -117,7 +117,56 @@ enum Power {
     Ready,
 }
 
-/// The device state, owned by the worker thread.
+/// Locks the device; a panic in a pass leaves it usable (its state moves
+/// in single steps).
+fn lock(dev: &Mutex<Device>) -> MutexGuard<'_, Device> {
+    dev.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The worker's loop, until the controller is dropped.
+pub(crate) fn run(dev: &Mutex<Device>, sh: &Shared) {
+    let spin = sh.config.idle_spin;
+    loop {
+        let seen = sh.regs.kicks();
+        if sh.stop.load(Ordering::Acquire) {
+            return;
+        }
+        let (busy, deadline) = {
+            let mut d = lock(dev);
+            let busy = d.step();
+            (busy, d.next_deadline())
+        };
+        if busy {
+            continue;
+        }
+        let idle = Instant::now();
+        while !spin.is_zero() && sh.regs.kicks() == seen && idle.elapsed() < spin {
+            std::hint::spin_loop();
+        }
+        if sh.regs.kicks() != seen {
+            continue;
+        }
+        // A kick after the check above unparks at once (park's token).
+        match deadline {
+            Some(t) => std::thread::park_timeout(t.saturating_duration_since(Instant::now())),
+            None => std::thread::park(),
+        }
+    }
+}
+
+/// Inline mode: runs the device on the calling thread until it has nothing
+/// left to do. Returns whether a timer is pending (the worker must be told).
+pub(crate) fn run_inline(dev: &Mutex<Device>) -> bool {
+    let start = Instant::now();
+    let mut d = lock(dev);
+    while d.step() {}
+    let nanos = start.elapsed().as_nanos() as u64;
+    d.sh.stats.inline_nanos.fetch_add(nanos, Ordering::Relaxed);
+    d.next_deadline().is_some()
+}
+
+/// The device state: the worker thread runs it (and, in inline mode, the
+/// thread writing a doorbell).
 pub(crate) struct Device {
     sh: Arc<Shared>,
     power: Power,
@@ -144,6 +193,15 @@ pub(crate) struct Device {
     error_count: u64,
 }
 
+impl std::fmt::Debug for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Device")
+            .field("power", &self.power)
+            .field("shut_down", &self.shut_down)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Device {
     pub(crate) fn new(sh: Arc<Shared>) -> Self {
         let n = sh.config.max_io_queues as usize + 1;
@@ -166,33 +224,6 @@ impl Device {
             shadow: None,
             errors: std::collections::VecDeque::new(),
             error_count: 0,
-        }
-    }
-
-    /// The worker's loop, until the controller is dropped.
-    pub(crate) fn run(&mut self) {
-        let spin = self.sh.config.idle_spin;
-        loop {
-            let seen = self.sh.regs.kicks();
-            if self.sh.stop.load(Ordering::Acquire) {
-                return;
-            }
-            let busy = self.step();
-            if busy {
-                continue;
-            }
-            let idle = Instant::now();
-            while !spin.is_zero() && self.sh.regs.kicks() == seen && idle.elapsed() < spin {
-                std::hint::spin_loop();
-            }
-            if self.sh.regs.kicks() != seen {
-                continue;
-            }
-            // A kick after the check above unparks at once (park's token).
-            match self.next_deadline() {
-                Some(t) => std::thread::park_timeout(t.saturating_duration_since(Instant::now())),
-                None => std::thread::park(),
-            }
         }
     }
 

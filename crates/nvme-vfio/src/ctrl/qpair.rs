@@ -38,6 +38,11 @@ pub struct QueueConfig {
     /// Use SGLs when the controller supports them (by the PRP/SGL policy);
     /// `false` forces PRPs.
     pub sgl: bool,
+    /// Average range size from which SGLs are preferred over PRPs when
+    /// both can describe a request (default 32 KiB, as Linux's nvme
+    /// driver); 1 chooses SGLs for every I/O command, 0 only for requests
+    /// PRPs cannot describe.
+    pub sgl_threshold: u64,
 }
 
 impl Default for QueueConfig {
@@ -46,6 +51,7 @@ impl Default for QueueConfig {
             depth: 128,
             desc_pages: 64,
             sgl: true,
+            sgl_threshold: dptr::DEFAULT_SGL_THRESHOLD,
         }
     }
 }
@@ -179,7 +185,7 @@ impl QueuePair {
             pool: DmaDescPool::new(&shared.space, config.desc_pages.max(2))?,
             policy: Policy {
                 io_sgls: config.sgl && id.sgl_supported(),
-                ..Policy::default()
+                sgl_threshold: config.sgl_threshold,
             },
             max_transfer: ctrl.max_transfer(),
             sgl_any_alignment: config.sgl && id.sgls() & 0x3 == 0x1,

@@ -1,0 +1,983 @@
+//! The engine: one thread per queue pair, each keeping `qd` requests in
+//! flight and recording their latencies; the results merged into a
+//! [`Report`].
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Barrier;
+use std::time::{Duration, Instant};
+
+use blk_dma::{HostAddr, HostSeg};
+use hdrhistogram::Histogram;
+use nvme_vfio::ctrl::{Done, Io, IoBuf, Namespace, Op, QueueConfig, QueuePair};
+use nvme_vfio::mem::{DmaBuf, Registration};
+use nvme_vfio::nvme::dptr::DEFAULT_SGL_THRESHOLD;
+
+use super::options::{Buffers, Options, SglMode, Stop};
+use super::report::{Latency, QueueSummary, Report, Summary, VerifySummary, WorkloadInfo, SCHEMA};
+use super::target::Target;
+use super::{verify, Error};
+
+/// Largest latency recorded without saturating: one minute.
+const MAX_LATENCY_NS: u64 = 60_000_000_000;
+/// Verify mode keeps 5 bytes per I/O-sized unit of each queue's share.
+const MAX_VERIFY_UNITS: u64 = 1 << 26;
+/// Verify state of a unit whose last write failed: its contents are
+/// unknown, so it is not checked.
+const UNKNOWN: u32 = u32::MAX;
+/// Empty polls between two looks at the clock.
+const CLOCK_EVERY: u32 = 256;
+
+/// Live counters of a run, for a progress display on another thread.
+#[derive(Debug, Default)]
+pub struct Progress {
+    ios: AtomicU64,
+    bytes: AtomicU64,
+}
+
+impl Progress {
+    /// I/Os completed so far in the measured phase.
+    pub fn ios(&self) -> u64 {
+        self.ios.load(Ordering::Relaxed)
+    }
+
+    /// Bytes transferred so far in the measured phase.
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+}
+
+/// The geometry every queue works on.
+#[derive(Clone, Copy, Debug)]
+struct Geometry {
+    first_lba: u64,
+    blocks: u64,
+    /// Blocks per I/O.
+    bpi: u64,
+    /// I/O-sized units in the range.
+    units: u64,
+    block: u64,
+}
+
+/// What the queue threads share.
+struct Ctx<'a> {
+    target: &'a Target,
+    o: &'a Options,
+    ns: Namespace,
+    g: Geometry,
+    qcfg: QueueConfig,
+    run_id: u32,
+    progress: &'a Progress,
+    /// Set when a queue fails: the others stop.
+    abort: AtomicBool,
+    start: Barrier,
+    end: Barrier,
+    inline_nanos: [AtomicU64; 2],
+}
+
+/// One queue's results.
+struct QueueResult {
+    qid: u16,
+    hist: Histogram<u64>,
+    reads: u64,
+    writes: u64,
+    bytes: u64,
+    errors: u64,
+    error: Option<String>,
+    mismatch: Option<String>,
+    checked: u64,
+    written: u64,
+    elapsed: Duration,
+    cpu: Duration,
+    doorbells: (u64, u64),
+}
+
+/// Runs the workload `o` on `target` and reports. Completion errors and
+/// verify mismatches end the run and are in the report
+/// ([`Summary::error`], [`VerifySummary::mismatch`]); an `Err` means the
+/// run could not be set up or a submission failed.
+pub fn run(target: &Target, o: &Options, progress: &Progress) -> Result<Report, Error> {
+    let ctrl = target.controller();
+    let input = |m: String| Err(Error::Input(m));
+    if o.qd == 0 {
+        return input("--qd must be at least 1".into());
+    }
+    if o.queues == 0 || o.queues > ctrl.io_queues() {
+        return input(format!(
+            "--queues {} (the controller granted {} I/O queues)",
+            o.queues,
+            ctrl.io_queues()
+        ));
+    }
+    if o.mix > 100 {
+        return input(format!("--mix {} is not a percentage", o.mix));
+    }
+    if o.stop == Stop::Ios(0) {
+        return input("--ios must be at least 1".into());
+    }
+    if o.interrupts && target.sim_controller().is_some() {
+        return input("--interrupts needs a VFIO device (nvme-sim raises no interrupts)".into());
+    }
+    if o.sgl == SglMode::On && !ctrl.identify().sgl_supported() {
+        return input("--sgl on: the controller does not support SGLs".into());
+    }
+    let ns = ctrl
+        .namespace(o.nsid)
+        .map_err(|e| Error::Input(format!("namespace {}: {e}", o.nsid)))?;
+    let block = ns.block_size();
+    if o.bs == 0 || o.bs % block != 0 {
+        return input(format!(
+            "--bs {} is not a multiple of the {block}-byte block size",
+            o.bs
+        ));
+    }
+    if o.offset % o.bs != 0 || o.offset >= ns.bytes() {
+        return input(format!(
+            "--offset {} must be a multiple of --bs below the namespace's {} bytes",
+            o.offset,
+            ns.bytes()
+        ));
+    }
+    let size = o.size.unwrap_or(ns.bytes() - o.offset);
+    if size < o.bs || o.offset.checked_add(size).is_none_or(|e| e > ns.bytes()) {
+        return input(format!(
+            "range of {size} bytes at {} does not fit the namespace's {} bytes (or is smaller than --bs)",
+            o.offset,
+            ns.bytes()
+        ));
+    }
+    let g = Geometry {
+        first_lba: o.offset / block,
+        blocks: size / block,
+        bpi: o.bs / block,
+        units: size / o.bs,
+        block,
+    };
+    if g.units < o.queues as u64 {
+        return input(format!(
+            "the range holds {} I/Os of --bs, fewer than --queues",
+            g.units
+        ));
+    }
+    if o.verify {
+        if block < 16 {
+            return input("--verify needs blocks of at least 16 bytes".into());
+        }
+        if g.units.div_ceil(o.queues as u64) > MAX_VERIFY_UNITS {
+            return input(format!(
+                "--verify tracks each --bs unit of the range: at most {} per queue; give a smaller --size",
+                MAX_VERIFY_UNITS
+            ));
+        }
+    }
+    let commands = o.bs.div_ceil(ctrl.max_transfer().max(block)) as usize;
+    let depth = o.qd as usize * commands + 1;
+    let max_depth = ctrl.cap().max_queue_entries().min(65535) as usize;
+    if depth > max_depth {
+        return input(format!(
+            "--qd {} needs {depth} queue entries ({commands} commands per I/O); the controller allows {max_depth}",
+            o.qd
+        ));
+    }
+    let qcfg = QueueConfig {
+        depth: depth as u16,
+        desc_pages: o.qd as usize * commands * (1 + (o.bs as usize >> 21)) + 2,
+        sgl: o.sgl != SglMode::Off,
+        sgl_threshold: if o.sgl == SglMode::On {
+            1
+        } else {
+            DEFAULT_SGL_THRESHOLD
+        },
+    };
+    let ctx = Ctx {
+        target,
+        o,
+        ns: ns.clone(),
+        g,
+        qcfg,
+        run_id: run_id(o.seed),
+        progress,
+        abort: AtomicBool::new(false),
+        start: Barrier::new(o.queues as usize),
+        end: Barrier::new(o.queues as usize),
+        inline_nanos: [AtomicU64::new(0), AtomicU64::new(0)],
+    };
+    let results: Vec<Result<Option<QueueResult>, Error>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..o.queues as usize)
+            .map(|q| {
+                let ctx = &ctx;
+                std::thread::Builder::new()
+                    .name(format!("nvme-bench-q{q}"))
+                    .spawn_scoped(s, move || queue_main(ctx, q))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| match h {
+                Ok(h) => h.join().unwrap_or_else(|_| {
+                    Err(Error::Memory(std::io::Error::other(
+                        "a queue thread panicked",
+                    )))
+                }),
+                Err(e) => Err(Error::Memory(e)),
+            })
+            .collect()
+    });
+    let mut queues = Vec::new();
+    for r in results {
+        if let Some(q) = r? {
+            queues.push(q);
+        }
+    }
+    Ok(merge(&ctx, queues))
+}
+
+/// A run ID for verify tags: differs between runs, so a block left by an
+/// earlier run never passes for this one's.
+fn run_id(seed: u64) -> u32 {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    let mut x = Rng::new(t ^ seed ^ (std::process::id() as u64) << 32);
+    (x.next() as u32).max(1)
+}
+
+/// The sim's inline-mode device time so far, if the target is one.
+fn inline_nanos(t: &Target) -> u64 {
+    t.sim_controller().map_or(0, |s| s.stats().inline_nanos)
+}
+
+fn queue_main(ctx: &Ctx<'_>, q: usize) -> Result<Option<QueueResult>, Error> {
+    let setup = Worker::new(ctx, q).and_then(|mut w| {
+        if ctx.o.verify && !ctx.o.rw.writes() {
+            w.phase(Mode::Fill)?;
+        }
+        Ok(w)
+    });
+    if setup.is_err() {
+        ctx.abort.store(true, Ordering::Relaxed);
+    }
+    ctx.start.wait();
+    let mut w = match setup {
+        Ok(w) => w,
+        Err(e) => {
+            ctx.end.wait();
+            return Err(e);
+        }
+    };
+    if q == 0 {
+        ctx.inline_nanos[0].store(inline_nanos(ctx.target), Ordering::Relaxed);
+    }
+    let db0 = w.qp.doorbell_stats();
+    let cpu0 = thread_cpu();
+    let t0 = Instant::now();
+    let r = if ctx.abort.load(Ordering::Relaxed) {
+        Ok(())
+    } else {
+        w.phase(Mode::Work)
+    };
+    let elapsed = t0.elapsed();
+    let cpu = thread_cpu().saturating_sub(cpu0);
+    let db1 = w.qp.doorbell_stats();
+    if r.is_err() {
+        ctx.abort.store(true, Ordering::Relaxed);
+    }
+    ctx.end.wait();
+    if q == 0 {
+        ctx.inline_nanos[1].store(inline_nanos(ctx.target), Ordering::Relaxed);
+    }
+    r?;
+    if ctx.o.verify && w.error.is_none() && w.mismatch.is_none() {
+        w.phase(Mode::Check)?;
+    }
+    Ok(Some(QueueResult {
+        qid: w.qp.qid(),
+        hist: std::mem::replace(&mut w.hist, new_histogram()),
+        reads: w.reads,
+        writes: w.writes,
+        bytes: w.bytes,
+        errors: w.errors,
+        error: w.error.take(),
+        mismatch: w.mismatch.take(),
+        checked: w.checked,
+        written: w.written,
+        elapsed,
+        cpu,
+        doorbells: (db1.0 - db0.0, db1.1 - db0.1),
+    }))
+}
+
+fn merge(ctx: &Ctx<'_>, queues: Vec<QueueResult>) -> Report {
+    let o = ctx.o;
+    let mut hist = new_histogram();
+    let mut s = Summary::default();
+    let mut v = VerifySummary::default();
+    let (mut cpu, mut db, mut mmio) = (Duration::ZERO, 0, 0);
+    let mut per_queue = Vec::new();
+    for r in &queues {
+        let _ = hist.add(&r.hist);
+        s.seconds = s.seconds.max(r.elapsed.as_secs_f64());
+        s.reads += r.reads;
+        s.writes += r.writes;
+        s.bytes += r.bytes;
+        s.errors += r.errors;
+        if s.error.is_none() {
+            s.error.clone_from(&r.error);
+        }
+        if v.mismatch.is_none() {
+            v.mismatch.clone_from(&r.mismatch);
+        }
+        v.blocks_checked += r.checked;
+        v.blocks_written += r.written;
+        cpu += r.cpu;
+        db += r.doorbells.0;
+        mmio += r.doorbells.1;
+        let ios = r.reads + r.writes;
+        per_queue.push(QueueSummary {
+            qid: r.qid,
+            ios,
+            iops: per_second(ios, r.elapsed.as_secs_f64()),
+            p50_ns: if r.hist.is_empty() {
+                0
+            } else {
+                r.hist.value_at_quantile(0.5)
+            },
+            cpu_ns_per_io: per(r.cpu.as_nanos() as f64, ios),
+        });
+    }
+    s.ios = s.reads + s.writes;
+    s.iops = per_second(s.ios, s.seconds);
+    s.mib_per_s = per_second(s.bytes, s.seconds) / (1 << 20) as f64;
+    s.cpu_ns_per_io = per(cpu.as_nanos() as f64, s.ios);
+    s.sq_doorbells_per_io = per(db as f64, s.ios);
+    s.sq_mmio_per_io = per(mmio as f64, s.ios);
+    if ctx.target.info().inline {
+        let dev = ctx.inline_nanos[1]
+            .load(Ordering::Relaxed)
+            .saturating_sub(ctx.inline_nanos[0].load(Ordering::Relaxed));
+        let d = per(dev as f64, s.ios);
+        s.device_ns_per_io = Some(d);
+        s.driver_ns_per_io = Some((s.cpu_ns_per_io - d).max(0.0));
+    }
+    s.latency_ns = Latency::of(&hist);
+    let (time_s, ios) = match o.stop {
+        Stop::Time(d) => (Some(d.as_secs_f64()), None),
+        Stop::Ios(n) => (None, Some(n)),
+    };
+    Report {
+        schema: SCHEMA,
+        target: ctx.target.info().clone(),
+        workload: WorkloadInfo {
+            rw: o.rw,
+            mix: o.mix,
+            bs: o.bs,
+            qd: o.qd,
+            queues: o.queues,
+            time_s,
+            ios,
+            nsid: o.nsid,
+            block_size: ctx.g.block,
+            first_lba: ctx.g.first_lba,
+            blocks: ctx.g.blocks,
+            buffers: o.buffers,
+            sgl: o.sgl,
+            interrupts: o.interrupts,
+            seed: o.seed,
+            verify: o.verify,
+        },
+        result: s,
+        queues: per_queue,
+        verify: o.verify.then_some(v),
+        histogram: hist,
+    }
+}
+
+fn per(x: f64, n: u64) -> f64 {
+    if n == 0 {
+        0.0
+    } else {
+        x / n as f64
+    }
+}
+
+fn per_second(n: u64, secs: f64) -> f64 {
+    if secs > 0.0 {
+        n as f64 / secs
+    } else {
+        0.0
+    }
+}
+
+fn new_histogram() -> Histogram<u64> {
+    // Bounds are constants within hdrhistogram's limits.
+    Histogram::new_with_bounds(1, MAX_LATENCY_NS, 3).unwrap_or_else(|_| {
+        Histogram::new(3).unwrap_or_else(|_| unreachable!("3 significant figures are valid"))
+    })
+}
+
+/// CPU time of the calling thread.
+fn thread_cpu() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid timespec for the call to fill.
+    let r = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    if r != 0 {
+        return Duration::ZERO;
+    }
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// xorshift64*: fast, and good enough to pick offsets.
+#[derive(Clone, Copy, Debug)]
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64) -> Self {
+        // splitmix64 of the seed: any seed (even 0) gives a good state.
+        let mut z = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        Self((z ^ (z >> 31)) | 1)
+    }
+
+    #[inline]
+    fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// Uniform in `0..n` (`n > 0`).
+    #[inline]
+    fn below(&mut self, n: u64) -> u64 {
+        ((self.next() as u128 * n as u128) >> 64) as u64
+    }
+}
+
+/// The phases of a queue's run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    /// Verify mode before a read-only workload: write every unit once.
+    Fill,
+    /// The measured workload.
+    Work,
+    /// Verify mode after the workload: read back every unit written.
+    Check,
+}
+
+/// A request slot: one buffer, at most one request in flight.
+#[derive(Clone, Copy, Debug)]
+struct Slot {
+    start: Instant,
+    /// The unit's index in this queue's share.
+    k: u64,
+    write: bool,
+    seq: u32,
+}
+
+/// Registered user memory: mapped once, translated per I/O.
+#[derive(Debug)]
+struct RegisteredMem {
+    ptr: *mut u8,
+    len: usize,
+    reg: Option<Registration>,
+}
+
+impl Drop for RegisteredMem {
+    fn drop(&mut self) {
+        // Unregister before the memory goes; no I/O is in flight (the
+        // queue pair, dropped first, waited for everything).
+        drop(self.reg.take());
+        // SAFETY: `ptr..ptr + len` is the mapping made in `Worker::new`,
+        // no longer registered or referenced.
+        unsafe { libc::munmap(self.ptr.cast(), self.len) };
+    }
+}
+
+/// The buffers, one per slot.
+#[derive(Debug)]
+enum Bufs {
+    Pool(Vec<Option<DmaBuf>>),
+    User(Vec<Option<Vec<u8>>>),
+    Registered(RegisteredMem),
+}
+
+/// One queue pair's engine.
+struct Worker<'a> {
+    // Declared first: dropped (waiting for what is in flight) before the
+    // buffers.
+    qp: QueuePair,
+    bufs: Bufs,
+    ctx: &'a Ctx<'a>,
+    ns: Namespace,
+    q: u64,
+    /// Units in this queue's share: `q, q + queues, q + 2 * queues, ...`.
+    share: u64,
+    rng: Rng,
+    mode: Mode,
+    cursor: u64,
+    issued: u64,
+    /// The measured phase's quota, in `Stop::Ios` runs.
+    quota: u64,
+    stopping: bool,
+    slots: Vec<Slot>,
+    free: Vec<usize>,
+    done: Vec<Done>,
+    hist: Histogram<u64>,
+    reads: u64,
+    writes: u64,
+    bytes: u64,
+    errors: u64,
+    error: Option<String>,
+    /// Verify mode: the sequence number of each unit's last write (0: not
+    /// written in this run), and which units have a request in flight.
+    seqs: Vec<u32>,
+    busy: Vec<bool>,
+    next_seq: u32,
+    mismatch: Option<String>,
+    checked: u64,
+    written: u64,
+}
+
+impl<'a> Worker<'a> {
+    fn new(ctx: &'a Ctx<'a>, q: usize) -> Result<Self, Error> {
+        let o = ctx.o;
+        let ctrl = ctx.target.controller();
+        let qp = ctrl.queue_pair(ctx.qcfg)?;
+        let qd = o.qd as usize;
+        let bs = o.bs as usize;
+        let mut rng = Rng::new(o.seed ^ (q as u64).wrapping_mul(0x5851_f42d_4c95_7f2d));
+        // Written data is random-looking (not zeros a device could
+        // compress), unless verify mode writes its own.
+        let mut pattern = |b: &mut [u8]| {
+            for w in b.chunks_mut(8) {
+                let v = rng.next().to_le_bytes();
+                w.copy_from_slice(&v[..w.len()]);
+            }
+        };
+        let bufs = match o.buffers {
+            Buffers::Pool => {
+                let mut v = Vec::with_capacity(qd);
+                for _ in 0..qd {
+                    let mut b = ctrl.dma_alloc(bs)?;
+                    pattern(b.as_mut_slice());
+                    v.push(Some(b));
+                }
+                Bufs::Pool(v)
+            }
+            Buffers::User => Bufs::User(
+                (0..qd)
+                    .map(|_| {
+                        let mut b = vec![0u8; bs];
+                        pattern(&mut b);
+                        Some(b)
+                    })
+                    .collect(),
+            ),
+            Buffers::Registered => {
+                let len = (qd * bs).next_multiple_of(1 << 21);
+                // SAFETY: a fresh private anonymous mapping; no address
+                // hint, so nothing existing is replaced.
+                let ptr = unsafe {
+                    libc::mmap(
+                        std::ptr::null_mut(),
+                        len,
+                        libc::PROT_READ | libc::PROT_WRITE,
+                        libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_POPULATE,
+                        -1,
+                        0,
+                    )
+                };
+                if ptr == libc::MAP_FAILED {
+                    return Err(Error::Memory(std::io::Error::last_os_error()));
+                }
+                let mut m = RegisteredMem {
+                    ptr: ptr.cast(),
+                    len,
+                    reg: None,
+                };
+                // SAFETY: the mapping is ours, `len` bytes, and outlives
+                // the registration (RegisteredMem's drop unregisters
+                // first); no I/O is in flight on it yet.
+                pattern(unsafe { std::slice::from_raw_parts_mut(m.ptr, len) });
+                // SAFETY: as above; the registration is dropped before the
+                // memory is unmapped, after the queue pair has waited for
+                // every request.
+                m.reg = Some(unsafe { ctrl.space().register(m.ptr, len)? });
+                Bufs::Registered(m)
+            }
+        };
+        let nq = o.queues as u64;
+        let share = (ctx.g.units - q as u64).div_ceil(nq);
+        let quota = match o.stop {
+            Stop::Ios(n) => n / nq + u64::from((q as u64) < n % nq),
+            Stop::Time(_) => u64::MAX,
+        };
+        let verify_len = if o.verify { share as usize } else { 0 };
+        let now = Instant::now();
+        Ok(Self {
+            qp,
+            bufs,
+            ctx,
+            ns: ctx.ns.clone(),
+            q: q as u64,
+            share,
+            rng,
+            mode: Mode::Work,
+            cursor: 0,
+            issued: 0,
+            quota,
+            stopping: false,
+            slots: vec![
+                Slot {
+                    start: now,
+                    k: 0,
+                    write: false,
+                    seq: 0
+                };
+                qd
+            ],
+            free: (0..qd).rev().collect(),
+            done: Vec::with_capacity(qd),
+            hist: new_histogram(),
+            reads: 0,
+            writes: 0,
+            bytes: 0,
+            errors: 0,
+            error: None,
+            seqs: vec![0; verify_len],
+            busy: vec![false; verify_len],
+            next_seq: 0,
+            mismatch: None,
+            checked: 0,
+            written: 0,
+        })
+    }
+
+    fn inflight(&self) -> usize {
+        self.slots.len() - self.free.len()
+    }
+
+    /// Whether the phase has more requests to issue.
+    fn more(&self) -> bool {
+        match self.mode {
+            Mode::Fill | Mode::Check => self.cursor < self.share,
+            Mode::Work => self.issued < self.quota,
+        }
+    }
+
+    /// Runs one phase until its requests are issued (or time is up, or a
+    /// request failed) and everything in flight has completed.
+    fn phase(&mut self, mode: Mode) -> Result<(), Error> {
+        self.mode = mode;
+        self.cursor = 0;
+        self.issued = 0;
+        self.stopping = false;
+        let limit = match (mode, self.ctx.o.stop) {
+            (Mode::Work, Stop::Time(d)) => Some(d),
+            _ => None,
+        };
+        let interrupts = self.ctx.o.interrupts;
+        let t0 = Instant::now();
+        let mut now = t0;
+        let mut idle = 0u32;
+        let mut done = std::mem::take(&mut self.done);
+        let r = loop {
+            if !self.stopping {
+                if let Err(e) = self.refill(now) {
+                    break Err(e);
+                }
+            }
+            if self.inflight() == 0 && (self.stopping || !self.more()) {
+                break Ok(());
+            }
+            let n = if interrupts {
+                self.qp.wait(&mut done, Duration::from_millis(100))
+            } else {
+                self.qp.poll(&mut done)
+            };
+            if n > 0 || interrupts {
+                now = Instant::now();
+                idle = 0;
+                let mut bytes = 0;
+                for d in done.drain(..) {
+                    bytes += self.complete(d, now);
+                }
+                if mode == Mode::Work {
+                    let p = self.ctx.progress;
+                    p.ios.fetch_add(n as u64, Ordering::Relaxed);
+                    p.bytes.fetch_add(bytes, Ordering::Relaxed);
+                }
+            } else {
+                idle += 1;
+                if idle < CLOCK_EVERY {
+                    continue;
+                }
+                idle = 0;
+                now = Instant::now();
+            }
+            if limit.is_some_and(|d| now - t0 >= d)
+                || self.error.is_some()
+                || self.mismatch.is_some()
+                || self.ctx.abort.load(Ordering::Relaxed)
+            {
+                self.stopping = true;
+            }
+        };
+        self.done = done;
+        r
+    }
+
+    /// Submits requests into the free slots.
+    fn refill(&mut self, now: Instant) -> Result<(), Error> {
+        while self.more() {
+            let Some(slot) = self.free.pop() else {
+                return Ok(());
+            };
+            let Some((k, write)) = self.next_request() else {
+                self.free.push(slot);
+                return Ok(());
+            };
+            self.submit(slot, k, write, now)?;
+        }
+        Ok(())
+    }
+
+    /// The next unit (index in this queue's share) and whether to write
+    /// it; `None` when verify mode finds the unit busy (try again after
+    /// completions) or a check phase has nothing left.
+    fn next_request(&mut self) -> Option<(u64, bool)> {
+        let o = self.ctx.o;
+        match self.mode {
+            Mode::Fill => {
+                let k = self.cursor;
+                self.cursor += 1;
+                Some((k, true))
+            }
+            Mode::Check => {
+                while self.cursor < self.share {
+                    let k = self.cursor;
+                    self.cursor += 1;
+                    let s = self.seqs[k as usize];
+                    if s != 0 && s != UNKNOWN {
+                        return Some((k, false));
+                    }
+                }
+                None
+            }
+            Mode::Work => {
+                let write = match o.rw {
+                    super::Rw::Read | super::Rw::Randread => false,
+                    super::Rw::Write | super::Rw::Randwrite => true,
+                    super::Rw::Randrw => self.rng.below(100) >= o.mix as u64,
+                };
+                let k = if o.rw.random() {
+                    let mut k = self.rng.below(self.share);
+                    // Verify mode: one request per unit at a time.
+                    for _ in 0..3 {
+                        if !o.verify || !self.busy[k as usize] {
+                            break;
+                        }
+                        k = self.rng.below(self.share);
+                    }
+                    k
+                } else {
+                    self.cursor
+                };
+                if o.verify && self.busy[k as usize] {
+                    return None;
+                }
+                if !o.rw.random() {
+                    self.cursor = if self.cursor + 1 == self.share {
+                        0
+                    } else {
+                        self.cursor + 1
+                    };
+                }
+                Some((k, write))
+            }
+        }
+    }
+
+    fn lba(&self, k: u64) -> u64 {
+        let g = &self.ctx.g;
+        g.first_lba + (self.q + k * self.ctx.o.queues as u64) * g.bpi
+    }
+
+    /// Slot `slot`'s buffer; only while no request on it is in flight.
+    fn slot_buf(&mut self, slot: usize) -> Option<&mut [u8]> {
+        let bs = self.ctx.o.bs as usize;
+        match &mut self.bufs {
+            Bufs::Pool(v) => v[slot].as_mut().map(|b| b.as_mut_slice()),
+            Bufs::User(v) => v[slot].as_deref_mut(),
+            Bufs::Registered(m) => {
+                // SAFETY: the slot's `bs` bytes lie inside the mapping, and
+                // no request on them is in flight (the caller's promise),
+                // so the device does not access them meanwhile.
+                let b = unsafe { std::slice::from_raw_parts_mut(m.ptr.add(slot * bs), bs) };
+                Some(b)
+            }
+        }
+    }
+
+    fn submit(&mut self, slot: usize, k: u64, write: bool, now: Instant) -> Result<(), Error> {
+        let o = self.ctx.o;
+        let lba = self.lba(k);
+        let mut seq = 0;
+        if o.verify {
+            self.next_seq = self.next_seq.wrapping_add(1).max(1);
+            if self.next_seq == UNKNOWN {
+                self.next_seq = 1;
+            }
+            seq = self.next_seq;
+            if write {
+                let (block, tag) = (self.ctx.g.block as usize, verify::tag(self.ctx.run_id, seq));
+                if let Some(b) = self.slot_buf(slot) {
+                    verify::fill(b, lba, block, tag);
+                }
+            }
+            self.busy[k as usize] = true;
+        }
+        let op = if write {
+            Op::Write { fua: false }
+        } else {
+            Op::Read
+        };
+        let tag = slot as u64;
+        let r = match &mut self.bufs {
+            Bufs::Pool(v) => match v[slot].take() {
+                Some(b) => {
+                    let io = if write {
+                        Io::write(&self.ns, lba, b)
+                    } else {
+                        Io::read(&self.ns, lba, b)
+                    };
+                    self.qp.submit(io.tag(tag)).map_err(|(e, io)| {
+                        if let IoBuf::Dma(b) = io.into_buf() {
+                            v[slot] = Some(b);
+                        }
+                        e
+                    })
+                }
+                None => Err(nvme_vfio::Error::Invalid("buffer missing".into())),
+            },
+            Bufs::User(v) => match v[slot].take() {
+                Some(b) => {
+                    let io = if write {
+                        Io::write(&self.ns, lba, b)
+                    } else {
+                        Io::read(&self.ns, lba, b)
+                    };
+                    self.qp.submit(io.tag(tag)).map_err(|(e, io)| {
+                        if let IoBuf::Vec(b) = io.into_buf() {
+                            v[slot] = Some(b);
+                        }
+                        e
+                    })
+                }
+                None => Err(nvme_vfio::Error::Invalid("buffer missing".into())),
+            },
+            Bufs::Registered(m) => {
+                let bs = o.bs as usize;
+                let seg = HostSeg::new(HostAddr::new(m.ptr as usize + slot * bs), o.bs);
+                // SAFETY: the slot's bytes stay mapped (RegisteredMem
+                // outlives the queue pair, which waits for every request
+                // before it goes) and are not touched until the
+                // completion tagged `slot` comes back from `poll`.
+                unsafe { self.qp.submit_raw(op, &self.ns, lba, &[seg], tag) }
+            }
+        };
+        if let Err(e) = r {
+            self.free.push(slot);
+            if o.verify {
+                self.busy[k as usize] = false;
+            }
+            return Err(e.into());
+        }
+        self.slots[slot] = Slot {
+            start: now,
+            k,
+            write,
+            seq,
+        };
+        self.issued += 1;
+        Ok(())
+    }
+
+    /// Takes a completion back; returns the bytes it moved.
+    fn complete(&mut self, d: Done, now: Instant) -> u64 {
+        let slot = d.tag as usize;
+        let Some(&s) = self.slots.get(slot) else {
+            return 0;
+        };
+        let (buf, result) = d.into_parts();
+        match (buf, &mut self.bufs) {
+            (IoBuf::Dma(b), Bufs::Pool(v)) => v[slot] = Some(b),
+            (IoBuf::Vec(b), Bufs::User(v)) => v[slot] = Some(b),
+            _ => {}
+        }
+        let o = self.ctx.o;
+        let lba = self.lba(s.k);
+        let k = s.k as usize;
+        let mut moved = 0;
+        match result {
+            Ok(()) => {
+                if o.verify {
+                    self.busy[k] = false;
+                    if s.write {
+                        self.seqs[k] = s.seq;
+                        self.written += self.ctx.g.bpi;
+                    } else {
+                        let want = self.seqs[k];
+                        if want != 0 && want != UNKNOWN {
+                            let (block, tag) = (
+                                self.ctx.g.block as usize,
+                                verify::tag(self.ctx.run_id, want),
+                            );
+                            let r = match self.slot_buf(slot) {
+                                Some(b) => verify::check(b, lba, block, tag),
+                                None => Err(format!("LBA {lba}: read buffer missing")),
+                            };
+                            match r {
+                                Ok(n) => self.checked += n,
+                                Err(m) => {
+                                    self.mismatch.get_or_insert(m);
+                                }
+                            }
+                        }
+                    }
+                }
+                if self.mode == Mode::Work {
+                    let ns = now.saturating_duration_since(s.start).as_nanos() as u64;
+                    self.hist.saturating_record(ns.max(1));
+                    if s.write {
+                        self.writes += 1;
+                    } else {
+                        self.reads += 1;
+                    }
+                    self.bytes += o.bs;
+                    moved = o.bs;
+                }
+            }
+            Err(e) => {
+                if o.verify {
+                    self.busy[k] = false;
+                    if s.write {
+                        self.seqs[k] = UNKNOWN;
+                    }
+                }
+                self.errors += 1;
+                let what = if s.write { "write" } else { "read" };
+                self.error
+                    .get_or_insert_with(|| format!("{what} of {} bytes at LBA {lba}: {e}", o.bs));
+            }
+        }
+        self.free.push(slot);
+        moved
+    }
+}
