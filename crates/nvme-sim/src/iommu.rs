@@ -145,7 +145,7 @@ impl SimIommu {
         iova: Iova,
         len: u64,
         write: bool,
-        out: &mut Vec<(usize, usize)>,
+        out: &mut Pieces,
     ) -> Option<()> {
         let mut cur = iova.raw();
         let end = cur.checked_add(len)?;
@@ -184,7 +184,7 @@ impl SimIommu {
     /// the ranges together); `false` if any byte is not mapped.
     pub fn read_ranges(&self, ranges: &[DmaRange], buf: &mut [u8]) -> bool {
         let maps = self.maps();
-        let mut pieces = Vec::with_capacity(ranges.len());
+        let mut pieces = Pieces::new();
         for r in ranges {
             if Self::resolve(&maps, r.addr, r.len, false, &mut pieces).is_none() {
                 return self.fault("read", r.addr, r.len);
@@ -194,7 +194,7 @@ impl SimIommu {
             return false;
         }
         let mut at = 0;
-        for (host, n) in pieces {
+        for &(host, n) in pieces.iter() {
             // SAFETY: `host..host + n` lies inside a live mapping (resolved
             // above under the read lock, which is held until the copy is
             // done, so no unmap can intervene); by the mapping contract
@@ -211,7 +211,7 @@ impl SimIommu {
     /// nothing was written.
     pub fn write_ranges(&self, ranges: &[DmaRange], data: &[u8]) -> bool {
         let maps = self.maps();
-        let mut pieces = Vec::with_capacity(ranges.len());
+        let mut pieces = Pieces::new();
         for r in ranges {
             if Self::resolve(&maps, r.addr, r.len, true, &mut pieces).is_none() {
                 return self.fault("write", r.addr, r.len);
@@ -221,7 +221,7 @@ impl SimIommu {
             return false;
         }
         let mut at = 0;
-        for (host, n) in pieces {
+        for &(host, n) in pieces.iter() {
             // SAFETY: as in `read_ranges`; the mapping is writable by the
             // device (checked in `resolve`), which is the mapper's promise
             // that the host memory may be written.
@@ -235,11 +235,11 @@ impl SimIommu {
     /// dword, which carries the phase tag) as a single store.
     pub(crate) fn write_u32(&self, iova: Iova, value: u32) -> bool {
         let maps = self.maps();
-        let mut pieces = Vec::with_capacity(1);
+        let mut pieces = Pieces::new();
         if Self::resolve(&maps, iova, 4, true, &mut pieces).is_none() {
             return self.fault("write", iova, 4);
         }
-        match pieces.as_slice() {
+        match pieces.iter().as_slice() {
             [(host, 4)] if host % 4 == 0 => {
                 // SAFETY: a live, device-writable mapping covers the 4
                 // aligned bytes at `host` (read lock held, contract as in
@@ -251,6 +251,45 @@ impl SimIommu {
                 drop(maps);
                 self.write(iova, &value.to_ne_bytes())
             }
+        }
+    }
+}
+
+/// Host pieces of a device access: up to 8 inline (every queue entry,
+/// doorbell slot and most data transfers), more on the heap, so the
+/// device's common path does not allocate.
+struct Pieces {
+    inline: [(usize, usize); 8],
+    n: usize,
+    spill: Vec<(usize, usize)>,
+}
+
+impl Pieces {
+    fn new() -> Self {
+        Self {
+            inline: [(0, 0); 8],
+            n: 0,
+            spill: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, p: (usize, usize)) {
+        if !self.spill.is_empty() {
+            self.spill.push(p);
+        } else if self.n < self.inline.len() {
+            self.inline[self.n] = p;
+            self.n += 1;
+        } else {
+            self.spill.extend_from_slice(&self.inline);
+            self.spill.push(p);
+        }
+    }
+
+    fn iter(&self) -> std::slice::Iter<'_, (usize, usize)> {
+        if self.spill.is_empty() {
+            self.inline[..self.n].iter()
+        } else {
+            self.spill.iter()
         }
     }
 }
