@@ -156,6 +156,7 @@ pub(crate) fn run(dev: &Mutex<Device>, sh: &Shared) {
 
 /// Inline mode: runs the device on the calling thread until it has nothing
 /// left to do. Returns whether a timer is pending (the worker must be told).
+#[inline(never)] // a function of its own: profilers can leave the device out
 pub(crate) fn run_inline(dev: &Mutex<Device>) -> bool {
     let start = Instant::now();
     let mut d = lock(dev);

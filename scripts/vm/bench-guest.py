@@ -1,0 +1,111 @@
+#!/usr/bin/env python3
+"""Guest side of scripts/bench-vm.sh: runs inside the VM (chrooted into the
+host's tree), with the NVMe controller on the guest kernel's nvme driver.
+
+1. fio (io_uring, direct I/O) on /dev/nvme0n1 for each workload;
+2. scripts/setup-vfio.sh bind: the controller moves to vfio-pci;
+3. nvme-bench --device for the same workloads (pool buffers; user buffers
+   too for the 4 KiB random reads, the per-I/O IOVA mapping cost);
+4. scripts/setup-vfio.sh reset.
+
+Prints one line "NVME-BENCH-VM <json>" with every result for the host.
+Usage: bench-guest.py NVME_BENCH SECONDS
+"""
+
+import glob
+import json
+import os
+import subprocess
+import sys
+import time
+
+BDF = "0000:00:03.0"
+WORKLOADS = [
+    # name, rw (fio and nvme-bench spell these alike), bs, qd
+    ("4k-randread-qd1", "randread", "4k", 1),
+    ("4k-randread-qd32", "randread", "4k", 32),
+    ("128k-read-qd8", "read", "128k", 8),
+]
+
+
+def log(msg):
+    print(msg, file=sys.stderr, flush=True)
+
+
+def wait_for(path, seconds=20):
+    end = time.time() + seconds
+    while time.time() < end:
+        if glob.glob(path):
+            return glob.glob(path)[0]
+        time.sleep(0.2)
+    raise SystemExit(f"bench-guest: {path} did not appear")
+
+
+def fio(dev, rw, bs, qd, secs):
+    cmd = [
+        "fio", "--name=kernel", f"--filename={dev}", "--ioengine=io_uring",
+        "--direct=1", f"--rw={rw}", f"--bs={bs}", f"--iodepth={qd}",
+        f"--runtime={secs}", "--time_based", "--norandommap", "--randrepeat=0",
+        "--output-format=json",
+    ]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    j = json.loads(out[out.index("{"):])
+    job = j["jobs"][0]
+    r = job["read"]
+    lat = r["clat_ns"]["percentile"]
+    ios = r["total_ios"]
+    cpu_s = (job["usr_cpu"] + job["sys_cpu"]) / 100.0 * secs
+    return {
+        "iops": r["iops"],
+        "mib_per_s": r["bw_bytes"] / (1 << 20),
+        "lat_mean_ns": r["lat_ns"]["mean"],
+        "p50_ns": lat.get("50.000000", 0),
+        "p99_ns": lat.get("99.000000", 0),
+        "cpu_ns_per_io": cpu_s * 1e9 / ios if ios else 0,
+    }
+
+
+def bench(binary, rw, bs, qd, secs, extra=()):
+    cmd = [binary, "--device", BDF, f"--rw={rw}", f"--bs={bs}", f"--qd={qd}",
+           f"--time={secs}", "--json", "--no-progress", *extra]
+    p = subprocess.run(cmd, capture_output=True, text=True)
+    if p.returncode != 0:
+        raise SystemExit(f"bench-guest: {' '.join(cmd)} failed: {p.stderr.strip()}")
+    r = json.loads(p.stdout)["result"]
+    return {
+        "iops": r["iops"],
+        "mib_per_s": r["mib_per_s"],
+        "lat_mean_ns": r["latency_ns"]["mean"],
+        "p50_ns": r["latency_ns"]["p50"],
+        "p99_ns": r["latency_ns"]["p99"],
+        "cpu_ns_per_io": r["cpu_ns_per_io"],
+        "sq_mmio_per_io": r["sq_mmio_per_io"],
+    }
+
+
+def main():
+    binary, secs = sys.argv[1], int(sys.argv[2])
+    results = {"seconds": secs, "kernel": {}, "vfio": {}, "vfio_irq": {}, "vfio_user": {}}
+    dev = wait_for("/dev/nvme*n1")
+    log(f"kernel nvme driver: {dev}")
+    for name, rw, bs, qd in WORKLOADS:
+        log(f"fio {name}")
+        results["kernel"][name] = fio(dev, rw, bs, qd, secs)
+    env = dict(os.environ, HUGEMEM="128")
+    subprocess.run(["scripts/setup-vfio.sh", "bind", BDF], check=True, env=env,
+                   stdout=sys.stderr)
+    for name, rw, bs, qd in WORKLOADS:
+        log(f"nvme-bench {name}")
+        results["vfio"][name] = bench(binary, rw, bs, qd, secs)
+        log(f"nvme-bench {name} --interrupts")
+        results["vfio_irq"][name] = bench(binary, rw, bs, qd, secs, ["--interrupts"])
+        if bs == "4k":
+            log(f"nvme-bench {name} --buffers user")
+            results["vfio_user"][name] = bench(binary, rw, bs, qd, secs, ["--buffers=user"])
+    subprocess.run(["scripts/setup-vfio.sh", "reset", BDF], check=True, env=env,
+                   stdout=sys.stderr)
+    print("NVME-BENCH-VM " + json.dumps(results), flush=True)
+
+
+if __name__ == "__main__":
+    main()
