@@ -7,8 +7,11 @@
 //! allocation with every entry linked into it, as `iommu_dma_map_sg` does),
 //! and a third pass feeds the mapped entries to the PRP/SGL builder. The
 //! table is preallocated, the baseline's best case (the kernel allocated it
-//! from a mempool per request).
+//! from a mempool per request). Regions are looked up by scanning the
+//! backend's table ([`FakeMapper::lookup_uncached`]), as `dma_map_sg` keeps
+//! no memory of the previous request.
 
+use blk_dma::fake::FakeMapper;
 use blk_dma::{Direction, DmaRange, HostAddr, HostSeg, Iova, MapError, Mapper, Region};
 
 /// One table entry, laid out like the kernel's 64-bit `struct scatterlist`.
@@ -52,7 +55,7 @@ impl SgTable {
 
     /// Builds the table from `segs` and maps it.
     #[inline]
-    pub fn map<M: Mapper>(&mut self, segs: &[HostSeg], mapper: &M) -> Result<(), MapError> {
+    pub fn map(&mut self, segs: &[HostSeg], mapper: &FakeMapper) -> Result<(), MapError> {
         // Pass 1: blk_rq_map_sg.
         self.ents.clear();
         for s in segs {
@@ -72,14 +75,14 @@ impl SgTable {
         }
         // Pass 2: dma_map_sg.
         let first = HostAddr::new(segs[0].addr.raw());
-        let mut region: Option<Region> = mapper.lookup(first);
+        let mut region: Option<Region> = mapper.lookup_uncached(first);
         if region.is_some_and(|r| r.contains(first)) {
             for e in &mut self.ents {
                 let host = HostAddr::new((e.page + u64::from(e.offset)) as usize);
                 let r = match region {
                     Some(r) if r.contains(host) => r,
                     _ => {
-                        region = mapper.lookup(host);
+                        region = mapper.lookup_uncached(host);
                         region.expect("registered")
                     }
                 };

@@ -94,6 +94,9 @@ struct Inner {
 pub struct FakeMapper {
     inner: RefCell<Inner>,
     calls: Cell<Calls>,
+    /// The region [`Mapper::lookup`] found last: consecutive requests
+    /// usually hit the same one. Cleared whenever the region table changes.
+    last: Cell<Option<Region>>,
 }
 
 impl FakeMapper {
@@ -114,6 +117,7 @@ impl FakeMapper {
                 strict: true,
             }),
             calls: Cell::new(Calls::default()),
+            last: Cell::new(None),
         }
     }
 
@@ -161,6 +165,7 @@ impl FakeMapper {
             kind: RegionKind::Registered,
         };
         inner.regions.push(r);
+        self.last.set(None);
         r
     }
 
@@ -174,12 +179,34 @@ impl FakeMapper {
             kind: RegionKind::Device,
         };
         self.inner.borrow_mut().regions.push(r);
+        self.last.set(None);
         r
     }
 
     /// Removes every region (registered or device).
     pub fn clear_regions(&self) {
         self.inner.borrow_mut().regions.clear();
+        self.last.set(None);
+    }
+
+    /// The region containing `addr`, found by scanning the region table
+    /// (counted as a lookup), without the last-region cache of
+    /// [`Mapper::lookup`]: a backend with no memory of the previous lookup,
+    /// as the kernel's `dma_map_sg` sees one.
+    #[inline]
+    pub fn lookup_uncached(&self, addr: HostAddr) -> Option<Region> {
+        self.count(|c| c.lookup += 1);
+        self.scan(addr)
+    }
+
+    #[inline]
+    fn scan(&self, addr: HostAddr) -> Option<Region> {
+        self.inner
+            .borrow()
+            .regions
+            .iter()
+            .copied()
+            .find(|r| r.contains(addr))
     }
 
     /// Makes the `n`-th `link` call from now fail (0 = the next one).
@@ -364,6 +391,17 @@ impl FakeMapper {
     }
 }
 
+impl FakeMapper {
+    #[inline]
+    fn lookup_miss(&self, addr: HostAddr) -> Option<Region> {
+        let r = self.scan(addr);
+        if r.is_some() {
+            self.last.set(r);
+        }
+        r
+    }
+}
+
 fn injected(host: HostAddr, len: u64) -> MapError {
     MapError::MapFailed {
         host,
@@ -385,12 +423,10 @@ impl Mapper for FakeMapper {
     #[inline]
     fn lookup(&self, addr: HostAddr) -> Option<Region> {
         self.count(|c| c.lookup += 1);
-        self.inner
-            .borrow()
-            .regions
-            .iter()
-            .copied()
-            .find(|r| r.contains(addr))
+        match self.last.get() {
+            Some(r) if r.contains(addr) => Some(r),
+            _ => self.lookup_miss(addr),
+        }
     }
 
     fn alloc_iova(&self, len: u64) -> Result<Iova, MapError> {

@@ -72,11 +72,13 @@ impl DmaState {
     }
 
     /// Whether anything is mapped that [`unmap`](Self::unmap) must undo.
+    #[inline]
     pub fn is_mapped(&self) -> bool {
         self.mapping != Mapping::None
     }
 
     /// The request's single IOVA range, when it was coalesced.
+    #[inline]
     pub fn coalesced(&self) -> Option<DmaRange> {
         match self.mapping {
             Mapping::Coalesced(r, _) => Some(r),

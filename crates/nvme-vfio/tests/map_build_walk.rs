@@ -87,6 +87,8 @@ fn reg() -> impl Strategy<Value = Reg> {
 struct World {
     registered: Arena,
     plain: Arena,
+    /// A second registered region.
+    second: Arena,
 }
 
 impl World {
@@ -94,6 +96,7 @@ impl World {
         Self {
             registered: Arena::new(ARENA, 0x5a),
             plain: Arena::new(ARENA, 0xc3),
+            second: Arena::new(ARENA, 0x96),
         }
     }
 
@@ -113,11 +116,10 @@ impl World {
     fn expected(&self, segs: &[HostSeg]) -> Vec<u8> {
         segs.iter()
             .flat_map(|&s| {
-                let a = if self.registered.read(s.addr, &mut [0]) {
-                    &self.registered
-                } else {
-                    &self.plain
-                };
+                let a = [&self.registered, &self.second]
+                    .into_iter()
+                    .find(|a| a.read(s.addr, &mut [0]))
+                    .unwrap_or(&self.plain);
                 a.bytes(s)
             })
             .collect()
@@ -149,6 +151,7 @@ fn check(
         FakeMapper::without_iommu()
     };
     fake.register(world.registered.host(), world.registered.len() as u64);
+    fake.register(world.second.host(), world.second.len() as u64);
     let mut pool = HeapPool::new(POOL_PAGES, PAGE, |h, l| fake.register(h, l).addr).unwrap();
     let policy = Policy {
         io_sgls: true,
@@ -190,7 +193,7 @@ fn check(
 
     let dev = Device {
         iommu: &fake,
-        arenas: &[&world.registered, &world.plain],
+        arenas: &[&world.registered, &world.plain, &world.second],
         pool: &pool,
     };
     let ranges = match dp {
@@ -209,7 +212,9 @@ fn check(
         prop_assert_eq!(ranges.len(), 1, "a coalesced request is one range");
         prop_assert!(state.coalesced().is_some());
     }
-    let all_registered = segs.iter().all(|s| world.registered.read(s.addr, &mut [0]));
+    let all_registered = segs
+        .iter()
+        .all(|s| world.registered.read(s.addr, &mut [0]) || world.second.read(s.addr, &mut [0]));
     if all_registered {
         prop_assert!(!state.is_mapped(), "registered memory needs no unmap");
         prop_assert_eq!(fake.calls().syscalls(), 0);
@@ -343,5 +348,81 @@ fn failure_at_every_link_or_map_position_leaves_nothing_mapped() {
             }
             Ok(())
         })
+        .unwrap();
+}
+
+/// How a scattered-page request is changed at one segment.
+#[derive(Clone, Copy, Debug)]
+enum Twist {
+    /// Two pages instead of one.
+    TwoPages,
+    /// Half a page.
+    Short,
+    /// Starting 512 bytes into a page (PRPs cannot describe it).
+    Unaligned,
+    /// In unregistered memory (mapped through the IOMMU or one by one).
+    Unregistered,
+    /// In another registered region.
+    OtherRegion,
+}
+
+/// Scattered whole pages of registered memory, as a request built from
+/// page-sized buffers (the one-pass PRP path's shape): a first segment
+/// starting anywhere dword aligned and ending on a page boundary, up to 700
+/// interior pages (past one list page), a last segment ending anywhere; and
+/// at most one segment changed to break the shape.
+#[allow(clippy::type_complexity)]
+fn page_request() -> impl Strategy<
+    Value = (
+        (usize, usize, usize),
+        Vec<usize>,
+        (usize, usize),
+        Option<(proptest::sample::Index, Twist, usize)>,
+    ),
+> {
+    let twist = prop_oneof![
+        Just(Twist::TwoPages),
+        Just(Twist::Short),
+        Just(Twist::Unaligned),
+        Just(Twist::Unregistered),
+        Just(Twist::OtherRegion),
+    ];
+    (
+        (0usize..1000, 0usize..PAGE / 4, 1usize..=3),
+        prop_oneof![
+            proptest::collection::vec(0usize..1000, 0..=40),
+            proptest::collection::vec(0usize..1000, 500..=700),
+        ],
+        (0usize..1000, 1usize..=2 * PAGE),
+        proptest::option::of((any::<proptest::sample::Index>(), twist, 0usize..1000)),
+    )
+}
+
+#[test]
+fn scattered_pages_in_registered_memory_one_pass_and_every_way_out_of_it() {
+    let world = World::new();
+    runner(150)
+        .run(
+            &(page_request(), any::<bool>(), dir()),
+            |(((fp, off, fpages), mids, (lp, last_len), twist), iommu, dir)| {
+                let r = &world.registered;
+                let off = off * 4;
+                let mut segs = vec![r.seg(fp * PAGE + off, fpages * PAGE - off)];
+                segs.extend(mids.iter().map(|&p| r.seg(p * PAGE, PAGE)));
+                segs.push(r.seg(lp * PAGE, last_len));
+                if let Some((i, twist, p)) = twist {
+                    let i = i.index(segs.len());
+                    segs[i] = match twist {
+                        Twist::TwoPages => r.seg(p * PAGE, 2 * PAGE),
+                        Twist::Short => r.seg(p * PAGE, PAGE / 2),
+                        Twist::Unaligned => r.seg(p * PAGE + 512, PAGE),
+                        Twist::Unregistered => world.plain.seg(p * PAGE, PAGE),
+                        Twist::OtherRegion => world.second.seg(p * PAGE, PAGE),
+                    };
+                }
+                check(&world, &segs, iommu, dir, true)?;
+                check(&world, &segs, iommu, dir, false)
+            },
+        )
         .unwrap();
 }

@@ -106,6 +106,10 @@ fn registered_and_coalesced_paths_allocate_nothing_per_request() {
         ("128 KiB in 32 segments", scattered(32, 4096)),
         ("1 MiB", vec![arena.seg(0, 1 << 20)]),
         ("1 MiB in 256 segments", scattered(256, 4096)),
+        (
+            "2.4 MiB in 600 segments (chained PRP lists)",
+            scattered(600, 4096),
+        ),
     ];
     for registered in [true, false] {
         fake.clear_regions();

@@ -3,14 +3,16 @@
 //!
 //! - Slabs, registered memory and device memory are translated from a
 //!   per-thread copy of the region table, refreshed only when the table's
-//!   generation changes: no lock and no syscall on the registered path.
+//!   generation changes: no lock and no syscall on the registered path. The
+//!   region found last is tried first (consecutive requests usually come
+//!   from the same slab or registered buffer).
 //! - Unregistered memory behind the IOMMU is linked into one IOVA range per
 //!   request with one VFIO_IOMMU_MAP_DMA per segment and undone with a
 //!   single VFIO_IOMMU_UNMAP_DMA for the whole range.
 //! - To-device transfers are mapped read-only, so the device cannot write
 //!   into a buffer it should only read.
 
-use core::cell::RefCell;
+use core::cell::{Cell, RefCell};
 use std::sync::Arc;
 
 use blk_dma::{Direction, DmaRange, Errno, HostAddr, HostSeg, Iova, MapError, Mapper, Region};
@@ -26,6 +28,8 @@ pub struct VfioMapper {
     space: Arc<DmaSpace>,
     /// Region table copy and its generation.
     regions: RefCell<(u64, Vec<Region>)>,
+    /// The region found last and the table generation it was found in.
+    last: Cell<Option<(u64, Region)>>,
 }
 
 impl VfioMapper {
@@ -35,12 +39,34 @@ impl VfioMapper {
         Self {
             space,
             regions: RefCell::new(regions),
+            last: Cell::new(None),
         }
     }
 
     /// The space this mapper maps in.
     pub fn space(&self) -> &Arc<DmaSpace> {
         &self.space
+    }
+}
+
+impl VfioMapper {
+    /// The region containing `addr` in the table of generation `gen`
+    /// (refreshing the copy if it is older), remembered for the next lookup.
+    fn lookup_table(&self, addr: HostAddr, gen: u64) -> Option<Region> {
+        let mut table = self.regions.borrow_mut();
+        if table.0 != gen {
+            *table = self.space.regions();
+        }
+        // Sorted by host address: the last region starting at or below addr.
+        let i = table.1.partition_point(|r| r.host <= addr);
+        let r = *table.1.get(i.checked_sub(1)?)?;
+        if !r.contains(addr) {
+            return None;
+        }
+        // The copy's own generation: `gen` may be older if the table
+        // changed while it was being copied.
+        self.last.set(Some((table.0, r)));
+        Some(r)
     }
 }
 
@@ -71,14 +97,11 @@ impl Mapper for VfioMapper {
     #[inline]
     fn lookup(&self, addr: HostAddr) -> Option<Region> {
         let gen = self.space.generation();
-        let mut table = self.regions.borrow_mut();
-        if table.0 != gen {
-            *table = self.space.regions();
+        match self.last.get() {
+            // Still in the table: no registration came or went since.
+            Some((g, r)) if g == gen && r.contains(addr) => Some(r),
+            _ => self.lookup_table(addr, gen),
         }
-        // Sorted by host address: the last region starting at or below addr.
-        let i = table.1.partition_point(|r| r.host <= addr);
-        let r = *table.1.get(i.checked_sub(1)?)?;
-        r.contains(addr).then_some(r)
     }
 
     fn alloc_iova(&self, len: u64) -> Result<Iova, MapError> {

@@ -303,3 +303,37 @@ fn slabs_fall_back_to_4k_pages_without_hugepages() {
     assert_eq!(s.slab_count(), (1, 0), "one slab, on 4 KiB pages");
     assert_eq!(iommu.live().len(), 1, "still mapped once");
 }
+
+#[test]
+fn the_last_region_found_is_forgotten_when_the_table_changes() {
+    let iommu = FakeIommu::new();
+    let s = space(&iommu);
+    let m = VfioMapper::new(s.clone());
+    // Two page-aligned buffers pages apart (registration widens to pages).
+    let mem = vec![1u8; 16 * 4096];
+    let skip = mem.as_ptr().align_offset(4096);
+    let (a, b) = (
+        &mem[skip..skip + 4096],
+        &mem[skip + 8 * 4096..skip + 9 * 4096],
+    );
+    // SAFETY: `mem` outlives both registrations; no I/O uses it.
+    let ra = unsafe { s.register(a.as_ptr(), a.len()) }.unwrap();
+    // SAFETY: as above.
+    let rb = unsafe { s.register(b.as_ptr(), b.len()) }.unwrap();
+    let (ha, hb) = (
+        HostAddr::from_ptr(a.as_ptr()),
+        HostAddr::from_ptr(b.as_ptr()),
+    );
+    // Alternating between regions, and again from the remembered one.
+    for _ in 0..2 {
+        assert_eq!(m.lookup(ha), Some(ra.region()));
+        assert_eq!(m.lookup(ha), Some(ra.region()));
+        assert_eq!(m.lookup(hb), Some(rb.region()));
+    }
+    // The remembered region goes away: never translated again.
+    drop(rb);
+    assert_eq!(m.lookup(hb), None);
+    assert_eq!(m.lookup(ha), Some(ra.region()));
+    drop(ra);
+    assert_eq!(m.lookup(ha), None);
+}

@@ -6,11 +6,11 @@
 //! can describe them) or their average size is at least a threshold (one
 //! descriptor per range beats one entry per page); PRPs otherwise.
 
-use blk_dma::{Direction, DmaIter, DmaRange, DmaState, HostSeg, MapError, Mapper};
+use blk_dma::{Direction, DmaIter, DmaRange, DmaState, HostSeg, MapError, Mapper, Region};
 
 use super::desc::{DescList, DescPool};
 use super::error::DptrError;
-use super::prp::{build_prp, prp_simple, PrpBuilder};
+use super::prp::{build_prp, prp_in_region, prp_simple, PrpBuilder};
 use super::sgl::{build_sgl, data_block, SglBuilder};
 use super::spec::{DataPtr, PageSize};
 
@@ -164,10 +164,11 @@ pub struct Setup<'a, P: DescPool + ?Sized> {
 /// Maps a request's segments and builds its data pointer: the I/O path's
 /// whole host-side setup, like the kernel's `nvme_map_data`.
 ///
-/// A request that blk-dma maps to one range (a single segment in registered
-/// or device memory, or a coalesced request) takes a short path: an inline
-/// SGL data block, or PRP1/PRP2 when it spans at most two pages. Otherwise
-/// the ranges stream from blk-dma into the chosen builder.
+/// A request in registered or device memory takes a short path: one region
+/// lookup, then for a single segment an inline SGL data block or PRP1/PRP2,
+/// and for a scattered request of whole pages from one region its PRPs,
+/// translated and written in one pass (no iterator, no state to undo).
+/// Otherwise the ranges stream from blk-dma into the chosen builder.
 ///
 /// On error nothing stays mapped and every descriptor page is back in the
 /// pool. On success `state` and `setup.list` hold what the completion must
@@ -185,25 +186,98 @@ where
     P: DescPool + ?Sized,
 {
     if let ([seg], false) = (segs, state.is_mapped()) {
-        // One buffer in registered or device memory: no iterator, no state.
-        if let Some(r) = mapper
-            .lookup(seg.addr)
-            .and_then(|r| r.translate_whole(*seg))
-        {
-            match setup.policy.choose(setup.queue, Shape::coalesced(r)) {
-                Format::Sgl => return data_block(r).map(DataPtr::Sgl),
-                Format::Prp => {
-                    if let Some(dp) = prp_simple(r, setup.page) {
-                        return Ok(dp);
-                    }
-                }
+        if let Some(dp) = map_single(*seg, mapper, setup.policy, setup.queue, setup.page) {
+            return Ok(dp);
+        }
+    }
+    let Setup {
+        policy,
+        queue,
+        page,
+        pool,
+        list,
+    } = setup;
+    map_data_general(segs, dir, mapper, state, (policy, queue, page), pool, list)
+}
+
+/// One buffer in registered or device memory: an inline SGL data block, or
+/// PRP1/PRP2 when it spans at most two controller pages. `None` sends it to
+/// the general path.
+#[inline(always)]
+fn map_single<M: Mapper + ?Sized>(
+    seg: HostSeg,
+    mapper: &M,
+    policy: Policy,
+    queue: QueueKind,
+    page: PageSize,
+) -> Option<DataPtr> {
+    let r = mapper.lookup(seg.addr)?.translate_whole(seg)?;
+    match policy.choose(queue, Shape::coalesced(r)) {
+        // Longer ranges are split by the general path.
+        Format::Sgl => data_block(r).ok().map(DataPtr::Sgl),
+        Format::Prp => prp_simple(r, page),
+    }
+}
+
+/// [`map_data`] past the single-segment case: a scattered request in one
+/// region through [`prp_in_region`], everything else through blk-dma.
+#[inline(never)]
+fn map_data_general<M, P>(
+    segs: &[HostSeg],
+    dir: Direction,
+    mapper: &M,
+    state: &mut DmaState,
+    (policy, queue, page): (Policy, QueueKind, PageSize),
+    pool: &mut P,
+    list: &mut DescList,
+) -> Result<DataPtr, DptrError>
+where
+    M: Mapper + ?Sized,
+    P: DescPool + ?Sized,
+{
+    // Taken apart by the caller so that its fast path does not build the
+    // struct in memory.
+    let mut setup = Setup {
+        policy,
+        queue,
+        page,
+        pool,
+        list,
+    };
+    if let ([first, _, ..], false) = (segs, state.is_mapped()) {
+        if let Some(region) = mapper.lookup(first.addr) {
+            if let Some(dp) = map_scattered(segs, &region, &mut setup) {
+                return Ok(dp);
             }
         }
     }
     map_data_slow(segs, dir, mapper, state, setup)
 }
 
-/// [`map_data`] for everything but a single segment in one region.
+/// The PRPs of a request of several segments in `region`, when the policy
+/// picks PRPs and [`prp_in_region`] applies.
+#[inline(always)]
+fn map_scattered<P: DescPool + ?Sized>(
+    segs: &[HostSeg],
+    region: &Region,
+    setup: &mut Setup<'_, P>,
+) -> Option<DataPtr> {
+    let (policy, queue, ranges) = (setup.policy, setup.queue, segs.len());
+    // The shape the general path would see: `prp_in_region` only succeeds
+    // when PRPs can describe the request, and host alignment is device
+    // alignment in the regions it accepts.
+    let chosen = |len| {
+        let shape = Shape {
+            ranges,
+            len,
+            prp_ok: true,
+        };
+        policy.choose(queue, shape) == Format::Prp
+    };
+    prp_in_region(segs, region, setup.page, setup.pool, setup.list, chosen)
+}
+
+/// [`map_data`] through blk-dma's iterator and the builders.
 #[inline(never)]
 fn map_data_slow<M, P>(
     segs: &[HostSeg],
