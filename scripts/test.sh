@@ -4,7 +4,8 @@
 # QEMU with an emulated NVMe controller behind an emulated IOMMU (scripts/vm)
 # and run the VFIO, DMA-memory and driver test binaries inside it, in three scenarios:
 # the controller on vfio-pci, left on the kernel's nvme driver, and a low
-# RLIMIT_MEMLOCK.
+# RLIMIT_MEMLOCK; then a smoke run of nvme-bench against the kernel's driver
+# with fio in one more boot (scripts/bench-vm.sh --smoke).
 #
 # The VM tests need root (they install QEMU with apt-get on first use). Where
 # they cannot run, they are skipped with the reason printed, never passed.
@@ -95,6 +96,18 @@ fi
 rm -f "$image"
 run_scenario nvme-driver cli --no-bind
 run_scenario low-memlock - --memlock 64
+
+# nvme-bench in the VM, side by side with the kernel's driver and fio: a
+# smoke run (2 s per workload) that checks every figure is produced.
+echo "-- nvme-bench smoke: scripts/bench-vm.sh --smoke"
+start=$(date +%s)
+if scripts/bench-vm.sh --smoke; then
+    passed=$((passed + 1))
+    echo "-- nvme-bench smoke: passed, $(($(date +%s) - start)) s"
+else
+    failed=$((failed + 1))
+    echo "-- nvme-bench smoke: FAILED"
+fi
 
 echo "VM checks: $passed passed, $failed failed"
 [ "$failed" = 0 ]
