@@ -58,8 +58,11 @@ impl Default for QueueConfig {
 
 /// Tag of the one blocking request a queue pair runs at a time.
 const BLOCKING: u64 = u64::MAX;
-/// Empty polls between two looks at the clock for timed-out commands.
+/// Polls (with commands in flight) between two looks at the clock for
+/// timed-out commands.
 const TIMEOUT_CHECK: u32 = 1024;
+/// Least time between two timeout checks (each reads CSTS, an MMIO read).
+const TIMEOUT_PERIOD: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// One command in flight: its request and what to undo at completion.
 #[derive(Debug)]
@@ -77,7 +80,9 @@ pub(super) struct Pending {
     pub(super) buf: IoBuf,
     pub(super) tag: u64,
     pub(super) remaining: u32,
-    pub(super) error: Option<Error>,
+    /// The request's error (boxed: errors are rare, and the request moves
+    /// on every completion).
+    pub(super) error: Option<Box<Error>>,
     pub(super) what: &'static str,
 }
 
@@ -101,7 +106,10 @@ pub struct QueuePair {
     pub(super) free_reqs: Vec<u32>,
     /// Commands written since the last tail doorbell.
     pub(super) unrung: bool,
-    pub(super) idle_polls: u32,
+    /// Polls since the last look at the clock.
+    pub(super) polls: u32,
+    /// When commands were last checked for timeouts.
+    pub(super) last_check: Instant,
     /// Segments of the command being built (capacity reused).
     pub(super) scratch: Vec<HostSeg>,
     /// Command IDs taken by the request being submitted, for rollback.
@@ -202,7 +210,8 @@ impl QueuePair {
             reqs: (0..depth).map(|_| None).collect(),
             free_reqs: (0..depth as u32).rev().collect(),
             unrung: false,
-            idle_polls: 0,
+            polls: 0,
+            last_check: Instant::now(),
             scratch: Vec::with_capacity(16),
             taken: Vec::with_capacity(depth),
             stash: Vec::with_capacity(depth),
@@ -379,14 +388,16 @@ impl QueuePair {
             return;
         }
         self.flush();
-        let seen = self.drain_completions(out);
-        if seen {
-            self.idle_polls = 0;
-        } else if self.inflight() > 0 {
-            self.idle_polls += 1;
-            if self.idle_polls >= TIMEOUT_CHECK {
-                self.idle_polls = 0;
-                self.check_timeouts(out);
+        self.drain_completions(out);
+        if self.inflight() > 0 {
+            self.polls += 1;
+            if self.polls >= TIMEOUT_CHECK {
+                self.polls = 0;
+                let now = Instant::now();
+                if now.saturating_duration_since(self.last_check) >= TIMEOUT_PERIOD {
+                    self.last_check = now;
+                    self.check_timeouts(out, now);
+                }
             }
         }
     }
@@ -408,13 +419,8 @@ impl QueuePair {
             }
             let req = self.finish_slot(cid);
             let status = c.status();
-            if let Some(Some(p)) = self.reqs.get_mut(req as usize) {
-                if !status.is_success() && p.error.is_none() {
-                    p.error = Some(Error::Command {
-                        what: p.what,
-                        status,
-                    });
-                }
+            if !status.is_success() {
+                self.record_status(req, status);
             }
             self.finish_child(req, out);
         }
@@ -436,22 +442,41 @@ impl QueuePair {
         s.req
     }
 
+    /// Records a failed command's status as its request's error (the first
+    /// error of a request wins).
+    #[cold]
+    fn record_status(&mut self, req: u32, status: crate::nvme::cmd::Status) {
+        if let Some(Some(p)) = self.reqs.get_mut(req as usize) {
+            if p.error.is_none() {
+                p.error = Some(Box::new(Error::Command {
+                    what: p.what,
+                    status,
+                }));
+            }
+        }
+    }
+
     /// Counts one command of request `req` done; completes the request when
     /// it was the last.
+    #[inline]
     pub(super) fn finish_child(&mut self, req: u32, out: &mut Vec<Done>) {
-        let Some(Some(p)) = self.reqs.get_mut(req as usize) else {
+        let Some(entry) = self.reqs.get_mut(req as usize) else {
             return;
         };
-        p.remaining -= 1;
-        if p.remaining > 0 {
-            return;
+        match entry {
+            Some(p) if p.remaining > 1 => {
+                p.remaining -= 1;
+                return;
+            }
+            Some(_) => {}
+            None => return,
         }
-        let Some(p) = self.reqs[req as usize].take() else {
+        let Some(p) = entry.take() else {
             return;
         };
         self.free_reqs.push(req);
         let result = match p.error {
-            Some(e) => Err(e),
+            Some(e) => Err(*e),
             None => Ok(()),
         };
         if p.tag == BLOCKING && matches!(p.buf, IoBuf::Raw) {
@@ -490,7 +515,115 @@ impl QueuePair {
     /// Validates, splits at the maximum transfer, maps and queues the
     /// commands of one request. All or nothing: on error nothing is queued
     /// and the buffer comes back.
+    #[inline]
     fn submit_request(
+        &mut self,
+        op: Op,
+        ns: &Namespace,
+        lba: u64,
+        segs: &[HostSeg],
+        buf: IoBuf,
+        tag: u64,
+    ) -> Result<(), (Error, IoBuf)> {
+        if let [seg] = segs {
+            if self.fast_path_fits(ns, lba, seg) {
+                return self.submit_one(op, ns, lba, *seg, buf, tag);
+            }
+        }
+        self.submit_general(op, ns, lba, segs, buf, tag)
+    }
+
+    /// Whether a one-segment request takes [`submit_one`](Self::submit_one):
+    /// the controller running, one command's worth of whole blocks inside
+    /// the namespace, alignment the controller takes, and a free slot.
+    /// Anything else (including every error) goes the general way, which
+    /// reports it.
+    #[inline(always)]
+    fn fast_path_fits(&self, ns: &Namespace, lba: u64, seg: &HostSeg) -> bool {
+        let bs = ns.block_size();
+        let aligned = self.sgl_any_alignment || (seg.addr.raw() as u64 | seg.len) & 3 == 0;
+        seg.len != 0
+            && seg.len <= self.max_transfer
+            && seg.len & (bs - 1) == 0
+            && lba
+                .checked_add(seg.len >> bs.trailing_zeros())
+                .is_some_and(|end| end <= ns.blocks())
+            && aligned
+            && !self.free_cids.is_empty()
+            && !self.free_reqs.is_empty()
+            && self.generation == self.shared.generation()
+            && !self.shared.is_resetting()
+            && !self.shared.is_disabled()
+    }
+
+    /// The common request: one segment, one command, checked by
+    /// [`fast_path_fits`](Self::fast_path_fits).
+    #[inline(always)]
+    fn submit_one(
+        &mut self,
+        op: Op,
+        ns: &Namespace,
+        lba: u64,
+        seg: HostSeg,
+        buf: IoBuf,
+        tag: u64,
+    ) -> Result<(), (Error, IoBuf)> {
+        let (Some(cid), Some(req)) = (self.free_cids.pop(), self.free_reqs.pop()) else {
+            // fast_path_fits saw both lists non-empty.
+            return Err((Error::QueueFull { needed: 1, free: 0 }, buf));
+        };
+        let (write, fua, what) = match op {
+            Op::Read => (false, false, "Read"),
+            Op::Write { fua } => (true, fua, "Write"),
+        };
+        let dir = if write {
+            Direction::ToDevice
+        } else {
+            Direction::FromDevice
+        };
+        let slot = &mut self.slots[cid as usize];
+        let setup = Setup {
+            policy: self.policy,
+            queue: QueueKind::Io,
+            page: self.shared.page,
+            pool: &mut self.pool,
+            list: &mut slot.list,
+        };
+        let dp = match dptr::map_data(&[seg], dir, &self.mapper, &mut slot.state, setup) {
+            Ok(dp) => dp,
+            Err(e) => {
+                self.free_cids.push(cid);
+                self.free_reqs.push(req);
+                return Err((e.into(), buf));
+            }
+        };
+        slot.busy = true;
+        slot.req = req;
+        // Stamped by the next timeout check.
+        slot.started = None;
+        self.reqs[req as usize] = Some(Pending {
+            buf,
+            tag,
+            remaining: 1,
+            error: None,
+            what,
+        });
+        let blocks = seg.len >> ns.block_size().trailing_zeros();
+        let mut cmd = Command::rw(write, ns.id(), lba, blocks as u32, fua);
+        cmd.set_cid(cid);
+        cmd.set_data(dp);
+        // Room is guaranteed: in-flight commands never exceed the ring
+        // size minus one.
+        self.sq.push(&cmd);
+        self.unrung = true;
+        Ok(())
+    }
+
+    /// [`submit_request`](Self::submit_request) for every other request:
+    /// several segments, several commands (split at the maximum transfer),
+    /// or something to refuse.
+    #[inline(never)]
+    fn submit_general(
         &mut self,
         op: Op,
         ns: &Namespace,
@@ -542,7 +675,6 @@ impl QueuePair {
         } else {
             Direction::FromDevice
         };
-        let now = Instant::now();
         self.taken.clear();
         let (mut i, mut off, mut lba) = (0usize, 0u64, lba);
         let mut failure = None;
@@ -587,7 +719,8 @@ impl QueuePair {
                     cmd.set_data(dp);
                     slot.busy = true;
                     slot.req = req;
-                    slot.started = Some(now);
+                    // Stamped by the next timeout check.
+                    slot.started = None;
                     // Room is guaranteed: in-flight commands never exceed
                     // the ring size minus one.
                     self.sq.push(&cmd);

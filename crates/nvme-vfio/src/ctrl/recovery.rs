@@ -43,13 +43,23 @@ impl QueuePair {
     /// Recovery for commands past the I/O timeout, and for a controller that
     /// reports a fatal status: abort the late commands; if they still do not
     /// complete, reset the controller (and if even that fails, stop it).
-    pub(super) fn check_timeouts(&mut self, out: &mut Vec<Done>) {
+    pub(super) fn check_timeouts(&mut self, out: &mut Vec<Done>, now: Instant) {
         let limit = self.shared.config.io_timeout;
+        // Commands are stamped here, at the first check after their
+        // submission (no clock read per command): a timeout fires between
+        // `limit` and `limit` plus two check periods after submission.
+        let mut any_late = false;
+        for s in self.slots.iter_mut().filter(|s| s.busy) {
+            match s.started {
+                None => s.started = Some(now),
+                Some(t) => any_late |= now.saturating_duration_since(t) > limit,
+            }
+        }
         let fatal = self.shared.csts().map(|c| c.fatal()).unwrap_or(true);
-        let late = |s: &Slot| s.busy && s.started.is_some_and(|t| t.elapsed() > limit);
-        if !fatal && !self.slots.iter().any(late) {
+        if !fatal && !any_late {
             return;
         }
+        let late = |s: &Slot| s.busy && s.started.is_some_and(|t| t.elapsed() > limit);
         if !fatal {
             for cid in 0..self.slots.len() {
                 if late(&self.slots[cid]) {
@@ -84,11 +94,11 @@ impl QueuePair {
                 let req = self.slots[cid].req as usize;
                 if let Some(Some(p)) = self.reqs.get_mut(req) {
                     if p.error.is_none() && self.slots[cid].busy {
-                        p.error = Some(if fatal {
+                        p.error = Some(Box::new(if fatal {
                             Error::ControllerFatal { during: p.what }
                         } else {
                             Error::Timeout { what: p.what, ms }
-                        });
+                        }));
                     }
                 }
             }
@@ -131,7 +141,7 @@ impl QueuePair {
             let req = self.finish_slot(cid);
             if let Some(Some(p)) = self.reqs.get_mut(req as usize) {
                 if p.error.is_none() {
-                    p.error = Some(make(p.what));
+                    p.error = Some(Box::new(make(p.what)));
                 }
             }
             self.finish_child(req, out);
