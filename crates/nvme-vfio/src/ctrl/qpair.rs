@@ -515,7 +515,7 @@ impl QueuePair {
     /// Validates, splits at the maximum transfer, maps and queues the
     /// commands of one request. All or nothing: on error nothing is queued
     /// and the buffer comes back.
-    #[inline]
+    #[inline(always)]
     fn submit_request(
         &mut self,
         op: Op,

@@ -156,8 +156,10 @@ impl SubmissionQueue {
         let slot = self.ring.as_ptr().cast::<Command>();
         // SAFETY: tail < entries, so the slot is inside the ring buffer,
         // which this queue owns; the device does not read slots past the
-        // last doorbell value, so writing this one races with nothing.
-        unsafe { slot.add(self.tail as usize).write_volatile(*cmd) };
+        // last doorbell value, so writing this one races with nothing. A
+        // plain write is enough: `ring` fences before the doorbell makes
+        // the slot the device's to read.
+        unsafe { slot.add(self.tail as usize).write(*cmd) };
         self.tail = self.next(self.tail);
         true
     }
