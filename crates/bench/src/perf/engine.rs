@@ -507,6 +507,31 @@ enum Bufs {
     Registered(RegisteredMem),
 }
 
+/// Submits a request that takes its buffer from `home`; a refused request's
+/// buffer goes back there (`back` unwraps it).
+fn submit_owned<B: Into<IoBuf>>(
+    qp: &mut QueuePair,
+    ns: &Namespace,
+    lba: u64,
+    write: bool,
+    tag: u64,
+    home: &mut Option<B>,
+    back: fn(IoBuf) -> Option<B>,
+) -> Result<(), nvme_vfio::Error> {
+    let Some(b) = home.take() else {
+        return Err(nvme_vfio::Error::Invalid("buffer missing".into()));
+    };
+    let io = if write {
+        Io::write(ns, lba, b)
+    } else {
+        Io::read(ns, lba, b)
+    };
+    qp.submit(io.tag(tag)).map_err(|(e, io)| {
+        *home = back(io.into_buf());
+        e
+    })
+}
+
 /// One queue pair's engine.
 struct Worker<'a> {
     // Declared first: dropped (waiting for what is in flight) before the
@@ -850,38 +875,30 @@ impl<'a> Worker<'a> {
         };
         let tag = slot as u64;
         let r = match &mut self.bufs {
-            Bufs::Pool(v) => match v[slot].take() {
-                Some(b) => {
-                    let io = if write {
-                        Io::write(&self.ns, lba, b)
-                    } else {
-                        Io::read(&self.ns, lba, b)
-                    };
-                    self.qp.submit(io.tag(tag)).map_err(|(e, io)| {
-                        if let IoBuf::Dma(b) = io.into_buf() {
-                            v[slot] = Some(b);
-                        }
-                        e
-                    })
-                }
-                None => Err(nvme_vfio::Error::Invalid("buffer missing".into())),
-            },
-            Bufs::User(v) => match v[slot].take() {
-                Some(b) => {
-                    let io = if write {
-                        Io::write(&self.ns, lba, b)
-                    } else {
-                        Io::read(&self.ns, lba, b)
-                    };
-                    self.qp.submit(io.tag(tag)).map_err(|(e, io)| {
-                        if let IoBuf::Vec(b) = io.into_buf() {
-                            v[slot] = Some(b);
-                        }
-                        e
-                    })
-                }
-                None => Err(nvme_vfio::Error::Invalid("buffer missing".into())),
-            },
+            Bufs::Pool(v) => submit_owned(
+                &mut self.qp,
+                &self.ns,
+                lba,
+                write,
+                tag,
+                &mut v[slot],
+                |b| match b {
+                    IoBuf::Dma(b) => Some(b),
+                    _ => None,
+                },
+            ),
+            Bufs::User(v) => submit_owned(
+                &mut self.qp,
+                &self.ns,
+                lba,
+                write,
+                tag,
+                &mut v[slot],
+                |b| match b {
+                    IoBuf::Vec(b) => Some(b),
+                    _ => None,
+                },
+            ),
             Bufs::Registered(m) => {
                 let bs = o.bs as usize;
                 let seg = HostSeg::new(HostAddr::new(m.ptr as usize + slot * bs), o.bs);

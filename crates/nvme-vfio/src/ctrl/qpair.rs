@@ -572,24 +572,18 @@ impl QueuePair {
             // fast_path_fits saw both lists non-empty.
             return Err((Error::QueueFull { needed: 1, free: 0 }, buf));
         };
-        let (write, fua, what) = match op {
-            Op::Read => (false, false, "Read"),
-            Op::Write { fua } => (true, fua, "Write"),
-        };
-        let dir = if write {
-            Direction::ToDevice
-        } else {
-            Direction::FromDevice
-        };
+        let (write, fua, what, dir) = op_parts(op);
         let slot = &mut self.slots[cid as usize];
-        let setup = Setup {
-            policy: self.policy,
-            queue: QueueKind::Io,
-            page: self.shared.page,
-            pool: &mut self.pool,
-            list: &mut slot.list,
-        };
-        let dp = match dptr::map_data(&[seg], dir, &self.mapper, &mut slot.state, setup) {
+        let page = self.shared.page;
+        let dp = match map_into(
+            slot,
+            &[seg],
+            dir,
+            &self.mapper,
+            &mut self.pool,
+            self.policy,
+            page,
+        ) {
             Ok(dp) => dp,
             Err(e) => {
                 self.free_cids.push(cid);
@@ -659,10 +653,7 @@ impl QueuePair {
         let Some(req) = self.free_reqs.pop() else {
             return Err((Error::QueueFull { needed: 1, free: 0 }, buf));
         };
-        let (write, fua, what) = match op {
-            Op::Read => (false, false, "Read"),
-            Op::Write { fua } => (true, fua, "Write"),
-        };
+        let (write, fua, what, dir) = op_parts(op);
         self.reqs[req as usize] = Some(Pending {
             buf,
             tag,
@@ -670,11 +661,6 @@ impl QueuePair {
             error: None,
             what,
         });
-        let dir = if write {
-            Direction::ToDevice
-        } else {
-            Direction::FromDevice
-        };
         self.taken.clear();
         let (mut i, mut off, mut lba) = (0usize, 0u64, lba);
         let mut failure = None;
@@ -705,14 +691,16 @@ impl QueuePair {
                 }
             };
             let slot = &mut self.slots[cid as usize];
-            let setup = Setup {
-                policy: self.policy,
-                queue: QueueKind::Io,
-                page: self.shared.page,
-                pool: &mut self.pool,
-                list: &mut slot.list,
-            };
-            match dptr::map_data(&self.scratch, dir, &self.mapper, &mut slot.state, setup) {
+            let page = self.shared.page;
+            match map_into(
+                slot,
+                &self.scratch,
+                dir,
+                &self.mapper,
+                &mut self.pool,
+                self.policy,
+                page,
+            ) {
                 Ok(dp) => {
                     let mut cmd = Command::rw(write, ns.id(), lba, blocks as u32, fua);
                     cmd.set_cid(cid);
@@ -807,6 +795,37 @@ impl QueuePair {
         self.unrung = true;
         self.wait_blocking()
     }
+}
+
+/// Whether `op` writes, its FUA bit, its name in errors and its direction.
+#[inline(always)]
+fn op_parts(op: Op) -> (bool, bool, &'static str, Direction) {
+    match op {
+        Op::Read => (false, false, "Read", Direction::FromDevice),
+        Op::Write { fua } => (true, fua, "Write", Direction::ToDevice),
+    }
+}
+
+/// Maps `segs` for the command in `slot` (its DMA state and descriptor
+/// pages) and builds its data pointer.
+#[inline(always)]
+fn map_into(
+    slot: &mut Slot,
+    segs: &[HostSeg],
+    dir: Direction,
+    mapper: &VfioMapper,
+    pool: &mut DmaDescPool,
+    policy: Policy,
+    page: crate::nvme::spec::PageSize,
+) -> Result<crate::nvme::spec::DataPtr, crate::nvme::DptrError> {
+    let setup = Setup {
+        policy,
+        queue: QueueKind::Io,
+        page,
+        pool,
+        list: &mut slot.list,
+    };
+    dptr::map_data(segs, dir, mapper, &mut slot.state, setup)
 }
 
 impl Drop for QueuePair {
