@@ -86,6 +86,28 @@ pub(super) struct Pending {
     pub(super) what: &'static str,
 }
 
+impl Pending {
+    /// A free entry.
+    const FREE: Pending = Pending {
+        buf: IoBuf::Raw,
+        tag: 0,
+        remaining: 0,
+        error: None,
+        what: "",
+    };
+
+    /// Frees the entry; returns its tag, buffer and error.
+    #[inline]
+    fn take(&mut self) -> (u64, IoBuf, Option<Box<Error>>) {
+        self.remaining = 0;
+        (
+            self.tag,
+            core::mem::replace(&mut self.buf, IoBuf::Raw),
+            self.error.take(),
+        )
+    }
+}
+
 /// An I/O submission/completion queue pair.
 #[derive(Debug)]
 pub struct QueuePair {
@@ -102,7 +124,8 @@ pub struct QueuePair {
     /// Indexed by command ID.
     pub(super) slots: Vec<Slot>,
     pub(super) free_cids: Vec<u16>,
-    pub(super) reqs: Vec<Option<Pending>>,
+    /// Requests by index; a free entry has `remaining == 0`.
+    pub(super) reqs: Vec<Pending>,
     pub(super) free_reqs: Vec<u32>,
     /// Commands written since the last tail doorbell.
     pub(super) unrung: bool,
@@ -207,7 +230,10 @@ impl QueuePair {
                 })
                 .collect(),
             free_cids: (0..depth as u16).rev().collect(),
-            reqs: (0..depth).map(|_| None).collect(),
+            // Requests 0..depth are handed out by `free_reqs`; request
+            // depth + cid belongs to the one-command request on command
+            // `cid` (the fast path needs no allocation of its own).
+            reqs: (0..2 * depth).map(|_| Pending::FREE).collect(),
             free_reqs: (0..depth as u32).rev().collect(),
             unrung: false,
             polls: 0,
@@ -432,6 +458,7 @@ impl QueuePair {
 
     /// Undoes a finished command's mappings and frees its ID; returns its
     /// request.
+    #[inline(always)]
     pub(super) fn finish_slot(&mut self, cid: usize) -> u32 {
         let s = &mut self.slots[cid];
         s.list.release(&mut self.pool);
@@ -446,8 +473,8 @@ impl QueuePair {
     /// error of a request wins).
     #[cold]
     fn record_status(&mut self, req: u32, status: crate::nvme::cmd::Status) {
-        if let Some(Some(p)) = self.reqs.get_mut(req as usize) {
-            if p.error.is_none() {
+        if let Some(p) = self.reqs.get_mut(req as usize) {
+            if p.remaining > 0 && p.error.is_none() {
                 p.error = Some(Box::new(Error::Command {
                     what: p.what,
                     status,
@@ -458,35 +485,31 @@ impl QueuePair {
 
     /// Counts one command of request `req` done; completes the request when
     /// it was the last.
-    #[inline]
+    #[inline(always)]
     pub(super) fn finish_child(&mut self, req: u32, out: &mut Vec<Done>) {
-        let Some(entry) = self.reqs.get_mut(req as usize) else {
+        let Some(p) = self.reqs.get_mut(req as usize) else {
             return;
         };
-        match entry {
-            Some(p) if p.remaining > 1 => {
+        match p.remaining {
+            0 => return,
+            1 => {}
+            _ => {
                 p.remaining -= 1;
                 return;
             }
-            Some(_) => {}
-            None => return,
         }
-        let Some(p) = entry.take() else {
-            return;
-        };
-        self.free_reqs.push(req);
-        let result = match p.error {
+        let (tag, buf, error) = p.take();
+        if (req as usize) < self.slots.len() {
+            self.free_reqs.push(req);
+        }
+        let result = match error {
             Some(e) => Err(*e),
             None => Ok(()),
         };
-        if p.tag == BLOCKING && matches!(p.buf, IoBuf::Raw) {
+        if tag == BLOCKING && matches!(buf, IoBuf::Raw) {
             self.blocking_done = Some(result);
         } else {
-            out.push(Done {
-                tag: p.tag,
-                buf: p.buf,
-                result,
-            });
+            out.push(Done { tag, buf, result });
         }
     }
 
@@ -550,7 +573,6 @@ impl QueuePair {
                 .is_some_and(|end| end <= ns.blocks())
             && aligned
             && !self.free_cids.is_empty()
-            && !self.free_reqs.is_empty()
             && self.generation == self.shared.generation()
             && !self.shared.is_resetting()
             && !self.shared.is_disabled()
@@ -568,10 +590,11 @@ impl QueuePair {
         buf: IoBuf,
         tag: u64,
     ) -> Result<(), (Error, IoBuf)> {
-        let (Some(cid), Some(req)) = (self.free_cids.pop(), self.free_reqs.pop()) else {
-            // fast_path_fits saw both lists non-empty.
+        let Some(cid) = self.free_cids.pop() else {
+            // fast_path_fits saw a free command ID.
             return Err((Error::QueueFull { needed: 1, free: 0 }, buf));
         };
+        let req = (self.slots.len() + cid as usize) as u32;
         let (write, fua, what, dir) = op_parts(op);
         let slot = &mut self.slots[cid as usize];
         let page = self.shared.page;
@@ -587,7 +610,6 @@ impl QueuePair {
             Ok(dp) => dp,
             Err(e) => {
                 self.free_cids.push(cid);
-                self.free_reqs.push(req);
                 return Err((e.into(), buf));
             }
         };
@@ -595,13 +617,13 @@ impl QueuePair {
         slot.req = req;
         // Stamped by the next timeout check.
         slot.started = None;
-        self.reqs[req as usize] = Some(Pending {
-            buf,
-            tag,
-            remaining: 1,
-            error: None,
-            what,
-        });
+        let p = &mut self.reqs[req as usize];
+        // The entry is free, so it holds IoBuf::Raw, which needs no drop.
+        debug_assert!(p.remaining == 0 && matches!(p.buf, IoBuf::Raw));
+        core::mem::forget(core::mem::replace(&mut p.buf, buf));
+        p.tag = tag;
+        p.remaining = 1;
+        p.what = what;
         let blocks = seg.len >> ns.block_size().trailing_zeros();
         let mut cmd = Command::rw(write, ns.id(), lba, blocks as u32, fua);
         cmd.set_cid(cid);
@@ -654,13 +676,13 @@ impl QueuePair {
             return Err((Error::QueueFull { needed: 1, free: 0 }, buf));
         };
         let (write, fua, what, dir) = op_parts(op);
-        self.reqs[req as usize] = Some(Pending {
+        self.reqs[req as usize] = Pending {
             buf,
             tag,
             remaining: children as u32,
             error: None,
             what,
-        });
+        };
         self.taken.clear();
         let (mut i, mut off, mut lba) = (0usize, 0u64, lba);
         let mut failure = None;
@@ -729,9 +751,8 @@ impl QueuePair {
                 let cid = self.taken[k] as usize;
                 self.finish_slot(cid);
             }
-            let p = self.reqs[req as usize].take();
+            let (_, buf, _) = self.reqs[req as usize].take();
             self.free_reqs.push(req);
-            let buf = p.map(|p| p.buf).unwrap_or(IoBuf::Raw);
             return Err((e, buf));
         }
         self.unrung = true;
@@ -779,13 +800,13 @@ impl QueuePair {
         let (Some(cid), Some(req)) = (self.free_cids.pop(), self.free_reqs.pop()) else {
             return Err(Error::QueueFull { needed: 1, free: 0 });
         };
-        self.reqs[req as usize] = Some(Pending {
+        self.reqs[req as usize] = Pending {
             buf: IoBuf::Raw,
             tag: BLOCKING,
             remaining: 1,
             error: None,
             what,
-        });
+        };
         let slot = &mut self.slots[cid as usize];
         slot.busy = true;
         slot.req = req;

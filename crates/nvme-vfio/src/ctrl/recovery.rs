@@ -92,8 +92,8 @@ impl QueuePair {
         for cid in 0..self.slots.len() {
             if fatal || late(&self.slots[cid]) {
                 let req = self.slots[cid].req as usize;
-                if let Some(Some(p)) = self.reqs.get_mut(req) {
-                    if p.error.is_none() && self.slots[cid].busy {
+                if let Some(p) = self.reqs.get_mut(req) {
+                    if p.remaining > 0 && p.error.is_none() && self.slots[cid].busy {
                         p.error = Some(Box::new(if fatal {
                             Error::ControllerFatal { during: p.what }
                         } else {
@@ -139,8 +139,8 @@ impl QueuePair {
                 continue;
             }
             let req = self.finish_slot(cid);
-            if let Some(Some(p)) = self.reqs.get_mut(req as usize) {
-                if p.error.is_none() {
+            if let Some(p) = self.reqs.get_mut(req as usize) {
+                if p.remaining > 0 && p.error.is_none() {
                     p.error = Some(Box::new(make(p.what)));
                 }
             }
