@@ -124,8 +124,10 @@ impl fmt::Debug for HostAddr {
 }
 
 /// One contiguous piece of a request's host buffer: the analog of the
-/// kernel's `bio_vec`.
+/// kernel's `bio_vec`. Laid out as two 64-bit words, address then length,
+/// so that a segment loads as one 16-byte vector.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+#[repr(C)]
 pub struct HostSeg {
     /// Start address.
     pub addr: HostAddr,

@@ -31,6 +31,15 @@ pub struct Region {
 }
 
 impl Region {
+    /// A region that contains no address: what a lookup cache holds before
+    /// its first hit, so that checking it needs no separate "empty" test.
+    pub const EMPTY: Region = Region {
+        host: HostAddr::new(0),
+        len: 0,
+        addr: Iova::new(0),
+        kind: RegionKind::Registered,
+    };
+
     /// Whether `addr` lies inside the region.
     #[inline]
     pub fn contains(&self, addr: HostAddr) -> bool {
@@ -92,6 +101,17 @@ pub trait Mapper {
     /// the hot path; should be a short lookup without a syscall.
     fn lookup(&self, addr: HostAddr) -> Option<Region>;
 
+    /// The region containing `addr` when the backend can tell without a
+    /// search (it is the region found last), or else [`Region::EMPTY`],
+    /// which contains nothing: then [`lookup`](Self::lookup) decides. For
+    /// the head of a submission path that must stay free of calls (a plain
+    /// region, not an `Option`, so that checking it is one range test); a
+    /// backend without a cache answers with a full lookup.
+    #[inline]
+    fn lookup_cached(&self, addr: HostAddr) -> Region {
+        self.lookup(addr).unwrap_or(Region::EMPTY)
+    }
+
     /// Allocates `len` bytes of IOVA space (a multiple of the granule), aligned
     /// to the granule. The space holds no mapping until linked.
     fn alloc_iova(&self, len: u64) -> Result<Iova, MapError>;
@@ -135,6 +155,10 @@ impl<M: Mapper + ?Sized> Mapper for &M {
     #[inline]
     fn lookup(&self, addr: HostAddr) -> Option<Region> {
         (**self).lookup(addr)
+    }
+    #[inline]
+    fn lookup_cached(&self, addr: HostAddr) -> Region {
+        (**self).lookup_cached(addr)
     }
     fn alloc_iova(&self, len: u64) -> Result<Iova, MapError> {
         (**self).alloc_iova(len)

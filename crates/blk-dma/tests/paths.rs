@@ -330,3 +330,49 @@ fn iova_exhaustion_is_reported() {
         Err(MapError::IovaExhausted { len: 0x3000 })
     );
 }
+
+#[test]
+fn the_cache_only_lookup_knows_the_last_region_found_until_the_table_changes() {
+    use blk_dma::Region;
+    let m = FakeMapper::with_iommu(4096);
+    let a = m.register(HostAddr::new(0x7f00_0000_0000), 1 << 21);
+    let b = m.register(HostAddr::new(0x7f10_0000_0000), 1 << 21);
+    let (ha, hb) = (
+        HostAddr::new(0x7f00_0000_1000),
+        HostAddr::new(0x7f10_0000_1000),
+    );
+    // Nothing found yet; a miss is not counted (the full lookup counts).
+    assert_eq!(m.lookup_cached(ha), Region::EMPTY);
+    assert_eq!(m.calls().lookup, 0);
+    assert_eq!(m.lookup(ha), Some(a));
+    assert_eq!(m.lookup_cached(ha), a);
+    assert_eq!(m.lookup_cached(hb), Region::EMPTY);
+    assert_eq!(m.calls().lookup, 2);
+    assert_eq!(m.lookup(hb), Some(b));
+    assert_eq!(m.lookup_cached(hb), b);
+    assert_eq!(m.lookup_cached(ha), Region::EMPTY);
+    // Any change to the table forgets it.
+    m.add_device_memory(
+        HostAddr::new(0x7f20_0000_0000),
+        4096,
+        Iova::new(0xf000_0000),
+    );
+    assert_eq!(m.lookup_cached(hb), Region::EMPTY);
+    assert_eq!(m.lookup(hb), Some(b));
+    m.clear_regions();
+    assert_eq!(m.lookup_cached(hb), Region::EMPTY);
+    assert_eq!(m.lookup(hb), None);
+    // The empty region contains nothing, not even address 0.
+    assert!(!Region::EMPTY.contains(HostAddr::new(0)));
+    assert_eq!(Region::EMPTY.translate_whole(seg(0, 1)), None);
+}
+
+#[test]
+fn a_segment_is_two_words_address_then_length() {
+    // The one-pass PRP path loads a segment as one 16-byte vector.
+    let s = seg(0x1234_5678, 0x9abc);
+    assert_eq!(size_of::<HostSeg>(), 16);
+    // SAFETY: HostSeg is `repr(C)` of two 8-byte fields, no padding.
+    let words: [u64; 2] = unsafe { core::mem::transmute(s) };
+    assert_eq!(words, [0x1234_5678, 0x9abc]);
+}

@@ -228,6 +228,65 @@ fn check(
     Ok(())
 }
 
+/// `map_data` with the mapper's last-region cache cold (a fresh mapper) and
+/// warm (holding the first segment's region, as after an earlier request
+/// from the same buffer, which is when the short paths apply): both must
+/// build the same data pointer over the same bytes and leave nothing
+/// behind.
+fn check_warm(
+    world: &World,
+    segs: &[HostSeg],
+    iommu: bool,
+    dir: Direction,
+) -> Result<(), TestCaseError> {
+    let run = |warm: bool| -> Result<(DataPtr, Vec<DmaRange>), TestCaseError> {
+        let fake = if iommu {
+            FakeMapper::with_iommu(4096)
+        } else {
+            FakeMapper::without_iommu()
+        };
+        fake.register(world.registered.host(), world.registered.len() as u64);
+        fake.register(world.second.host(), world.second.len() as u64);
+        let mut pool = HeapPool::new(POOL_PAGES, PAGE, |h, l| fake.register(h, l).addr).unwrap();
+        if warm {
+            use blk_dma::Mapper;
+            let _ = fake.lookup(segs[0].addr);
+        }
+        let (mut state, mut list) = (DmaState::new(), DescList::new());
+        let setup = Setup {
+            policy: Policy {
+                io_sgls: true,
+                ..Policy::default()
+            },
+            queue: QueueKind::Io,
+            page: PageSize::DEFAULT,
+            pool: &mut pool,
+            list: &mut list,
+        };
+        let dp = dptr::map_data(segs, dir, &fake, &mut state, setup)
+            .map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let total: u64 = segs.iter().map(|s| s.len).sum();
+        let dev = Device {
+            iommu: &fake,
+            arenas: &[&world.registered, &world.plain, &world.second],
+            pool: &pool,
+        };
+        let ranges = match dp {
+            DataPtr::Prp { prp1, prp2 } => walk_prp(prp1, prp2, total, PageSize::DEFAULT, &dev),
+            DataPtr::Sgl(d) => walk_sgl(d, total, &dev),
+        }
+        .map_err(|e| TestCaseError::fail(e.to_string()))?;
+        prop_assert_eq!(read_all(&dev, &ranges), world.expected(segs));
+        list.release(&mut pool);
+        state.unmap(&fake);
+        prop_assert_eq!(fake.live_links(), 0);
+        prop_assert_eq!(pool.available(), POOL_PAGES);
+        Ok((dp, ranges))
+    };
+    prop_assert_eq!(run(false)?, run(true)?);
+    Ok(())
+}
+
 fn runner(cases: u32) -> TestRunner {
     TestRunner::new(Config {
         cases,
@@ -254,7 +313,8 @@ fn device_sees_exactly_the_request_bytes_aligned_requests() {
             ),
             |(req, reg, iommu, dir, via_map_data)| {
                 let segs = world.segs(&req, reg);
-                check(&world, &segs, iommu, dir, via_map_data)
+                check(&world, &segs, iommu, dir, via_map_data)?;
+                check_warm(&world, &segs, iommu, dir)
             },
         )
         .unwrap();
@@ -268,7 +328,8 @@ fn device_sees_exactly_the_request_bytes_random_requests() {
             &(random_request(), reg(), any::<bool>(), dir(), any::<bool>()),
             |(req, reg, iommu, dir, via_map_data)| {
                 let segs = world.segs(&req, reg);
-                check(&world, &segs, iommu, dir, via_map_data)
+                check(&world, &segs, iommu, dir, via_map_data)?;
+                check_warm(&world, &segs, iommu, dir)
             },
         )
         .unwrap();
@@ -421,7 +482,8 @@ fn scattered_pages_in_registered_memory_one_pass_and_every_way_out_of_it() {
                     };
                 }
                 check(&world, &segs, iommu, dir, true)?;
-                check(&world, &segs, iommu, dir, false)
+                check(&world, &segs, iommu, dir, false)?;
+                check_warm(&world, &segs, iommu, dir)
             },
         )
         .unwrap();

@@ -28,8 +28,9 @@ pub struct VfioMapper {
     space: Arc<DmaSpace>,
     /// Region table copy and its generation.
     regions: RefCell<(u64, Vec<Region>)>,
-    /// The region found last and the table generation it was found in.
-    last: Cell<Option<(u64, Region)>>,
+    /// The region found last and the table generation it was found in
+    /// ([`Region::EMPTY`] before the first hit: it contains nothing).
+    last: Cell<(u64, Region)>,
 }
 
 impl VfioMapper {
@@ -39,7 +40,7 @@ impl VfioMapper {
         Self {
             space,
             regions: RefCell::new(regions),
-            last: Cell::new(None),
+            last: Cell::new((0, Region::EMPTY)),
         }
     }
 
@@ -65,7 +66,7 @@ impl VfioMapper {
         }
         // The copy's own generation: `gen` may be older if the table
         // changed while it was being copied.
-        self.last.set(Some((table.0, r)));
+        self.last.set((table.0, r));
         Some(r)
     }
 }
@@ -97,10 +98,22 @@ impl Mapper for VfioMapper {
     #[inline]
     fn lookup(&self, addr: HostAddr) -> Option<Region> {
         let gen = self.space.generation();
-        match self.last.get() {
-            // Still in the table: no registration came or went since.
-            Some((g, r)) if g == gen && r.contains(addr) => Some(r),
-            _ => self.lookup_table(addr, gen),
+        let (g, r) = self.last.get();
+        // Still in the table: no registration came or went since.
+        if g == gen && r.contains(addr) {
+            Some(r)
+        } else {
+            self.lookup_table(addr, gen)
+        }
+    }
+
+    #[inline]
+    fn lookup_cached(&self, addr: HostAddr) -> Region {
+        let (g, r) = self.last.get();
+        if g == self.space.generation() && r.contains(addr) {
+            r
+        } else {
+            Region::EMPTY
         }
     }
 

@@ -3,7 +3,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use blk_dma::{Direction, DmaIter, DmaState, HostAddr, HostSeg, Iova, Mapper, RegionKind};
+use blk_dma::{Direction, DmaIter, DmaState, HostAddr, HostSeg, Iova, Mapper, Region, RegionKind};
 
 use super::*;
 use crate::vfio::VfioError;
@@ -324,16 +324,25 @@ fn the_last_region_found_is_forgotten_when_the_table_changes() {
         HostAddr::from_ptr(a.as_ptr()),
         HostAddr::from_ptr(b.as_ptr()),
     );
-    // Alternating between regions, and again from the remembered one.
+    // Nothing remembered yet: the cache-only lookup knows nothing.
+    assert_eq!(m.lookup_cached(ha), Region::EMPTY);
+    // Alternating between regions, and again from the remembered one; the
+    // cache-only lookup answers for the remembered region only.
     for _ in 0..2 {
         assert_eq!(m.lookup(ha), Some(ra.region()));
         assert_eq!(m.lookup(ha), Some(ra.region()));
+        assert_eq!(m.lookup_cached(ha), ra.region());
+        assert_eq!(m.lookup_cached(hb), Region::EMPTY);
         assert_eq!(m.lookup(hb), Some(rb.region()));
+        assert_eq!(m.lookup_cached(hb), rb.region());
+        assert_eq!(m.lookup_cached(ha), Region::EMPTY);
     }
-    // The remembered region goes away: never translated again.
+    // The remembered region goes away: never translated again, by either.
     drop(rb);
+    assert_eq!(m.lookup_cached(hb), Region::EMPTY);
     assert_eq!(m.lookup(hb), None);
     assert_eq!(m.lookup(ha), Some(ra.region()));
     drop(ra);
+    assert_eq!(m.lookup_cached(ha), Region::EMPTY);
     assert_eq!(m.lookup(ha), None);
 }

@@ -116,6 +116,21 @@ impl DescList {
         Ok(page)
     }
 
+    /// Takes a page from `pool` as the first page of an empty list: the
+    /// one-page case of the I/O path, without the checks of
+    /// [`alloc`](Self::alloc). `None` when the list is not empty or the
+    /// pool is.
+    #[inline]
+    pub(crate) fn alloc_first<P: DescPool + ?Sized>(&mut self, pool: &mut P) -> Option<DescPage> {
+        if self.len != 0 {
+            return None;
+        }
+        let page = pool.alloc()?;
+        self.pages[0] = Some(page);
+        self.len = 1;
+        Some(page)
+    }
+
     /// Returns every page to `pool`. Call when the command has completed (or
     /// was never submitted).
     pub fn release<P: DescPool + ?Sized>(&mut self, pool: &mut P) {
@@ -243,3 +258,32 @@ impl Drop for HeapPool {
 // SAFETY: the pool owns its memory; the raw pointers in it are not shared
 // with anything that outlives a move.
 unsafe impl Send for HeapPool {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_first_page_of_an_empty_list_only() {
+        let mut pool = HeapPool::new(2, 4096, |_, _| Iova::new(0xa000_0000)).unwrap();
+        let mut list = DescList::new();
+        let p = list.alloc_first(&mut pool).expect("a free page");
+        assert_eq!(list.pages().collect::<Vec<_>>(), vec![p]);
+        // Not empty any more: no second "first" page, nothing taken.
+        assert_eq!(list.alloc_first(&mut pool), None);
+        assert_eq!(pool.available(), 1);
+        list.release(&mut pool);
+        assert_eq!(pool.available(), 2);
+        // An empty pool.
+        let a = list.alloc(&mut pool).unwrap();
+        let mut other = DescList::new();
+        let b = other.alloc_first(&mut pool).unwrap();
+        assert_ne!(a, b);
+        let mut third = DescList::new();
+        assert_eq!(third.alloc_first(&mut pool), None);
+        assert!(third.is_empty());
+        list.release(&mut pool);
+        other.release(&mut pool);
+        assert_eq!(pool.available(), 2);
+    }
+}

@@ -6,11 +6,11 @@
 //! can describe them) or their average size is at least a threshold (one
 //! descriptor per range beats one entry per page); PRPs otherwise.
 
-use blk_dma::{Direction, DmaIter, DmaRange, DmaState, HostSeg, MapError, Mapper, Region};
+use blk_dma::{Direction, DmaIter, DmaRange, DmaState, HostSeg, MapError, Mapper};
 
 use super::desc::{DescList, DescPool};
 use super::error::DptrError;
-use super::prp::{build_prp, prp_in_region, prp_simple, PrpBuilder};
+use super::prp::{build_prp, prp_in_region, prp_in_region_page, prp_simple, PrpBuilder};
 use super::sgl::{build_sgl, data_block, SglBuilder};
 use super::spec::{DataPtr, PageSize};
 
@@ -164,11 +164,15 @@ pub struct Setup<'a, P: DescPool + ?Sized> {
 /// Maps a request's segments and builds its data pointer: the I/O path's
 /// whole host-side setup, like the kernel's `nvme_map_data`.
 ///
-/// A request in registered or device memory takes a short path: one region
-/// lookup, then for a single segment an inline SGL data block or PRP1/PRP2,
-/// and for a scattered request of whole pages from one region its PRPs,
-/// translated and written in one pass (no iterator, no state to undo).
-/// Otherwise the ranges stream from blk-dma into the chosen builder.
+/// A request in registered or device memory takes a short path when its
+/// first segment is in the region the mapper found last
+/// ([`Mapper::lookup_cached`], no search and no call): for a single segment
+/// an inline SGL data block or PRP1/PRP2, and for a scattered request of
+/// whole pages from that region its PRPs, translated and written in one
+/// pass into one list page (no iterator, no state to undo). Everything
+/// else goes out of line: a full lookup (which the next request's cache
+/// check then hits), the one-pass path for chained list pages, or the
+/// ranges streamed from blk-dma into the chosen builder.
 ///
 /// On error nothing stays mapped and every descriptor page is back in the
 /// pool. On success `state` and `setup.list` hold what the completion must
@@ -185,11 +189,8 @@ where
     M: Mapper + ?Sized,
     P: DescPool + ?Sized,
 {
-    if let ([seg], false) = (segs, state.is_mapped()) {
-        if let Some(dp) = map_single(*seg, mapper, setup.policy, setup.queue, setup.page) {
-            return Ok(dp);
-        }
-    }
+    // Taken apart so that the short path does not build the struct in
+    // memory; the general path gets it back.
     let Setup {
         policy,
         queue,
@@ -197,31 +198,35 @@ where
         pool,
         list,
     } = setup;
+    if let ([seg], false) = (segs, state.is_mapped()) {
+        if let Some(dp) = map_single(*seg, mapper, policy, queue, page) {
+            return Ok(dp);
+        }
+    }
     map_data_general(segs, dir, mapper, state, (policy, queue, page), pool, list)
 }
 
-/// One buffer in registered or device memory: an inline SGL data block, or
-/// PRP1/PRP2 when it spans at most two controller pages. `None` sends it to
-/// the general path.
+/// The PRP/SGL choice of a request of `ranges` ranges in a region, as
+/// [`prp_in_region_page`] and [`prp_in_region`] ask it: whether PRPs are
+/// chosen for `len` bytes. Those only succeed when PRPs can describe the
+/// request, and host alignment is device alignment in the regions they
+/// accept, so this is the shape the general path would see.
 #[inline(always)]
-fn map_single<M: Mapper + ?Sized>(
-    seg: HostSeg,
-    mapper: &M,
-    policy: Policy,
-    queue: QueueKind,
-    page: PageSize,
-) -> Option<DataPtr> {
-    let r = mapper.lookup(seg.addr)?.translate_whole(seg)?;
-    match policy.choose(queue, Shape::coalesced(r)) {
-        // Longer ranges are split by the general path.
-        Format::Sgl => data_block(r).ok().map(DataPtr::Sgl),
-        Format::Prp => prp_simple(r, page),
+fn prp_chosen(policy: Policy, queue: QueueKind, ranges: usize) -> impl Fn(u64) -> bool {
+    move |len| {
+        let shape = Shape {
+            ranges,
+            len,
+            prp_ok: true,
+        };
+        policy.choose(queue, shape) == Format::Prp
     }
 }
 
-/// [`map_data`] past the single-segment case: a scattered request in one
-/// region through [`prp_in_region`], everything else through blk-dma.
-#[inline(never)]
+/// [`map_data`] past the single-segment case: a scattered request from the
+/// mapper's last region through [`prp_in_region_page`]; everything else
+/// out of line ([`map_data_rest`]).
+#[inline(always)]
 fn map_data_general<M, P>(
     segs: &[HostSeg],
     dir: Direction,
@@ -235,46 +240,81 @@ where
     M: Mapper + ?Sized,
     P: DescPool + ?Sized,
 {
-    // Taken apart by the caller so that its fast path does not build the
-    // struct in memory.
-    let mut setup = Setup {
+    if let ([first, _, ..], false) = (segs, state.is_mapped()) {
+        let region = mapper.lookup_cached(first.addr);
+        if region.contains(first.addr) {
+            let chosen = prp_chosen(policy, queue, segs.len());
+            if let Some(dp) = prp_in_region_page(segs, &region, page, pool, list, chosen) {
+                return Ok(dp);
+            }
+        }
+    }
+    map_data_rest(segs, dir, mapper, state, (policy, queue, page), pool, list)
+}
+
+/// What [`map_data_general`] leaves: a scattered request in one region
+/// that the mapper's cache did not know or that needs chained list pages,
+/// through [`prp_in_region`]; everything else through blk-dma.
+#[cold]
+#[inline(never)]
+fn map_data_rest<M, P>(
+    segs: &[HostSeg],
+    dir: Direction,
+    mapper: &M,
+    state: &mut DmaState,
+    (policy, queue, page): (Policy, QueueKind, PageSize),
+    pool: &mut P,
+    list: &mut DescList,
+) -> Result<DataPtr, DptrError>
+where
+    M: Mapper + ?Sized,
+    P: DescPool + ?Sized,
+{
+    if let ([first, _, ..], false) = (segs, state.is_mapped()) {
+        if let Some(region) = mapper.lookup(first.addr) {
+            let chosen = prp_chosen(policy, queue, segs.len());
+            if let Some(dp) = prp_in_region(segs, &region, page, pool, list, chosen) {
+                return Ok(dp);
+            }
+        }
+    }
+    let setup = Setup {
         policy,
         queue,
         page,
         pool,
         list,
     };
-    if let ([first, _, ..], false) = (segs, state.is_mapped()) {
-        if let Some(region) = mapper.lookup(first.addr) {
-            if let Some(dp) = map_scattered(segs, &region, &mut setup) {
-                return Ok(dp);
-            }
-        }
-    }
     map_data_slow(segs, dir, mapper, state, setup)
 }
 
-/// The PRPs of a request of several segments in `region`, when the policy
-/// picks PRPs and [`prp_in_region`] applies.
+/// One buffer in registered or device memory, found in the mapper's
+/// last-region cache: an inline SGL data block, or PRP1/PRP2 when it spans
+/// at most two controller pages. `None` sends it to the general path.
+///
+/// Decides as [`Policy::choose`] does for the shape of one range, with the
+/// alignment test PRPs and the policy share done once.
 #[inline(always)]
-fn map_scattered<P: DescPool + ?Sized>(
-    segs: &[HostSeg],
-    region: &Region,
-    setup: &mut Setup<'_, P>,
+fn map_single<M: Mapper + ?Sized>(
+    seg: HostSeg,
+    mapper: &M,
+    policy: Policy,
+    queue: QueueKind,
+    page: PageSize,
 ) -> Option<DataPtr> {
-    let (policy, queue, ranges) = (setup.policy, setup.queue, segs.len());
-    // The shape the general path would see: `prp_in_region` only succeeds
-    // when PRPs can describe the request, and host alignment is device
-    // alignment in the regions it accepts.
-    let chosen = |len| {
-        let shape = Shape {
-            ranges,
-            len,
-            prp_ok: true,
-        };
-        policy.choose(queue, shape) == Format::Prp
-    };
-    prp_in_region(segs, region, setup.page, setup.pool, setup.list, chosen)
+    let r = mapper.lookup_cached(seg.addr).translate_whole(seg)?;
+    let sgls = policy.io_sgls && queue == QueueKind::Io;
+    // Longer ranges are split by the general path.
+    let sgl = || data_block(r).ok().map(DataPtr::Sgl);
+    // Not dword aligned: only an SGL describes it.
+    if r.addr.raw() & 3 != 0 {
+        return if sgls { sgl() } else { None };
+    }
+    // `threshold - 1 < len`: a threshold of 0 wraps and never matches.
+    if sgls && policy.sgl_threshold.wrapping_sub(1) < r.len {
+        return sgl();
+    }
+    prp_simple(r, page)
 }
 
 /// [`map_data`] through blk-dma's iterator and the builders.
@@ -330,6 +370,8 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::nvme::desc::HeapPool;
+    use blk_dma::fake::FakeMapper;
     use blk_dma::{HostAddr, Iova};
 
     fn seg(a: usize, l: u64) -> HostSeg {
@@ -378,5 +420,62 @@ mod tests {
         // Unaligned first segment.
         let s = Shape::of_segments(&[seg(0x1001, 0x10)], PageSize::DEFAULT);
         assert!(!s.prp_ok);
+    }
+
+    /// `map_data` for one segment, with the mapper's last-region cache
+    /// cold or warm.
+    fn one(
+        seg: HostSeg,
+        arena: HostAddr,
+        warm: bool,
+        policy: Policy,
+        queue: QueueKind,
+    ) -> Result<DataPtr, DptrError> {
+        let fake = FakeMapper::with_iommu(4096);
+        fake.register(arena, 1 << 21);
+        let mut pool = HeapPool::new(4, 4096, |_, _| Iova::new(0xa000_0000)).unwrap();
+        if warm {
+            assert!(fake.lookup(seg.addr).is_some());
+        }
+        let (mut state, mut list) = (DmaState::new(), DescList::new());
+        let setup = Setup {
+            policy,
+            queue,
+            page: PageSize::DEFAULT,
+            pool: &mut pool,
+            list: &mut list,
+        };
+        let r = map_data(&[seg], Direction::ToDevice, &fake, &mut state, setup);
+        list.release(&mut pool);
+        state.unmap(&fake);
+        r
+    }
+
+    #[test]
+    fn the_single_segment_short_path_decides_as_the_general_path() {
+        let arena = HostAddr::new(0x7f00_0000_0000);
+        let offs = [0, 2, 4, 0x800, 0xffc, 0x1000];
+        let lens = [
+            1, 0x800, 0xffc, 0x1000, 0x1004, 0x2000, 0x2001, 0x2004, 0x7fff, 0x8000, 0x8001,
+            0x10_0000,
+        ];
+        let policies = [false, true].into_iter().flat_map(|io_sgls| {
+            [0, 0x1000, DEFAULT_SGL_THRESHOLD].map(|sgl_threshold| Policy {
+                io_sgls,
+                sgl_threshold,
+            })
+        });
+        for policy in policies {
+            for queue in [QueueKind::Admin, QueueKind::Io] {
+                for off in offs {
+                    for len in lens {
+                        let seg = HostSeg::new(arena.checked_add(0x1000 + off).unwrap(), len);
+                        let cold = one(seg, arena, false, policy, queue);
+                        let warm = one(seg, arena, true, policy, queue);
+                        assert_eq!(warm, cold, "{policy:?} {queue:?} {off:#x}+{len:#x}");
+                    }
+                }
+            }
+        }
     }
 }

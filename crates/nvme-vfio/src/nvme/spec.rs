@@ -37,6 +37,12 @@ impl PageSize {
         self.0 as u64
     }
 
+    /// log2 of the size in bytes (12 for 4 KiB): page counts by shifting.
+    #[inline]
+    pub const fn shift(self) -> u32 {
+        self.0.trailing_zeros()
+    }
+
     /// The `CC.MPS` value.
     pub const fn mps(self) -> u8 {
         (self.0.trailing_zeros() - 12) as u8
@@ -250,6 +256,8 @@ mod tests {
         assert_eq!(PageSize::from_mps(4).unwrap().bytes(), 65536);
         assert_eq!(PageSize::from_mps(16), None);
         assert_eq!(PageSize::new(16384).unwrap().mps(), 2);
+        assert_eq!(PageSize::new(16384).unwrap().shift(), 14);
+        assert_eq!(PageSize::DEFAULT.shift(), 12);
         assert_eq!(PageSize::new(6000), None);
         assert_eq!(PageSize::new(2048), None);
         assert_eq!(PageSize::DEFAULT.prps_per_page(), 512);
