@@ -846,7 +846,10 @@ fn map_into(
         pool,
         list: &mut slot.list,
     };
-    dptr::map_data(segs, dir, mapper, &mut slot.state, setup)
+    match segs {
+        [seg] => dptr::map_one(*seg, dir, mapper, &mut slot.state, setup),
+        _ => dptr::map_data(segs, dir, mapper, &mut slot.state, setup),
+    }
 }
 
 impl Drop for QueuePair {

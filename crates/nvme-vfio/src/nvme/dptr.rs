@@ -223,6 +223,45 @@ fn prp_chosen(policy: Policy, queue: QueueKind, ranges: usize) -> impl Fn(u64) -
     }
 }
 
+/// [`map_data`] for a request of one segment, the common case of a queue
+/// pair's submission: the single-segment path inline, everything else
+/// (cache miss, unregistered memory, splitting) out of line. Same contract
+/// as [`map_data`].
+#[inline(always)]
+pub fn map_one<M, P>(
+    seg: HostSeg,
+    dir: Direction,
+    mapper: &M,
+    state: &mut DmaState,
+    setup: Setup<'_, P>,
+) -> Result<DataPtr, DptrError>
+where
+    M: Mapper + ?Sized,
+    P: DescPool + ?Sized,
+{
+    let Setup {
+        policy,
+        queue,
+        page,
+        pool,
+        list,
+    } = setup;
+    if !state.is_mapped() {
+        if let Some(dp) = map_single(seg, mapper, policy, queue, page) {
+            return Ok(dp);
+        }
+    }
+    map_data_rest(
+        &[seg],
+        dir,
+        mapper,
+        state,
+        (policy, queue, page),
+        pool,
+        list,
+    )
+}
+
 /// [`map_data`] past the single-segment case: a scattered request from the
 /// mapper's last region through [`prp_in_region_page`]; everything else
 /// out of line ([`map_data_rest`]).
