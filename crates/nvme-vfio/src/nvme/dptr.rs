@@ -189,6 +189,9 @@ where
     M: Mapper + ?Sized,
     P: DescPool + ?Sized,
 {
+    if let [seg] = segs {
+        return map_one(*seg, dir, mapper, state, setup);
+    }
     // Taken apart so that the short path does not build the struct in
     // memory; the general path gets it back.
     let Setup {
@@ -198,11 +201,6 @@ where
         pool,
         list,
     } = setup;
-    if let ([seg], false) = (segs, state.is_mapped()) {
-        if let Some(dp) = map_single(*seg, mapper, policy, queue, page) {
-            return Ok(dp);
-        }
-    }
     map_data_general(segs, dir, mapper, state, (policy, queue, page), pool, list)
 }
 
