@@ -10,6 +10,10 @@
 //!
 //! Exit status: 0 success, 1 device or I/O error, 2 bad input (nothing was
 //! written). `--json` prints machine-readable output.
+//!
+//! The device `sim` is an in-process nvme-sim controller (one namespace of
+//! 64 MiB in 512-byte blocks, nothing kept after the command): for trying
+//! the tool without a disk, and for its tests.
 
 use std::fmt::Write as _;
 use std::io::{IsTerminal, Read, Write};
@@ -169,22 +173,56 @@ fn main() -> ExitCode {
     }
 }
 
-fn open(device: &str) -> Result<Controller, Fail> {
+/// A controller, and the software controller behind it for `sim`.
+struct Device {
+    // Declared first: shut down before the software controller goes.
+    ctrl: Controller,
+    _sim: Option<nvme_sim::SimController>,
+}
+
+impl std::ops::Deref for Device {
+    type Target = Controller;
+    fn deref(&self) -> &Controller {
+        &self.ctrl
+    }
+}
+
+fn open(device: &str) -> Result<Device, Fail> {
     let config = Config {
         io_queues: 1,
         ..Config::default()
     };
-    Controller::open(device, config).map_err(|e| match e {
+    if device == "sim" {
+        return open_sim(config);
+    }
+    let ctrl = Controller::open(device, config).map_err(|e| match e {
         nvme_vfio::Error::Vfio(v) => Fail::Input(v.to_string()),
         e => Fail::Device(e.to_string()),
+    })?;
+    Ok(Device { ctrl, _sim: None })
+}
+
+fn open_sim(config: Config) -> Result<Device, Fail> {
+    use nvme_vfio::mem::{DmaSpace, SpaceConfig};
+    let sim = nvme_sim::SimController::new(nvme_sim::Config::default())
+        .map_err(|e| Fail::Device(e.to_string()))?;
+    let space = DmaSpace::new(sim.iommu().clone(), SpaceConfig { hugepages: false });
+    let config = Config {
+        space: SpaceConfig { hugepages: false },
+        ..config
+    };
+    let ctrl = Controller::with_backend(sim.registers(), space, config, None)?;
+    Ok(Device {
+        ctrl,
+        _sim: Some(sim),
     })
 }
 
 fn run(cli: &Cli) -> Result<(), Fail> {
     match &cli.cmd {
         Cmd::List => list(cli.json),
-        Cmd::IdCtrl { device } => id_ctrl(&open(device)?, cli.json),
-        Cmd::IdNs(a) => id_ns(&open(&a.device)?, a.nsid, cli.json),
+        Cmd::IdCtrl { device } => id_ctrl(&*open(device)?, cli.json),
+        Cmd::IdNs(a) => id_ns(&*open(&a.device)?, a.nsid, cli.json),
         Cmd::Read(a) => read(a),
         Cmd::Write(a) => write(a),
         Cmd::Flush(a) => {
@@ -213,7 +251,7 @@ fn run(cli: &Cli) -> Result<(), Fail> {
             done(cli.json, what, &ns, a.lba, a.blocks);
             Ok(())
         }
-        Cmd::SmartLog { device } => smart_log(&open(device)?, cli.json),
+        Cmd::SmartLog { device } => smart_log(&*open(device)?, cli.json),
     }
 }
 

@@ -3,7 +3,9 @@
 # scripts/test.sh): every command, JSON output parsed, a file written then
 # read back byte-identical, and each bad input with its message and exit
 # status. Usage: cli-test.sh CLI-BINARY SCENARIO   (scenario: bound or
-# nvme-driver). Prints "N passed, N failed" and exits non-zero on failure.
+# nvme-driver in the VM; sim on any machine: the CLI's in-process nvme-sim
+# device, which keeps nothing between commands, so every check there is one
+# command). Prints "N passed, N failed" and exits non-zero on failure.
 set -uo pipefail
 
 cli=$1
@@ -75,6 +77,42 @@ if [ "$scenario" = nvme-driver ]; then
     expect "reset is idempotent" 0 "already on nvme" -- $setup reset $dev
     expect "setup of a bad address" 1 "is not an NVMe function" -- $setup bind 0000:00:1f.7
     expect "setup of a malformed address" 1 "malformed PCI address" -- $setup bind nonsense
+elif [ "$scenario" = sim ]; then
+    dev=sim
+    json "id-ctrl --json" 'j["mn"] == "nvme-sim" and j["sn"] == "SIM0001" and j["ver"] == 0x10400' -- "$cli" id-ctrl $dev --json
+    expect "id-ctrl text" 0 "mn        : nvme-sim" -- "$cli" id-ctrl $dev
+    json "id-ns --json" 'j["nsze"] == 131072 and j["block_size"] == 512 and j["lbafs"][0]["in_use"]' -- "$cli" id-ns $dev -n 1 --json
+    head -c $((5 << 20)) /dev/urandom >"$work/data"
+    expect "write a file (5 MiB, chunked)" 0 "10240 blocks at LBA 4096: success" -- "$cli" write $dev -n 1 --lba 4096 -i "$work/data" --yes
+    head -c 1000 /dev/urandom >"$work/odd"
+    expect "write from stdin" 0 "2 blocks at LBA 8: success" -- sh -c '"$1" write sim -n 1 --lba 8 --pad --yes <"$2"' sh "$cli" "$work/odd"
+    expect "read to a file" 0 "" -- "$cli" read $dev -n 1 --lba 0 --size $((3 << 20)) -o "$work/back"
+    if [ "$(stat -c %s "$work/back")" = $((3 << 20)) ] && [ "$(tr -d '\0' <"$work/back" | wc -c)" = 0 ]; then
+        ok "read of fresh blocks: 3 MiB of zeroes"
+    else
+        bad "read of fresh blocks"
+    fi
+    "$cli" read $dev -n 1 --lba 0 --blocks 8 >"$work/stdout-read"
+    if [ "$(stat -c %s "$work/stdout-read")" = 4096 ]; then ok "read to stdout"; else bad "read to stdout: wrong size"; fi
+    expect "write without --yes" 2 "add --yes" -- "$cli" write $dev -n 1 --lba 4096 -i "$work/odd"
+    expect "size not a multiple of the block size" 2 "not a multiple of the 512-byte block size" -- "$cli" write $dev -n 1 --lba 4096 -i "$work/odd" --yes
+    expect "write --pad" 0 "2 blocks at LBA 4096: success" -- "$cli" write $dev -n 1 --lba 4096 -i "$work/odd" --pad --yes
+    : >"$work/empty"
+    expect "empty input" 2 "nothing to write" -- "$cli" write $dev -n 1 --lba 0 -i "$work/empty" --yes
+    expect "missing input file" 2 "No such file" -- "$cli" write $dev -n 1 --lba 0 -i "$work/absent" --yes
+    expect "read past the end" 2 "past the end of namespace 1" -- "$cli" read $dev -n 1 --lba 131070 --blocks 8 -o "$work/x"
+    expect "write past the end" 2 "past the end of namespace 1" -- "$cli" write $dev -n 1 --lba 131071 -i "$work/data" --yes
+    expect "inactive namespace" 2 "namespace 7 is not active" -- "$cli" id-ns $dev -n 7
+    expect "read without a length" 2 "give --blocks or --size" -- "$cli" read $dev -n 1 --lba 0
+    expect "read size not a multiple" 2 "not a multiple of the 512-byte block size" -- "$cli" read $dev -n 1 --lba 0 --size 1000
+    expect "flush" 0 "success" -- "$cli" flush $dev -n 1
+    expect "trim without --yes" 2 "add --yes" -- "$cli" trim $dev -n 1 --lba 0 --blocks 8
+    json "trim --json" 'j["command"] == "trim" and j["status"] == "success" and j["blocks"] == 64' -- "$cli" trim $dev -n 1 --lba 8192 --blocks 64 --yes --json
+    expect "write-zeroes" 0 "success" -- "$cli" write-zeroes $dev -n 1 --lba 4096 --blocks 8 --yes
+    expect "write-zeroes past the end" 2 "past the end" -- "$cli" write-zeroes $dev -n 1 --lba 131070 --blocks 8 --yes
+    json "smart-log --json" 'j["host_write_commands"] == 0 and j["temperature"] > 200' -- "$cli" smart-log $dev --json
+    expect "smart-log text" 0 "temperature" -- "$cli" smart-log $dev
+    expect "usage error" 2 "Usage" -- "$cli" frobnicate
 else
     json "list --json" 'j[0]["address"] == "'$dev'" and j[0]["driver"] == "vfio-pci" and j[0]["usable"]' -- "$cli" list --json
     json "id-ctrl --json" 'j["mn"] == "QEMU NVMe Ctrl" and j["vid"] == 0x1b36 and j["ver"] == 0x10400' -- "$cli" id-ctrl $dev --json

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test of the project: the workspace's cargo tests (unit, property,
-# integration, doc tests; no hardware needed), then the VM tests, which boot
+# integration, doc tests; no hardware needed), the nvme-cli example against
+# its in-process nvme-sim device, then the VM tests, which boot
 # QEMU with an emulated NVMe controller behind an emulated IOMMU (scripts/vm)
 # and run the VFIO, DMA-memory and driver test binaries inside it, in three scenarios:
 # the controller on vfio-pci, left on the kernel's nvme driver, and a low
@@ -17,6 +18,12 @@ echo "== cargo test --workspace"
 cargo test --workspace
 
 echo
+echo "== nvme-cli against its in-process nvme-sim device (scripts/cli-test.sh sim)"
+cargo build --release --quiet -p nvme-vfio --example nvme-cli
+cli=target/release/examples/nvme-cli
+scripts/cli-test.sh "$cli" sim
+
+echo
 echo "== VM tests (scripts/vm)"
 if [ "${NVME_SKIP_VM:-0}" = 1 ]; then
     echo "SKIPPED: VM tests (NVME_SKIP_VM=1)"
@@ -30,9 +37,7 @@ fi
 # The VM runner itself.
 scripts/vm/selftest.sh
 
-# The nvme-cli example, tested inside the guest by scripts/cli-test.sh.
-cargo build --release --quiet -p nvme-vfio --example nvme-cli
-cli=target/release/examples/nvme-cli
+# The nvme-cli example (built above) is tested inside the guest too.
 
 # Test binaries that run inside the guest.
 bins=()
