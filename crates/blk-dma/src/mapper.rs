@@ -18,6 +18,9 @@ pub enum RegionKind {
 }
 
 /// A range of host virtual addresses with a fixed device-visible translation.
+///
+/// Neither range wraps past the top of its address space: `host + len` and
+/// `addr + len` do not overflow (submission paths rely on it).
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 pub struct Region {
     /// First host address of the region.

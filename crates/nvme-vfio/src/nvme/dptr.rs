@@ -6,7 +6,7 @@
 //! can describe them) or their average size is at least a threshold (one
 //! descriptor per range beats one entry per page); PRPs otherwise.
 
-use blk_dma::{Direction, DmaIter, DmaRange, DmaState, HostSeg, MapError, Mapper};
+use blk_dma::{Direction, DmaIter, DmaRange, DmaState, HostSeg, Iova, MapError, Mapper};
 
 use super::desc::{DescList, DescPool};
 use super::error::DptrError;
@@ -244,10 +244,8 @@ where
         pool,
         list,
     } = setup;
-    if !state.is_mapped() {
-        if let Some(dp) = map_single(seg, mapper, policy, queue, page) {
-            return Ok(dp);
-        }
+    if let Some(dp) = map_cached(seg, mapper, state, policy, queue, page) {
+        return Ok(dp);
     }
     map_data_rest(
         &[seg],
@@ -258,6 +256,28 @@ where
         pool,
         list,
     )
+}
+
+/// The call-free head of [`map_one`]: the data pointer of one buffer in
+/// registered or device memory that the mapper's last-region cache knows
+/// ([`Mapper::lookup_cached`]), an inline SGL data block or PRP1/PRP2 when
+/// it spans at most two controller pages, with nothing to release.
+/// `None` when [`map_one`] has more to do (a cache miss, unregistered
+/// memory, a longer buffer, an error to report, or a `state` that is not
+/// empty): then call it, which decides the same way.
+#[inline(always)]
+pub fn map_cached<M: Mapper + ?Sized>(
+    seg: HostSeg,
+    mapper: &M,
+    state: &DmaState,
+    policy: Policy,
+    queue: QueueKind,
+    page: PageSize,
+) -> Option<DataPtr> {
+    if state.is_mapped() {
+        return None;
+    }
+    map_single(seg, mapper, policy, queue, page)
 }
 
 /// [`map_data`] past the single-segment case: a scattered request from the
@@ -329,8 +349,10 @@ where
 /// last-region cache: an inline SGL data block, or PRP1/PRP2 when it spans
 /// at most two controller pages. `None` sends it to the general path.
 ///
-/// Decides as [`Policy::choose`] does for the shape of one range, with the
-/// alignment test PRPs and the policy share done once.
+/// Decides as [`Policy::choose`] does for the shape of one range: PRPs for
+/// a dword-aligned range below the SGL threshold (or when SGLs are off),
+/// tested first with one comparison; an SGL data block otherwise, when
+/// SGLs are on.
 #[inline(always)]
 fn map_single<M: Mapper + ?Sized>(
     seg: HostSeg,
@@ -341,17 +363,36 @@ fn map_single<M: Mapper + ?Sized>(
 ) -> Option<DataPtr> {
     let r = mapper.lookup_cached(seg.addr).translate_whole(seg)?;
     let sgls = policy.io_sgls && queue == QueueKind::Io;
-    // Longer ranges are split by the general path.
-    let sgl = || data_block(r).ok().map(DataPtr::Sgl);
-    // Not dword aligned: only an SGL describes it.
-    if r.addr.raw() & 3 != 0 {
-        return if sgls { sgl() } else { None };
+    // The longest range PRPs are chosen for: `threshold - 1` (a threshold
+    // of 0 wraps: no size rule), any without SGLs.
+    let prp_max = if sgls {
+        policy.sgl_threshold.wrapping_sub(1)
+    } else {
+        u64::MAX
+    };
+    let a = r.addr.raw();
+    if a & 3 == 0 && r.len <= prp_max {
+        // PRP1 and the start of the next controller page; PRP2 addresses
+        // that page if the range reaches it. Longer ranges need a list.
+        // No wrap past 2^64: a region's device range does not wrap.
+        let ps = page.bytes();
+        let next = (a | (ps - 1)).wrapping_add(1);
+        let end = a.wrapping_add(r.len);
+        if end > next.wrapping_add(ps) {
+            return None;
+        }
+        let prp2 = if end > next { next } else { 0 };
+        return Some(DataPtr::Prp {
+            prp1: r.addr,
+            prp2: Iova::new(prp2),
+        });
     }
-    // `threshold - 1 < len`: a threshold of 0 wraps and never matches.
-    if sgls && policy.sgl_threshold.wrapping_sub(1) < r.len {
-        return sgl();
+    // Not dword aligned (only an SGL describes it) or past the threshold.
+    if sgls {
+        data_block(r).ok().map(DataPtr::Sgl)
+    } else {
+        None
     }
-    prp_simple(r, page)
 }
 
 /// [`map_data`] through blk-dma's iterator and the builders.
