@@ -7,7 +7,8 @@
 #
 # Two instruction counts per request:
 # - "map+build": instructions inside the submission-side function (map the
-#   request, choose PRP/SGL, build), counted with callgrind --toggle-collect
+#   request, choose PRP/SGL, build: Fixture::ours_map_build_one or _many,
+#   Fixture::baseline_map_build), counted with callgrind --toggle-collect
 #   over N2 requests;
 # - "cycle": the whole request cycle (map, build, release descriptor pages,
 #   unmap), counted differentially: the case runs N1 and N2 times and

@@ -172,21 +172,33 @@ impl Fixture {
     /// data pointer built.
     #[inline(never)]
     pub fn ours(&mut self) -> DataPtr {
-        let mut out = Err(DptrError::EmptyTransfer);
-        self.ours_map_build(&mut out);
-        let dp = out.expect("map");
+        let dp = self.ours_map_build().expect("map");
         self.list.release(&mut self.pool);
         self.state.unmap(&self.mapper);
         dp
     }
 
-    /// Ours, the submission side only: map and build, storing in `out` what
-    /// [`dptr::map_data`] returns to the driver. A one-segment request
-    /// first tries [`dptr::map_cached`], `map_data`'s call-free head, as
-    /// the queue pair does; everything else is `map_data` out of line
-    /// ([`ours_map_data`](Self::ours_map_data)).
+    /// Ours, the submission side only: map and build, as a driver calls it
+    /// for the request's shape ([`ours_map_build_one`](Self::ours_map_build_one)
+    /// or [`ours_map_build_many`](Self::ours_map_build_many)). Always
+    /// inline: those two are what the instruction counts toggle on.
+    #[inline(always)]
+    pub fn ours_map_build(&mut self) -> Result<DataPtr, DptrError> {
+        if self.segs.len() == 1 {
+            let mut out = Err(DptrError::EmptyTransfer);
+            self.ours_map_build_one(&mut out);
+            out
+        } else {
+            self.ours_map_build_many()
+        }
+    }
+
+    /// A one-segment request as the queue pair maps it ([`dptr::map_one`]):
+    /// first [`dptr::map_cached`] (the call-free head), then
+    /// [`dptr::map_one_uncached`] out of line; the result is stored in
+    /// `out`, as a driver writes it into its command.
     #[inline(never)]
-    pub fn ours_map_build(&mut self, out: &mut Result<DataPtr, DptrError>) {
+    pub fn ours_map_build_one(&mut self, out: &mut Result<DataPtr, DptrError>) {
         if let [seg] = self.segs[..] {
             let page = PageSize::DEFAULT;
             let (mapper, state) = (&self.mapper, &self.state);
@@ -196,12 +208,12 @@ impl Fixture {
                 return;
             }
         }
-        self.ours_map_data(out)
+        self.map_one_uncached_into(out)
     }
 
-    /// [`dptr::map_data`] for the fixture's request, into `out`.
+    /// [`dptr::map_one_uncached`] for the fixture's one segment, into `out`.
     #[inline(never)]
-    pub fn ours_map_data(&mut self, out: &mut Result<DataPtr, DptrError>) {
+    fn map_one_uncached_into(&mut self, out: &mut Result<DataPtr, DptrError>) {
         let setup = Setup {
             policy: self.policy,
             queue: QueueKind::Io,
@@ -209,13 +221,41 @@ impl Fixture {
             pool: &mut self.pool,
             list: &mut self.list,
         };
-        *out = dptr::map_data(
+        *out = match self.segs[..] {
+            [seg] => dptr::map_one_uncached(
+                seg,
+                Direction::FromDevice,
+                &self.mapper,
+                &mut self.state,
+                setup,
+            ),
+            _ => Err(DptrError::EmptyTransfer),
+        };
+    }
+
+    /// A request of several segments: [`dptr::map_data`].
+    #[inline(never)]
+    pub fn ours_map_build_many(&mut self) -> Result<DataPtr, DptrError> {
+        self.map_data()
+    }
+
+    /// [`dptr::map_data`] for the fixture's request.
+    #[inline(always)]
+    fn map_data(&mut self) -> Result<DataPtr, DptrError> {
+        let setup = Setup {
+            policy: self.policy,
+            queue: QueueKind::Io,
+            page: PageSize::DEFAULT,
+            pool: &mut self.pool,
+            list: &mut self.list,
+        };
+        dptr::map_data(
             &self.segs,
             Direction::FromDevice,
             &self.mapper,
             &mut self.state,
             setup,
-        );
+        )
     }
 
     /// The baseline: build a scatterlist table, map it entry by entry, then

@@ -247,6 +247,37 @@ where
     if let Some(dp) = map_cached(seg, mapper, state, policy, queue, page) {
         return Ok(dp);
     }
+    let setup = Setup {
+        policy,
+        queue,
+        page,
+        pool,
+        list,
+    };
+    map_one_uncached(seg, dir, mapper, state, setup)
+}
+
+/// [`map_one`] past [`map_cached`]: for a caller that tried [`map_cached`]
+/// first and got `None`. Same contract as [`map_data`].
+#[inline]
+pub fn map_one_uncached<M, P>(
+    seg: HostSeg,
+    dir: Direction,
+    mapper: &M,
+    state: &mut DmaState,
+    setup: Setup<'_, P>,
+) -> Result<DataPtr, DptrError>
+where
+    M: Mapper + ?Sized,
+    P: DescPool + ?Sized,
+{
+    let Setup {
+        policy,
+        queue,
+        page,
+        pool,
+        list,
+    } = setup;
     map_data_rest(
         &[seg],
         dir,

@@ -492,8 +492,9 @@ pub(crate) fn prp_in_region_page<P: DescPool + ?Sized>(
     if (host | dev | end0) & mask != 0 || a0 & 3 != 0 {
         return None;
     }
-    // The region's whole pages are at offsets [0, lim].
-    let lim = r.len.checked_sub(ps)?;
+    // The region's whole pages are at offsets [0, lim]; there is one: the
+    // first segment ends on a page boundary past `host`, inside.
+    let lim = r.len - ps;
     // Entries after PRP1: the first segment's later pages, then one per
     // segment; at most one list page of them.
     let head = ((end0 >> shift) - (a0 >> shift) - 1) as usize;

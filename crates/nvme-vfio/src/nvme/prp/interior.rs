@@ -27,8 +27,9 @@ pub(super) unsafe fn fill_interior(
     #[cfg(target_arch = "x86_64")]
     {
         // Worth a call from about eight segments on.
-        if mid.len() >= 8 && std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU has AVX2 (checked); the caller's contract.
+        if mid.len() >= 8 && has_avx2() {
+            // SAFETY: the CPU has AVX2 and there are eight segments or more
+            // (checked); the caller's contract.
             return unsafe { fill_interior_avx2(mid, out, base, dev_base, ps) };
         }
         // SAFETY: the caller's contract.
@@ -39,6 +40,33 @@ pub(super) unsafe fn fill_interior(
     unsafe {
         fill_interior_scalar(mid, out, base, dev_base, ps)
     }
+}
+
+/// Whether the CPU has AVX2: 0 not known yet, 1 no, 2 yes. Read with one
+/// comparison on the hot path (the standard library's cache takes two
+/// tests).
+#[cfg(target_arch = "x86_64")]
+static AVX2: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+
+/// Whether the CPU has AVX2.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn has_avx2() -> bool {
+    match AVX2.load(std::sync::atomic::Ordering::Relaxed) {
+        2 => true,
+        1 => false,
+        _ => detect_avx2(),
+    }
+}
+
+/// Asks the CPU whether it has AVX2 and remembers the answer.
+#[cfg(target_arch = "x86_64")]
+#[cold]
+#[inline(never)]
+fn detect_avx2() -> bool {
+    let yes = std::arch::is_x86_feature_detected!("avx2");
+    AVX2.store(1 + u8::from(yes), std::sync::atomic::Ordering::Relaxed);
+    yes
 }
 
 /// [`fill_interior`] one segment at a time.
@@ -149,17 +177,18 @@ pub(super) unsafe fn fill_interior_sse2(
 }
 
 /// [`fill_interior`] with AVX2: two segments to a 32-byte vector, eight a
-/// round. A segment's offset and length check come from one addition of
-/// `[-base, -ps]` (an addition, so the load folds into it); the four
-/// offsets of two vectors are gathered into one (an unpack and a lane
-/// permutation) for one add and one store. The last round overlaps the one
-/// before when the count is not a multiple of eight: it writes some entries
-/// twice, with the same values, instead of a tail of single segments.
-/// Fewer than eight segments go through [`fill_interior_sse2`].
+/// round, two rounds a loop. A segment's offset and length check come from
+/// one addition of `[-base, -ps]` (an addition, so the load folds into
+/// it); the four offsets of two vectors are gathered into one (an unpack
+/// and a lane permutation) for one add and one store. The last rounds
+/// overlap the ones before when the count is not a multiple of sixteen:
+/// they write some entries twice, with the same values, instead of a tail
+/// of single segments.
 ///
 /// # Safety
 ///
-/// As for [`fill_interior`], and the CPU supports AVX2.
+/// As for [`fill_interior`], the CPU supports AVX2, and `mid` holds at
+/// least eight segments.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 #[inline(never)]
@@ -177,10 +206,7 @@ pub(super) unsafe fn fill_interior_avx2(
         _mm_cvtsi128_si64, _mm_or_si128, _mm_unpackhi_epi64,
     };
     let n = mid.len();
-    if n < 8 {
-        // SAFETY: the caller's contract.
-        return unsafe { fill_interior_sse2(mid, out, base, dev_base, ps) };
-    }
+    debug_assert!(n >= 8);
     let src = mid.as_ptr();
     let neg = _mm256_set_epi64x(
         ps.wrapping_neg() as i64,
@@ -214,14 +240,22 @@ pub(super) unsafe fn fill_interior_avx2(
             }
         }
     };
-    // Rounds of eight while more than eight are left, then the last eight
-    // (n >= 8), some of them again when n is not a multiple of eight.
-    let (mut i, last) = (0, n - 8);
-    while i < last {
-        round(i);
-        i += 8;
+    // Sixteen a loop while more than sixteen are left, then the last
+    // sixteen, some of them again when n is not a multiple of sixteen;
+    // from 8 to 15 segments, the first eight and the last eight.
+    if n >= 16 {
+        let (mut i, last) = (0, n - 16);
+        while i < last {
+            round(i);
+            round(i + 8);
+            i += 16;
+        }
+        round(last);
+        round(last + 8);
+    } else {
+        round(0);
+        round(n - 8);
     }
-    round(last);
     // Lanes 0 and 2 hold offsets, 1 and 3 lengths.
     let acc = _mm256_or_si256(acc0, acc1);
     let acc = _mm_or_si128(
@@ -288,9 +322,9 @@ mod tests {
                 )
             };
             assert_eq!((va, &a), (vb, &b), "{n} segments");
-            if std::arch::is_x86_feature_detected!("avx2") {
+            if n >= 8 && std::arch::is_x86_feature_detected!("avx2") {
                 let mut c = vec![0u64; n];
-                // SAFETY: as above; the CPU has AVX2.
+                // SAFETY: as above; the CPU has AVX2; eight segments or more.
                 let vc = unsafe { fill_interior_avx2(&mid, c.as_mut_ptr(), base, dev, ps) };
                 assert_eq!((vc, &c), (vb, &b), "{n} segments, AVX2");
             }
