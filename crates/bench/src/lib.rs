@@ -214,21 +214,9 @@ impl Fixture {
     /// [`dptr::map_one_uncached`] for the fixture's one segment, into `out`.
     #[inline(never)]
     fn map_one_uncached_into(&mut self, out: &mut Result<DataPtr, DptrError>) {
-        let setup = Setup {
-            policy: self.policy,
-            queue: QueueKind::Io,
-            page: PageSize::DEFAULT,
-            pool: &mut self.pool,
-            list: &mut self.list,
-        };
-        *out = match self.segs[..] {
-            [seg] => dptr::map_one_uncached(
-                seg,
-                Direction::FromDevice,
-                &self.mapper,
-                &mut self.state,
-                setup,
-            ),
+        let (segs, mapper, state, setup) = self.parts();
+        *out = match segs {
+            [seg] => dptr::map_one_uncached(*seg, Direction::FromDevice, mapper, state, setup),
             _ => Err(DptrError::EmptyTransfer),
         };
     }
@@ -242,6 +230,14 @@ impl Fixture {
     /// [`dptr::map_data`] for the fixture's request.
     #[inline(always)]
     fn map_data(&mut self) -> Result<DataPtr, DptrError> {
+        let (segs, mapper, state, setup) = self.parts();
+        dptr::map_data(segs, Direction::FromDevice, mapper, state, setup)
+    }
+
+    /// What the mapping calls take: the segments, the mapper, the state and
+    /// the setup of an I/O queue with 4 KiB controller pages.
+    #[inline(always)]
+    fn parts(&mut self) -> (&[HostSeg], &FakeMapper, &mut DmaState, Setup<'_, HeapPool>) {
         let setup = Setup {
             policy: self.policy,
             queue: QueueKind::Io,
@@ -249,13 +245,7 @@ impl Fixture {
             pool: &mut self.pool,
             list: &mut self.list,
         };
-        dptr::map_data(
-            &self.segs,
-            Direction::FromDevice,
-            &self.mapper,
-            &mut self.state,
-            setup,
-        )
+        (&self.segs, &self.mapper, &mut self.state, setup)
     }
 
     /// The baseline: build a scatterlist table, map it entry by entry, then

@@ -237,23 +237,10 @@ where
     M: Mapper + ?Sized,
     P: DescPool + ?Sized,
 {
-    let Setup {
-        policy,
-        queue,
-        page,
-        pool,
-        list,
-    } = setup;
+    let (policy, queue, page) = (setup.policy, setup.queue, setup.page);
     if let Some(dp) = map_cached(seg, mapper, state, policy, queue, page) {
         return Ok(dp);
     }
-    let setup = Setup {
-        policy,
-        queue,
-        page,
-        pool,
-        list,
-    };
     map_one_uncached(seg, dir, mapper, state, setup)
 }
 
