@@ -148,7 +148,11 @@ viable() {
     [ "$g" != "-" ] && [ -z "$(group_blockers "$g" "$1")" ] && echo yes || echo no
 }
 
-wait_for() { # wait_for SECONDS TEST...
+has_block_device() { # has_block_device BDF: the kernel made a block device of it
+    [ -n "$(block_devices "$1")" ]
+}
+
+wait_for() { # wait_for SECONDS TEST... (TEST runs again each time)
     local i=0 limit=$(($1 * 10))
     shift
     while ! "$@"; do
@@ -229,7 +233,7 @@ unbind_one() {
     [ "$drv" = - ] || put "$bdf" "$SYS/bus/pci/devices/$bdf/driver/unbind"
     put "$bdf" "$SYS/bus/pci/drivers_probe"
     if [ "$DRY" = 0 ]; then
-        wait_for 10 test -n "$(block_devices "$bdf")" ||
+        wait_for 10 has_block_device "$bdf" ||
             echo "warning: $bdf: no block device appeared yet (is the nvme module loaded?)"
     fi
     echo "$bdf: back on $(driver_of "$bdf") (was $drv) $(block_devices "$bdf" | sed 's|^|/dev/|' | tr '\n' ' ')"
