@@ -52,9 +52,16 @@ impl IoBuf {
         }
     }
 
-    /// The first `len` bytes as a segment.
-    pub(crate) fn seg(&self, len: usize) -> HostSeg {
-        HostSeg::from_slice(&self.as_slice()[..len.min(self.len())])
+    /// The first `len` bytes as a segment, or `None` if the buffer is
+    /// shorter.
+    #[inline(always)]
+    pub(crate) fn prefix(&self, len: usize) -> Option<HostSeg> {
+        let (ptr, have) = match self {
+            IoBuf::Dma(b) => (b.as_ptr().cast_const(), b.len()),
+            IoBuf::Vec(v) => (v.as_ptr(), v.len()),
+            IoBuf::Raw => (core::ptr::null(), 0),
+        };
+        (len <= have).then(|| HostSeg::new(blk_dma::HostAddr::from_ptr(ptr), len as u64))
     }
 }
 

@@ -219,11 +219,9 @@ impl Controller {
             page,
             admin: Mutex::new(admin),
             qids: Mutex::new(Vec::new()),
-            disabled: std::sync::atomic::AtomicBool::new(false),
+            state: std::sync::atomic::AtomicU64::new(0),
             config,
             msix,
-            generation: std::sync::atomic::AtomicU64::new(0),
-            resetting: std::sync::atomic::AtomicBool::new(false),
             cmbmsc: std::sync::atomic::AtomicU64::new(0),
             dbbuf: std::sync::OnceLock::new(),
         });
@@ -514,9 +512,7 @@ impl Drop for Controller {
             match self.shared.csts() {
                 Ok(c) if c.shutdown_status() == ShutdownStatus::Complete => {
                     // Queue pairs still alive must not send admin commands.
-                    self.shared
-                        .disabled
-                        .store(true, std::sync::atomic::Ordering::SeqCst);
+                    self.shared.set_disabled(true);
                     return;
                 }
                 Ok(_) => std::thread::sleep(Duration::from_micros(500)),

@@ -25,6 +25,7 @@ use crate::nvme::cmd::Command;
 use crate::nvme::desc::DescList;
 use crate::nvme::dptr::{self, Policy, QueueKind, Setup};
 use crate::nvme::queue::{CompletionQueue, SubmissionQueue};
+use crate::nvme::spec::DataPtr;
 use crate::Error;
 
 /// Settings for a queue pair.
@@ -272,14 +273,35 @@ impl QueuePair {
     // would allocate there.
     #[allow(clippy::result_large_err)]
     pub fn submit(&mut self, io: Io) -> Result<(), (Error, Io)> {
-        if io.len > io.buf.len() {
+        if let Some(seg) = io.buf.prefix(io.len) {
+            if let Some((cid, dp)) = self.try_fast(&io.ns, io.lba, seg) {
+                let Io {
+                    op,
+                    ns,
+                    lba,
+                    buf,
+                    tag,
+                    ..
+                } = io;
+                self.commit_fast(cid, dp, op, &ns, lba, seg.len, buf, tag);
+                return Ok(());
+            }
+        }
+        self.submit_slow(io)
+    }
+
+    /// [`submit`](Self::submit) past the fast path: the general path, and
+    /// every refusal.
+    #[inline(never)]
+    #[allow(clippy::result_large_err)]
+    fn submit_slow(&mut self, io: Io) -> Result<(), (Error, Io)> {
+        let Some(seg) = io.buf.prefix(io.len) else {
             let len = io.len;
             return Err((
                 Error::Invalid(format!("transfer of {len} bytes from a smaller buffer")),
                 io,
             ));
-        }
-        let seg = io.buf.seg(io.len);
+        };
         let Io {
             op,
             ns,
@@ -498,7 +520,39 @@ impl QueuePair {
                 return;
             }
         }
-        let (tag, buf, error) = p.take();
+        if p.error.is_some() || p.tag == BLOCKING {
+            return self.finish_request_rare(req, out);
+        }
+        p.remaining = 0;
+        if out.len() == out.capacity() {
+            grow(out);
+        }
+        let len = out.len();
+        // Built in place, field by field, so that only the buffer and the
+        // tag are copied (the result's error payload is not).
+        let dst = out.spare_capacity_mut().as_mut_ptr().cast::<Done>();
+        // SAFETY: `len < capacity` (checked above), so `dst` is the
+        // allocated, unused element past the length, which no reference
+        // covers; every field is written before the length covers it. The
+        // buffer is moved: copied out of the entry, which then gets
+        // `IoBuf::Raw` without dropping the moved value.
+        unsafe {
+            core::ptr::addr_of_mut!((*dst).tag).write(p.tag);
+            core::ptr::copy_nonoverlapping(&p.buf, core::ptr::addr_of_mut!((*dst).buf), 1);
+            core::ptr::write(&mut p.buf, IoBuf::Raw);
+            core::ptr::addr_of_mut!((*dst).result).write(Ok(()));
+            out.set_len(len + 1);
+        }
+        if (req as usize) < self.slots.len() {
+            self.free_reqs.push(req);
+        }
+    }
+
+    /// [`finish_child`](Self::finish_child) for a request that failed or
+    /// is the blocking call's.
+    #[inline(never)]
+    fn finish_request_rare(&mut self, req: u32, out: &mut Vec<Done>) {
+        let (tag, buf, error) = self.reqs[req as usize].take();
         if (req as usize) < self.slots.len() {
             self.free_reqs.push(req);
         }
@@ -549,11 +603,77 @@ impl QueuePair {
         tag: u64,
     ) -> Result<(), (Error, IoBuf)> {
         if let [seg] = segs {
+            if let Some((cid, dp)) = self.try_fast(ns, lba, *seg) {
+                self.commit_fast(cid, dp, op, ns, lba, seg.len, buf, tag);
+                return Ok(());
+            }
             if self.fast_path_fits(ns, lba, seg) {
                 return self.submit_one(op, ns, lba, *seg, buf, tag);
             }
         }
         self.submit_general(op, ns, lba, segs, buf, tag)
+    }
+
+    /// The fast path's decision, with nothing changed yet: a request of
+    /// one segment that [`fast_path_fits`](Self::fast_path_fits), in
+    /// memory the mapper's last-region cache knows, whose data pointer
+    /// needs no descriptor page ([`dptr::map_cached`]). Returns the command
+    /// ID to take and the data pointer; nothing after this can fail.
+    #[inline(always)]
+    fn try_fast(&self, ns: &Namespace, lba: u64, seg: HostSeg) -> Option<(u16, DataPtr)> {
+        if !self.fast_path_fits(ns, lba, &seg) {
+            return None;
+        }
+        let cid = *self.free_cids.last()?;
+        let slot = self.slots.get(cid as usize)?;
+        let dp = dptr::map_cached(
+            seg,
+            &self.mapper,
+            &slot.state,
+            self.policy,
+            QueueKind::Io,
+            self.shared.page,
+        )?;
+        Some((cid, dp))
+    }
+
+    /// Queues the command [`try_fast`](Self::try_fast) chose: takes its
+    /// command ID and the request entry that goes with it, and writes the
+    /// command into the ring.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    fn commit_fast(
+        &mut self,
+        cid: u16,
+        dp: DataPtr,
+        op: Op,
+        ns: &Namespace,
+        lba: u64,
+        len: u64,
+        buf: IoBuf,
+        tag: u64,
+    ) {
+        self.free_cids.pop();
+        let req = self.slots.len() + cid as usize;
+        let (write, fua, what, _) = op_parts(op);
+        let slot = &mut self.slots[cid as usize];
+        slot.busy = true;
+        slot.req = req as u32;
+        let p = &mut self.reqs[req];
+        // The entry is free, so it holds IoBuf::Raw, which needs no drop.
+        debug_assert!(p.remaining == 0 && matches!(p.buf, IoBuf::Raw));
+        core::mem::forget(core::mem::replace(&mut p.buf, buf));
+        p.tag = tag;
+        p.remaining = 1;
+        p.what = what;
+        let blocks = len >> ns.block_size().trailing_zeros();
+        let mut cmd = Command::rw(write, ns.id(), lba, blocks as u32, fua);
+        cmd.set_cid(cid);
+        cmd.set_data(dp);
+        // Room is guaranteed: in-flight commands never exceed the ring
+        // size minus one.
+        self.sq.push(&cmd);
+        self.unrung = true;
     }
 
     /// Whether a one-segment request takes [`submit_one`](Self::submit_one):
@@ -573,9 +693,7 @@ impl QueuePair {
                 .is_some_and(|end| end <= ns.blocks())
             && aligned
             && !self.free_cids.is_empty()
-            && self.generation == self.shared.generation()
-            && !self.shared.is_resetting()
-            && !self.shared.is_disabled()
+            && self.shared.accepts_io(self.generation)
     }
 
     /// The common request: one segment, one command, checked by
@@ -816,6 +934,14 @@ impl QueuePair {
         self.unrung = true;
         self.wait_blocking()
     }
+}
+
+/// Makes room for more completions in `out` (out of line: `out` is
+/// normally reused with room to spare).
+#[cold]
+#[inline(never)]
+fn grow(out: &mut Vec<Done>) {
+    out.reserve(out.capacity().max(16));
 }
 
 /// Whether `op` writes, its FUA bit, its name in errors and its direction.

@@ -31,21 +31,28 @@ pub(crate) struct Shared {
     pub(super) admin: Mutex<Admin>,
     /// I/O queue IDs in use (index = qid - 1).
     pub(super) qids: Mutex<Vec<bool>>,
-    pub(super) disabled: std::sync::atomic::AtomicBool,
+    /// The reset generation and two flags in one word, so that a
+    /// submission checks all three with one load: bits 63:2 count the
+    /// controller resets (queue pairs compare them with their own to notice
+    /// that their queues are gone), [`RESETTING`] says that a reset is in
+    /// progress (new requests fail with the retryable [`Error::Reset`]),
+    /// [`DISABLED`] that the controller is stopped.
+    pub(super) state: std::sync::atomic::AtomicU64,
     pub(super) config: Config,
     /// MSI-X vectors in interrupt mode: vector `qid` serves I/O queue `qid`.
     pub(crate) msix: Option<crate::vfio::Msix>,
-    /// Bumped by every controller reset: queue pairs compare it with their
-    /// own to notice that their queues are gone.
-    pub(crate) generation: std::sync::atomic::AtomicU64,
-    /// A reset is in progress: new requests fail with the retryable
-    /// [`Error::Reset`].
-    pub(super) resetting: std::sync::atomic::AtomicBool,
     /// CMBMSC to program at every enable (0: no CMB in use).
     pub(super) cmbmsc: std::sync::atomic::AtomicU64,
     /// Shadow doorbell and EventIdx pages, once configured.
     pub(crate) dbbuf: std::sync::OnceLock<DbBuf>,
 }
+
+/// [`Shared::state`]: a reset is in progress.
+const RESETTING: u64 = 1;
+/// [`Shared::state`]: the controller is stopped.
+const DISABLED: u64 = 2;
+/// [`Shared::state`]: one reset generation.
+const GENERATION: u64 = 4;
 
 /// The two pages of Doorbell Buffer Config.
 #[derive(Debug)]
@@ -147,15 +154,34 @@ impl Shared {
     /// Stops the controller after a command timed out, so no memory is
     /// touched by the device once the caller gets its buffers back.
     pub(crate) fn stop_after_timeout(&self) {
-        self.disabled
-            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.set_disabled(true);
         if let Err(e) = self.disable() {
             log::error!("disabling the controller after a timeout: {e}");
         }
     }
 
+    /// Whether the controller is stopped.
+    #[inline]
     pub(crate) fn is_disabled(&self) -> bool {
-        self.disabled.load(std::sync::atomic::Ordering::SeqCst)
+        self.state.load(std::sync::atomic::Ordering::SeqCst) & DISABLED != 0
+    }
+
+    /// Marks the controller stopped (or running again).
+    pub(super) fn set_disabled(&self, disabled: bool) {
+        use std::sync::atomic::Ordering::SeqCst;
+        if disabled {
+            self.state.fetch_or(DISABLED, SeqCst);
+        } else {
+            self.state.fetch_and(!DISABLED, SeqCst);
+        }
+    }
+
+    /// Whether a queue pair of reset generation `generation` may submit:
+    /// no reset since, none in progress, and the controller running. One
+    /// load, for the I/O path.
+    #[inline(always)]
+    pub(crate) fn accepts_io(&self, generation: u64) -> bool {
+        self.state.load(std::sync::atomic::Ordering::SeqCst) == generation.wrapping_mul(GENERATION)
     }
 
     /// Runs one admin command to completion, with `data` (a 4 KiB-aligned
@@ -265,8 +291,7 @@ impl Shared {
             .with_enable(true);
         self.regs.write32(offset::CC, cc.0);
         self.wait_ready(true, "enabling")?;
-        self.disabled
-            .store(false, std::sync::atomic::Ordering::SeqCst);
+        self.set_disabled(false);
         Ok(())
     }
 
@@ -276,10 +301,10 @@ impl Shared {
     /// and recreate their queues, failing what they had in flight.
     pub(crate) fn reset(&self) -> Result<(), Error> {
         use std::sync::atomic::Ordering::SeqCst;
-        if self.resetting.swap(true, SeqCst) {
+        if self.state.fetch_or(RESETTING, SeqCst) & RESETTING != 0 {
             // Another thread is resetting: wait for it (bounded by its own
             // CAP.TO waits) instead of resetting twice.
-            while self.resetting.load(SeqCst) {
+            while self.is_resetting() {
                 std::thread::sleep(Duration::from_micros(100));
             }
             return if self.is_disabled() {
@@ -301,11 +326,11 @@ impl Shared {
             )?;
             self.configure_dbbuf()
         });
-        self.generation.fetch_add(1, SeqCst);
+        self.state.fetch_add(GENERATION, SeqCst);
         if r.is_err() {
-            self.disabled.store(true, SeqCst);
+            self.set_disabled(true);
         }
-        self.resetting.store(false, SeqCst);
+        self.state.fetch_and(!RESETTING, SeqCst);
         r
     }
 
@@ -334,13 +359,13 @@ impl Shared {
     /// Whether a reset is in progress.
     #[inline]
     pub(crate) fn is_resetting(&self) -> bool {
-        self.resetting.load(std::sync::atomic::Ordering::SeqCst)
+        self.state.load(std::sync::atomic::Ordering::SeqCst) & RESETTING != 0
     }
 
     /// The current reset generation.
     #[inline]
     pub(crate) fn generation(&self) -> u64 {
-        self.generation.load(std::sync::atomic::Ordering::Acquire)
+        self.state.load(std::sync::atomic::Ordering::SeqCst) / GENERATION
     }
 
     pub(crate) fn doorbells(&self, qid: u16) -> (u64, u64) {

@@ -267,8 +267,20 @@ impl CompletionQueue {
         }
         // Read the rest of the entry only after seeing its phase tag.
         fence(Ordering::Acquire);
-        // SAFETY: as above; the device finished this entry (phase tag).
-        let cqe = unsafe { slot.add(self.head as usize).read_volatile() };
+        let words = slot.wrapping_add(self.head as usize).cast::<u64>();
+        // SAFETY: as above; the device finished this entry (phase tag). The
+        // entry is 16 bytes and 8-byte aligned (the ring is page aligned):
+        // two quadword loads instead of one per field, taken apart in
+        // registers (the little-endian layout of the entry).
+        let (lo, hi) = unsafe { (words.read_volatile(), words.add(1).read_volatile()) };
+        let cqe = Completion {
+            result: lo as u32,
+            rsvd: (lo >> 32) as u32,
+            sq_head: hi as u16,
+            sq_id: (hi >> 16) as u16,
+            cid: (hi >> 32) as u16,
+            status: (hi >> 48) as u16,
+        };
         self.head += 1;
         if self.head == self.entries {
             self.head = 0;
