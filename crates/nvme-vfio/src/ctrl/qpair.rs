@@ -656,13 +656,22 @@ impl QueuePair {
         self.free_cids.pop();
         let req = self.slots.len() + cid as usize;
         let (write, fua, what, _) = op_parts(op);
-        let slot = &mut self.slots[cid as usize];
+        debug_assert!((cid as usize) < self.slots.len() && req < self.reqs.len());
+        // SAFETY: `try_fast` found command `cid` in `slots`, and `reqs`
+        // holds two entries per slot (see `build`), so `req` is in it too.
+        // Unchecked: nothing here may panic while it holds the buffer.
+        let (slot, p) = unsafe {
+            (
+                self.slots.get_unchecked_mut(cid as usize),
+                self.reqs.get_unchecked_mut(req),
+            )
+        };
         slot.busy = true;
         slot.req = req as u32;
-        let p = &mut self.reqs[req];
         // The entry is free, so it holds IoBuf::Raw, which needs no drop.
         debug_assert!(p.remaining == 0 && matches!(p.buf, IoBuf::Raw));
-        core::mem::forget(core::mem::replace(&mut p.buf, buf));
+        // SAFETY: overwrites IoBuf::Raw (nothing to drop) with the buffer.
+        unsafe { core::ptr::write(&mut p.buf, buf) };
         p.tag = tag;
         p.remaining = 1;
         p.what = what;

@@ -133,8 +133,17 @@ impl DescList {
 
     /// Returns every page to `pool`. Call when the command has completed (or
     /// was never submitted).
+    #[inline]
     pub fn release<P: DescPool + ?Sized>(&mut self, pool: &mut P) {
-        for slot in &mut self.pages[..self.len] {
+        // Most commands hold none: one test, the loop out of line.
+        if self.len != 0 {
+            self.release_pages(pool);
+        }
+    }
+
+    #[inline(never)]
+    fn release_pages<P: DescPool + ?Sized>(&mut self, pool: &mut P) {
+        for slot in self.pages.iter_mut().take(self.len) {
             if let Some(p) = slot.take() {
                 pool.free(p);
             }

@@ -256,18 +256,19 @@ impl CompletionQueue {
     /// The next completion, if the device has posted one; consumes it.
     #[inline]
     pub fn pop(&mut self) -> Option<Completion> {
-        let slot = self.ring.as_ptr().cast::<Completion>();
-        // SAFETY: head < entries, inside the ring this queue owns. The
-        // device may be writing other slots; this one is only read, with a
-        // volatile read, and its phase tag tells whether it is complete.
-        let status =
-            unsafe { core::ptr::addr_of!((*slot.add(self.head as usize)).status).read_volatile() };
+        let head = self.head;
+        // SAFETY: head < entries, inside the ring this queue owns.
+        let entry = unsafe { self.ring.as_ptr().cast::<Completion>().add(head as usize) };
+        // SAFETY: `entry` is in the ring. The device may be writing other
+        // entries; this one is only read, with a volatile read, and its
+        // phase tag tells whether it is complete.
+        let status = unsafe { core::ptr::addr_of!((*entry).status).read_volatile() };
         if (status & 1 != 0) != self.phase {
             return None;
         }
         // Read the rest of the entry only after seeing its phase tag.
         fence(Ordering::Acquire);
-        let words = slot.wrapping_add(self.head as usize).cast::<u64>();
+        let words = entry.cast::<u64>();
         // SAFETY: as above; the device finished this entry (phase tag). The
         // entry is 16 bytes and 8-byte aligned (the ring is page aligned):
         // two quadword loads instead of one per field, taken apart in
@@ -281,10 +282,11 @@ impl CompletionQueue {
             cid: (hi >> 32) as u16,
             status: (hi >> 48) as u16,
         };
-        self.head += 1;
-        if self.head == self.entries {
+        if head + 1 == self.entries {
             self.head = 0;
             self.phase = !self.phase;
+        } else {
+            self.head = head + 1;
         }
         Some(cqe)
     }
