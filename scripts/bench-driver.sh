@@ -14,16 +14,22 @@
 # - submission doorbells (and MMIO doorbell writes) per I/O.
 #
 # Usage: scripts/bench-driver.sh [--quick]
+#        scripts/bench-driver.sh --driver-instructions QD
+#            (prints only the driver instructions per I/O at QD, counted
+#            over 2,000 and 12,000 I/Os; scripts/check-budgets.sh uses it)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 n1=20000
 n2=120000
 native=3000000
-if [ "${1:-}" = "--quick" ]; then
+only_qd=
+if [ "${1:-}" = "--quick" ] && [ $# -eq 1 ]; then
     n1=2000; n2=12000; native=200000
+elif [ "${1:-}" = "--driver-instructions" ] && [ $# -eq 2 ]; then
+    n1=2000; n2=12000; only_qd=$2
 elif [ $# -gt 0 ]; then
-    echo "usage: $0 [--quick]" >&2
+    echo "usage: $0 [--quick | --driver-instructions QD]" >&2
     exit 2
 fi
 if ! command -v valgrind >/dev/null; then
@@ -60,10 +66,17 @@ json_field() {
     python3 -c 'import json,sys; r=json.load(sys.stdin)["result"]; print(eval(sys.argv[1], {}, r))' "$1"
 }
 
+driver=(nvme_vfio::ctrl::qpair::QueuePair::submit nvme_vfio::ctrl::qpair::QueuePair::poll)
+if [ -n "$only_qd" ]; then
+    per_io "$only_qd" "${driver[@]}"
+    echo
+    exit 0
+fi
+
 printf '%-4s %12s %12s %14s %14s %12s %12s %14s\n' QD "driver instr" "thread instr" \
     "driver ns/IO" "device ns/IO" "SQ db/IO" "MMIO db/IO" "IOPS threaded"
 for qd in 1 32 128; do
-    drv=$(per_io "$qd" nvme_vfio::ctrl::qpair::QueuePair::submit nvme_vfio::ctrl::qpair::QueuePair::poll)
+    drv=$(per_io "$qd" "${driver[@]}")
     thr=$(per_io "$qd" nvme_bench::perf::engine::Worker::phase)
     inline=$("$bin" "${common[@]}" --sim-inline --qd "$qd" --ios "$native" --json)
     threaded=$("$bin" "${common[@]}" --qd "$qd" --ios "$native" --json)
