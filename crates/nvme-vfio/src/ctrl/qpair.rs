@@ -283,7 +283,7 @@ impl QueuePair {
                     tag,
                     ..
                 } = io;
-                self.commit_fast(cid, dp, op, &ns, lba, seg.len, buf, tag);
+                self.commit_one(cid, dp, op, &ns, lba, seg.len, buf, tag);
                 return Ok(());
             }
         }
@@ -604,11 +604,8 @@ impl QueuePair {
     ) -> Result<(), (Error, IoBuf)> {
         if let [seg] = segs {
             if let Some((cid, dp)) = self.try_fast(ns, lba, *seg) {
-                self.commit_fast(cid, dp, op, ns, lba, seg.len, buf, tag);
+                self.commit_one(cid, dp, op, ns, lba, seg.len, buf, tag);
                 return Ok(());
-            }
-            if self.fast_path_fits(ns, lba, seg) {
-                return self.submit_one(op, ns, lba, *seg, buf, tag);
             }
         }
         self.submit_general(op, ns, lba, segs, buf, tag)
@@ -637,12 +634,13 @@ impl QueuePair {
         Some((cid, dp))
     }
 
-    /// Queues the command [`try_fast`](Self::try_fast) chose: takes its
-    /// command ID and the request entry that goes with it, and writes the
-    /// command into the ring.
+    /// Queues a one-command request whose data pointer `dp` is built for
+    /// command `cid`, the last free command ID: takes the ID and the
+    /// request entry that goes with it, and writes the command into the
+    /// ring. Nothing here fails.
     #[inline(always)]
     #[allow(clippy::too_many_arguments)]
-    fn commit_fast(
+    fn commit_one(
         &mut self,
         cid: u16,
         dp: DataPtr,
@@ -653,11 +651,12 @@ impl QueuePair {
         buf: IoBuf,
         tag: u64,
     ) {
+        debug_assert_eq!(self.free_cids.last(), Some(&cid));
         self.free_cids.pop();
         let req = self.slots.len() + cid as usize;
         let (write, fua, what, _) = op_parts(op);
         debug_assert!((cid as usize) < self.slots.len() && req < self.reqs.len());
-        // SAFETY: `try_fast` found command `cid` in `slots`, and `reqs`
+        // SAFETY: both callers found command `cid` in `slots`, and `reqs`
         // holds two entries per slot (see `build`), so `req` is in it too.
         // Unchecked: nothing here may panic while it holds the buffer.
         let (slot, p) = unsafe {
@@ -705,9 +704,10 @@ impl QueuePair {
             && self.shared.accepts_io(self.generation)
     }
 
-    /// The common request: one segment, one command, checked by
-    /// [`fast_path_fits`](Self::fast_path_fits).
-    #[inline(always)]
+    /// A one-segment request that [`fast_path_fits`](Self::fast_path_fits)
+    /// but that [`try_fast`](Self::try_fast) could not map: mapped the full
+    /// way (region lookup, descriptor pages, or IOVA space for unregistered
+    /// memory), then queued like the fast path's.
     fn submit_one(
         &mut self,
         op: Op,
@@ -717,49 +717,28 @@ impl QueuePair {
         buf: IoBuf,
         tag: u64,
     ) -> Result<(), (Error, IoBuf)> {
-        let Some(cid) = self.free_cids.pop() else {
+        let Some(&cid) = self.free_cids.last() else {
             // fast_path_fits saw a free command ID.
             return Err((Error::QueueFull { needed: 1, free: 0 }, buf));
         };
-        let req = (self.slots.len() + cid as usize) as u32;
-        let (write, fua, what, dir) = op_parts(op);
-        let slot = &mut self.slots[cid as usize];
-        let page = self.shared.page;
-        let dp = match map_into(
-            slot,
-            &[seg],
-            dir,
-            &self.mapper,
-            &mut self.pool,
-            self.policy,
-            page,
-        ) {
-            Ok(dp) => dp,
-            Err(e) => {
-                self.free_cids.push(cid);
-                return Err((e.into(), buf));
-            }
+        let (.., dir) = op_parts(op);
+        let Some(slot) = self.slots.get_mut(cid as usize) else {
+            return Err((Error::QueueFull { needed: 1, free: 0 }, buf));
         };
-        slot.busy = true;
-        slot.req = req;
-        // Stamped by the next timeout check.
-        slot.started = None;
-        let p = &mut self.reqs[req as usize];
-        // The entry is free, so it holds IoBuf::Raw, which needs no drop.
-        debug_assert!(p.remaining == 0 && matches!(p.buf, IoBuf::Raw));
-        core::mem::forget(core::mem::replace(&mut p.buf, buf));
-        p.tag = tag;
-        p.remaining = 1;
-        p.what = what;
-        let blocks = seg.len >> ns.block_size().trailing_zeros();
-        let mut cmd = Command::rw(write, ns.id(), lba, blocks as u32, fua);
-        cmd.set_cid(cid);
-        cmd.set_data(dp);
-        // Room is guaranteed: in-flight commands never exceed the ring
-        // size minus one.
-        self.sq.push(&cmd);
-        self.unrung = true;
-        Ok(())
+        let setup = Setup {
+            policy: self.policy,
+            queue: QueueKind::Io,
+            page: self.shared.page,
+            pool: &mut self.pool,
+            list: &mut slot.list,
+        };
+        match dptr::map_one_uncached(seg, dir, &self.mapper, &mut slot.state, setup) {
+            Ok(dp) => {
+                self.commit_one(cid, dp, op, ns, lba, seg.len, buf, tag);
+                Ok(())
+            }
+            Err(e) => Err((e.into(), buf)),
+        }
     }
 
     /// [`submit_request`](Self::submit_request) for every other request:
@@ -775,6 +754,11 @@ impl QueuePair {
         buf: IoBuf,
         tag: u64,
     ) -> Result<(), (Error, IoBuf)> {
+        if let [seg] = segs {
+            if self.fast_path_fits(ns, lba, seg) {
+                return self.submit_one(op, ns, lba, *seg, buf, tag);
+            }
+        }
         if self.shared.is_resetting() {
             return Err((Error::Reset, buf));
         }
