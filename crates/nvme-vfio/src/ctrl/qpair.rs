@@ -349,9 +349,12 @@ impl QueuePair {
     }
 
     /// Publishes every submitted command with one tail doorbell write.
+    /// Nothing is published while the controller is being reset (or was
+    /// reset since this queue pair's queues were created, or is stopped):
+    /// the recovery fails those commands instead.
     #[inline]
     pub fn flush(&mut self) {
-        if self.unrung {
+        if self.unrung && self.shared.accepts_io(self.generation) {
             self.sq.ring(&*self.shared.regs);
             self.unrung = false;
         }

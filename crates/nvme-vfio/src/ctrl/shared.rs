@@ -47,6 +47,10 @@ pub(crate) struct Shared {
     pub(crate) dbbuf: std::sync::OnceLock<DbBuf>,
 }
 
+/// How long a reset waits, once queue pairs have stopped publishing
+/// commands, before it disables the controller.
+const RESET_GRACE: Duration = Duration::from_millis(10);
+
 /// [`Shared::state`]: a reset is in progress.
 const RESETTING: u64 = 1;
 /// [`Shared::state`]: the controller is stopped.
@@ -313,6 +317,13 @@ impl Shared {
                 Ok(())
             };
         }
+        // Queue pairs publish nothing from now on (see QueuePair::flush).
+        // Give a doorbell written just before a moment to be seen: QEMU's
+        // emulated controller (7.2 to 10.0) starts the commands it fetches
+        // while its reset drains the disk, after that reset has freed their
+        // queues, and then completes them into freed memory. A controller
+        // fetches within microseconds of a doorbell.
+        std::thread::sleep(RESET_GRACE);
         let r = self.disable().and_then(|()| {
             if let Some(db) = self.dbbuf.get() {
                 db.clear();
