@@ -59,6 +59,10 @@ per_io() {
     local a b
     a=$(ir "$qd" "$n1" "$@")
     b=$(ir "$qd" "$n2" "$@")
+    if [ -z "$a" ] || [ -z "$b" ]; then
+        echo "bench-driver: callgrind gave no instruction count" >&2
+        exit 1
+    fi
     awk -v a="$a" -v b="$b" -v n=$((n2 - n1)) 'BEGIN { printf "%.0f", (b - a) / n }'
 }
 

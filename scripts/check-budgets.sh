@@ -33,7 +33,10 @@ collected() {
 
 # check NAME VALUE BUDGET: prints the line, counts it if over.
 check() {
-    if awk -v v="$2" -v b="$3" 'BEGIN { exit !(v <= b) }'; then
+    if ! [[ "$2" =~ ^[0-9]+(\.[0-9]+)?$ ]]; then
+        printf '%-44s no figure (%s)  FAILED\n' "$1" "$2"
+        over=$((over + 1))
+    elif awk -v v="$2" -v b="$3" 'BEGIN { exit !(v <= b) }'; then
         printf '%-44s %8s <= %s\n' "$1" "$2" "$3"
     else
         printf '%-44s %8s >  %s  OVER BUDGET\n' "$1" "$2" "$3"
