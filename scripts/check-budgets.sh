@@ -48,6 +48,7 @@ check() {
 map_build() {
     local n=20000 ir
     ir=$(collected "--toggle-collect=*Fixture::ours_map_build_*" "$dir/map-cost" "$1" ours "$n")
+    [ -n "$ir" ] || return 0
     awk -v a="$ir" -v n="$n" 'BEGIN { printf "%.1f", a / n }'
 }
 
