@@ -222,6 +222,7 @@ impl Controller {
             state: std::sync::atomic::AtomicU64::new(0),
             config,
             msix,
+            publishers: Mutex::new(Vec::new()),
             cmbmsc: std::sync::atomic::AtomicU64::new(0),
             dbbuf: std::sync::OnceLock::new(),
         });

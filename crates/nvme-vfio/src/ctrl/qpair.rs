@@ -147,6 +147,8 @@ pub struct QueuePair {
     pub(super) generation: u64,
     /// Interrupts seen so far.
     pub(super) interrupts: u64,
+    /// Set while [`flush`](Self::flush) publishes, for a reset to wait on.
+    pub(super) publishing: Arc<super::shared::Publishing>,
 }
 
 impl QueuePair {
@@ -246,6 +248,7 @@ impl QueuePair {
             irq,
             interrupts: 0,
             generation: shared.generation(),
+            publishing: shared.add_publisher(),
         })
     }
 
@@ -354,10 +357,18 @@ impl QueuePair {
     /// the recovery fails those commands instead.
     #[inline]
     pub fn flush(&mut self) {
-        if self.unrung && self.shared.accepts_io(self.generation) {
+        use std::sync::atomic::Ordering::{Release, SeqCst};
+        if !self.unrung {
+            return;
+        }
+        // Announced before the state is read, so that a reset either is
+        // seen here or waits for this doorbell write (Shared::reset).
+        self.publishing.0.store(true, SeqCst);
+        if self.shared.accepts_io(self.generation) {
             self.sq.ring(&*self.shared.regs);
             self.unrung = false;
         }
+        self.publishing.0.store(false, Release);
     }
 
     /// Publishes pending submissions, then collects completed requests into
@@ -526,10 +537,10 @@ impl QueuePair {
         if p.error.is_some() || p.tag == BLOCKING {
             return self.finish_request_rare(req, out);
         }
-        p.remaining = 0;
         if out.len() == out.capacity() {
             grow(out);
         }
+        p.remaining = 0;
         let len = out.len();
         // Built in place, field by field, so that only the buffer and the
         // tag are copied (the result's error payload is not).
@@ -661,7 +672,7 @@ impl QueuePair {
         debug_assert!((cid as usize) < self.slots.len() && req < self.reqs.len());
         // SAFETY: both callers found command `cid` in `slots`, and `reqs`
         // holds two entries per slot (see `build`), so `req` is in it too.
-        // Unchecked: nothing here may panic while it holds the buffer.
+        // Unchecked, so that no panic path has to keep the buffer to drop.
         let (slot, p) = unsafe {
             (
                 self.slots.get_unchecked_mut(cid as usize),
@@ -1000,6 +1011,7 @@ impl Drop for QueuePair {
                 log::warn!("deleting CQ {}: {e}", self.qid);
             }
         }
+        self.shared.remove_publisher(&self.publishing);
         self.shared.free_qid(self.qid);
     }
 }

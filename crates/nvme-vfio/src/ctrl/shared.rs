@@ -41,11 +41,25 @@ pub(crate) struct Shared {
     pub(super) config: Config,
     /// MSI-X vectors in interrupt mode: vector `qid` serves I/O queue `qid`.
     pub(crate) msix: Option<crate::vfio::Msix>,
+    /// One flag per queue pair, set while it publishes commands: a reset
+    /// waits for publications in progress (see [`Shared::reset`]).
+    pub(super) publishers: Mutex<Vec<Arc<Publishing>>>,
     /// CMBMSC to program at every enable (0: no CMB in use).
     pub(super) cmbmsc: std::sync::atomic::AtomicU64,
     /// Shadow doorbell and EventIdx pages, once configured.
     pub(crate) dbbuf: std::sync::OnceLock<DbBuf>,
 }
+
+/// Set while a queue pair writes its submission doorbell
+/// ([`QueuePair::flush`](super::QueuePair::flush)), on a cache line of its
+/// own.
+#[derive(Debug, Default)]
+#[repr(align(64))]
+pub(crate) struct Publishing(pub(crate) std::sync::atomic::AtomicBool);
+
+/// Longest a reset waits for a queue pair to finish publishing (a thread
+/// descheduled in the middle of it).
+const PUBLISH_WAIT: Duration = Duration::from_secs(1);
 
 /// How long a reset waits, once queue pairs have stopped publishing
 /// commands, before it disables the controller.
@@ -317,12 +331,14 @@ impl Shared {
                 Ok(())
             };
         }
-        // Queue pairs publish nothing from now on (see QueuePair::flush).
-        // Give a doorbell written just before a moment to be seen: QEMU's
+        // Queue pairs publish nothing from now on (see QueuePair::flush);
+        // wait for a publication in progress to finish, then give a doorbell
+        // written just before a moment to be seen: QEMU's
         // emulated controller (7.2 to 10.0) starts the commands it fetches
         // while its reset drains the disk, after that reset has freed their
         // queues, and then completes them into freed memory. A controller
         // fetches within microseconds of a doorbell.
+        self.wait_publishers();
         std::thread::sleep(RESET_GRACE);
         let r = self.disable().and_then(|()| {
             if let Some(db) = self.dbbuf.get() {
@@ -389,6 +405,39 @@ impl Shared {
 }
 
 impl Shared {
+    /// A flag for a new queue pair to announce its publications with.
+    pub(crate) fn add_publisher(&self) -> Arc<Publishing> {
+        let p = Arc::new(Publishing::default());
+        lock(&self.publishers).push(p.clone());
+        p
+    }
+
+    /// Forgets a queue pair's flag.
+    pub(crate) fn remove_publisher(&self, p: &Arc<Publishing>) {
+        lock(&self.publishers).retain(|q| !Arc::ptr_eq(q, p));
+    }
+
+    /// Waits until no queue pair is publishing commands (bounded by
+    /// [`PUBLISH_WAIT`]). The caller has set [`RESETTING`] first: a queue
+    /// pair announces a publication before it reads the state and the
+    /// reset sets the state before it reads the flags (both sequentially
+    /// consistent), so either the queue pair sees the reset and publishes
+    /// nothing, or the reset sees the flag and waits for the doorbell write
+    /// to be done.
+    fn wait_publishers(&self) {
+        use std::sync::atomic::Ordering::SeqCst;
+        let start = Instant::now();
+        for p in lock(&self.publishers).iter() {
+            while p.0.load(SeqCst) {
+                if start.elapsed() > PUBLISH_WAIT {
+                    log::warn!("reset: a queue pair is still publishing after {PUBLISH_WAIT:?}");
+                    return;
+                }
+                std::thread::yield_now();
+            }
+        }
+    }
+
     pub(crate) fn free_qid(&self, qid: u16) {
         if let Some(slot) = lock(&self.qids).get_mut(qid as usize - 1) {
             *slot = false;
