@@ -7,13 +7,13 @@
 
 mod blocking;
 mod cmb;
+mod function;
 mod io;
 mod pool;
 mod qpair;
 mod recovery;
 mod shared;
 
-use std::any::Any;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -27,6 +27,7 @@ use crate::nvme::spec::PageSize;
 use crate::Error;
 
 pub use cmb::CmbBuf;
+pub use function::PciFunction;
 pub use io::{Done, Io, IoBuf, Op};
 pub use pool::{DmaDescPool, DESC_PAGE};
 pub use qpair::{QueueConfig, QueuePair};
@@ -110,8 +111,6 @@ pub struct Controller {
     identify: IdentifyController,
     io_queues: u16,
     cmb: Option<Arc<cmb::Cmb>>,
-    /// Keeps the VFIO device (and its BAR mapping) open.
-    _backend: Option<Box<dyn Any + Send + Sync>>,
 }
 
 impl core::fmt::Debug for Controller {
@@ -143,13 +142,7 @@ impl Controller {
             None
         };
         let want_cmb = config.cmb;
-        let mut ctrl = Self::build(
-            bar,
-            space.clone(),
-            config,
-            Some(Box::new(dev.clone())),
-            msix,
-        )?;
+        let mut ctrl = Self::build(bar, space.clone(), config, Some(dev.clone()), msix)?;
         if want_cmb && ctrl.shared.cap.cmb_supported() {
             if let Some(cmb) = cmb::Cmb::enable(&dev, &*ctrl.shared.regs, &space)? {
                 ctrl.shared
@@ -162,27 +155,30 @@ impl Controller {
     }
 
     /// Brings up a controller reached through `regs`, with DMA memory in
-    /// `space` (a VFIO container's, or a device model's). `backend` is kept
-    /// alive as long as the controller.
+    /// `space` (a VFIO container's, or a device model's). `function` is
+    /// the PCI function behind it, kept as long as the controller: the
+    /// driver clears its bus mastering and resets it when the controller
+    /// does not stop. Without one, memory the device might still reach is
+    /// never handed back once the controller fails to stop.
     pub fn with_backend(
         regs: Arc<dyn Registers>,
         space: Arc<DmaSpace>,
         config: Config,
-        backend: Option<Box<dyn Any + Send + Sync>>,
+        function: Option<Arc<dyn PciFunction>>,
     ) -> Result<Self, Error> {
         if config.interrupts {
             return Err(Error::Unsupported(
                 "interrupt mode needs a VFIO device (Controller::open)",
             ));
         }
-        Self::build(regs, space, config, backend, None)
+        Self::build(regs, space, config, function, None)
     }
 
     fn build(
         regs: Arc<dyn Registers>,
         space: Arc<DmaSpace>,
         config: Config,
-        backend: Option<Box<dyn Any + Send + Sync>>,
+        function: Option<Arc<dyn PciFunction>>,
         msix: Option<crate::vfio::Msix>,
     ) -> Result<Self, Error> {
         let cap_raw = regs.read64(offset::CAP);
@@ -222,6 +218,7 @@ impl Controller {
             state: std::sync::atomic::AtomicU64::new(0),
             config,
             msix,
+            function,
             publishers: Mutex::new(Vec::new()),
             cmbmsc: std::sync::atomic::AtomicU64::new(0),
             dbbuf: std::sync::OnceLock::new(),
@@ -232,7 +229,6 @@ impl Controller {
             identify: IdentifyController::default(),
             io_queues: 0,
             cmb: None,
-            _backend: backend,
         };
         ctrl.identify = ctrl.identify_controller()?;
         ctrl.io_queues = ctrl.negotiate_queues()?;

@@ -41,6 +41,9 @@ pub(crate) struct Shared {
     pub(super) config: Config,
     /// MSI-X vectors in interrupt mode: vector `qid` serves I/O queue `qid`.
     pub(crate) msix: Option<crate::vfio::Msix>,
+    /// The PCI function, to stop DMA when the controller does not stop
+    /// (and, for VFIO, what keeps the device and its BAR mapping open).
+    pub(super) function: Option<Arc<dyn super::PciFunction>>,
     /// One flag per queue pair, set while it publishes commands: a reset
     /// waits for publications in progress (see [`Shared::reset`]).
     pub(super) publishers: Mutex<Vec<Arc<Publishing>>>,

@@ -203,6 +203,21 @@ impl Device {
         self.config_u16(PCI_COMMAND)
     }
 
+    /// Clears Bus Master Enable in the command register: the function
+    /// can start no more DMA. Returns the register as read back.
+    pub fn disable_bus_master(&self) -> Result<u16, VfioError> {
+        let cmd = self.config_u16(PCI_COMMAND)?;
+        if cmd & PCI_COMMAND_MASTER != 0 {
+            self.set_config_u16(PCI_COMMAND, cmd & !PCI_COMMAND_MASTER)?;
+        }
+        self.config_u16(PCI_COMMAND)
+    }
+
+    /// Whether Bus Master Enable is set in the command register.
+    pub fn bus_master_enabled(&self) -> Result<bool, VfioError> {
+        Ok(self.config_u16(PCI_COMMAND)? & PCI_COMMAND_MASTER != 0)
+    }
+
     /// The config offset of the first capability with `id` in the standard
     /// capability list, if present.
     pub fn find_capability(&self, id: u8) -> Result<Option<u64>, VfioError> {
