@@ -108,4 +108,12 @@ pub enum Error {
     /// in time; it must be reset before further use.
     #[error("controller disabled after a command timed out; reset it")]
     Disabled,
+    /// The controller could not be stopped: it kept running after CC.EN
+    /// was cleared, and bus mastering and a function level reset could not
+    /// stop it (or the driver has no access to its PCI function). Memory
+    /// it might still reach (buffers of requests in flight, queue rings,
+    /// descriptor pages) is quarantined: never handed back or reused. The
+    /// controller takes no more commands.
+    #[error("controller could not be stopped; its memory is quarantined and it takes no more commands")]
+    Dead,
 }

@@ -213,7 +213,7 @@ impl Controller {
             space,
             cap,
             page,
-            admin: Mutex::new(admin),
+            admin: std::mem::ManuallyDrop::new(Mutex::new(admin)),
             qids: Mutex::new(Vec::new()),
             state: std::sync::atomic::AtomicU64::new(0),
             config,
@@ -221,7 +221,8 @@ impl Controller {
             function,
             publishers: Mutex::new(Vec::new()),
             cmbmsc: std::sync::atomic::AtomicU64::new(0),
-            dbbuf: std::sync::OnceLock::new(),
+            device_errors: std::sync::atomic::AtomicU64::new(0),
+            dbbuf: std::mem::ManuallyDrop::new(std::sync::OnceLock::new()),
         });
         shared.enable()?;
         let mut ctrl = Controller {
@@ -516,6 +517,7 @@ impl Drop for Controller {
                 Err(_) => return,
             }
         }
-        log::warn!("controller shutdown did not complete in {SHUTDOWN_TIMEOUT:?}");
+        log::warn!("controller shutdown did not complete in {SHUTDOWN_TIMEOUT:?}: stopping it");
+        self.shared.stop_after_timeout();
     }
 }

@@ -12,6 +12,8 @@
 //! The blocking calls ([`read`](QueuePair::read), [`write`](QueuePair::write),
 //! ...) run on the same machinery.
 
+use std::collections::VecDeque;
+use std::mem::ManuallyDrop;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -57,8 +59,6 @@ impl Default for QueueConfig {
     }
 }
 
-/// Tag of the one blocking request a queue pair runs at a time.
-const BLOCKING: u64 = u64::MAX;
 /// Polls (with commands in flight) between two looks at the clock for
 /// timed-out commands.
 const TIMEOUT_CHECK: u32 = 1024;
@@ -69,6 +69,11 @@ const TIMEOUT_PERIOD: std::time::Duration = std::time::Duration::from_millis(10)
 #[derive(Debug)]
 pub(super) struct Slot {
     pub(super) busy: bool,
+    /// The command ID this slot's next (or current) command carries: the
+    /// slot's index in the low bits, a generation above them that moves on
+    /// every completion, so that a late or duplicate completion of an
+    /// earlier command in this slot matches no command in flight.
+    pub(super) cid: u16,
     pub(super) req: u32,
     pub(super) started: Option<Instant>,
     pub(super) state: DmaState,
@@ -80,6 +85,8 @@ pub(super) struct Slot {
 pub(super) struct Pending {
     pub(super) buf: IoBuf,
     pub(super) tag: u64,
+    /// The blocking call's request (its result goes to `blocking_done`).
+    pub(super) blocking: bool,
     pub(super) remaining: u32,
     /// The request's error (boxed: errors are rare, and the request moves
     /// on every completion).
@@ -92,6 +99,7 @@ impl Pending {
     const FREE: Pending = Pending {
         buf: IoBuf::Raw,
         tag: 0,
+        blocking: false,
         remaining: 0,
         error: None,
         what: "",
@@ -101,6 +109,7 @@ impl Pending {
     #[inline]
     fn take(&mut self) -> (u64, IoBuf, Option<Box<Error>>) {
         self.remaining = 0;
+        self.blocking = false;
         (
             self.tag,
             core::mem::replace(&mut self.buf, IoBuf::Raw),
@@ -114,17 +123,34 @@ impl Pending {
 pub struct QueuePair {
     pub(super) shared: Arc<Shared>,
     pub(super) qid: u16,
-    pub(super) sq: SubmissionQueue,
-    pub(super) cq: CompletionQueue,
+    /// The rings (and the descriptor pool) are leaked instead of freed if
+    /// the controller could not be stopped (see `Drop`).
+    pub(super) sq: ManuallyDrop<SubmissionQueue>,
+    pub(super) cq: ManuallyDrop<CompletionQueue>,
     pub(super) mapper: VfioMapper,
-    pub(super) pool: DmaDescPool,
+    pub(super) pool: ManuallyDrop<DmaDescPool>,
     pub(super) policy: Policy,
     pub(super) max_transfer: u64,
     /// SGL data blocks may start at any byte (SGLS = 01b).
     pub(super) sgl_any_alignment: bool,
-    /// Indexed by command ID.
+    /// Indexed by the command ID's index bits ([`Slot::cid`]).
     pub(super) slots: Vec<Slot>,
-    pub(super) free_cids: Vec<u16>,
+    /// Free slots, oldest first: a slot is reused only after every other
+    /// free one, so a command ID comes back as late as possible.
+    pub(super) free_cids: VecDeque<u16>,
+    /// The low bits of a command ID that index `slots`.
+    pub(super) cid_mask: u16,
+    /// What a slot's command ID moves by per completion (the generation's
+    /// lowest bit; 0 when the index takes all 16 bits).
+    pub(super) gen_step: u16,
+    /// Completions that matched no command in flight, on this queue pair.
+    pub(super) device_errors: u64,
+    /// A device error was seen: reset the controller before trusting the
+    /// queues again.
+    pub(super) device_error: bool,
+    /// Slots whose commands were quarantined: the controller could not be
+    /// stopped, so they are never reused.
+    pub(super) quarantined: usize,
     /// Requests by index; a free entry has `remaining == 0`.
     pub(super) reqs: Vec<Pending>,
     pub(super) free_reqs: Vec<u32>,
@@ -155,7 +181,7 @@ impl QueuePair {
     pub(crate) fn create(ctrl: &Controller, config: QueueConfig) -> Result<Self, Error> {
         let shared = ctrl.shared().clone();
         if shared.is_disabled() {
-            return Err(Error::Disabled);
+            return Err(shared.stopped_error());
         }
         let qid = ctrl.alloc_qid()?;
         let r = Self::build(ctrl, &shared, qid, config);
@@ -210,13 +236,17 @@ impl QueuePair {
         }
         let id = ctrl.identify();
         let depth = entries as usize - 1;
+        // Index bits for `depth` slots; the rest of the 16-bit command ID
+        // is the generation (none at the largest depths, where the FIFO
+        // reuse of free slots alone keeps command IDs apart).
+        let index_bits = u32::BITS - (depth as u32 - 1).leading_zeros();
         Ok(Self {
             shared: shared.clone(),
             qid,
-            sq,
-            cq,
+            sq: ManuallyDrop::new(sq),
+            cq: ManuallyDrop::new(cq),
             mapper: VfioMapper::new(shared.space.clone()),
-            pool: DmaDescPool::new(&shared.space, config.desc_pages.max(2))?,
+            pool: ManuallyDrop::new(DmaDescPool::new(&shared.space, config.desc_pages.max(2))?),
             policy: Policy {
                 io_sgls: config.sgl && id.sgl_supported(),
                 sgl_threshold: config.sgl_threshold,
@@ -224,15 +254,21 @@ impl QueuePair {
             max_transfer: ctrl.max_transfer(),
             sgl_any_alignment: config.sgl && id.sgls() & 0x3 == 0x1,
             slots: (0..depth)
-                .map(|_| Slot {
+                .map(|i| Slot {
                     busy: false,
+                    cid: i as u16,
                     req: 0,
                     started: None,
                     state: DmaState::with_capacity(8),
                     list: DescList::new(),
                 })
                 .collect(),
-            free_cids: (0..depth as u16).rev().collect(),
+            free_cids: (0..depth as u16).collect(),
+            cid_mask: ((1u32 << index_bits) - 1) as u16,
+            gen_step: (1u32 << index_bits) as u16,
+            device_errors: 0,
+            device_error: false,
+            quarantined: 0,
             // Requests 0..depth are handed out by `free_reqs`; request
             // depth + cid belongs to the one-command request on command
             // `cid` (the fast path needs no allocation of its own).
@@ -259,7 +295,15 @@ impl QueuePair {
 
     /// Commands in flight.
     pub fn inflight(&self) -> usize {
-        self.slots.len() - self.free_cids.len()
+        self.slots.len() - self.free_cids.len() - self.quarantined
+    }
+
+    /// Completions this queue pair received that belonged to no command in
+    /// flight (a command ID not outstanding or of an earlier generation,
+    /// another queue's SQ ID, an impossible SQ head): device errors, each
+    /// of which made the driver reset the controller.
+    pub fn device_errors(&self) -> u64 {
+        self.device_errors
     }
 
     /// Most commands that can be in flight at once.
@@ -286,7 +330,7 @@ impl QueuePair {
                     tag,
                     ..
                 } = io;
-                self.commit_one(cid, dp, op, &ns, lba, seg.len, buf, tag);
+                self.commit_one(cid, dp, op, &ns, lba, seg.len, buf, Tag::Caller(tag));
                 return Ok(());
             }
         }
@@ -313,7 +357,7 @@ impl QueuePair {
             buf,
             tag,
         } = io;
-        self.submit_request(op, &ns, lba, &[seg], buf, tag)
+        self.submit_request(op, &ns, lba, &[seg], buf, Tag::Caller(tag))
             .map_err(|(e, buf)| {
                 (
                     e,
@@ -347,7 +391,7 @@ impl QueuePair {
         segs: &[HostSeg],
         tag: u64,
     ) -> Result<(), Error> {
-        self.submit_request(op, ns, lba, segs, IoBuf::Raw, tag)
+        self.submit_request(op, ns, lba, segs, IoBuf::Raw, Tag::Caller(tag))
             .map_err(|(e, _)| e)
     }
 
@@ -442,15 +486,16 @@ impl QueuePair {
     }
 
     fn reap(&mut self, out: &mut Vec<Done>) {
-        if self.shared.is_resetting() {
-            return;
-        }
-        if let Err(e) = self.check_generation(out) {
-            log::error!("queue {}: recreating queues after a reset: {e}", self.qid);
+        if !self.shared.accepts_io(self.generation) && !self.reap_stopped(out) {
             return;
         }
         self.flush();
         self.drain_completions(out);
+        if self.device_error {
+            self.device_error = false;
+            self.reset_and_recover(out);
+            return;
+        }
         if self.inflight() > 0 {
             self.polls += 1;
             if self.polls >= TIMEOUT_CHECK {
@@ -464,18 +509,51 @@ impl QueuePair {
         }
     }
 
+    /// [`reap`](Self::reap) when the controller is not running this queue
+    /// pair's queues: a reset in progress (nothing to do yet), a reset
+    /// since they were created (recover), or the controller stopped
+    /// (whatever is in flight fails, or is quarantined if the controller
+    /// could not be stopped). Returns whether to go on reaping.
+    #[cold]
+    #[inline(never)]
+    fn reap_stopped(&mut self, out: &mut Vec<Done>) -> bool {
+        if self.shared.is_resetting() {
+            return false;
+        }
+        if let Err(e) = self.check_generation(out) {
+            if !matches!(e, Error::Dead) {
+                log::error!("queue {}: recreating queues after a reset: {e}", self.qid);
+            }
+            return false;
+        }
+        if !self.shared.is_disabled() {
+            return true;
+        }
+        if self.inflight() > 0 {
+            if self.shared.is_dead() {
+                self.quarantine_inflight(out);
+            } else {
+                self.fail_inflight(out, |_| Error::Disabled);
+            }
+        }
+        false
+    }
+
     /// Takes every posted completion, with one head doorbell write; returns
     /// whether there was any.
     pub(super) fn drain_completions(&mut self, out: &mut Vec<Done>) -> bool {
         let mut seen = false;
         while let Some(c) = self.cq.pop() {
             seen = true;
-            self.sq.set_head(c.sq_head);
-            let cid = c.cid as usize;
+            // Everything in the entry is the device's word: it completes a
+            // request only if it names a command in flight, of this
+            // generation, on this queue, with a possible SQ head.
+            let head_ok = self.sq.advance_head(c.sq_head);
+            let cid = (c.cid & self.cid_mask) as usize;
             match self.slots.get(cid) {
-                Some(s) if s.busy => {}
+                Some(s) if s.busy && s.cid == c.cid && c.sq_id == self.qid && head_ok => {}
                 _ => {
-                    log::warn!("queue {}: completion for unknown command {cid}", self.qid);
+                    self.bad_completion(&c, head_ok);
                     continue;
                 }
             }
@@ -492,16 +570,45 @@ impl QueuePair {
         seen
     }
 
+    /// Counts and logs a completion that belongs to no command in flight;
+    /// the controller is reset once the batch is drained.
+    #[cold]
+    #[inline(never)]
+    fn bad_completion(&mut self, c: &crate::nvme::cmd::Completion, head_ok: bool) {
+        self.device_errors += 1;
+        self.device_error = true;
+        self.shared
+            .device_errors
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let why = if c.sq_id != self.qid {
+            "for another submission queue"
+        } else if !head_ok {
+            "with an impossible SQ head"
+        } else {
+            "for no command in flight (unknown, finished or of an earlier generation)"
+        };
+        log::warn!(
+            "queue {}: device error: completion {why} (command ID {:#06x}, SQ {}, SQ head {}); \
+             resetting the controller",
+            self.qid,
+            c.cid,
+            c.sq_id,
+            c.sq_head
+        );
+    }
+
     /// Undoes a finished command's mappings and frees its ID; returns its
     /// request.
     #[inline(always)]
     pub(super) fn finish_slot(&mut self, cid: usize) -> u32 {
         let s = &mut self.slots[cid];
-        s.list.release(&mut self.pool);
+        s.list.release(&mut *self.pool);
         s.state.unmap(&self.mapper);
         s.busy = false;
         s.started = None;
-        self.free_cids.push(cid as u16);
+        // The slot's next command carries the next generation.
+        s.cid = s.cid.wrapping_add(self.gen_step);
+        self.free_cids.push_back(cid as u16);
         s.req
     }
 
@@ -534,7 +641,7 @@ impl QueuePair {
                 return;
             }
         }
-        if p.error.is_some() || p.tag == BLOCKING {
+        if p.error.is_some() || p.blocking {
             return self.finish_request_rare(req, out);
         }
         if out.len() == out.capacity() {
@@ -566,6 +673,7 @@ impl QueuePair {
     /// is the blocking call's.
     #[inline(never)]
     fn finish_request_rare(&mut self, req: u32, out: &mut Vec<Done>) {
+        let blocking = self.reqs[req as usize].blocking;
         let (tag, buf, error) = self.reqs[req as usize].take();
         if (req as usize) < self.slots.len() {
             self.free_reqs.push(req);
@@ -574,7 +682,7 @@ impl QueuePair {
             Some(e) => Err(*e),
             None => Ok(()),
         };
-        if tag == BLOCKING && matches!(buf, IoBuf::Raw) {
+        if blocking {
             self.blocking_done = Some(result);
         } else {
             out.push(Done { tag, buf, result });
@@ -614,7 +722,7 @@ impl QueuePair {
         lba: u64,
         segs: &[HostSeg],
         buf: IoBuf,
-        tag: u64,
+        tag: Tag,
     ) -> Result<(), (Error, IoBuf)> {
         if let [seg] = segs {
             if let Some((cid, dp)) = self.try_fast(ns, lba, *seg) {
@@ -635,7 +743,7 @@ impl QueuePair {
         if !self.fast_path_fits(ns, lba, &seg) {
             return None;
         }
-        let cid = *self.free_cids.last()?;
+        let cid = *self.free_cids.front()?;
         let slot = self.slots.get(cid as usize)?;
         let dp = dptr::map_cached(
             seg,
@@ -649,7 +757,7 @@ impl QueuePair {
     }
 
     /// Queues a one-command request whose data pointer `dp` is built for
-    /// command `cid`, the last free command ID: takes the ID and the
+    /// slot `cid`, the oldest free one: takes the slot and the
     /// request entry that goes with it, and writes the command into the
     /// ring. Nothing here fails.
     #[inline(always)]
@@ -663,10 +771,10 @@ impl QueuePair {
         lba: u64,
         len: u64,
         buf: IoBuf,
-        tag: u64,
+        tag: Tag,
     ) {
-        debug_assert_eq!(self.free_cids.last(), Some(&cid));
-        self.free_cids.pop();
+        debug_assert_eq!(self.free_cids.front(), Some(&cid));
+        self.free_cids.pop_front();
         let req = self.slots.len() + cid as usize;
         let (write, fua, what, _) = op_parts(op);
         debug_assert!((cid as usize) < self.slots.len() && req < self.reqs.len());
@@ -685,12 +793,12 @@ impl QueuePair {
         debug_assert!(p.remaining == 0 && matches!(p.buf, IoBuf::Raw));
         // SAFETY: overwrites IoBuf::Raw (nothing to drop) with the buffer.
         unsafe { core::ptr::write(&mut p.buf, buf) };
-        p.tag = tag;
+        (p.tag, p.blocking) = tag.parts();
         p.remaining = 1;
         p.what = what;
         let blocks = len >> ns.block_size().trailing_zeros();
         let mut cmd = Command::rw(write, ns.id(), lba, blocks as u32, fua);
-        cmd.set_cid(cid);
+        cmd.set_cid(slot.cid);
         cmd.set_data(dp);
         // Room is guaranteed: in-flight commands never exceed the ring
         // size minus one.
@@ -729,9 +837,9 @@ impl QueuePair {
         lba: u64,
         seg: HostSeg,
         buf: IoBuf,
-        tag: u64,
+        tag: Tag,
     ) -> Result<(), (Error, IoBuf)> {
-        let Some(&cid) = self.free_cids.last() else {
+        let Some(&cid) = self.free_cids.front() else {
             // fast_path_fits saw a free command ID.
             return Err((Error::QueueFull { needed: 1, free: 0 }, buf));
         };
@@ -743,7 +851,7 @@ impl QueuePair {
             policy: self.policy,
             queue: QueueKind::Io,
             page: self.shared.page,
-            pool: &mut self.pool,
+            pool: &mut *self.pool,
             list: &mut slot.list,
         };
         match dptr::map_one_uncached(seg, dir, &self.mapper, &mut slot.state, setup) {
@@ -766,7 +874,7 @@ impl QueuePair {
         lba: u64,
         segs: &[HostSeg],
         buf: IoBuf,
-        tag: u64,
+        tag: Tag,
     ) -> Result<(), (Error, IoBuf)> {
         if let [seg] = segs {
             if self.fast_path_fits(ns, lba, seg) {
@@ -780,7 +888,7 @@ impl QueuePair {
             return Err((e, buf));
         }
         if self.shared.is_disabled() {
-            return Err((Error::Disabled, buf));
+            return Err((self.shared.stopped_error(), buf));
         }
         if let Err(e) = self.validate(ns, lba, segs) {
             return Err((e, buf));
@@ -801,9 +909,11 @@ impl QueuePair {
             return Err((Error::QueueFull { needed: 1, free: 0 }, buf));
         };
         let (write, fua, what, dir) = op_parts(op);
+        let (tag, blocking) = tag.parts();
         self.reqs[req as usize] = Pending {
             buf,
             tag,
+            blocking,
             remaining: children as u32,
             error: None,
             what,
@@ -827,7 +937,7 @@ impl QueuePair {
                 }
             }
             let blocks = (chunk - want) / ns.block_size();
-            let cid = match self.free_cids.pop() {
+            let cid = match self.free_cids.pop_front() {
                 Some(c) => c,
                 None => {
                     failure = Some(Error::QueueFull {
@@ -850,7 +960,7 @@ impl QueuePair {
             ) {
                 Ok(dp) => {
                     let mut cmd = Command::rw(write, ns.id(), lba, blocks as u32, fua);
-                    cmd.set_cid(cid);
+                    cmd.set_cid(slot.cid);
                     cmd.set_data(dp);
                     slot.busy = true;
                     slot.req = req;
@@ -862,7 +972,7 @@ impl QueuePair {
                     self.taken.push(cid);
                 }
                 Err(e) => {
-                    self.free_cids.push(cid);
+                    self.free_cids.push_front(cid);
                     failure = Some(e.into());
                     break;
                 }
@@ -892,7 +1002,7 @@ impl QueuePair {
         lba: u64,
         segs: &[HostSeg],
     ) -> Result<(), Error> {
-        self.submit_request(op, ns, lba, segs, IoBuf::Raw, BLOCKING)
+        self.submit_request(op, ns, lba, segs, IoBuf::Raw, Tag::Blocking)
             .map_err(|(e, _)| e)?;
         self.wait_blocking()
     }
@@ -920,14 +1030,18 @@ impl QueuePair {
         }
         self.recover_if_reset()?;
         if self.shared.is_disabled() {
-            return Err(Error::Disabled);
+            return Err(self.shared.stopped_error());
         }
-        let (Some(cid), Some(req)) = (self.free_cids.pop(), self.free_reqs.pop()) else {
+        if self.free_cids.is_empty() || self.free_reqs.is_empty() {
+            return Err(Error::QueueFull { needed: 1, free: 0 });
+        }
+        let (Some(cid), Some(req)) = (self.free_cids.pop_front(), self.free_reqs.pop()) else {
             return Err(Error::QueueFull { needed: 1, free: 0 });
         };
         self.reqs[req as usize] = Pending {
             buf: IoBuf::Raw,
-            tag: BLOCKING,
+            tag: 0,
+            blocking: true,
             remaining: 1,
             error: None,
             what,
@@ -936,10 +1050,31 @@ impl QueuePair {
         slot.busy = true;
         slot.req = req;
         slot.started = Some(Instant::now());
-        cmd.set_cid(cid);
+        cmd.set_cid(slot.cid);
         self.sq.push(&cmd);
         self.unrung = true;
         self.wait_blocking()
+    }
+}
+
+/// Whose a request is: a caller's, with its tag, or the blocking call's
+/// (tracked apart from every tag a caller can choose).
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Tag {
+    /// Completes into [`Done::tag`].
+    Caller(u64),
+    /// Completes into the queue pair's blocking result.
+    Blocking,
+}
+
+impl Tag {
+    /// The tag to store and whether the request is the blocking call's.
+    #[inline(always)]
+    fn parts(self) -> (u64, bool) {
+        match self {
+            Tag::Caller(t) => (t, false),
+            Tag::Blocking => (0, true),
+        }
     }
 }
 
@@ -988,7 +1123,8 @@ fn map_into(
 impl Drop for QueuePair {
     fn drop(&mut self) {
         // Requests still in flight own buffers the device may write: wait
-        // for them (bounded by the I/O timeout, which stops the controller).
+        // for them (bounded by the I/O timeout, which stops the controller,
+        // or quarantines them if it cannot be stopped).
         let mut sink = Vec::new();
         while self.inflight() > 0 {
             self.reap(&mut sink);
@@ -1012,6 +1148,24 @@ impl Drop for QueuePair {
             }
         }
         self.shared.remove_publisher(&self.publishing);
+        if self.quarantined > 0 || self.shared.is_dead() {
+            // The device may still fetch from the submission ring, write
+            // the completion ring and read descriptor pages: leak them (and
+            // keep the queue ID, which the dead controller never gives out
+            // again anyway).
+            log::error!(
+                "queue {}: leaking its rings and descriptor pages: the controller could not be stopped",
+                self.qid
+            );
+            return;
+        }
+        // SAFETY: the fields are not used after this (the queue pair is
+        // being dropped), and each is dropped once.
+        unsafe {
+            ManuallyDrop::drop(&mut self.sq);
+            ManuallyDrop::drop(&mut self.cq);
+            ManuallyDrop::drop(&mut self.pool);
+        }
         self.shared.free_qid(self.qid);
     }
 }

@@ -17,6 +17,14 @@ impl QueuePair {
     /// then the queues are created again on the same rings.
     pub(super) fn recover(&mut self, out: &mut Vec<Done>) -> Result<(), Error> {
         let generation = self.shared.generation();
+        if self.shared.is_dead() {
+            // The reset could not stop the device: nothing in flight may
+            // go back, and the queues are not created again.
+            self.quarantine_inflight(out);
+            self.generation = generation;
+            return Err(Error::Dead);
+        }
+        self.device_error = false;
         self.fail_inflight(out, |_| Error::Reset);
         self.sq.reset();
         self.cq.reset();
@@ -103,6 +111,13 @@ impl QueuePair {
                 }
             }
         }
+        self.reset_and_recover(out);
+    }
+
+    /// Resets the controller and recreates this queue pair's queues; what
+    /// was in flight completes with an error (or is quarantined, if the
+    /// controller could not be stopped).
+    pub(super) fn reset_and_recover(&mut self, out: &mut Vec<Done>) {
         log::warn!("queue {}: resetting the controller to recover", self.qid);
         match self.shared.reset() {
             Ok(()) => {
@@ -119,11 +134,59 @@ impl QueuePair {
     }
 
     /// Stops the controller (so the device touches no memory any more), then
-    /// completes every request in flight with an error.
+    /// completes every request in flight with an error; if the controller
+    /// cannot be stopped, quarantines them instead.
     pub(super) fn fail_all(&mut self, out: &mut Vec<Done>) {
         self.shared.stop_after_timeout();
+        if self.shared.is_dead() {
+            self.quarantine_inflight(out);
+            return;
+        }
         let ms = self.shared.config.io_timeout.as_millis() as u64;
         self.fail_inflight(out, |what| Error::Timeout { what, ms });
+    }
+
+    /// The controller could not be stopped: every request in flight
+    /// completes with [`Error::Dead`] and without its buffer, which is
+    /// leaked with its command's mappings and descriptor pages (the device
+    /// may still read or write all of them). Their slots are never reused.
+    ///
+    /// A blocking call's request holds memory the caller lent for the
+    /// call, which goes back to the caller when the call returns: that
+    /// cannot be made safe, so the process is aborted.
+    #[cold]
+    pub(super) fn quarantine_inflight(&mut self, out: &mut Vec<Done>) {
+        for cid in 0..self.slots.len() {
+            let s = &mut self.slots[cid];
+            if !s.busy {
+                continue;
+            }
+            s.busy = false;
+            // Kept mapped, and the IOVA space kept allocated: nothing else
+            // may ever be mapped where the device may still write.
+            core::mem::forget(core::mem::take(&mut s.state));
+            core::mem::forget(core::mem::take(&mut s.list));
+            self.quarantined += 1;
+            let req = s.req;
+            let Some(p) = self.reqs.get_mut(req as usize) else {
+                continue;
+            };
+            if p.remaining == 0 {
+                continue;
+            }
+            if p.blocking {
+                log::error!(
+                    "queue {}: the controller cannot be stopped while a blocking call's \
+                     command is in flight on memory the caller lent; aborting the process \
+                     rather than handing that memory back",
+                    self.qid
+                );
+                std::process::abort();
+            }
+            core::mem::forget(core::mem::replace(&mut p.buf, super::io::IoBuf::Raw));
+            p.error = Some(Box::new(Error::Dead));
+            self.finish_child(req, out);
+        }
     }
 
     /// Completes every request in flight with the error `make` builds from
@@ -134,6 +197,7 @@ impl QueuePair {
         out: &mut Vec<Done>,
         make: impl Fn(&'static str) -> Error,
     ) {
+        debug_assert!(!self.shared.is_dead());
         for cid in 0..self.slots.len() {
             if !self.slots[cid].busy {
                 continue;

@@ -3,6 +3,7 @@
 //! bounded by CAP.TO, reset with its generation counter, and the shadow
 //! doorbell pages.
 
+use std::mem::ManuallyDrop;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -28,7 +29,9 @@ pub(crate) struct Shared {
     pub(super) space: Arc<DmaSpace>,
     pub(super) cap: Cap,
     pub(super) page: PageSize,
-    pub(super) admin: Mutex<Admin>,
+    /// Leaked instead of freed if the controller could not be stopped
+    /// (see `Drop`), like the shadow doorbell pages.
+    pub(super) admin: ManuallyDrop<Mutex<Admin>>,
     /// I/O queue IDs in use (index = qid - 1).
     pub(super) qids: Mutex<Vec<bool>>,
     /// The reset generation and two flags in one word, so that a
@@ -49,8 +52,28 @@ pub(crate) struct Shared {
     pub(super) publishers: Mutex<Vec<Arc<Publishing>>>,
     /// CMBMSC to program at every enable (0: no CMB in use).
     pub(super) cmbmsc: std::sync::atomic::AtomicU64,
+    /// Completions that belonged to no outstanding command (wrong command
+    /// ID or generation, wrong SQ ID, impossible SQ head), on any queue.
+    pub(super) device_errors: std::sync::atomic::AtomicU64,
     /// Shadow doorbell and EventIdx pages, once configured.
-    pub(crate) dbbuf: std::sync::OnceLock<DbBuf>,
+    pub(crate) dbbuf: ManuallyDrop<std::sync::OnceLock<DbBuf>>,
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        if self.is_dead() {
+            log::error!(
+                "leaking the admin rings and shadow doorbell pages: the controller could not be stopped"
+            );
+            return;
+        }
+        // SAFETY: the fields are not used after this (the state is being
+        // dropped), and each is dropped once.
+        unsafe {
+            ManuallyDrop::drop(&mut self.admin);
+            ManuallyDrop::drop(&mut self.dbbuf);
+        }
+    }
 }
 
 /// Set while a queue pair writes its submission doorbell
@@ -72,8 +95,11 @@ const RESET_GRACE: Duration = Duration::from_millis(10);
 const RESETTING: u64 = 1;
 /// [`Shared::state`]: the controller is stopped.
 const DISABLED: u64 = 2;
+/// [`Shared::state`]: the controller could not be stopped; memory it may
+/// reach is quarantined and nothing revives it.
+const DEAD: u64 = 4;
 /// [`Shared::state`]: one reset generation.
-const GENERATION: u64 = 4;
+const GENERATION: u64 = 8;
 
 /// The two pages of Doorbell Buffer Config.
 #[derive(Debug)]
@@ -172,12 +198,96 @@ impl Shared {
         self.wait_ready(false, "disabling")
     }
 
+    /// Makes sure the device does no more DMA, before memory it could
+    /// reach goes back to its owners. Clears CC.EN and waits for CSTS.RDY =
+    /// 0 (CAP.TO); then, with access to the PCI function, clears Bus
+    /// Master Enable (as Linux's nvme_dev_disable does through
+    /// pci_disable_device) and resets the function, so that nothing the
+    /// controller kept across CC.EN = 0 survives. The device is known quiet
+    /// if the controller acknowledged CC.EN = 0, or if bus mastering reads
+    /// back clear and the function reset took (CSTS.RDY = 0 after it).
+    /// Otherwise the controller is marked dead and [`Error::Dead`]
+    /// returned. Bus mastering stays off: [`enable`](Self::enable) turns it
+    /// back on.
+    pub(super) fn quiesce(&self) -> Result<(), Error> {
+        let disabled = self.disable();
+        if let Err(e) = &disabled {
+            log::error!("controller did not stop after CC.EN = 0: {e}");
+        }
+        let Some(f) = &self.function else {
+            return disabled.map_err(|_| self.mark_dead("no access to its PCI function"));
+        };
+        let bme_off = match f.set_bus_master(false).and_then(|()| f.bus_master()) {
+            Ok(on) => !on,
+            Err(e) => {
+                log::error!("clearing bus mastering: {e}");
+                false
+            }
+        };
+        let reset = match f.function_reset() {
+            Ok(true) => self.wait_ready(false, "function reset").is_ok(),
+            Ok(false) => false,
+            Err(e) => {
+                log::error!("function level reset: {e}");
+                false
+            }
+        };
+        if disabled.is_ok() {
+            return Ok(());
+        }
+        if bme_off && reset {
+            log::warn!("controller stopped by clearing bus mastering and a function level reset");
+            return Ok(());
+        }
+        Err(self.mark_dead(if bme_off {
+            "bus mastering cleared but the function level reset did not take"
+        } else {
+            "bus mastering could not be cleared"
+        }))
+    }
+
+    /// Marks the controller dead (see [`Error::Dead`]); returns that error.
+    #[cold]
+    pub(super) fn mark_dead(&self, why: &str) -> Error {
+        use std::sync::atomic::Ordering::SeqCst;
+        log::error!(
+            "controller cannot be stopped ({why}): memory it may still reach is \
+             quarantined, and it takes no more commands"
+        );
+        self.state.fetch_or(DEAD | DISABLED, SeqCst);
+        Error::Dead
+    }
+
     /// Stops the controller after a command timed out, so no memory is
-    /// touched by the device once the caller gets its buffers back.
+    /// touched by the device once the caller gets its buffers back; if it
+    /// cannot be stopped it is dead ([`quiesce`](Self::quiesce)).
     pub(crate) fn stop_after_timeout(&self) {
+        use std::sync::atomic::Ordering::SeqCst;
+        // RESETTING while it stops: queue pairs wait instead of failing
+        // their requests before the device is known quiet (DISABLED).
+        let nested = self.state.fetch_or(RESETTING, SeqCst) & RESETTING != 0;
+        if let Err(e) = self.quiesce() {
+            log::error!("stopping the controller after a timeout: {e}");
+        }
         self.set_disabled(true);
-        if let Err(e) = self.disable() {
-            log::error!("disabling the controller after a timeout: {e}");
+        if !nested {
+            self.state.fetch_and(!RESETTING, SeqCst);
+        }
+    }
+
+    /// Whether the controller is dead (see [`Error::Dead`]).
+    #[inline]
+    pub(crate) fn is_dead(&self) -> bool {
+        self.state.load(std::sync::atomic::Ordering::SeqCst) & DEAD != 0
+    }
+
+    /// The error for a stopped controller: [`Error::Dead`] or
+    /// [`Error::Disabled`].
+    pub(crate) fn stopped_error(&self) -> Error {
+        if self.is_dead() {
+            Error::Dead
+        } else {
+            Error::Disabled
         }
     }
 
@@ -227,7 +337,7 @@ impl Shared {
         what: &'static str,
     ) -> Result<Completion, Error> {
         if self.is_disabled() {
-            return Err(Error::Disabled);
+            return Err(self.stopped_error());
         }
         let mut a = lock(&self.admin);
         let cid = a.next_cid;
@@ -239,18 +349,30 @@ impl Shared {
                 prp2: blk_dma::Iova::new(0),
             });
         }
-        if !a.sq.push(&cmd) {
-            return Err(Error::Invalid("admin queue full".into()));
-        }
+        // One admin command at a time (the lock), and the queue is emptied
+        // by every reset: there is always room.
+        a.sq.push(&cmd);
         a.sq.ring(&*self.regs);
         let start = Instant::now();
         let mut spins = 0u32;
         loop {
             if let Some(c) = a.cq.pop() {
-                a.sq.set_head(c.sq_head);
+                let head_ok = a.sq.advance_head(c.sq_head);
                 a.cq.ring(&*self.regs);
-                if c.cid != cid {
-                    log::warn!("stale admin completion for cid {}", c.cid);
+                if c.cid != cid || c.sq_id != 0 || !head_ok {
+                    // Not this command's: a device error. Nothing else is
+                    // outstanding on the admin queue, so nothing is
+                    // completed by it; the command keeps waiting (and is
+                    // recovered by the admin timeout if it never comes).
+                    self.device_errors
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    log::warn!(
+                        "admin queue: completion for command {} (SQ {}, SQ head {}) \
+                         while command {cid} is outstanding: ignored",
+                        c.cid,
+                        c.sq_id,
+                        c.sq_head
+                    );
                     continue;
                 }
                 let status = c.status();
@@ -276,6 +398,11 @@ impl Shared {
                     } else if let Err(e) = self.reset() {
                         log::error!("reset after an admin timeout failed: {e}");
                     }
+                    if self.is_dead() {
+                        // The command's data buffer may still be written:
+                        // the caller must not get it back.
+                        return Err(Error::Dead);
+                    }
                     return Err(Error::Timeout {
                         what,
                         ms: limit.as_millis() as u64,
@@ -286,9 +413,16 @@ impl Shared {
         }
     }
 
-    /// Disables, programs the admin queues and CC, enables.
+    /// Disables, programs the admin queues and CC, turns bus mastering
+    /// on, enables.
     pub(super) fn enable(&self) -> Result<(), Error> {
+        if self.is_dead() {
+            return Err(Error::Dead);
+        }
         self.disable()?;
+        if let Some(f) = &self.function {
+            f.set_bus_master(true)?;
+        }
         {
             let mut a = lock(&self.admin);
             a.sq.reset();
@@ -316,12 +450,16 @@ impl Shared {
         Ok(())
     }
 
-    /// Resets the controller: disable (every queue and command in flight
-    /// is dropped by the device, which then touches no memory), enable,
+    /// Resets the controller: stop it ([`quiesce`](Self::quiesce): every
+    /// queue and command in flight is dropped by the device, which then
+    /// touches no memory; or the controller is dead), enable,
     /// ask for the I/O queues again. Queue pairs notice by the generation
     /// and recreate their queues, failing what they had in flight.
     pub(crate) fn reset(&self) -> Result<(), Error> {
         use std::sync::atomic::Ordering::SeqCst;
+        if self.is_dead() {
+            return Err(Error::Dead);
+        }
         if self.state.fetch_or(RESETTING, SeqCst) & RESETTING != 0 {
             // Another thread is resetting: wait for it (bounded by its own
             // CAP.TO waits) instead of resetting twice.
@@ -329,7 +467,7 @@ impl Shared {
                 std::thread::sleep(Duration::from_micros(100));
             }
             return if self.is_disabled() {
-                Err(Error::Disabled)
+                Err(self.stopped_error())
             } else {
                 Ok(())
             };
@@ -343,7 +481,7 @@ impl Shared {
         // fetches within microseconds of a doorbell.
         self.wait_publishers();
         std::thread::sleep(RESET_GRACE);
-        let r = self.disable().and_then(|()| {
+        let r = self.quiesce().and_then(|()| {
             if let Some(db) = self.dbbuf.get() {
                 db.clear();
             }

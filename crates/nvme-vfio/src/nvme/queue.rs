@@ -133,13 +133,27 @@ impl SubmissionQueue {
         self.entries
     }
 
+    /// Commands written and not yet known to be fetched by the device
+    /// (from the last head the device reported up to the tail).
+    pub fn outstanding(&self) -> u32 {
+        self.distance(self.head, self.tail)
+    }
+
     /// Whether the ring has no free slot (one slot always stays empty).
     pub fn is_full(&self) -> bool {
-        self.next(self.tail) == self.head
+        self.outstanding() + 1 >= u32::from(self.entries)
+    }
+
+    /// Slots from `from` forward to `to`, around the ring. In u32: the
+    /// sums of two indices overflow u16 for rings over 32768 entries.
+    #[inline]
+    fn distance(&self, from: u16, to: u16) -> u32 {
+        let n = u32::from(self.entries);
+        (u32::from(to) + n - u32::from(from)) % n
     }
 
     fn next(&self, i: u16) -> u16 {
-        if i + 1 == self.entries {
+        if u32::from(i) + 1 >= u32::from(self.entries) {
             0
         } else {
             i + 1
@@ -147,21 +161,26 @@ impl SubmissionQueue {
     }
 
     /// Copies `cmd` into the next slot; the device sees it once
-    /// [`ring`](Self::ring) writes the doorbell. Returns `false` if full.
+    /// [`ring`](Self::ring) writes the doorbell.
+    ///
+    /// Flow control is the caller's, by its own count of commands in
+    /// flight: at most `entries - 1` commands may be outstanding (written
+    /// and not completed), which guarantees the slot is free whatever the
+    /// device reported as its head (a command that completed was fetched).
+    /// The head from completions is only checked
+    /// ([`advance_head`](Self::advance_head)), never trusted for room.
     #[inline]
-    pub fn push(&mut self, cmd: &Command) -> bool {
-        if self.is_full() {
-            return false;
-        }
+    pub fn push(&mut self, cmd: &Command) {
         let slot = self.ring.as_ptr().cast::<Command>();
         // SAFETY: tail < entries, so the slot is inside the ring buffer,
-        // which this queue owns; the device does not read slots past the
-        // last doorbell value, so writing this one races with nothing. A
+        // which this queue owns; the caller keeps at most entries - 1
+        // commands in flight, so the device has fetched every command
+        // before this slot's previous use and does not read slots past
+        // the last doorbell value: writing this one races with nothing. A
         // plain write is enough: `ring` fences before the doorbell makes
         // the slot the device's to read.
         unsafe { slot.add(self.tail as usize).write(*cmd) };
         self.tail = self.next(self.tail);
-        true
     }
 
     /// Publishes every pushed command with one tail doorbell write (or a
@@ -179,18 +198,29 @@ impl SubmissionQueue {
     }
 
     /// Takes back the last `n` pushed commands, which no doorbell has
-    /// published yet.
+    /// published yet (`n` is at most the commands pushed since the last
+    /// [`ring`](Self::ring)).
     pub fn unpush(&mut self, n: u16) {
-        let n = n % self.entries;
-        self.tail = (self.tail + self.entries - n) % self.entries;
+        let unrung = self.distance(self.rung, self.tail);
+        debug_assert!(u32::from(n) <= unrung);
+        let n = u32::from(n).min(unrung);
+        let entries = u32::from(self.entries);
+        self.tail = ((u32::from(self.tail) + entries - n) % entries) as u16;
     }
 
-    /// Records the device's head from a completion.
+    /// Records the device's head from a completion, if it is one the
+    /// device can report: at or after the last head it reported and not
+    /// past the last tail published to it. Returns `false` (and keeps the
+    /// old head) for any other value: the device is misbehaving.
     #[inline]
-    pub fn set_head(&mut self, head: u16) {
-        if head < self.entries {
-            self.head = head;
+    pub fn advance_head(&mut self, head: u16) -> bool {
+        if head >= self.entries
+            || self.distance(self.head, head) > self.distance(self.head, self.rung)
+        {
+            return false;
         }
+        self.head = head;
+        true
     }
 
     /// Forgets every slot (after the controller was reset).
