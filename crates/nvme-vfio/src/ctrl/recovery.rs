@@ -165,7 +165,9 @@ impl QueuePair {
             // Kept mapped, and the IOVA space kept allocated: nothing else
             // may ever be mapped where the device may still write.
             core::mem::forget(core::mem::take(&mut s.state));
-            core::mem::forget(core::mem::take(&mut s.list));
+            // The descriptor pages are dropped from the list without going
+            // back to the pool (which is leaked with the rings).
+            s.list = Default::default();
             self.quarantined += 1;
             let req = s.req;
             let Some(p) = self.reqs.get_mut(req as usize) else {
