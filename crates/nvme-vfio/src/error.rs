@@ -114,6 +114,8 @@ pub enum Error {
     /// it might still reach (buffers of requests in flight, queue rings,
     /// descriptor pages) is quarantined: never handed back or reused. The
     /// controller takes no more commands.
-    #[error("controller could not be stopped; its memory is quarantined and it takes no more commands")]
+    #[error(
+        "controller could not be stopped; its memory is quarantined and it takes no more commands"
+    )]
     Dead,
 }

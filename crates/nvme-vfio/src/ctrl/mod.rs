@@ -7,6 +7,7 @@
 
 mod blocking;
 mod cmb;
+mod free;
 mod function;
 mod io;
 mod pool;

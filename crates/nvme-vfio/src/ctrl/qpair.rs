@@ -12,7 +12,6 @@
 //! The blocking calls ([`read`](QueuePair::read), [`write`](QueuePair::write),
 //! ...) run on the same machinery.
 
-use std::collections::VecDeque;
 use std::mem::ManuallyDrop;
 use std::sync::Arc;
 use std::time::Instant;
@@ -137,7 +136,7 @@ pub struct QueuePair {
     pub(super) slots: Vec<Slot>,
     /// Free slots, oldest first: a slot is reused only after every other
     /// free one, so a command ID comes back as late as possible.
-    pub(super) free_cids: VecDeque<u16>,
+    pub(super) free_cids: super::free::FreeSlots,
     /// The low bits of a command ID that index `slots`.
     pub(super) cid_mask: u16,
     /// What a slot's command ID moves by per completion (the generation's
@@ -263,7 +262,7 @@ impl QueuePair {
                     list: DescList::new(),
                 })
                 .collect(),
-            free_cids: (0..depth as u16).collect(),
+            free_cids: super::free::FreeSlots::new(depth),
             cid_mask: ((1u32 << index_bits) - 1) as u16,
             gen_step: (1u32 << index_bits) as u16,
             device_errors: 0,
@@ -608,7 +607,7 @@ impl QueuePair {
         s.started = None;
         // The slot's next command carries the next generation.
         s.cid = s.cid.wrapping_add(self.gen_step);
-        self.free_cids.push_back(cid as u16);
+        self.free_cids.push(cid as u16);
         s.req
     }
 
@@ -743,7 +742,7 @@ impl QueuePair {
         if !self.fast_path_fits(ns, lba, &seg) {
             return None;
         }
-        let cid = *self.free_cids.front()?;
+        let cid = self.free_cids.peek()?;
         let slot = self.slots.get(cid as usize)?;
         let dp = dptr::map_cached(
             seg,
@@ -773,8 +772,8 @@ impl QueuePair {
         buf: IoBuf,
         tag: Tag,
     ) {
-        debug_assert_eq!(self.free_cids.front(), Some(&cid));
-        self.free_cids.pop_front();
+        debug_assert_eq!(self.free_cids.peek(), Some(cid));
+        self.free_cids.take_peeked();
         let req = self.slots.len() + cid as usize;
         let (write, fua, what, _) = op_parts(op);
         debug_assert!((cid as usize) < self.slots.len() && req < self.reqs.len());
@@ -839,7 +838,7 @@ impl QueuePair {
         buf: IoBuf,
         tag: Tag,
     ) -> Result<(), (Error, IoBuf)> {
-        let Some(&cid) = self.free_cids.front() else {
+        let Some(cid) = self.free_cids.peek() else {
             // fast_path_fits saw a free command ID.
             return Err((Error::QueueFull { needed: 1, free: 0 }, buf));
         };
@@ -937,7 +936,7 @@ impl QueuePair {
                 }
             }
             let blocks = (chunk - want) / ns.block_size();
-            let cid = match self.free_cids.pop_front() {
+            let cid = match self.free_cids.pop() {
                 Some(c) => c,
                 None => {
                     failure = Some(Error::QueueFull {
@@ -972,7 +971,7 @@ impl QueuePair {
                     self.taken.push(cid);
                 }
                 Err(e) => {
-                    self.free_cids.push_front(cid);
+                    self.free_cids.unpop(cid);
                     failure = Some(e.into());
                     break;
                 }
@@ -1035,7 +1034,7 @@ impl QueuePair {
         if self.free_cids.is_empty() || self.free_reqs.is_empty() {
             return Err(Error::QueueFull { needed: 1, free: 0 });
         }
-        let (Some(cid), Some(req)) = (self.free_cids.pop_front(), self.free_reqs.pop()) else {
+        let (Some(cid), Some(req)) = (self.free_cids.pop(), self.free_reqs.pop()) else {
             return Err(Error::QueueFull { needed: 1, free: 0 });
         };
         self.reqs[req as usize] = Pending {

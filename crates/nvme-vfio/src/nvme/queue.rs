@@ -148,8 +148,12 @@ impl SubmissionQueue {
     /// sums of two indices overflow u16 for rings over 32768 entries.
     #[inline]
     fn distance(&self, from: u16, to: u16) -> u32 {
-        let n = u32::from(self.entries);
-        (u32::from(to) + n - u32::from(from)) % n
+        let (from, to) = (u32::from(from), u32::from(to));
+        if to >= from {
+            to - from
+        } else {
+            to + u32::from(self.entries) - from
+        }
     }
 
     fn next(&self, i: u16) -> u16 {
@@ -214,13 +218,16 @@ impl SubmissionQueue {
     /// old head) for any other value: the device is misbehaving.
     #[inline]
     pub fn advance_head(&mut self, head: u16) -> bool {
-        if head >= self.entries
-            || self.distance(self.head, head) > self.distance(self.head, self.rung)
-        {
-            return false;
+        // In the circular interval [self.head, self.rung] of the ring.
+        let ok = if self.head <= self.rung {
+            self.head <= head && head <= self.rung
+        } else {
+            (self.head <= head && head < self.entries) || head <= self.rung
+        };
+        if ok {
+            self.head = head;
         }
-        self.head = head;
-        true
+        ok
     }
 
     /// Forgets every slot (after the controller was reset).
