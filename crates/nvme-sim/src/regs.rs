@@ -167,6 +167,31 @@ impl RegisterFile {
         }
     }
 
+    /// Queues CC's current value as if written again, for the worker to
+    /// act on what it did not act on before (an ignored disable), and
+    /// wakes it.
+    pub(crate) fn replay_cc(&self) {
+        let mut events = self.cc_events.lock().unwrap_or_else(|e| e.into_inner());
+        events.push_back(self.cc());
+        drop(events);
+        self.kick();
+    }
+
+    /// Function level reset: every register the host writes and CSTS go
+    /// back to zero, and CC writes not yet acted on are discarded.
+    pub(crate) fn function_reset(&self) {
+        let mut events = self.cc_events.lock().unwrap_or_else(|e| e.into_inner());
+        events.clear();
+        self.cc.store(0, Ordering::Release);
+        drop(events);
+        self.intms.store(0, Ordering::Relaxed);
+        self.aqa.store(0, Ordering::Release);
+        self.asq.store(0, Ordering::Release);
+        self.acq.store(0, Ordering::Release);
+        self.csts.store(0, Ordering::Release);
+        self.reset_doorbells();
+    }
+
     /// Whether `len` bytes at `off` are an aligned access inside BAR0.
     fn in_bar(&self, off: u64, len: u64) -> bool {
         off % 4 == 0
