@@ -160,6 +160,15 @@ impl RegisterFile {
             .map_or(0, |d| d.load(Ordering::Acquire))
     }
 
+    /// Zeroes SQ `qid`'s tail doorbell (`cq` = false) or CQ `qid`'s head
+    /// doorbell: the queue is being created, and what was written while it
+    /// did not exist went nowhere.
+    pub(crate) fn clear_doorbell(&self, qid: u16, cq: bool) {
+        if let Some(d) = self.doorbells.get(2 * qid as usize + cq as usize) {
+            d.store(0, Ordering::Release);
+        }
+    }
+
     /// Zeroes every doorbell (controller reset).
     pub(crate) fn reset_doorbells(&self) {
         for d in self.doorbells.iter() {

@@ -98,6 +98,8 @@ impl Device {
         if cmd.cdw11 & 2 != 0 && iv > self.sh.config.max_io_queues as u32 {
             return fail(specific(csc::INVALID_VECTOR));
         }
+        // Head doorbell writes before the queue existed went nowhere.
+        self.sh.regs.clear_doorbell(qid, true);
         self.cqs[qid as usize] = Some(Cq::new(base, size));
         log::debug!("created CQ {qid}: {size} entries at {base}");
         ok(0)
@@ -115,6 +117,8 @@ impl Device {
                 Ok(q) => q,
                 Err(s) => return fail(s),
             };
+        // Tail doorbell writes before the queue existed went nowhere.
+        self.sh.regs.clear_doorbell(qid, false);
         self.sqs[qid as usize] = Some(Sq::new(base, size, cqid));
         if let Some(cq) = self.cqs[cqid as usize].as_mut() {
             cq.sqs += 1;

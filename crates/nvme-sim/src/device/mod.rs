@@ -415,6 +415,9 @@ impl Device {
             return;
         }
         self.page = PageSize::from_mps(cc.mps()).unwrap_or(PageSize::DEFAULT);
+        // Doorbell writes while the controller was disabled went nowhere.
+        self.sh.regs.clear_doorbell(0, false);
+        self.sh.regs.clear_doorbell(0, true);
         self.sqs[0] = Some(Sq::new(blk_dma::Iova::new(asq), asqs, 0));
         self.cqs[0] = Some(Cq::new(blk_dma::Iova::new(acq), acqs));
         if let Some(cq) = self.cqs[0].as_mut() {
