@@ -151,7 +151,9 @@ impl Shared {
     fn set_bus_master(&self, on: bool) {
         let was = self.with_device(|_| self.bus_master.swap(on, Ordering::AcqRel));
         if was != on {
-            self.stats.bus_master_changes.fetch_add(1, Ordering::Relaxed);
+            self.stats
+                .bus_master_changes
+                .fetch_add(1, Ordering::Relaxed);
             log::debug!("bus mastering {}", if on { "on" } else { "off" });
         }
         self.regs.kick();

@@ -155,6 +155,11 @@ enum Power {
     Ready,
 }
 
+/// Whether `cmd`, from submission queue `sqid`, is a Read or a Write.
+fn is_read_or_write(sqid: u16, cmd: &Command) -> bool {
+    sqid != 0 && matches!(cmd.opcode(), io_op::READ | io_op::WRITE)
+}
+
 /// Locks the device; a panic in a pass leaves it usable (its state moves
 /// in single steps).
 pub(crate) fn lock(dev: &Mutex<Device>) -> MutexGuard<'_, Device> {
@@ -497,25 +502,25 @@ impl Device {
         } else {
             None
         };
-        let rw = sqid != 0 && matches!(cmd.opcode(), io_op::READ | io_op::WRITE);
+        let Some(action) = action else {
+            self.run_and_post(sqid, cmd);
+            return;
+        };
+        let rw = is_read_or_write(sqid, &cmd);
         let cid = cmd.cid();
         let wait = match action {
-            None => {
-                self.run_and_post(sqid, cmd);
-                return;
-            }
-            Some(FaultAction::Status(s)) => {
+            FaultAction::Status(s) => {
                 log::debug!("fault: cid {cid} on SQ {sqid} completes with {s}");
                 if !s.is_success() {
                     self.log_error(sqid, &cmd, s);
                 }
                 return self.post(sqid, cid, s, 0);
             }
-            Some(FaultAction::Fatal) => {
+            FaultAction::Fatal => {
                 log::debug!("fault: CSTS.CFS at cid {cid} on SQ {sqid}");
                 return self.fatal();
             }
-            Some(FaultAction::Duplicate { after, redo_data }) => {
+            FaultAction::Duplicate { after, redo_data } => {
                 if let Some((status, result)) = self.run_and_post(sqid, cmd) {
                     log::debug!("fault: cid {cid} on SQ {sqid} completes again in {after:?}");
                     let at = Instant::now().checked_add(after);
@@ -532,14 +537,14 @@ impl Device {
                 }
                 return;
             }
-            Some(FaultAction::Corrupt(how)) => {
+            FaultAction::Corrupt(how) => {
                 log::debug!("fault: cid {cid} on SQ {sqid} completes with {how:?}");
                 if let Some((status, result)) = self.run(sqid, &cmd) {
                     self.post_entry(sqid, cid, status, result, Some(how));
                 }
                 return;
             }
-            Some(FaultAction::CompleteBeforeData { delay }) if rw => {
+            FaultAction::CompleteBeforeData { delay } if rw => {
                 log::debug!("fault: cid {cid} on SQ {sqid} completes, data in {delay:?}");
                 self.post(sqid, cid, Status::SUCCESS, 0);
                 let at = Instant::now().checked_add(delay);
@@ -551,11 +556,9 @@ impl Device {
                 }));
                 return;
             }
-            Some(FaultAction::WriteOutside { offset, len, byte }) if rw => {
+            FaultAction::WriteOutside { offset, len, byte } if rw => {
                 let out = self.run(sqid, &cmd);
-                let at = self
-                    .first_data_address(&cmd)
-                    .wrapping_add(offset as u64);
+                let at = self.first_data_address(&cmd).wrapping_add(offset as u64);
                 log::debug!("fault: cid {cid} on SQ {sqid} also writes {len:#x} bytes at {at}");
                 let ok = self.sh.iommu.write(at, &vec![byte; len as usize]);
                 log::debug!("stray write {}", if ok { "landed" } else { "refused" });
@@ -564,11 +567,11 @@ impl Device {
                 }
                 return;
             }
-            Some(FaultAction::CompleteBeforeData { .. } | FaultAction::WriteOutside { .. }) => {
+            FaultAction::CompleteBeforeData { .. } | FaultAction::WriteOutside { .. } => {
                 self.run_and_post(sqid, cmd);
                 return;
             }
-            Some(FaultAction::SurviveReset { after }) => {
+            FaultAction::SurviveReset { after } => {
                 let cqid = self.sqs[sqid as usize].map_or(0, |s| s.cqid);
                 Wait::Survive {
                     after,
@@ -576,12 +579,12 @@ impl Device {
                     at: None,
                 }
             }
-            Some(FaultAction::Drop) => Wait::Forever,
-            Some(FaultAction::Delay(d)) => match Instant::now().checked_add(d) {
+            FaultAction::Drop => Wait::Forever,
+            FaultAction::Delay(d) => match Instant::now().checked_add(d) {
                 Some(t) => Wait::Until(t),
                 None => Wait::Forever,
             },
-            Some(FaultAction::HoldBack { after }) => Wait::After(after.max(1)),
+            FaultAction::HoldBack { after } => Wait::After(after.max(1)),
         };
         log::debug!("fault: cid {cid} on SQ {sqid} deferred ({wait:?})");
         self.deferred.push(Deferred { sqid, cmd, wait });
@@ -678,12 +681,14 @@ impl Device {
                     result,
                     redo_data,
                 } => {
-                    let rw =
-                        l.sqid != 0 && matches!(l.cmd.opcode(), io_op::READ | io_op::WRITE);
-                    if redo_data && rw && status.is_success() {
+                    if redo_data && is_read_or_write(l.sqid, &l.cmd) && status.is_success() {
                         self.transfer_again(&l.cmd);
                     }
-                    log::debug!("duplicate completion of cid {} on SQ {}", l.cmd.cid(), l.sqid);
+                    log::debug!(
+                        "duplicate completion of cid {} on SQ {}",
+                        l.cmd.cid(),
+                        l.sqid
+                    );
                     self.post(l.sqid, l.cmd.cid(), status, result);
                 }
                 Afterwards::Data => self.late_transfer(&l.cmd),
