@@ -116,8 +116,8 @@ pub enum FaultAction {
     /// Execute and complete normally, then post the same completion again
     /// `after` later: a stale duplicate with the same command ID, SQ ID,
     /// status and dword 0 (the SQ head field carries the head at that
-    /// time). If `redo_data` is set, the data transfer of a Read or Write is
-    /// repeated just before the duplicate is posted: a Read writes the
+    /// time). If `redo_data` is set, the data transfer of a Read or Write
+    /// that succeeded is repeated just before the duplicate is posted: a Read writes the
     /// host buffer again (with the blocks as they are then), a Write reads
     /// it again and stores what it holds then. The command's data pointer
     /// is walked again at that time.

@@ -42,6 +42,15 @@ fn raw_cqe(d: &Driver, qid: u16, slot: u16) -> Completion {
     common::completion_from_bytes(&d.mem.bytes(r.cq_off + slot as u64 * 16, 16))
 }
 
+/// Submits `cmd` on queue `qid` and waits until the controller has fetched
+/// it.
+fn submit_fetched(d: &mut Driver, qid: u16, cmd: Command) -> u16 {
+    let fetched = d.sim.stats().commands;
+    let cid = d.submit(qid, cmd);
+    wait_for("the command's fetch", || d.sim.stats().commands > fetched);
+    cid
+}
+
 /// Sets the command ID queue `qid` gives its next command.
 fn reuse_cid(d: &mut Driver, qid: u16, cid: u16) {
     d.rings[qid as usize].as_mut().unwrap().next_cid = cid;
@@ -156,7 +165,8 @@ fn a_command_fetched_before_a_reset_completes_after_it() {
             FaultAction::SurviveReset { after },
         ));
         let buf = d.alloc(PAGE);
-        let cid = d.submit(1, rw(&d, false, 5, 1, buf));
+        let cmd = rw(&d, false, 5, 1, buf);
+        let cid = submit_fetched(&mut d, 1, cmd);
         assert!(d.quiet_for(1, Duration::from_millis(20)));
         // Stuck: Abort does not find it.
         assert_eq!(d.admin(Command::abort(1, cid), None).result & 1, 1);
@@ -187,7 +197,8 @@ fn a_command_surviving_a_reset_moves_its_data_even_without_its_queue() {
         },
     ));
     let buf = d.alloc(PAGE);
-    d.submit(1, rw(&d, false, 6, 1, buf));
+    let cmd = rw(&d, false, 6, 1, buf);
+    submit_fetched(&mut d, 1, cmd);
     // Deleting its queue does not end it either.
     assert!(d
         .admin(Command::delete_queue(true, 1), None)
@@ -215,8 +226,8 @@ fn a_command_surviving_a_reset_moves_its_data_even_without_its_queue() {
         },
     ));
     let buf2 = d.alloc(PAGE);
-    d.submit(1, rw(&d, false, 6, 1, buf2));
-    assert!(d.quiet_for(1, Duration::from_millis(10)));
+    let cmd = rw(&d, false, 6, 1, buf2);
+    submit_fetched(&mut d, 1, cmd);
     let f = d.sim.pci_function();
     assert!(f.function_reset().unwrap());
     f.set_bus_master(true).unwrap();
@@ -399,7 +410,8 @@ fn a_controller_ignoring_disable_goes_on_until_bus_mastering_stops_and_a_functio
             FaultAction::Delay(delay),
         ));
         let slow = d.alloc(PAGE);
-        let slow_cid = d.submit(1, rw(&d, false, 0, 1, slow));
+        let cmd = rw(&d, false, 0, 1, slow);
+        let slow_cid = submit_fetched(&mut d, 1, cmd);
         let cc = Cc(d.sim.read32(offset::CC));
         d.sim.write32(offset::CC, cc.with_enable(false).0);
         std::thread::sleep(Duration::from_millis(10));
@@ -419,11 +431,8 @@ fn a_controller_ignoring_disable_goes_on_until_bus_mastering_stops_and_a_functio
             FaultAction::Delay(delay),
         ));
         let held = d.alloc(PAGE);
-        let fetched = d.sim.stats().commands;
-        let held_cid = d.submit(1, rw(&d, false, 0, 1, held));
-        wait_for("the delayed read's fetch", || {
-            d.sim.stats().commands > fetched
-        });
+        let cmd = rw(&d, false, 0, 1, held);
+        let held_cid = submit_fetched(&mut d, 1, cmd);
         let since = Instant::now();
         f.set_bus_master(false).unwrap();
         let off_in_time = since.elapsed() < delay / 2;
@@ -453,11 +462,8 @@ fn a_controller_ignoring_disable_goes_on_until_bus_mastering_stops_and_a_functio
             FaultAction::Delay(Duration::from_millis(200)),
         ));
         let late = d.alloc(PAGE);
-        let fetched = d.sim.stats().commands;
-        d.submit(1, rw(&d, false, 0, 1, late));
-        wait_for("the delayed read's fetch", || {
-            d.sim.stats().commands > fetched
-        });
+        let cmd = rw(&d, false, 0, 1, late);
+        submit_fetched(&mut d, 1, cmd);
         assert!(f.function_reset().unwrap());
         assert!(!d.csts().ready());
         assert_eq!(d.sim.read32(offset::CC), 0);
