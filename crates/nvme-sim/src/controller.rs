@@ -3,9 +3,10 @@
 //! helpers that read and write namespace contents directly.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::thread::JoinHandle;
 
+use nvme_vfio::ctrl::PciFunction;
 use nvme_vfio::nvme::cmd::Command;
 use nvme_vfio::nvme::regs::Registers;
 
@@ -28,6 +29,8 @@ pub(crate) struct Counters {
     pub(crate) bytes_read: AtomicU64,
     pub(crate) bytes_written: AtomicU64,
     pub(crate) inline_nanos: AtomicU64,
+    pub(crate) function_resets: AtomicU64,
+    pub(crate) bus_master_changes: AtomicU64,
 }
 
 /// A snapshot of what the controller has done.
@@ -54,6 +57,14 @@ pub struct Stats {
     pub inline_nanos: u64,
     /// Faults injected.
     pub faults_injected: u64,
+    /// Function level resets requested through the PCI function
+    /// ([`SimController::pci_function`]), including those the device
+    /// ignored ([`SimController::set_ignore_flr`]).
+    pub function_resets: u64,
+    /// Changes of Bus Master Enable through the PCI function (writes that
+    /// set it to the value it had do not count; neither does a function
+    /// level reset clearing it).
+    pub bus_master_changes: u64,
 }
 
 /// State shared by the controller handle, the register file's users and
@@ -70,6 +81,16 @@ pub(crate) struct Shared {
     pub(crate) release_held: AtomicBool,
     pub(crate) stop: AtomicBool,
     pub(crate) stats: Counters,
+    /// CC.EN 1 -> 0 is not acted on (a fault).
+    pub(crate) ignore_disable: AtomicBool,
+    /// Function level resets do nothing (a fault).
+    pub(crate) ignore_flr: AtomicBool,
+    /// PCI Bus Master Enable: while clear the device does no DMA. Written
+    /// with the device locked, so a pass in progress finishes first.
+    pub(crate) bus_master: AtomicBool,
+    /// The device, for the PCI function's resets (gone once the controller
+    /// is dropped).
+    device: OnceLock<Weak<Mutex<Device>>>,
 }
 
 impl Shared {
@@ -91,6 +112,10 @@ impl Shared {
             release_held: AtomicBool::new(false),
             stop: AtomicBool::new(false),
             stats: Counters::default(),
+            ignore_disable: AtomicBool::new(false),
+            ignore_flr: AtomicBool::new(false),
+            bus_master: AtomicBool::new(true),
+            device: OnceLock::new(),
         }))
     }
 
@@ -107,6 +132,72 @@ impl Shared {
             self.faults_armed.store(false, Ordering::Release);
         }
         action
+    }
+
+    /// Runs `f` with the device locked (`None` once the controller is
+    /// dropped): between two of its passes, never in the middle of one.
+    fn with_device<R>(&self, f: impl FnOnce(Option<&mut Device>) -> R) -> R {
+        match self.device.get().and_then(Weak::upgrade) {
+            Some(dev) => {
+                let mut d = crate::device::lock(&dev);
+                f(Some(&mut d))
+            }
+            None => f(None),
+        }
+    }
+
+    /// Sets or clears Bus Master Enable. Clearing it waits for the device's
+    /// pass in progress: once it returns the device does no more DMA.
+    fn set_bus_master(&self, on: bool) {
+        let was = self.with_device(|_| self.bus_master.swap(on, Ordering::AcqRel));
+        if was != on {
+            self.stats
+                .bus_master_changes
+                .fetch_add(1, Ordering::Relaxed);
+            log::debug!("bus mastering {}", if on { "on" } else { "off" });
+        }
+        self.regs.kick();
+    }
+
+    /// Function level reset (unless ignored): see [`PciFunction`].
+    fn function_reset(&self) {
+        self.stats.function_resets.fetch_add(1, Ordering::Relaxed);
+        if self.ignore_flr.load(Ordering::Acquire) {
+            log::debug!("ignore-FLR fault: function level reset not acted on");
+            return;
+        }
+        self.with_device(|d| {
+            match d {
+                Some(d) => d.function_reset(),
+                None => self.regs.function_reset(),
+            }
+            self.bus_master.store(false, Ordering::Release);
+        });
+        log::debug!("function level reset");
+        self.regs.kick();
+    }
+}
+
+/// The PCI function of a software controller (see
+/// [`SimController::pci_function`]).
+#[derive(Debug)]
+struct SimFunction {
+    shared: Arc<Shared>,
+}
+
+impl PciFunction for SimFunction {
+    fn set_bus_master(&self, enable: bool) -> Result<(), nvme_vfio::Error> {
+        self.shared.set_bus_master(enable);
+        Ok(())
+    }
+
+    fn bus_master(&self) -> Result<bool, nvme_vfio::Error> {
+        Ok(self.shared.bus_master.load(Ordering::Acquire))
+    }
+
+    fn function_reset(&self) -> Result<bool, nvme_vfio::Error> {
+        self.shared.function_reset();
+        Ok(true)
     }
 }
 
@@ -138,6 +229,7 @@ impl SimController {
     fn start(shared: Arc<Shared>) -> Result<Self, Error> {
         let sh = Arc::clone(&shared);
         let dev = Arc::new(Mutex::new(Device::new(Arc::clone(&sh))));
+        let _ = sh.device.set(Arc::downgrade(&dev));
         if sh.config.inline {
             sh.regs.set_inline(Arc::downgrade(&dev));
         }
@@ -168,6 +260,60 @@ impl SimController {
     /// The IOMMU the controller's DMA goes through.
     pub fn iommu(&self) -> &Arc<SimIommu> {
         &self.shared.iommu
+    }
+
+    /// The PCI function the controller lives in, for the driver
+    /// ([`Controller::with_backend`](nvme_vfio::ctrl::Controller::with_backend)):
+    ///
+    /// - **Bus Master Enable** (set at start): while it is clear the device
+    ///   issues no memory requests at all: it fetches no commands, moves no
+    ///   data and writes no completions; commands wait (in their
+    ///   submission queues, or inside the controller with their timers
+    ///   stopped) until it is set again. Clearing it returns once the
+    ///   device has finished the pass it was in: no DMA follows.
+    /// - **Function level reset** returns `Ok(true)` once the controller is
+    ///   back in its power-on state: every command it holds or schedules is
+    ///   dropped (those that would survive a controller reset too), CC,
+    ///   CSTS (RDY, CFS, SHST), AQA, ASQ, ACQ and the doorbells are zero, CC
+    ///   writes not yet acted on are discarded and Bus Master Enable is
+    ///   clear. It takes even while [`set_ignore_disable`](Self::set_ignore_disable)
+    ///   is on; with [`set_ignore_flr`](Self::set_ignore_flr) it does
+    ///   nothing but still returns `Ok(true)`.
+    ///
+    /// The handle shares the controller's state and stays usable after the
+    /// controller is dropped (a dead device: resets then only reset the
+    /// registers).
+    pub fn pci_function(&self) -> Arc<dyn PciFunction> {
+        Arc::new(SimFunction {
+            shared: Arc::clone(&self.shared),
+        })
+    }
+
+    /// Whether Bus Master Enable is set.
+    pub fn bus_master(&self) -> bool {
+        self.shared.bus_master.load(Ordering::Acquire)
+    }
+
+    /// While set, the controller does not act on CC.EN 1 -> 0: CSTS.RDY
+    /// stays 1 and it goes on fetching and executing commands, running
+    /// delayed and held ones and doing their DMA, with its queues as they
+    /// were (CC reads back as written; a later CC.EN = 1 is no transition).
+    /// Only clearing Bus Master Enable stops its DMA, and only a function
+    /// level reset stops it. Clearing the switch makes the controller act
+    /// on CC as it is then (a reset if CC.EN is 0).
+    pub fn set_ignore_disable(&self, on: bool) {
+        let was = self.shared.ignore_disable.swap(on, Ordering::AcqRel);
+        if was && !on {
+            self.shared.regs.replay_cc();
+        }
+    }
+
+    /// While set, a function level reset through
+    /// [`pci_function`](Self::pci_function) does nothing (it is counted in
+    /// [`Stats::function_resets`] and reports success, `Ok(true)`): the
+    /// device keeps its state, its commands and Bus Master Enable.
+    pub fn set_ignore_flr(&self, on: bool) {
+        self.shared.ignore_flr.store(on, Ordering::Release);
     }
 
     /// The configuration.
@@ -231,6 +377,8 @@ impl SimController {
             bytes_written: l(&c.bytes_written),
             inline_nanos: l(&c.inline_nanos),
             faults_injected: self.shared.faults().fired(),
+            function_resets: l(&c.function_resets),
+            bus_master_changes: l(&c.bus_master_changes),
         }
     }
 

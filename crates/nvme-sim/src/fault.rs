@@ -13,7 +13,12 @@
 //! let b = FaultRule::next(Match::io().opcode(io::WRITE).sqid(1), FaultAction::Drop);
 //! // One I/O command in ten is delayed by 5 ms (with the controller's seed).
 //! let c = FaultRule::random(Match::io(), 0.1, FaultAction::Delay(Duration::from_millis(5)));
-//! # let _ = (a, b, c);
+//! // The next Read completes again 10 ms later, rewriting its buffer.
+//! let d = FaultRule::next(
+//!     Match::io().opcode(io::READ),
+//!     FaultAction::Duplicate { after: Duration::from_millis(10), redo_data: true },
+//! );
+//! # let _ = (a, b, c, d);
 //! ```
 
 use std::time::Duration;
@@ -108,6 +113,96 @@ pub enum FaultAction {
     /// Raise CSTS.CFS: the controller stops processing commands until it is
     /// reset. The command does not complete.
     Fatal,
+    /// Execute and complete normally, then post the same completion again
+    /// `after` later: a stale duplicate with the same command ID, SQ ID,
+    /// status and dword 0 (the SQ head field carries the head at that
+    /// time). If `redo_data` is set, the data transfer of a Read or Write
+    /// that succeeded is repeated just before the duplicate is posted: a Read writes the
+    /// host buffer again (with the blocks as they are then), a Write reads
+    /// it again and stores what it holds then. The command's data pointer
+    /// is walked again at that time.
+    ///
+    /// The duplicate is lost if the controller is reset first (CC.EN 1 -> 0
+    /// that the controller honours, or a function level reset), or if the
+    /// submission queue is gone by then.
+    Duplicate {
+        /// Time from the first completion to the duplicate.
+        after: Duration,
+        /// Whether a Read or Write moves its data again.
+        redo_data: bool,
+    },
+    /// A command stuck inside the controller that outlives a controller
+    /// reset: it is held (neither Abort nor the deletion of its submission
+    /// queue ends it) until the controller is reset (CC.EN 1 -> 0). `after`
+    /// the next enable (CC.EN 0 -> 1), once the controller is ready and
+    /// bus mastering is on, it executes against the controller as it is
+    /// then, moving its data through whatever the IOMMU maps at that
+    /// moment, and its completion (same command ID and SQ ID) is posted to
+    /// the completion queue with the ID its submission queue completed to
+    /// before the reset, if such a queue exists again (otherwise only the
+    /// data moves). A function level reset drops it.
+    SurviveReset {
+        /// Time from the re-enable to the execution and completion.
+        after: Duration,
+    },
+    /// Execute normally, but post a completion entry with a field altered
+    /// (see [`CqeCorruption`]). The data transfer happens normally.
+    Corrupt(CqeCorruption),
+    /// For a Read or Write: post a successful completion at once and move
+    /// the data `delay` later (a Read writes the host buffer after the
+    /// completion, a Write reads it after the completion and stores what it
+    /// holds then). The checks that could fail the command run at the late
+    /// transfer and, failing, leave nothing but a log message (and, for a
+    /// refused transfer, an IOMMU fault). Other commands execute normally.
+    /// A controller reset drops the late transfer.
+    CompleteBeforeData {
+        /// Time from the completion to the data transfer.
+        delay: Duration,
+    },
+    /// For a Read or Write: after its data transfer, and before its
+    /// completion, the device also writes `len` bytes of `byte` at the
+    /// command's first data address plus `offset` (e.g. the transfer length,
+    /// for the bytes just past a contiguous buffer). The IOMMU refuses it
+    /// (counting a fault, [`SimIommu::fault_count`](crate::SimIommu::fault_count))
+    /// unless a writable mapping covers every byte, in which case it lands.
+    /// The command completes normally either way. Other commands execute
+    /// normally.
+    WriteOutside {
+        /// Offset from the first data address, in bytes (may be negative).
+        offset: i64,
+        /// Bytes written.
+        len: u32,
+        /// The value of every byte written.
+        byte: u8,
+    },
+}
+
+/// A completion entry field a [`FaultAction::Corrupt`] alters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CqeCorruption {
+    /// The command ID is replaced by this value.
+    Cid(u16),
+    /// The command ID is XORed with this mask.
+    CidXor(u16),
+    /// The SQ identifier is replaced by this value (the entry still goes to
+    /// the completion queue of the submission queue it came from).
+    SqId(u16),
+    /// The SQ head pointer is replaced by this value (taken modulo the
+    /// queue size, so it stays in range).
+    SqHead(u16),
+    /// The SQ head pointer reports `k` entries past the submission queue's
+    /// tail (as the tail doorbell last said, modulo the queue size): a
+    /// head the host never submitted up to.
+    SqHeadPastTail(u16),
+    /// The entry is written with the inverted phase tag, the phase of the
+    /// previous pass: to the host the slot still holds an old entry. The
+    /// device's tail moves on as for a good entry (the bug is in the one
+    /// write, not in the device's queue state), so its next completion goes
+    /// to the next slot with the correct phase. A host that consumes
+    /// entries in order stops at the bad slot and sees neither this
+    /// completion nor any later one on that queue; the device, whose head
+    /// doorbell no longer moves, eventually finds the queue full.
+    InvertPhase,
 }
 
 /// One fault injection rule: fires on the matching commands it selects.

@@ -14,6 +14,17 @@
 //! - [`FaultRule`]: fault injection per command (error status, dropped,
 //!   delayed or out-of-order completions, CSTS.CFS), plus never-ready and
 //!   fatal-status switches on the controller.
+//! - A misbehaving device, for hardening the driver against devices that
+//!   write memory it has given back: duplicate completions that move their
+//!   data again ([`FaultAction::Duplicate`]), commands that outlive a
+//!   controller reset ([`FaultAction::SurviveReset`]), altered completion
+//!   entries ([`CqeCorruption`]), completions posted before their data
+//!   moves ([`FaultAction::CompleteBeforeData`]), writes outside a
+//!   command's buffer ([`FaultAction::WriteOutside`]), and a controller
+//!   that ignores CC.EN = 0 ([`SimController::set_ignore_disable`]). The
+//!   PCI function ([`SimController::pci_function`]) models Bus Master
+//!   Enable (clear: no DMA at all) and function level reset (which can be
+//!   made to fail silently, [`SimController::set_ignore_flr`]).
 //!
 //! # How it works
 //!
@@ -46,6 +57,12 @@
 //! - Commands a fault delays, holds back or drops stay inside the
 //!   controller until they run, are aborted (Abort), their queue is deleted
 //!   (Command Aborted due to SQ Deletion) or the controller is reset.
+//!   Work a fault schedules after a completion (a duplicate, a late data
+//!   transfer) is dropped by a reset; a command made to survive a reset is
+//!   dropped only by a function level reset.
+//! - **Bus mastering** gates every device access to host memory: with Bus
+//!   Master Enable clear the worker fetches, transfers and posts nothing,
+//!   and the timers of commands it holds wait.
 //!
 //! ```
 //! use std::sync::Arc;
@@ -71,7 +88,7 @@ mod storage;
 
 pub use config::{Config, NamespaceConfig};
 pub use controller::{SimController, Stats};
-pub use fault::{FaultAction, FaultRule, Match};
+pub use fault::{CqeCorruption, FaultAction, FaultRule, Match};
 pub use iommu::{IommuConfig, Mapping, SimIommu};
 
 /// Why the software controller could not do what was asked.

@@ -160,11 +160,45 @@ impl RegisterFile {
             .map_or(0, |d| d.load(Ordering::Acquire))
     }
 
+    /// Zeroes SQ `qid`'s tail doorbell (`cq` = false) or CQ `qid`'s head
+    /// doorbell: the queue is being created, and what was written while it
+    /// did not exist went nowhere.
+    pub(crate) fn clear_doorbell(&self, qid: u16, cq: bool) {
+        if let Some(d) = self.doorbells.get(2 * qid as usize + cq as usize) {
+            d.store(0, Ordering::Release);
+        }
+    }
+
     /// Zeroes every doorbell (controller reset).
     pub(crate) fn reset_doorbells(&self) {
         for d in self.doorbells.iter() {
             d.store(0, Ordering::Release);
         }
+    }
+
+    /// Queues CC's current value as if written again, for the worker to
+    /// act on what it did not act on before (an ignored disable), and
+    /// wakes it.
+    pub(crate) fn replay_cc(&self) {
+        let mut events = self.cc_events.lock().unwrap_or_else(|e| e.into_inner());
+        events.push_back(self.cc());
+        drop(events);
+        self.kick();
+    }
+
+    /// Function level reset: every register the host writes and CSTS go
+    /// back to zero, and CC writes not yet acted on are discarded.
+    pub(crate) fn function_reset(&self) {
+        let mut events = self.cc_events.lock().unwrap_or_else(|e| e.into_inner());
+        events.clear();
+        self.cc.store(0, Ordering::Release);
+        drop(events);
+        self.intms.store(0, Ordering::Relaxed);
+        self.aqa.store(0, Ordering::Release);
+        self.asq.store(0, Ordering::Release);
+        self.acq.store(0, Ordering::Release);
+        self.csts.store(0, Ordering::Release);
+        self.reset_doorbells();
     }
 
     /// Whether `len` bytes at `off` are an aligned access inside BAR0.

@@ -98,6 +98,8 @@ impl Device {
         if cmd.cdw11 & 2 != 0 && iv > self.sh.config.max_io_queues as u32 {
             return fail(specific(csc::INVALID_VECTOR));
         }
+        // Head doorbell writes before the queue existed went nowhere.
+        self.sh.regs.clear_doorbell(qid, true);
         self.cqs[qid as usize] = Some(Cq::new(base, size));
         log::debug!("created CQ {qid}: {size} entries at {base}");
         ok(0)
@@ -115,6 +117,8 @@ impl Device {
                 Ok(q) => q,
                 Err(s) => return fail(s),
             };
+        // Tail doorbell writes before the queue existed went nowhere.
+        self.sh.regs.clear_doorbell(qid, false);
         self.sqs[qid as usize] = Some(Sq::new(base, size, cqid));
         if let Some(cq) = self.cqs[cqid as usize].as_mut() {
             cq.sqs += 1;
@@ -136,10 +140,11 @@ impl Device {
             return fail(specific(csc::INVALID_QID));
         };
         // Commands the controller still holds are aborted, each with a
-        // completion, before the queue goes.
+        // completion, before the queue goes (except those stuck until a
+        // reset).
         let (mine, rest): (Vec<Deferred>, Vec<Deferred>) = std::mem::take(&mut self.deferred)
             .into_iter()
-            .partition(|d| d.sqid == qid);
+            .partition(|d| d.sqid == qid && !d.wait.survives());
         self.deferred = rest;
         for d in mine {
             self.post(
@@ -256,13 +261,14 @@ impl Device {
     /// Abort: a command the controller still holds (dropped, delayed or
     /// held back by a fault, or an outstanding event request) completes
     /// with Command Abort Requested and the Abort reports dword 0 bit 0 =
-    /// 0; otherwise (already completed or never seen) bit 0 = 1.
+    /// 0; otherwise (already completed, never seen, or stuck until a reset)
+    /// bit 0 = 1.
     fn abort(&mut self, cmd: &Command) -> Outcome {
         let (sqid, cid) = (cmd.cdw10 as u16, (cmd.cdw10 >> 16) as u16);
         let Some(i) = self
             .deferred
             .iter()
-            .position(|d| d.sqid == sqid && d.cmd.cid() == cid)
+            .position(|d| d.sqid == sqid && d.cmd.cid() == cid && !d.wait.survives())
         else {
             log::debug!("abort of cid {cid} on SQ {sqid}: not found");
             return ok(1);

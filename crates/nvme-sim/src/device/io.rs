@@ -109,41 +109,81 @@ impl Device {
 
     /// Read or Write (FUA accepted: every write is durable here).
     fn read_write(&self, cmd: &Command, ns: &Namespace, write: bool) -> Outcome {
-        let Some((off, len)) = ns.byte_range(cmd.slba(), cmd.nlb() as u64) else {
-            return fail(invalid(sc::LBA_OUT_OF_RANGE));
+        let len = match self.transfer(cmd, ns, write) {
+            Ok(len) => len,
+            Err(s) => return fail(s),
         };
-        if self.sh.config.max_transfer().is_some_and(|max| len > max) {
-            return fail(invalid(sc::INVALID_FIELD));
-        }
         let stats = &self.sh.stats;
         let (cmds, bytes) = if write {
             (&stats.write_commands, &stats.bytes_written)
         } else {
             (&stats.read_commands, &stats.bytes_read)
         };
+        cmds.fetch_add(1, Ordering::Relaxed);
+        bytes.fetch_add(len, Ordering::Relaxed);
+        ok(0)
+    }
+
+    /// The checks of a Read or Write and its data transfer, without the
+    /// statistics: the bytes moved, or why the command fails.
+    fn transfer(&self, cmd: &Command, ns: &Namespace, write: bool) -> Result<u64, Status> {
+        let Some((off, len)) = ns.byte_range(cmd.slba(), cmd.nlb() as u64) else {
+            return Err(invalid(sc::LBA_OUT_OF_RANGE));
+        };
+        if self.sh.config.max_transfer().is_some_and(|max| len > max) {
+            return Err(invalid(sc::INVALID_FIELD));
+        }
         if !self.sh.config.null {
             // The data pointer is checked whole before any data moves.
-            let ranges = match self.ranges(cmd, len, true) {
-                Ok(r) => r,
-                Err(s) => return fail(s),
-            };
+            let ranges = self.ranges(cmd, len, true)?;
             let mut data = vec![0u8; len as usize];
             let iommu = &self.sh.iommu;
             if write {
                 if !iommu.read_ranges(&ranges, &mut data) {
-                    return fail(DATA_TRANSFER_ERROR);
+                    return Err(DATA_TRANSFER_ERROR);
                 }
                 ns.write(off, &data);
             } else {
                 ns.read(off, &mut data);
                 if !iommu.write_ranges(&ranges, &data) {
-                    return fail(DATA_TRANSFER_ERROR);
+                    return Err(DATA_TRANSFER_ERROR);
                 }
             }
         }
-        cmds.fetch_add(1, Ordering::Relaxed);
-        bytes.fetch_add(len, Ordering::Relaxed);
-        ok(0)
+        Ok(len)
+    }
+
+    /// Moves the data of Read or Write `cmd` (from an I/O queue) again,
+    /// without counting it: the repeated transfer of a duplicate
+    /// completion. Failures are only logged (the IOMMU counts refusals).
+    pub(super) fn transfer_again(&self, cmd: &Command) {
+        let Some(ns) = self.namespace(cmd.nsid) else {
+            return;
+        };
+        if let Err(s) = self.transfer(cmd, ns, cmd.opcode() == io::WRITE) {
+            log::debug!("repeated transfer of cid {} failed: {s}", cmd.cid());
+        }
+    }
+
+    /// The data transfer of Read or Write `cmd` (from an I/O queue) whose
+    /// completion was posted before: executes it now, counted as the
+    /// command's own. Failures are only logged.
+    pub(super) fn late_transfer(&self, cmd: &Command) {
+        if let Some((s, _)) = self.io(cmd).filter(|(s, _)| !s.is_success()) {
+            log::debug!("late transfer of cid {} failed: {s}", cmd.cid());
+        }
+    }
+
+    /// The first host address of Read or Write `cmd`'s data (PRP1 if the
+    /// data pointer cannot be walked).
+    pub(super) fn first_data_address(&self, cmd: &Command) -> Iova {
+        let len = self
+            .namespace(cmd.nsid)
+            .and_then(|ns| ns.byte_range(cmd.slba(), cmd.nlb() as u64))
+            .map(|(_, len)| len);
+        len.and_then(|len| self.ranges(cmd, len, true).ok())
+            .and_then(|r| r.first().map(|r| r.addr))
+            .unwrap_or(Iova::new(cmd.dptr[0]))
     }
 
     /// Write Zeroes (with or without Deallocate: both read back as zeroes).

@@ -15,9 +15,9 @@ mod queues;
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use nvme_vfio::nvme::cmd::{Command, Status};
+use nvme_vfio::nvme::cmd::{io as io_op, Command, Status};
 use nvme_vfio::nvme::log::ErrorLogEntry;
 use nvme_vfio::nvme::regs::{Cc, Csts, ShutdownStatus};
 use nvme_vfio::nvme::spec::PageSize;
@@ -96,6 +96,44 @@ enum Wait {
     Until(Instant),
     /// Held back: executes after this many more completions on its CQ.
     After(u32),
+    /// Stuck until a controller reset, then executes `after` the next
+    /// enable (`at`, set by the enable) and completes to CQ `cqid`.
+    Survive {
+        after: Duration,
+        cqid: u16,
+        at: Option<Instant>,
+    },
+}
+
+impl Wait {
+    /// Whether the command outlives controller resets (and ignores Abort
+    /// and the deletion of its queue).
+    fn survives(&self) -> bool {
+        matches!(self, Wait::Survive { .. })
+    }
+}
+
+/// What the device still does for a command it has completed.
+#[derive(Clone, Copy, Debug)]
+enum Afterwards {
+    /// Post the completion again (moving the data again first if
+    /// `redo_data`).
+    Duplicate {
+        status: Status,
+        result: u32,
+        redo_data: bool,
+    },
+    /// Move the data (the completion went first).
+    Data,
+}
+
+/// Work scheduled for a completed command.
+#[derive(Clone, Copy, Debug)]
+struct Later {
+    at: Instant,
+    sqid: u16,
+    cmd: Command,
+    what: Afterwards,
 }
 
 /// A fetched command whose completion is not posted yet.
@@ -117,9 +155,14 @@ enum Power {
     Ready,
 }
 
+/// Whether `cmd`, from submission queue `sqid`, is a Read or a Write.
+fn is_read_or_write(sqid: u16, cmd: &Command) -> bool {
+    sqid != 0 && matches!(cmd.opcode(), io_op::READ | io_op::WRITE)
+}
+
 /// Locks the device; a panic in a pass leaves it usable (its state moves
 /// in single steps).
-fn lock(dev: &Mutex<Device>) -> MutexGuard<'_, Device> {
+pub(crate) fn lock(dev: &Mutex<Device>) -> MutexGuard<'_, Device> {
     dev.lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -188,6 +231,8 @@ pub(crate) struct Device {
     /// Other features, stored as set.
     features: HashMap<u8, u32>,
     deferred: Vec<Deferred>,
+    /// Work scheduled for completed commands (faults).
+    later: Vec<Later>,
     /// Doorbell Buffer Config: shadow doorbell and EventIdx buffers.
     shadow: Option<(blk_dma::Iova, blk_dma::Iova)>,
     errors: std::collections::VecDeque<ErrorLogEntry>,
@@ -222,6 +267,7 @@ impl Device {
             vwc,
             features: HashMap::new(),
             deferred: Vec::new(),
+            later: Vec::new(),
             shadow: None,
             errors: std::collections::VecDeque::new(),
             error_count: 0,
@@ -245,19 +291,27 @@ impl Device {
             }
             busy = true;
         }
-        if self.running() {
+        if self.active() {
             busy |= self.run_deferred();
+            busy |= self.run_later();
             busy |= self.process_queues();
         }
         busy
     }
 
-    /// Whether commands are processed now.
+    /// Whether commands are processed now (bus mastering aside).
     fn running(&self) -> bool {
         self.power == Power::Ready
             && !self.shut_down
             && self.sh.regs.csts() & csts::CFS == 0
-            && self.sh.regs.cc_enabled()
+            && (self.sh.regs.cc_enabled() || self.sh.ignore_disable.load(Ordering::Acquire))
+    }
+
+    /// Whether the device does anything with host memory now: commands are
+    /// processed and bus mastering is on (without it the function issues
+    /// no memory requests: no fetches, no data, no completions).
+    fn active(&self) -> bool {
+        self.running() && self.sh.bus_master.load(Ordering::Acquire)
     }
 
     fn next_deadline(&self) -> Option<Instant> {
@@ -265,10 +319,18 @@ impl Device {
             Power::Enabling(t) => t,
             _ => None,
         };
-        let delayed = self.deferred.iter().filter_map(|d| match d.wait {
-            Wait::Until(t) => Some(t),
-            _ => None,
-        });
+        // Command timers only matter while the device can act on them
+        // (whatever makes it active again wakes the worker).
+        let active = self.active();
+        let delayed = self
+            .deferred
+            .iter()
+            .filter_map(|d| match d.wait {
+                Wait::Until(t) | Wait::Survive { at: Some(t), .. } => Some(t),
+                _ => None,
+            })
+            .chain(self.later.iter().map(|l| l.at))
+            .filter(|_| active);
         ready
             .into_iter()
             .chain(self.shutdown_at)
@@ -302,8 +364,14 @@ impl Device {
     }
 
     /// A CC write, in order.
-    fn cc_written(&mut self, cc: Cc) {
+    fn cc_written(&mut self, mut cc: Cc) {
         let old = self.cc;
+        if old.enabled() && !cc.enabled() && self.sh.ignore_disable.load(Ordering::Acquire) {
+            // The controller does not see the transition: it stays enabled
+            // (and a later CC.EN = 1 is no transition either).
+            log::debug!("ignore-disable fault: CC.EN = 0 not acted on");
+            cc = cc.with_enable(true);
+        }
         match (old.enabled(), cc.enabled()) {
             (false, true) => self.enable(cc),
             (true, false) => self.reset(),
@@ -352,12 +420,22 @@ impl Device {
             return;
         }
         self.page = PageSize::from_mps(cc.mps()).unwrap_or(PageSize::DEFAULT);
+        // Doorbell writes while the controller was disabled went nowhere.
+        self.sh.regs.clear_doorbell(0, false);
+        self.sh.regs.clear_doorbell(0, true);
         self.sqs[0] = Some(Sq::new(blk_dma::Iova::new(asq), asqs, 0));
         self.cqs[0] = Some(Cq::new(blk_dma::Iova::new(acq), acqs));
         if let Some(cq) = self.cqs[0].as_mut() {
             cq.sqs = 1;
         }
         self.sq_ids = vec![0];
+        // Commands that survived the reset run `after` this enable.
+        let now = Instant::now();
+        for d in &mut self.deferred {
+            if let Wait::Survive { after, at, .. } = &mut d.wait {
+                *at = Some(now.checked_add(*after).unwrap_or(now));
+            }
+        }
         let ready_at = if self.sh.never_ready.load(Ordering::Acquire) {
             log::debug!("never-ready fault: CSTS.RDY stays 0");
             None
@@ -368,7 +446,8 @@ impl Device {
     }
 
     /// CC.EN 1 -> 0: every queue and every command in the controller is
-    /// dropped; CSTS.RDY and CSTS.CFS clear.
+    /// dropped (except those a fault makes survive the reset); CSTS.RDY and
+    /// CSTS.CFS clear.
     fn reset(&mut self) {
         let fresh = Device::new(Arc::clone(&self.sh));
         let old = std::mem::replace(self, fresh);
@@ -378,8 +457,36 @@ impl Device {
         self.error_count = old.error_count;
         self.shutdown_at = old.shutdown_at;
         self.shut_down = old.shut_down;
+        self.deferred = old
+            .deferred
+            .into_iter()
+            .filter(|d| d.wait.survives())
+            .map(|mut d| {
+                if let Wait::Survive { at, .. } = &mut d.wait {
+                    *at = None;
+                }
+                d
+            })
+            .collect();
+        if !self.deferred.is_empty() {
+            log::debug!("{} command(s) survive the reset", self.deferred.len());
+        }
         self.sh.regs.reset_doorbells();
         self.sh.regs.update_csts(0, csts::RDY | csts::CFS);
+    }
+
+    /// Function level reset: the whole controller goes back to its
+    /// power-on state, every command it holds is dropped (survivors too)
+    /// and every register is reset (CC, CSTS, AQA, ASQ, ACQ, doorbells;
+    /// CC writes not yet acted on are discarded). The error log is kept.
+    /// Bus mastering is the caller's business.
+    pub(crate) fn function_reset(&mut self) {
+        let fresh = Device::new(Arc::clone(&self.sh));
+        let old = std::mem::replace(self, fresh);
+        self.errors = old.errors;
+        self.error_count = old.error_count;
+        self.sh.regs.function_reset();
+        self.sh.release_held.store(false, Ordering::Release);
     }
 
     /// Raises CSTS.CFS: nothing more is processed until a reset.
@@ -395,43 +502,115 @@ impl Device {
         } else {
             None
         };
+        let Some(action) = action else {
+            self.run_and_post(sqid, cmd);
+            return;
+        };
+        let rw = is_read_or_write(sqid, &cmd);
+        let cid = cmd.cid();
         let wait = match action {
-            None => return self.run_and_post(sqid, cmd),
-            Some(FaultAction::Status(s)) => {
-                log::debug!("fault: cid {} on SQ {sqid} completes with {s}", cmd.cid());
+            FaultAction::Status(s) => {
+                log::debug!("fault: cid {cid} on SQ {sqid} completes with {s}");
                 if !s.is_success() {
                     self.log_error(sqid, &cmd, s);
                 }
-                return self.post(sqid, cmd.cid(), s, 0);
+                return self.post(sqid, cid, s, 0);
             }
-            Some(FaultAction::Fatal) => {
-                log::debug!("fault: CSTS.CFS at cid {} on SQ {sqid}", cmd.cid());
+            FaultAction::Fatal => {
+                log::debug!("fault: CSTS.CFS at cid {cid} on SQ {sqid}");
                 return self.fatal();
             }
-            Some(FaultAction::Drop) => Wait::Forever,
-            Some(FaultAction::Delay(d)) => match Instant::now().checked_add(d) {
+            FaultAction::Duplicate { after, redo_data } => {
+                if let Some((status, result)) = self.run_and_post(sqid, cmd) {
+                    log::debug!("fault: cid {cid} on SQ {sqid} completes again in {after:?}");
+                    let at = Instant::now().checked_add(after);
+                    self.later.extend(at.map(|at| Later {
+                        at,
+                        sqid,
+                        cmd,
+                        what: Afterwards::Duplicate {
+                            status,
+                            result,
+                            redo_data,
+                        },
+                    }));
+                }
+                return;
+            }
+            FaultAction::Corrupt(how) => {
+                log::debug!("fault: cid {cid} on SQ {sqid} completes with {how:?}");
+                if let Some((status, result)) = self.run(sqid, &cmd) {
+                    self.post_entry(sqid, cid, status, result, Some(how));
+                }
+                return;
+            }
+            FaultAction::CompleteBeforeData { delay } if rw => {
+                log::debug!("fault: cid {cid} on SQ {sqid} completes, data in {delay:?}");
+                self.post(sqid, cid, Status::SUCCESS, 0);
+                let at = Instant::now().checked_add(delay);
+                self.later.extend(at.map(|at| Later {
+                    at,
+                    sqid,
+                    cmd,
+                    what: Afterwards::Data,
+                }));
+                return;
+            }
+            FaultAction::WriteOutside { offset, len, byte } if rw => {
+                let out = self.run(sqid, &cmd);
+                let at = self.first_data_address(&cmd).wrapping_add(offset as u64);
+                log::debug!("fault: cid {cid} on SQ {sqid} also writes {len:#x} bytes at {at}");
+                let ok = self.sh.iommu.write(at, &vec![byte; len as usize]);
+                log::debug!("stray write {}", if ok { "landed" } else { "refused" });
+                if let Some((status, result)) = out {
+                    self.post(sqid, cid, status, result);
+                }
+                return;
+            }
+            FaultAction::CompleteBeforeData { .. } | FaultAction::WriteOutside { .. } => {
+                self.run_and_post(sqid, cmd);
+                return;
+            }
+            FaultAction::SurviveReset { after } => {
+                let cqid = self.sqs[sqid as usize].map_or(0, |s| s.cqid);
+                Wait::Survive {
+                    after,
+                    cqid,
+                    at: None,
+                }
+            }
+            FaultAction::Drop => Wait::Forever,
+            FaultAction::Delay(d) => match Instant::now().checked_add(d) {
                 Some(t) => Wait::Until(t),
                 None => Wait::Forever,
             },
-            Some(FaultAction::HoldBack { after }) => Wait::After(after.max(1)),
+            FaultAction::HoldBack { after } => Wait::After(after.max(1)),
         };
-        log::debug!("fault: cid {} on SQ {sqid} deferred ({wait:?})", cmd.cid());
+        log::debug!("fault: cid {cid} on SQ {sqid} deferred ({wait:?})");
         self.deferred.push(Deferred { sqid, cmd, wait });
     }
 
-    /// Executes `cmd` and posts its completion (unless it completes later).
-    fn run_and_post(&mut self, sqid: u16, cmd: Command) {
+    /// Executes `cmd` (recording a failure in the error log); `None` if it
+    /// completes later.
+    fn run(&mut self, sqid: u16, cmd: &Command) -> Outcome {
         let out = if sqid == 0 {
-            self.admin(&cmd)
+            self.admin(cmd)
         } else {
-            self.io(&cmd)
+            self.io(cmd)
         };
+        if let Some((status, _)) = out.filter(|(s, _)| !s.is_success()) {
+            self.log_error(sqid, cmd, status);
+        }
+        out
+    }
+
+    /// Executes `cmd` and posts its completion (unless it completes later).
+    fn run_and_post(&mut self, sqid: u16, cmd: Command) -> Outcome {
+        let out = self.run(sqid, &cmd);
         if let Some((status, result)) = out {
-            if !status.is_success() {
-                self.log_error(sqid, &cmd, status);
-            }
             self.post(sqid, cmd.cid(), status, result);
         }
+        out
     }
 
     /// Executes deferred commands whose time has come. Returns whether any
@@ -441,14 +620,79 @@ impl Device {
         loop {
             let now = Instant::now();
             let Some(i) = self.deferred.iter().position(|d| match d.wait {
-                Wait::Until(t) => t <= now,
+                Wait::Until(t) | Wait::Survive { at: Some(t), .. } => t <= now,
                 Wait::After(n) => n == 0,
-                Wait::Forever | Wait::Event => false,
+                Wait::Forever | Wait::Event | Wait::Survive { at: None, .. } => false,
             }) else {
                 return any;
             };
             let d = self.deferred.remove(i);
-            self.run_and_post(d.sqid, d.cmd);
+            match d.wait {
+                Wait::Survive { cqid, .. } => self.run_survivor(d.sqid, cqid, &d.cmd),
+                _ => {
+                    self.run_and_post(d.sqid, d.cmd);
+                }
+            }
+            any = true;
+        }
+    }
+
+    /// A command that survived a reset executes now and completes to CQ
+    /// `cqid` if it exists (otherwise only its data moves).
+    fn run_survivor(&mut self, sqid: u16, cqid: u16, cmd: &Command) {
+        log::debug!("cid {} of SQ {sqid} from before the reset runs", cmd.cid());
+        let Some((status, result)) = self.run(sqid, cmd) else {
+            return;
+        };
+        let sq_head = self
+            .sqs
+            .get(sqid as usize)
+            .copied()
+            .flatten()
+            .map_or(0, |s| s.head as u16);
+        let cqe = nvme_vfio::nvme::cmd::Completion {
+            result,
+            rsvd: 0,
+            sq_head,
+            sq_id: sqid,
+            cid: cmd.cid(),
+            status: status.0 << 1,
+        };
+        if self.cqs.get(cqid as usize).is_some_and(Option::is_some) {
+            self.push_cqe(cqid, cqe, false);
+        } else {
+            log::debug!("its completion is dropped: no CQ {cqid}");
+        }
+    }
+
+    /// Runs the work scheduled for completed commands whose time has come.
+    /// Returns whether any ran.
+    fn run_later(&mut self) -> bool {
+        let mut any = false;
+        loop {
+            let now = Instant::now();
+            let Some(i) = self.later.iter().position(|l| l.at <= now) else {
+                return any;
+            };
+            let l = self.later.remove(i);
+            match l.what {
+                Afterwards::Duplicate {
+                    status,
+                    result,
+                    redo_data,
+                } => {
+                    if redo_data && is_read_or_write(l.sqid, &l.cmd) && status.is_success() {
+                        self.transfer_again(&l.cmd);
+                    }
+                    log::debug!(
+                        "duplicate completion of cid {} on SQ {}",
+                        l.cmd.cid(),
+                        l.sqid
+                    );
+                    self.post(l.sqid, l.cmd.cid(), status, result);
+                }
+                Afterwards::Data => self.late_transfer(&l.cmd),
+            }
             any = true;
         }
     }

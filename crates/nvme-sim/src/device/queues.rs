@@ -9,6 +9,7 @@ use blk_dma::Iova;
 use nvme_vfio::nvme::cmd::{Command, Completion, Status};
 
 use super::{Device, Wait, BURST};
+use crate::fault::CqeCorruption;
 use crate::iommu::SimIommu;
 
 /// Bytes of a submission queue entry (CC.IOSQES = 6).
@@ -48,8 +49,9 @@ pub(crate) struct Cq {
     pub(crate) head: u32,
     /// Phase tag of the current pass (starts at 1).
     pub(crate) phase: bool,
-    /// Completions waiting for room, oldest first.
-    pub(crate) backlog: VecDeque<Completion>,
+    /// Completions waiting for room, oldest first (with whether a fault
+    /// inverts the entry's phase tag).
+    pub(crate) backlog: VecDeque<(Completion, bool)>,
     /// Submission queues completing here.
     pub(crate) sqs: u32,
 }
@@ -119,6 +121,19 @@ fn write_cqe(iommu: &SimIommu, cq: &mut Cq, c: &Completion) -> bool {
         cq.phase = !cq.phase;
     }
     true
+}
+
+/// Writes `c` into `cq`'s next slot like [`write_cqe`], with the phase
+/// tag inverted if `flip` (a fault): the tail and the queue's own phase
+/// move on as for a good entry.
+fn write_entry(iommu: &SimIommu, cq: &mut Cq, c: &Completion, flip: bool) -> bool {
+    if !flip {
+        return write_cqe(iommu, cq, c);
+    }
+    cq.phase = !cq.phase;
+    let ok = write_cqe(iommu, cq, c);
+    cq.phase = !cq.phase;
+    ok
 }
 
 impl Device {
@@ -217,10 +232,10 @@ impl Device {
         };
         let mut moved = false;
         while !cq.full() {
-            let Some(c) = cq.backlog.pop_front() else {
+            let Some((c, flip)) = cq.backlog.pop_front() else {
                 break;
             };
-            if !write_cqe(&self.sh.iommu, cq, &c) {
+            if !write_entry(&self.sh.iommu, cq, &c, flip) {
                 log::warn!("CQE write to CQ {cqid} refused by the IOMMU; raising CSTS.CFS");
                 self.sh.regs.update_csts(crate::regs::csts::CFS, 0);
                 return true;
@@ -233,11 +248,24 @@ impl Device {
     /// Posts a completion for command `cid` of SQ `sqid`, carrying the SQ's
     /// current head.
     pub(crate) fn post(&mut self, sqid: u16, cid: u16, status: Status, result: u32) {
+        self.post_entry(sqid, cid, status, result, None);
+    }
+
+    /// Posts a completion for command `cid` of SQ `sqid`, to the SQ's CQ,
+    /// with a field altered if a fault says so.
+    pub(crate) fn post_entry(
+        &mut self,
+        sqid: u16,
+        cid: u16,
+        status: Status,
+        result: u32,
+        corrupt: Option<CqeCorruption>,
+    ) {
         let Some(sq) = self.sqs.get(sqid as usize).copied().flatten() else {
             log::debug!("completion of cid {cid} for deleted SQ {sqid} dropped");
             return;
         };
-        let cqe = Completion {
+        let mut cqe = Completion {
             result,
             rsvd: 0,
             sq_head: sq.head as u16,
@@ -245,13 +273,32 @@ impl Device {
             cid,
             status: status.0 << 1,
         };
-        let cqid = sq.cqid;
+        let mut flip = false;
+        match corrupt {
+            None => {}
+            Some(CqeCorruption::Cid(v)) => cqe.cid = v,
+            Some(CqeCorruption::CidXor(m)) => cqe.cid ^= m,
+            Some(CqeCorruption::SqId(v)) => cqe.sq_id = v,
+            Some(CqeCorruption::SqHead(v)) => cqe.sq_head = (v as u32 % sq.size) as u16,
+            Some(CqeCorruption::SqHeadPastTail(k)) => {
+                let tail = self.sq_tail(sqid, sq.size).unwrap_or(sq.head);
+                cqe.sq_head = ((tail as u64 + k as u64) % sq.size as u64) as u16;
+            }
+            Some(CqeCorruption::InvertPhase) => flip = true,
+        }
+        self.push_cqe(sq.cqid, cqe, flip);
+    }
+
+    /// Writes `cqe` to CQ `cqid` (or its backlog when there is no room),
+    /// its phase tag inverted if `flip`, and counts it for the commands
+    /// held back on that CQ.
+    pub(crate) fn push_cqe(&mut self, cqid: u16, cqe: Completion, flip: bool) {
         if self.cq_blocked(cqid) {
             if let Some(cq) = self.cqs[cqid as usize].as_mut() {
-                cq.backlog.push_back(cqe);
+                cq.backlog.push_back((cqe, flip));
             }
         } else if let Some(cq) = self.cqs[cqid as usize].as_mut() {
-            if !write_cqe(&self.sh.iommu, cq, &cqe) {
+            if !write_entry(&self.sh.iommu, cq, &cqe, flip) {
                 log::warn!("CQE write to CQ {cqid} refused by the IOMMU; raising CSTS.CFS");
                 self.fatal();
             }
