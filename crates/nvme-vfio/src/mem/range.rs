@@ -11,6 +11,9 @@ pub struct RangeAllocator {
     free: Vec<(u64, u64)>,
     /// Bytes currently free.
     avail: u64,
+    /// Where [`alloc_next_fit`](Self::alloc_next_fit) looks first: the
+    /// end of its last allocation.
+    cursor: u64,
 }
 
 impl RangeAllocator {
@@ -19,6 +22,7 @@ impl RangeAllocator {
         Self {
             free: Vec::new(),
             avail: 0,
+            cursor: 0,
         }
     }
 
@@ -42,13 +46,33 @@ impl RangeAllocator {
 
     /// Takes `len` bytes aligned to `align` (a power of two), first fit.
     pub fn alloc(&mut self, len: u64, align: u64) -> Option<u64> {
+        self.alloc_from(len, align, 0)
+    }
+
+    /// Takes `len` bytes aligned to `align` (a power of two), next fit:
+    /// from where the previous such allocation ended, wrapping around at
+    /// the end. Space freed now is handed out again only after the rest
+    /// of the free space was, so an address comes back as late as
+    /// possible: a device's late access through a stale IOVA then finds
+    /// nothing mapped there instead of someone else's memory.
+    pub fn alloc_next_fit(&mut self, len: u64, align: u64) -> Option<u64> {
+        let a = self
+            .alloc_from(len, align, self.cursor)
+            .or_else(|| self.alloc_from(len, align, 0))?;
+        self.cursor = a + len;
+        Some(a)
+    }
+
+    /// First fit at or above `from`.
+    fn alloc_from(&mut self, len: u64, align: u64, from: u64) -> Option<u64> {
         if len == 0 || !align.is_power_of_two() {
             return None;
         }
         let mask = align - 1;
-        for i in 0..self.free.len() {
+        let first = self.free.partition_point(|&(_, e)| e <= from);
+        for i in first..self.free.len() {
             let (s, e) = self.free[i];
-            let Some(a) = s.checked_add(mask).map(|v| v & !mask) else {
+            let Some(a) = s.max(from).checked_add(mask).map(|v| v & !mask) else {
                 continue;
             };
             let Some(end) = a.checked_add(len) else {
@@ -115,6 +139,27 @@ mod tests {
         a.release(y, 0x1000);
         assert_eq!(a.free_ranges(), &[(0x1000, 0x10000)]);
         assert_eq!(a.available(), 0xf000);
+    }
+
+    #[test]
+    fn next_fit_hands_freed_space_out_last() {
+        let mut a = RangeAllocator::new();
+        a.add(0x1000, 0x6000);
+        let x = a.alloc_next_fit(0x1000, 0x1000).unwrap();
+        assert_eq!(x, 0x1000);
+        a.release(x, 0x1000);
+        // Freed, but the cursor moves on.
+        assert_eq!(a.alloc_next_fit(0x1000, 0x1000), Some(0x2000));
+        assert_eq!(a.alloc_next_fit(0x2000, 0x1000), Some(0x3000));
+        // 0x5000..0x6000 is next; then it wraps to the start.
+        assert_eq!(a.alloc_next_fit(0x1000, 0x1000), Some(0x5000));
+        assert_eq!(a.alloc_next_fit(0x1000, 0x1000), Some(0x1000));
+        assert_eq!(a.alloc_next_fit(0x1000, 0x1000), None);
+        assert_eq!(a.available(), 0);
+        a.release(0x2000, 0x1000);
+        a.release(0x3000, 0x2000);
+        assert_eq!(a.alloc_next_fit(0x3000, 0x1000), Some(0x2000));
+        assert_eq!(a.free_ranges(), &[]);
     }
 
     #[test]

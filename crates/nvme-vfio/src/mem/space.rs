@@ -114,11 +114,15 @@ impl DmaSpace {
         lock(&self.iova).available()
     }
 
-    /// Allocates `len` bytes of IOVA space, granule aligned.
+    /// Allocates `len` bytes of IOVA space, granule aligned, next fit: an
+    /// IOVA unmapped at an I/O's completion is not mapped again until the
+    /// rest of the IOVA space was used, so a device's stale access to it
+    /// (a duplicate completion's transfer, data moved after the
+    /// completion) faults instead of reaching another buffer.
     pub(crate) fn alloc_iova(&self, len: u64) -> Result<Iova, Error> {
         let len = len.next_multiple_of(self.granule);
         lock(&self.iova)
-            .alloc(len, self.granule)
+            .alloc_next_fit(len, self.granule)
             .map(Iova::new)
             .ok_or(Error::IovaExhausted { len })
     }
