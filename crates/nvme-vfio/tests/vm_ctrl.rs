@@ -524,6 +524,79 @@ fn io_continues_after_a_controller_reset_in_the_middle_of_a_run() {
     ctrl.namespace(1).unwrap();
 }
 
+/// The way the driver stops a controller that ignores CC.EN = 0, against
+/// QEMU's controller with I/O in flight and in interrupt mode: bus
+/// mastering cleared and a function level reset (VFIO_DEVICE_RESET)
+/// instead of CC.EN = 0. Requests in flight fail with Reset and get their
+/// buffers back; afterwards the controller, its interrupts and its queues
+/// work as before.
+#[test]
+fn a_controller_stopped_by_bus_master_and_function_reset_works_afterwards() {
+    use nvme_vfio::ctrl::{Done, Io};
+    use std::time::{Duration, Instant};
+    if !in_vm() {
+        return;
+    }
+    let _g = DEVICE.lock().unwrap_or_else(|e| e.into_inner());
+    let config = Config {
+        interrupts: true,
+        test_unacknowledged_disable: true,
+        ..Config::default()
+    };
+    let ctrl = Controller::open(NVME, config).expect("bring-up");
+    let ns = ctrl.namespace(1).unwrap();
+    let mut qp = ctrl.queue_pair(QueueConfig::default()).unwrap();
+    for round in 0..3u64 {
+        let mut done: Vec<Done> = Vec::new();
+        for i in 0..16u64 {
+            let lba = 62_000 + i * 8;
+            qp.submit(Io::write(&ns, lba, pattern(round * 100 + i, 4096)).tag(i))
+                .unwrap();
+        }
+        qp.flush();
+        ctrl.reset()
+            .expect("reset by bus master and function level reset");
+        let t = Instant::now();
+        while done.len() < 16 {
+            qp.wait(&mut done, Duration::from_secs(1));
+            assert!(t.elapsed() < Duration::from_secs(20), "round {round}");
+        }
+        for d in &done {
+            match &d.result {
+                Ok(()) | Err(Error::Reset) => {}
+                Err(e) => panic!("round {round}, request {}: {e}", d.tag),
+            }
+            assert_eq!(d.buf.len(), 4096, "the buffer came back");
+        }
+        // Interrupt-driven I/O works after the function reset.
+        let data = pattern(round + 500, 128 << 10);
+        qp.write(&ns, 63_000, &data, true).unwrap();
+        let before = qp.interrupts();
+        qp.submit(Io::read(&ns, 63_000, vec![0u8; data.len()]).tag(7))
+            .unwrap();
+        let mut back: Vec<Done> = Vec::new();
+        let t = Instant::now();
+        while back.is_empty() && t.elapsed() < Duration::from_secs(10) {
+            qp.wait(&mut back, Duration::from_secs(5));
+        }
+        assert_eq!(back.len(), 1, "round {round}");
+        assert!(
+            back[0].result.is_ok(),
+            "round {round}: {:?}",
+            back[0].result
+        );
+        assert!(back[0].buf.as_slice() == &data[..], "round {round}");
+        assert!(
+            qp.interrupts() > before,
+            "round {round}: completion by interrupt"
+        );
+    }
+    assert_eq!(qp.device_errors(), 0);
+    assert_eq!(ctrl.identify().model(), "QEMU NVMe Ctrl");
+    ctrl.smart_log().unwrap();
+    ctrl.namespace(1).unwrap();
+}
+
 #[test]
 fn controller_memory_buffer_as_data_buffer() {
     if !in_vm() {

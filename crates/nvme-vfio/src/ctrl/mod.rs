@@ -63,6 +63,13 @@ pub struct Config {
     /// Use shadow doorbells (Doorbell Buffer Config) when the controller
     /// offers them: fewer MMIO writes, which cost most under a hypervisor.
     pub shadow_doorbells: bool,
+    /// Test hook: when it stops the controller (a reset, or after a
+    /// timeout), the driver skips CC.EN = 0 and behaves as if the
+    /// controller had not acknowledged it, so it stops the device the way
+    /// it stops one that ignores CC.EN: bus mastering cleared, then a
+    /// function level reset. Off by default; needs the PCI function
+    /// ([`Controller::open`] has it).
+    pub test_unacknowledged_disable: bool,
 }
 
 impl Default for Config {
@@ -75,6 +82,7 @@ impl Default for Config {
             interrupts: false,
             cmb: true,
             shadow_doorbells: true,
+            test_unacknowledged_disable: false,
         }
     }
 }
