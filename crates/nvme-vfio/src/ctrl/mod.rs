@@ -250,10 +250,9 @@ impl Controller {
     }
 
     fn identify_controller(&self) -> Result<IdentifyController, Error> {
-        let buf = self.shared.space.alloc(IDENTIFY_LEN)?;
-        self.shared.admin(
+        let buf = self.shared.admin_read(
             Command::identify(cns::CONTROLLER, 0),
-            Some(buf.iova()),
+            IDENTIFY_LEN,
             "Identify Controller",
         )?;
         let mut id = IdentifyController::default();
@@ -325,10 +324,9 @@ impl Controller {
 
     /// IDs of the active namespaces.
     pub fn active_namespaces(&self) -> Result<Vec<u32>, Error> {
-        let buf = self.shared.space.alloc(IDENTIFY_LEN)?;
-        self.shared.admin(
+        let buf = self.shared.admin_read(
             Command::identify(cns::ACTIVE_NAMESPACES, 0),
-            Some(buf.iova()),
+            IDENTIFY_LEN,
             "Identify Active Namespace List",
         )?;
         Ok(buf.as_slice()[..IDENTIFY_LEN]
@@ -343,13 +341,12 @@ impl Controller {
         if nsid == 0 || nsid == u32::MAX {
             return Err(Error::NoNamespace { nsid });
         }
-        let buf = self.shared.space.alloc(IDENTIFY_LEN)?;
-        let r = self.shared.admin(
+        let r = self.shared.admin_read(
             Command::identify(cns::NAMESPACE, nsid),
-            Some(buf.iova()),
+            IDENTIFY_LEN,
             "Identify Namespace",
         );
-        match r {
+        let buf = match r {
             Err(Error::Command { status, .. }) if status.sct() == 0 && status.sc() == 0x0b => {
                 return Err(Error::NoNamespace { nsid })
             }
@@ -388,10 +385,9 @@ impl Controller {
 
     /// The SMART / Health Information log (controller-wide).
     pub fn smart_log(&self) -> Result<SmartLog, Error> {
-        let buf = self.shared.space.alloc(4096)?;
-        self.shared.admin(
+        let buf = self.shared.admin_read(
             Command::get_log_page(log_page::SMART, 0xffff_ffff, SMART_LEN as u32),
-            Some(buf.iova()),
+            4096,
             "Get Log Page (SMART)",
         )?;
         let mut b = [0u8; SMART_LEN];
@@ -403,10 +399,9 @@ impl Controller {
     /// in use.
     pub fn error_log(&self, entries: usize) -> Result<Vec<ErrorLogEntry>, Error> {
         let n = entries.clamp(1, 64);
-        let buf = self.shared.space.alloc(4096)?;
-        self.shared.admin(
+        let buf = self.shared.admin_read(
             Command::get_log_page(log_page::ERROR, 0xffff_ffff, (n * ERROR_ENTRY_LEN) as u32),
-            Some(buf.iova()),
+            4096,
             "Get Log Page (Error Information)",
         )?;
         Ok(buf.as_slice()[..n * ERROR_ENTRY_LEN]

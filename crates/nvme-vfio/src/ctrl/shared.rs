@@ -336,6 +336,28 @@ impl Shared {
         self.admin_raw(cmd, data, what)
     }
 
+    /// Runs an admin command that returns data into a new `len`-byte DMA
+    /// buffer, and returns the buffer. If the controller could not be
+    /// stopped after the command failed, the buffer is leaked instead of
+    /// going back to the pool: the device may still write it.
+    pub(crate) fn admin_read(
+        &self,
+        cmd: Command,
+        len: usize,
+        what: &'static str,
+    ) -> Result<crate::mem::DmaBuf, Error> {
+        let buf = self.space.alloc(len)?;
+        match self.admin(cmd, Some(buf.iova()), what) {
+            Ok(_) => Ok(buf),
+            Err(e) => {
+                if self.is_dead() {
+                    core::mem::forget(buf);
+                }
+                Err(e)
+            }
+        }
+    }
+
     /// [`admin`](Self::admin) without the reset check, for the reset itself.
     pub(super) fn admin_raw(
         &self,
