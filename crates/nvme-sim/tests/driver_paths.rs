@@ -198,11 +198,16 @@ fn a_dropped_completion_is_aborted() {
     let (sim, ctrl) = bring_up(Config::default(), Duration::from_millis(300));
     let ns = ctrl.namespace(1).unwrap();
     let mut qp = ctrl.queue_pair(QueueConfig::default()).unwrap();
+    let mut buf = vec![0u8; 4096];
+    // Past the first round of command slots: command IDs now carry a
+    // generation, which the Abort must name too.
+    for _ in 0..qp.depth() + 3 {
+        qp.read(&ns, 0, &mut buf).unwrap();
+    }
     sim.inject(FaultRule::next(
         Match::io().opcode(io::READ),
         FaultAction::Drop,
     ));
-    let mut buf = vec![0u8; 4096];
     let t = Instant::now();
     let e = qp.read(&ns, 0, &mut buf).unwrap_err();
     // The Abort found the command: it completed with Command Abort Requested.

@@ -71,10 +71,10 @@ impl QueuePair {
         if !fatal {
             for cid in 0..self.slots.len() {
                 if late(&self.slots[cid]) {
-                    match self
-                        .shared
-                        .admin(Command::abort(self.qid, cid as u16), None, "Abort")
-                    {
+                    // The command ID the command went out with (index and
+                    // generation).
+                    let id = self.slots[cid].cid;
+                    match self.shared.admin(Command::abort(self.qid, id), None, "Abort") {
                         Ok(_) => {
                             log::warn!("queue {}: aborting command {cid} after {limit:?}", self.qid)
                         }
