@@ -497,7 +497,9 @@ impl QueuePair {
     #[inline(always)]
     pub(super) fn finish_slot(&mut self, cid: usize) -> u32 {
         let s = &mut self.slots[cid];
-        s.list.release(&mut self.pool);
+        // SAFETY: a slot's pages come from this queue pair's pool; its
+        // command completed, was never published, or the device stopped.
+        unsafe { s.list.release(&mut self.pool) };
         s.state.unmap(&self.mapper);
         s.busy = false;
         s.started = None;
