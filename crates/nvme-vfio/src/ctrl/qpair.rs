@@ -215,7 +215,10 @@ impl QueuePair {
             qid,
             sq,
             cq,
-            mapper: VfioMapper::new(shared.space.clone()),
+            // SAFETY: used only through the dptr functions and each slot's
+            // DmaState (unmapped once, in `finish_slot`), on memory a request
+            // owns or borrows until it completes.
+            mapper: unsafe { VfioMapper::new(shared.space.clone()) },
             pool: DmaDescPool::new(&shared.space, config.desc_pages.max(2))?,
             policy: Policy {
                 io_sgls: config.sgl && id.sgl_supported(),
