@@ -172,9 +172,10 @@ impl Controller {
     /// - nothing else drives that controller while the returned
     ///   `Controller` or any of its queue pairs lives (no second
     ///   `Controller` on the same registers);
-    /// - `function`, if given, is that controller's PCI function: the
-    ///   driver relies on it to stop the device's DMA before it hands back
-    ///   the memory of requests the controller did not complete.
+    /// - `function`, if given, is that controller's PCI function, and its
+    ///   methods do what [`PciFunction`] says: the driver relies on it to
+    ///   stop the device's DMA before it hands back the memory of requests
+    ///   the controller did not complete.
     pub unsafe fn with_backend(
         regs: Arc<dyn Registers>,
         space: Arc<DmaSpace>,
