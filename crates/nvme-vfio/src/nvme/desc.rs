@@ -110,7 +110,7 @@ impl DescPage {
 ///   it comes back through [`free`](Self::free): the pool neither hands it
 ///   out again nor writes it before then, and no two pages overlap.
 ///
-/// For the device, which is no part of the contract above: a page's
+/// Not a safety matter, but what the device needs: a page's
 /// [`iova`](DescPage::iova) is where the device reads the same memory, and
 /// is aligned like the page (a PRP list must not cross a controller page).
 pub unsafe trait DescPool {
