@@ -48,7 +48,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     print(format, dp, list.len());
 
     // The same range in the other format.
-    list.release(&mut pool);
+    // SAFETY: the list's pages come from `pool`; nothing was submitted to a device.
+    unsafe { list.release(&mut pool) };
     let other = match format {
         Format::Prp => Format::Sgl,
         Format::Sgl => Format::Prp,
@@ -56,7 +57,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dp = dptr::build(other, [Ok(range)], PageSize::DEFAULT, &mut pool, &mut list)?;
     print(other, dp, list.len());
 
-    list.release(&mut pool);
+    // SAFETY: the list's pages come from `pool`; nothing was submitted to a device.
+    unsafe { list.release(&mut pool) };
     state.unmap(&iommu);
     println!(
         "after unmap: {} links, {} IOVA ranges live",

@@ -173,7 +173,8 @@ impl Fixture {
     #[inline(never)]
     pub fn ours(&mut self) -> DataPtr {
         let dp = self.ours_map_build().expect("map");
-        self.list.release(&mut self.pool);
+        // SAFETY: the list's pages come from `self.pool`; nothing was submitted to a device.
+        unsafe { self.list.release(&mut self.pool) };
         self.state.unmap(&self.mapper);
         dp
     }
@@ -253,7 +254,8 @@ impl Fixture {
     #[inline(never)]
     pub fn baseline(&mut self) -> DataPtr {
         let dp = self.baseline_map_build();
-        self.list.release(&mut self.pool);
+        // SAFETY: the list's pages come from `self.pool`; nothing was submitted to a device.
+        unsafe { self.list.release(&mut self.pool) };
         self.sg.unmap(&self.mapper);
         dp
     }

@@ -351,7 +351,14 @@ impl DeviceMemory for SimIommu {
     }
 }
 
-impl DmaMap for SimIommu {
+// SAFETY: the software device reaches host memory only through `read*`,
+// `write*` and `write_u32`, which resolve every byte through a live mapping
+// (with its access) under the table's read lock and copy while holding it;
+// `map_dma` inserts a mapping only once every check passed; `unmap_dma`
+// removes, under the write lock, every mapping inside a range that covers
+// whole mappings, so no device access is in progress or follows. Neither
+// touches host memory.
+unsafe impl DmaMap for SimIommu {
     fn iommu_info(&self) -> &IommuInfo {
         &self.info
     }
@@ -360,7 +367,7 @@ impl DmaMap for SimIommu {
     /// wrapping or out-of-range request, `EEXIST` for an overlap, `ENOSPC`
     /// ([`VfioError::DmaLimit`]) past the mapping limit, `EFAULT` for a null
     /// host address.
-    fn map_dma(
+    unsafe fn map_dma(
         &self,
         iova: Iova,
         host: HostAddr,
@@ -420,7 +427,7 @@ impl DmaMap for SimIommu {
     /// for a zero, unaligned or wrapping range or one that bisects a
     /// mapping; otherwise every mapping inside the range goes, and the
     /// bytes unmapped are returned (0 if none).
-    fn unmap_dma(&self, iova: Iova, len: u64) -> Result<u64, VfioError> {
+    unsafe fn unmap_dma(&self, iova: Iova, len: u64) -> Result<u64, VfioError> {
         let g = self.granule;
         let s = iova.raw();
         if len == 0 || s % g != 0 || len % g != 0 {
@@ -488,63 +495,68 @@ mod tests {
         let h = p.addr();
         let rw = Access::ReadWrite;
         let at = |x: u64| Iova::new(x);
-        assert_eq!(m.iommu_info().min_page_size(), 4096);
-        assert_eq!(
-            errno(m.map_dma(at(0x1000), h, 0, rw).unwrap_err()),
-            libc::EINVAL
-        );
-        assert_eq!(
-            errno(m.map_dma(at(0x1800), h, 4096, rw).unwrap_err()),
-            libc::EINVAL
-        );
-        assert_eq!(
-            errno(
-                m.map_dma(at(0x1000), HostAddr::new(h.raw() + 8), 4096, rw)
-                    .unwrap_err()
-            ),
-            libc::EINVAL
-        );
-        // The MSI window and beyond 39 bits are not valid IOVAs.
-        assert_eq!(
-            errno(m.map_dma(at(0xfee0_0000), h, 4096, rw).unwrap_err()),
-            libc::EINVAL
-        );
-        assert_eq!(
-            errno(m.map_dma(at(0xfedf_f000), h, 8192, rw).unwrap_err()),
-            libc::EINVAL
-        );
-        assert_eq!(
-            errno(m.map_dma(at(1 << 39), h, 4096, rw).unwrap_err()),
-            libc::EINVAL
-        );
-        m.map_dma(at(0x10000), h, 0x4000, rw).unwrap();
-        assert_eq!(
-            errno(m.map_dma(at(0xf000), h, 0x2000, rw).unwrap_err()),
-            libc::EEXIST
-        );
-        assert_eq!(
-            errno(m.map_dma(at(0x13000), h, 0x1000, rw).unwrap_err()),
-            libc::EEXIST
-        );
-        m.map_dma(at(0x14000), h, 0x1000, rw).unwrap();
-        m.map_dma(at(0xf000), h, 0x1000, rw).unwrap();
-        assert_eq!(
-            errno(m.map_dma(at(0x20000), h, 0x1000, rw).unwrap_err()),
-            libc::ENOSPC
-        );
-        // Unmap must not bisect a mapping; it returns the bytes unmapped.
-        assert_eq!(
-            errno(m.unmap_dma(at(0x11000), 0x1000).unwrap_err()),
-            libc::EINVAL
-        );
-        assert_eq!(
-            errno(m.unmap_dma(at(0x10000), 0x2000).unwrap_err()),
-            libc::EINVAL
-        );
-        assert_eq!(m.unmap_dma(at(0x30000), 0x1000).unwrap(), 0);
-        assert_eq!(m.unmap_dma(at(0x10000), 0x5000).unwrap(), 0x5000);
-        assert_eq!(m.mappings().len(), 1);
-        assert_eq!(m.unmap_dma(at(0), 1 << 39).unwrap(), 0x1000);
+        // SAFETY: `p`'s pages stay allocated while mapped, and are used
+        // for nothing else; there is no device access. The IOVAs are this
+        // test's.
+        unsafe {
+            assert_eq!(m.iommu_info().min_page_size(), 4096);
+            assert_eq!(
+                errno(m.map_dma(at(0x1000), h, 0, rw).unwrap_err()),
+                libc::EINVAL
+            );
+            assert_eq!(
+                errno(m.map_dma(at(0x1800), h, 4096, rw).unwrap_err()),
+                libc::EINVAL
+            );
+            assert_eq!(
+                errno(
+                    m.map_dma(at(0x1000), HostAddr::new(h.raw() + 8), 4096, rw)
+                        .unwrap_err()
+                ),
+                libc::EINVAL
+            );
+            // The MSI window and beyond 39 bits are not valid IOVAs.
+            assert_eq!(
+                errno(m.map_dma(at(0xfee0_0000), h, 4096, rw).unwrap_err()),
+                libc::EINVAL
+            );
+            assert_eq!(
+                errno(m.map_dma(at(0xfedf_f000), h, 8192, rw).unwrap_err()),
+                libc::EINVAL
+            );
+            assert_eq!(
+                errno(m.map_dma(at(1 << 39), h, 4096, rw).unwrap_err()),
+                libc::EINVAL
+            );
+            m.map_dma(at(0x10000), h, 0x4000, rw).unwrap();
+            assert_eq!(
+                errno(m.map_dma(at(0xf000), h, 0x2000, rw).unwrap_err()),
+                libc::EEXIST
+            );
+            assert_eq!(
+                errno(m.map_dma(at(0x13000), h, 0x1000, rw).unwrap_err()),
+                libc::EEXIST
+            );
+            m.map_dma(at(0x14000), h, 0x1000, rw).unwrap();
+            m.map_dma(at(0xf000), h, 0x1000, rw).unwrap();
+            assert_eq!(
+                errno(m.map_dma(at(0x20000), h, 0x1000, rw).unwrap_err()),
+                libc::ENOSPC
+            );
+            // Unmap must not bisect a mapping; it returns the bytes unmapped.
+            assert_eq!(
+                errno(m.unmap_dma(at(0x11000), 0x1000).unwrap_err()),
+                libc::EINVAL
+            );
+            assert_eq!(
+                errno(m.unmap_dma(at(0x10000), 0x2000).unwrap_err()),
+                libc::EINVAL
+            );
+            assert_eq!(m.unmap_dma(at(0x30000), 0x1000).unwrap(), 0);
+            assert_eq!(m.unmap_dma(at(0x10000), 0x5000).unwrap(), 0x5000);
+            assert_eq!(m.mappings().len(), 1);
+            assert_eq!(m.unmap_dma(at(0), 1 << 39).unwrap(), 0x1000);
+        }
     }
 
     #[test]
@@ -552,11 +564,15 @@ mod tests {
         let m = SimIommu::default();
         let p = Pages::new(4);
         let h = p.addr();
-        m.map_dma(Iova::new(0x10000), h, 0x1000, Access::ReadWrite)
-            .unwrap();
         let h2 = HostAddr::new(h.raw() + 0x1000);
-        m.map_dma(Iova::new(0x11000), h2, 0x1000, Access::ReadOnly)
-            .unwrap();
+        // SAFETY: `p`'s pages outlive every device access of this test and
+        // serve nothing else; the IOVAs are this test's.
+        unsafe {
+            m.map_dma(Iova::new(0x10000), h, 0x1000, Access::ReadWrite)
+                .unwrap();
+            m.map_dma(Iova::new(0x11000), h2, 0x1000, Access::ReadOnly)
+                .unwrap();
+        }
         // Across both mappings.
         let data: Vec<u8> = (0..0x100u32).map(|x| x as u8).collect();
         assert!(m.write(Iova::new(0x10f80), &data[..0x80]));
@@ -572,7 +588,8 @@ mod tests {
         // Unmapped IOVAs fail.
         assert!(!m.read(Iova::new(0x12000), &mut back[..1]));
         assert!(!m.read(Iova::new(u64::MAX - 2), &mut back[..8]));
-        m.unmap_dma(Iova::new(0x10000), 0x1000).unwrap();
+        // SAFETY: this test's own mapping.
+        unsafe { m.unmap_dma(Iova::new(0x10000), 0x1000) }.unwrap();
         assert!(!m.read(Iova::new(0x10f80), &mut back[..1]));
         assert!(!m.write_u32(Iova::new(0x11000), 1), "read-only");
     }

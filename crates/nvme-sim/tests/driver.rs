@@ -19,7 +19,9 @@ fn bring_up(config: Config, shadow: bool) -> (SimController, Controller) {
         shadow_doorbells: shadow,
         ..DriverConfig::default()
     };
-    let ctrl = Controller::with_backend(sim.registers(), space, driver, None).unwrap();
+    // SAFETY: `space` maps through the model's own IOMMU, the one its device side
+    // reaches memory through, and nothing else drives the model.
+    let ctrl = unsafe { Controller::with_backend(sim.registers(), space, driver, None) }.unwrap();
     (sim, ctrl)
 }
 

@@ -19,7 +19,9 @@ fn bring_up(config: Config, io_timeout: Duration) -> (SimController, Controller)
         io_timeout,
         ..DriverConfig::default()
     };
-    let ctrl = Controller::with_backend(sim.registers(), space, driver, None).unwrap();
+    // SAFETY: `space` maps through the model's own IOMMU, the one its device side
+    // reaches memory through, and nothing else drives the model.
+    let ctrl = unsafe { Controller::with_backend(sim.registers(), space, driver, None) }.unwrap();
     (sim, ctrl)
 }
 
@@ -346,8 +348,11 @@ fn a_controller_that_never_becomes_ready_is_a_timeout_not_a_hang() {
     sim.set_never_ready(true);
     let space = DmaSpace::new(sim.iommu().clone(), SpaceConfig { hugepages: false });
     let t = Instant::now();
-    let e = Controller::with_backend(sim.registers(), space, DriverConfig::default(), None)
-        .unwrap_err();
+    // SAFETY: `space` maps through the model's own IOMMU, the one its device side
+    // reaches memory through, and nothing else drives the model.
+    let e =
+        unsafe { Controller::with_backend(sim.registers(), space, DriverConfig::default(), None) }
+            .unwrap_err();
     assert!(
         matches!(
             e,
@@ -463,7 +468,9 @@ fn an_admin_command_that_never_completes_resets_the_controller() {
         admin_timeout: Duration::from_millis(300),
         ..DriverConfig::default()
     };
-    let ctrl = Controller::with_backend(sim.registers(), space, driver, None).unwrap();
+    // SAFETY: `space` maps through the model's own IOMMU, the one its device side
+    // reaches memory through, and nothing else drives the model.
+    let ctrl = unsafe { Controller::with_backend(sim.registers(), space, driver, None) }.unwrap();
     let ns = ctrl.namespace(1).unwrap();
     let mut qp = ctrl.queue_pair(QueueConfig::default()).unwrap();
     qp.write(&ns, 0, &[5u8; 512], false).unwrap();
@@ -529,7 +536,9 @@ fn one_sq_doorbell_per_batch_and_one_cq_doorbell_per_poll() {
         shadow_doorbells: false,
         ..DriverConfig::default()
     };
-    let ctrl = Controller::with_backend(regs.clone(), space, driver, None).unwrap();
+    // SAFETY: `regs` forwards to the model's registers; `space` maps through the
+    // model's own IOMMU, and nothing else drives the model.
+    let ctrl = unsafe { Controller::with_backend(regs.clone(), space, driver, None) }.unwrap();
     let ns = ctrl.namespace(1).unwrap();
     let mut qp = ctrl.queue_pair(QueueConfig::default()).unwrap();
     let stride = sim.doorbell_stride();

@@ -93,7 +93,9 @@ fn a_reset_waits_for_a_doorbell_write_in_progress() {
         shadow_doorbells: false,
         ..DriverConfig::default()
     };
-    let ctrl = Controller::with_backend(recorder.clone(), space, driver, None).unwrap();
+    // SAFETY: `regs` forwards to the model's registers; `space` maps through the
+    // model's own IOMMU, and nothing else drives the model.
+    let ctrl = unsafe { Controller::with_backend(recorder.clone(), space, driver, None) }.unwrap();
     let ns = ctrl.namespace(1).unwrap();
     let mut qp = ctrl.queue_pair(QueueConfig::default()).unwrap();
     assert_eq!(qp.qid(), 1);

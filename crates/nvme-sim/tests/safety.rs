@@ -27,7 +27,9 @@ fn open(config: Config, io_timeout: Duration, function: bool) -> (SimController,
         ..DriverConfig::default()
     };
     let f = function.then(|| sim.pci_function());
-    let ctrl = Controller::with_backend(sim.registers(), space, driver, f).unwrap();
+    // SAFETY: the registers, the IOMMU under the DMA space and the PCI
+    // function all belong to `sim`, which nothing else drives.
+    let ctrl = unsafe { Controller::with_backend(sim.registers(), space, driver, f) }.unwrap();
     (sim, ctrl)
 }
 

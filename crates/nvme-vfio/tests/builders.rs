@@ -192,14 +192,15 @@ fn prp_table() {
                 Prp2::Data(prp2.raw())
             }
         } else {
-            assert_eq!(prp2, list.pages().next().unwrap().iova, "{}", c.name);
+            assert_eq!(prp2, list.pages().next().unwrap().iova(), "{}", c.name);
             Prp2::List
         };
         assert_eq!(kind, c.prp2, "{}", c.name);
         assert_eq!(list.len(), c.list_pages, "{}", c.name);
         let walked = walk_prp(prp1, prp2, total(&c.ranges), page, &Mem(&pool)).unwrap();
         assert_eq!(walked, merged(&c.ranges), "{}", c.name);
-        list.release(&mut pool);
+        // SAFETY: the list's pages come from `pool`; nothing was submitted to a device.
+        unsafe { list.release(&mut pool) };
         assert_eq!(pool.available(), 16, "{}", c.name);
     }
 }
@@ -224,11 +225,11 @@ fn prp_chain_layout() {
         assert!(pool.read(iova.wrapping_add(8 * i), &mut b));
         u64::from_le_bytes(b)
     };
-    assert_eq!(q(p[0].iova, 0), base + 4096);
-    assert_eq!(q(p[0].iova, 510), base + 511 * 4096);
-    assert_eq!(q(p[0].iova, 511), p[1].iova.raw());
-    assert_eq!(q(p[1].iova, 0), base + 512 * 4096);
-    assert_eq!(q(p[1].iova, 1), base + 513 * 4096);
+    assert_eq!(q(p[0].iova(), 0), base + 4096);
+    assert_eq!(q(p[0].iova(), 510), base + 511 * 4096);
+    assert_eq!(q(p[0].iova(), 511), p[1].iova().raw());
+    assert_eq!(q(p[1].iova(), 0), base + 512 * 4096);
+    assert_eq!(q(p[1].iova(), 1), base + 513 * 4096);
 }
 
 #[test]
@@ -375,7 +376,8 @@ fn sgl_table() {
         assert_eq!(list.len(), c.pages, "{}", c.name);
         let walked = walk_sgl(d, total(&ranges), &Mem(&pool)).unwrap();
         assert_eq!(walked, merged(&ranges), "{}", c.name);
-        list.release(&mut pool);
+        // SAFETY: the list's pages come from `pool`; nothing was submitted to a device.
+        unsafe { list.release(&mut pool) };
     }
 }
 
@@ -390,26 +392,26 @@ fn sgl_chain_layout() {
         panic!()
     };
     let p: Vec<_> = list.pages().collect();
-    assert_eq!(d, SglDescriptor::new(SglType::Segment, p[0].iova, 4096));
+    assert_eq!(d, SglDescriptor::new(SglType::Segment, p[0].iova(), 4096));
     let desc = |iova: Iova, i: u64| {
         let mut b = [0u8; 16];
         assert!(pool.read(iova.wrapping_add(16 * i), &mut b));
         SglDescriptor::from_bytes(b)
     };
     assert_eq!(
-        desc(p[0].iova, 254),
+        desc(p[0].iova(), 254),
         SglDescriptor::data(ranges[254].addr, 0x1000)
     );
     assert_eq!(
-        desc(p[0].iova, 255),
-        SglDescriptor::new(SglType::LastSegment, p[1].iova, 32)
+        desc(p[0].iova(), 255),
+        SglDescriptor::new(SglType::LastSegment, p[1].iova(), 32)
     );
     assert_eq!(
-        desc(p[1].iova, 0),
+        desc(p[1].iova(), 0),
         SglDescriptor::data(ranges[255].addr, 0x1000)
     );
     assert_eq!(
-        desc(p[1].iova, 1),
+        desc(p[1].iova(), 1),
         SglDescriptor::data(ranges[256].addr, 0x1000)
     );
 }
@@ -439,9 +441,9 @@ fn put(pool: &mut HeapPool, page: usize, bytes: &[(usize, [u8; 16])]) -> Iova {
     let p = taken[page];
     for (slot, b) in bytes {
         // SAFETY: test-owned page of 4096 bytes; slot < 256.
-        unsafe { p.ptr.add(16 * slot).cast::<[u8; 16]>().write(*b) };
+        unsafe { p.ptr().add(16 * slot).cast::<[u8; 16]>().write(*b) };
     }
-    p.iova
+    p.iova()
 }
 
 #[test]

@@ -31,11 +31,10 @@ fn assert_nothing_mapped(c: &Container) {
         let len = r.end() - r.start() + 1;
         let start = r.start().next_multiple_of(4096);
         let len = (len - (start - r.start())) & !4095;
-        assert_eq!(
-            c.unmap_dma(Iova::new(start), len).expect("unmap"),
-            0,
-            "left mapped in {r:x?}"
-        );
+        // SAFETY: the test's DMA spaces are gone, so nothing mapped here is
+        // anyone's any more; the device was never started.
+        let unmapped = unsafe { c.unmap_dma(Iova::new(start), len) };
+        assert_eq!(unmapped.expect("unmap"), 0, "left mapped in {r:x?}");
     }
 }
 
@@ -74,7 +73,8 @@ fn slab_buffers_are_mapped_once_at_valid_iovas_and_unmapped_at_the_end() {
     assert!(slabs >= 2, "a 3 MiB buffer takes a slab of its own");
     assert!(huge >= 1, "hugepages were reserved, so slabs use them");
     assert!(c.mapped_bytes() >= 4 << 20);
-    let m = VfioMapper::new(space.clone());
+    // SAFETY: used for lookups only.
+    let m = unsafe { VfioMapper::new(space.clone()) };
     for b in &bufs {
         let r = m.lookup(b.host()).expect("slab memory is registered");
         assert_eq!(r.kind, RegionKind::Registered);
@@ -91,7 +91,10 @@ fn user_memory_registered_or_coalesced_through_the_real_iommu() {
     }
     let (_dev, c) = container();
     let space = DmaSpace::new(c.clone(), SpaceConfig { hugepages: false });
-    let m = VfioMapper::new(space.clone());
+    // SAFETY: used only through DmaIter and DmaState, unmapping its own
+    // state, on `user`, which outlives the mapper; the device is never
+    // started.
+    let m = unsafe { VfioMapper::new(space.clone()) };
     let user = vec![0x5au8; 64 << 10];
     let base = (user.as_ptr() as usize).next_multiple_of(4096);
 

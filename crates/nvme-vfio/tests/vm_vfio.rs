@@ -169,45 +169,50 @@ fn maps_and_unmaps_dma() {
     let c = dev.container();
     let buf = Anon::new(MIB2 as usize);
     let (rw, ro) = (Iova::new(0x1000_0000), Iova::new(0x2000_0000));
-    c.map_dma(rw, buf.host(), MIB2, Access::ReadWrite).unwrap();
-    c.map_dma(ro, buf.host(), MIB2, Access::ReadOnly).unwrap();
-    assert_eq!(c.mapped_bytes(), 2 * MIB2);
-    // The kernel refuses a second mapping over the same IOVAs.
-    let err = c
-        .map_dma(rw, buf.host(), MIB2, Access::ReadWrite)
-        .unwrap_err();
-    assert!(
-        matches!(&err, VfioError::Dma { source, .. } if source.raw_os_error() == Some(libc::EEXIST)),
-        "{err:?}"
-    );
-    // The MSI window is refused before the kernel is asked.
-    let err = c
-        .map_dma(
-            Iova::new(MSI_WINDOW.0),
-            buf.host(),
-            0x1000,
-            Access::ReadWrite,
-        )
-        .unwrap_err();
-    assert!(matches!(err, VfioError::IovaOutOfRange { .. }), "{err:?}");
+    // SAFETY: `buf` outlives every mapping of this test (all are unmapped
+    // below); the IOVAs are the test's own (no DMA space uses the
+    // container), and the device, never started, is given none of them.
+    unsafe {
+        c.map_dma(rw, buf.host(), MIB2, Access::ReadWrite).unwrap();
+        c.map_dma(ro, buf.host(), MIB2, Access::ReadOnly).unwrap();
+        assert_eq!(c.mapped_bytes(), 2 * MIB2);
+        // The kernel refuses a second mapping over the same IOVAs.
+        let err = c
+            .map_dma(rw, buf.host(), MIB2, Access::ReadWrite)
+            .unwrap_err();
+        assert!(
+            matches!(&err, VfioError::Dma { source, .. } if source.raw_os_error() == Some(libc::EEXIST)),
+            "{err:?}"
+        );
+        // The MSI window is refused before the kernel is asked.
+        let err = c
+            .map_dma(
+                Iova::new(MSI_WINDOW.0),
+                buf.host(),
+                0x1000,
+                Access::ReadWrite,
+            )
+            .unwrap_err();
+        assert!(matches!(err, VfioError::IovaOutOfRange { .. }), "{err:?}");
 
-    assert_eq!(c.unmap_dma(rw, MIB2).unwrap(), MIB2);
-    assert_eq!(
-        c.unmap_dma(rw, MIB2).unwrap(),
-        0,
-        "nothing left at the RW IOVA"
-    );
-    assert_eq!(c.unmap_dma(ro, MIB2).unwrap(), MIB2);
-    assert_eq!(
-        c.unmap_dma(ro, MIB2).unwrap(),
-        0,
-        "nothing left at the RO IOVA"
-    );
-    assert_eq!(
-        c.unmap_dma(Iova::new(0), 1 << 32).unwrap(),
-        0,
-        "nothing mapped below 4 GiB"
-    );
+        assert_eq!(c.unmap_dma(rw, MIB2).unwrap(), MIB2);
+        assert_eq!(
+            c.unmap_dma(rw, MIB2).unwrap(),
+            0,
+            "nothing left at the RW IOVA"
+        );
+        assert_eq!(c.unmap_dma(ro, MIB2).unwrap(), MIB2);
+        assert_eq!(
+            c.unmap_dma(ro, MIB2).unwrap(),
+            0,
+            "nothing left at the RO IOVA"
+        );
+        assert_eq!(
+            c.unmap_dma(Iova::new(0), 1 << 32).unwrap(),
+            0,
+            "nothing mapped below 4 GiB"
+        );
+    }
     assert_eq!(c.mapped_bytes(), 0);
 }
 
@@ -287,10 +292,13 @@ fn low_memlock_is_reported() {
     };
     let dev = open();
     let buf = Anon::new(MIB2 as usize);
-    let err = dev
-        .container()
-        .map_dma(Iova::new(0x1000_0000), buf.host(), MIB2, Access::ReadWrite)
-        .unwrap_err();
+    // SAFETY: `buf` outlives the mapping, were it made; the IOVAs are the
+    // test's own and the device is never started.
+    let err = unsafe {
+        dev.container()
+            .map_dma(Iova::new(0x1000_0000), buf.host(), MIB2, Access::ReadWrite)
+    }
+    .unwrap_err();
     eprintln!("{err}");
     match err {
         VfioError::MemlockTooLow {

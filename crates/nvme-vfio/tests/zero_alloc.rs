@@ -72,7 +72,8 @@ fn run(
             };
             let dp = dptr::map_data(segs, Direction::FromDevice, fake, &mut state, setup).unwrap();
             std::hint::black_box(dp);
-            list.release(pool);
+            // SAFETY: the list's pages come from `pool`; the request was never submitted.
+            unsafe { list.release(pool) };
             state.unmap(fake);
             continue;
         }
@@ -84,7 +85,8 @@ fn run(
         let f = format.unwrap_or_else(|| policy.choose(QueueKind::Io, shape));
         let dp = dptr::build(f, it, PageSize::DEFAULT, pool, &mut list).unwrap();
         std::hint::black_box(dp);
-        list.release(pool);
+        // SAFETY: the list's pages come from `pool`; the request was never submitted.
+        unsafe { list.release(pool) };
         state.unmap(fake);
     }
     allocs() - before

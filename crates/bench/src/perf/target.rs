@@ -127,7 +127,9 @@ impl Target {
             io_timeout: Duration::from_secs(10),
             ..Config::default()
         };
-        let ctrl = Controller::with_backend(sim.registers(), space, config, None)?;
+        // SAFETY: `space` maps through the model's own IOMMU, the one its device side
+        // reaches memory through, and nothing else drives the model.
+        let ctrl = unsafe { Controller::with_backend(sim.registers(), space, config, None) }?;
         let (null, inline) = (sim.config().null, sim.config().inline);
         let mut t = Self::new(ctrl, Some(sim), "sim", "nvme-sim".into(), false);
         t.info.null = null;

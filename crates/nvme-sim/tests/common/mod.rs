@@ -48,14 +48,18 @@ impl HostMem {
         // SAFETY: the layout has a non-zero size.
         let ptr = unsafe { alloc_zeroed(layout) };
         assert!(!ptr.is_null());
-        iommu
-            .map_dma(
+        // SAFETY: a fresh allocation that this HostMem owns and unmaps
+        // (in Drop) before freeing it; the IOVAs are the test's, chosen
+        // apart from every other mapping of its IOMMU.
+        unsafe {
+            iommu.map_dma(
                 Iova::new(iova),
                 HostAddr::new(ptr as usize),
                 len as u64,
                 access,
             )
-            .unwrap();
+        }
+        .unwrap();
         Self {
             ptr,
             len,
@@ -111,7 +115,8 @@ impl Drop for HostMem {
     fn drop(&mut self) {
         // Unmapping waits for any device access in progress; after it the
         // device cannot reach the memory.
-        let _ = self.iommu.unmap_dma(self.iova, self.len as u64);
+        // SAFETY: exactly the mapping made in `new`.
+        let _ = unsafe { self.iommu.unmap_dma(self.iova, self.len as u64) };
         let layout = Layout::from_size_align(self.len, PAGE as usize).unwrap();
         // SAFETY: allocated in `new` with this layout, and no longer mapped.
         unsafe { dealloc(self.ptr, layout) };

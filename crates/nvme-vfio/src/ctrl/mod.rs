@@ -169,7 +169,23 @@ impl Controller {
     /// driver clears its bus mastering and resets it when the controller
     /// does not stop. Without one, memory the device might still reach is
     /// never handed back once the controller fails to stop.
-    pub fn with_backend(
+    ///
+    /// # Safety
+    ///
+    /// The driver hands the controller device addresses from `space` and
+    /// lends it memory by them, so:
+    ///
+    /// - `space` is a DMA space over the IOMMU that translates the DMA of
+    ///   the controller behind `regs` (the container of its VFIO device, a
+    ///   device model's IOMMU);
+    /// - nothing else drives that controller while the returned
+    ///   `Controller` or any of its queue pairs lives (no second
+    ///   `Controller` on the same registers);
+    /// - `function`, if given, is that controller's PCI function, and its
+    ///   methods do what [`PciFunction`] says: the driver relies on it to
+    ///   stop the device's DMA before it hands back the memory of requests
+    ///   the controller did not complete.
+    pub unsafe fn with_backend(
         regs: Arc<dyn Registers>,
         space: Arc<DmaSpace>,
         config: Config,

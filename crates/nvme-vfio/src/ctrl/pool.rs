@@ -24,13 +24,23 @@ pub struct DmaDescPool {
 impl DmaDescPool {
     /// A pool of `pages` pages from `space`.
     pub fn new(space: &Arc<DmaSpace>, pages: usize) -> Result<Self, Error> {
-        let mem = space.alloc(pages * DESC_PAGE)?;
+        let len = pages
+            .checked_mul(DESC_PAGE)
+            .ok_or_else(|| Error::Invalid(format!("{pages} descriptor pages")))?;
+        let mem = space.alloc(len)?;
         let base = mem.as_ptr();
         let free = (0..pages)
-            .map(|i| DescPage {
-                iova: mem.iova().wrapping_add((i * DESC_PAGE) as u64),
-                // SAFETY: i * DESC_PAGE is inside the buffer of pages * DESC_PAGE bytes.
-                ptr: unsafe { NonNull::new_unchecked(base.add(i * DESC_PAGE)) },
+            .map(|i| {
+                // SAFETY: i * DESC_PAGE is inside the buffer of at least
+                // pages * DESC_PAGE bytes, which is 4 KiB aligned (DMA
+                // buffers of 4 KiB and more are), so the page meets
+                // `DescPool`'s contract (see the impl below).
+                unsafe {
+                    DescPage::new(
+                        mem.iova().wrapping_add((i * DESC_PAGE) as u64),
+                        NonNull::new_unchecked(base.add(i * DESC_PAGE)),
+                    )
+                }
             })
             .collect();
         Ok(Self {
@@ -51,7 +61,12 @@ impl DmaDescPool {
     }
 }
 
-impl DescPool for DmaDescPool {
+// SAFETY: the page size is the constant DESC_PAGE, a power of two. The free
+// list starts with the disjoint, DESC_PAGE-aligned pages of `_mem`, which
+// the pool owns (no slice of it is ever made) and which lives as long as
+// the pool; a page leaves the list when taken and comes back only through
+// `free`, whose contract says it was taken from this pool.
+unsafe impl DescPool for DmaDescPool {
     fn page_size(&self) -> usize {
         DESC_PAGE
     }
@@ -62,7 +77,7 @@ impl DescPool for DmaDescPool {
     }
 
     #[inline]
-    fn free(&mut self, page: DescPage) {
+    unsafe fn free(&mut self, page: DescPage) {
         self.free.push(page);
     }
 }

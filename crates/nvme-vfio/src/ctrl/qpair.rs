@@ -244,7 +244,10 @@ impl QueuePair {
             qid,
             sq: ManuallyDrop::new(sq),
             cq: ManuallyDrop::new(cq),
-            mapper: VfioMapper::new(shared.space.clone()),
+            // SAFETY: used only through the dptr functions and each slot's
+            // DmaState (unmapped once, in `finish_slot`), on memory a request
+            // owns or borrows until it completes.
+            mapper: unsafe { VfioMapper::new(shared.space.clone()) },
             pool: ManuallyDrop::new(DmaDescPool::new(&shared.space, config.desc_pages.max(2))?),
             policy: Policy {
                 io_sgls: config.sgl && id.sgl_supported(),
@@ -601,7 +604,9 @@ impl QueuePair {
     #[inline(always)]
     pub(super) fn finish_slot(&mut self, cid: usize) -> u32 {
         let s = &mut self.slots[cid];
-        s.list.release(&mut *self.pool);
+        // SAFETY: a slot's pages come from this queue pair's pool; its
+        // command completed, was never published, or the device stopped.
+        unsafe { s.list.release(&mut *self.pool) };
         s.state.unmap(&self.mapper);
         s.busy = false;
         s.started = None;

@@ -74,7 +74,10 @@ impl QueuePair {
                     // The command ID the command went out with (index and
                     // generation).
                     let id = self.slots[cid].cid;
-                    match self.shared.admin(Command::abort(self.qid, id), None, "Abort") {
+                    match self
+                        .shared
+                        .admin(Command::abort(self.qid, id), None, "Abort")
+                    {
                         Ok(_) => {
                             log::warn!("queue {}: aborting command {cid} after {limit:?}", self.qid)
                         }

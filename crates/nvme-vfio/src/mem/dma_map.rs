@@ -39,13 +39,45 @@ impl IommuInfo {
 }
 
 /// Programs an IOMMU for one device (or group of devices).
-pub trait DmaMap {
+///
+/// A mapping lets the device write host memory with no further check, so
+/// both sides of this trait carry a contract: implementations promise how
+/// the device reaches memory ([`DmaSpace`](super::DmaSpace) hands out
+/// buffers relying on it), and callers of [`map_dma`](Self::map_dma) and
+/// [`unmap_dma`](Self::unmap_dma) promise which memory and which device
+/// addresses are theirs to map.
+///
+/// # Safety
+///
+/// An implementation promises:
+///
+/// - the device reaches host memory only through mappings made with
+///   [`map_dma`](Self::map_dma): at most the `len` bytes at `host` of each,
+///   with at most the [`Access`] given, and only while the mapping exists;
+///   a `map_dma` that fails maps nothing;
+/// - once [`unmap_dma`](Self::unmap_dma) of a range that covers whole
+///   earlier mappings returns, those mappings are gone: the device no
+///   longer reaches their host memory (no access in progress either);
+/// - neither method, nor [`iommu_info`](Self::iommu_info), reads or writes
+///   the host memory itself.
+pub unsafe trait DmaMap {
     /// What the IOMMU allows.
     fn iommu_info(&self) -> &IommuInfo;
 
     /// Maps `len` bytes of host memory at `host` to `iova`. All three are
     /// multiples of the IOMMU page size. The kernel pins the pages.
-    fn map_dma(
+    ///
+    /// # Safety
+    ///
+    /// - `[host, host + len)` is memory of this process that stays
+    ///   allocated, and is not handed to anything but the caller's own DMA
+    ///   use, until the mapping is unmapped: the device may read it, and
+    ///   write it with [`Access::ReadWrite`], whenever it is given an
+    ///   address in the range meanwhile.
+    /// - `[iova, iova + len)` is the caller's: not a range that a
+    ///   [`DmaSpace`](super::DmaSpace) (or anyone else) allocated and may map
+    ///   itself.
+    unsafe fn map_dma(
         &self,
         iova: Iova,
         host: HostAddr,
@@ -55,5 +87,14 @@ pub trait DmaMap {
 
     /// Unmaps `[iova, iova + len)`, which must cover whole earlier mappings.
     /// Returns the number of bytes unmapped.
-    fn unmap_dma(&self, iova: Iova, len: u64) -> Result<u64, VfioError>;
+    ///
+    /// # Safety
+    ///
+    /// Every mapping in `[iova, iova + len)` is the caller's, made with its
+    /// own [`map_dma`](Self::map_dma) calls: not a slab or registration of a
+    /// [`DmaSpace`](super::DmaSpace), nor the mapping of a request in
+    /// flight. (Once unmapped, the range is free for the next `map_dma`; a
+    /// DMA space whose range was taken away would have its buffers' device
+    /// addresses lead to whatever is mapped there next.)
+    unsafe fn unmap_dma(&self, iova: Iova, len: u64) -> Result<u64, VfioError>;
 }

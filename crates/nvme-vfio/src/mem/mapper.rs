@@ -35,7 +35,28 @@ pub struct VfioMapper {
 
 impl VfioMapper {
     /// A mapper for `space`.
-    pub fn new(space: Arc<DmaSpace>) -> Self {
+    ///
+    /// # Safety
+    ///
+    /// The mapper's [`Mapper`] methods map host memory for the device, and
+    /// unmap it and free device addresses, with no check of their own: they
+    /// are for blk-dma's [`DmaIter`](blk_dma::DmaIter) and
+    /// [`DmaState`](blk_dma::DmaState) (and this crate's
+    /// [`dptr`](crate::nvme::dptr) functions) to call, and a
+    /// [`HostSeg`] is a plain number. The caller uses the mapper only so:
+    ///
+    /// - it never calls [`alloc_iova`](Mapper::alloc_iova),
+    ///   [`free_iova`](Mapper::free_iova), [`link`](Mapper::link),
+    ///   [`unlink`](Mapper::unlink), [`map_segment`](Mapper::map_segment)
+    ///   or [`unmap_segment`](Mapper::unmap_segment) itself (lookups are
+    ///   fine): they would map any memory, or unmap and free device
+    ///   addresses that are another's, such as a slab's;
+    /// - it unmaps with the mapper ([`DmaState::unmap`](blk_dma::DmaState::unmap))
+    ///   only states the mapper mapped, each once;
+    /// - the memory of every request it maps stays allocated, and lent to
+    ///   the device as the transfer's direction allows, until the request's
+    ///   state is unmapped.
+    pub unsafe fn new(space: Arc<DmaSpace>) -> Self {
         let regions = space.regions();
         Self {
             space,
@@ -132,14 +153,22 @@ impl Mapper for VfioMapper {
         let off = seg.addr.offset_in(g);
         let host = HostAddr::new(seg.addr.raw() - off as usize);
         let span = (off + seg.len).next_multiple_of(g);
-        self.space
-            .iommu()
-            .map_dma(iova.align_down(g), host, span, access(dir))
-            .map_err(|e| MapError::MapFailed {
-                host: seg.addr,
-                len: seg.len,
-                source: Errno(errno_of(&e)),
-            })
+        // SAFETY: blk-dma links a request's segment into IOVA space this
+        // mapper allocated for it, and the request's memory stays lent to
+        // the device until its state is unlinked (the contract of `new`).
+        // The rest of the first and last IOMMU page only widens the mapping:
+        // the device is given addresses of the segment only, and the kernel
+        // pins the pages.
+        let mapped = unsafe {
+            self.space
+                .iommu()
+                .map_dma(iova.align_down(g), host, span, access(dir))
+        };
+        mapped.map_err(|e| MapError::MapFailed {
+            host: seg.addr,
+            len: seg.len,
+            source: Errno(errno_of(&e)),
+        })
     }
 
     fn sync(&self, _iova: Iova, _len: u64) -> Result<(), MapError> {
@@ -151,7 +180,10 @@ impl Mapper for VfioMapper {
         let g = self.space.granule();
         let start = iova.align_down(g);
         let span = (iova.offset_in(g) + len).next_multiple_of(g);
-        if let Err(e) = self.space.iommu().unmap_dma(start, span) {
+        // SAFETY: blk-dma unlinks only what this mapper linked for a request
+        // whose state it unmaps (the contract of `new`).
+        let unmapped = unsafe { self.space.iommu().unmap_dma(start, span) };
+        if let Err(e) = unmapped {
             log::error!("unmapping IOVA {start} (+{span:#x}): {e}");
         }
     }

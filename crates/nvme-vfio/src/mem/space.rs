@@ -105,7 +105,7 @@ impl DmaSpace {
     }
 
     /// The IOMMU this space programs.
-    pub fn iommu(&self) -> &(dyn DmaMap + Send + Sync) {
+    pub(crate) fn iommu(&self) -> &(dyn DmaMap + Send + Sync) {
         &*self.iommu
     }
 
@@ -223,7 +223,11 @@ impl DmaSpace {
             .map(Iova::new)
             .ok_or(Error::IovaExhausted { len })?;
         let host = HostAddr::from_ptr(slab.ptr().as_ptr());
-        if let Err(e) = self.iommu.map_dma(iova, host, len, Access::ReadWrite) {
+        // SAFETY: the slab is fresh memory that this space owns and keeps
+        // until it unmaps it (Drop), used only for its DMA buffers; the IOVA
+        // range was just allocated from this space's allocator.
+        let mapped = unsafe { self.iommu.map_dma(iova, host, len, Access::ReadWrite) };
+        if let Err(e) = mapped {
             self.free_iova(iova, len);
             return Err(e.into());
         }
@@ -287,7 +291,14 @@ impl DmaSpace {
         let start = HostAddr::new(host.raw() - off as usize);
         let span = (off + len as u64).next_multiple_of(g);
         let iova = self.alloc_iova(span)?;
-        if let Err(e) = self.iommu.map_dma(iova, start, span, access) {
+        // SAFETY: the caller of `register` keeps the memory allocated, and
+        // handed to nothing else, until the Registration drops, which unmaps
+        // it first (the rest of its first and last IOMMU page only widens
+        // the mapping: the device is given addresses of registered bytes
+        // only, and the kernel pins the pages). The IOVA range was just
+        // allocated from this space's allocator.
+        let mapped = unsafe { self.iommu.map_dma(iova, start, span, access) };
+        if let Err(e) = mapped {
             self.free_iova(iova, span);
             return Err(e.into());
         }
@@ -337,8 +348,13 @@ impl Drop for DmaSpace {
     fn drop(&mut self) {
         let slabs = core::mem::take(&mut *lock(&self.slabs));
         for s in slabs {
-            if let Err(e) = self.iommu.unmap_dma(s.iova, s.slab.len() as u64) {
-                log::error!("unmapping a DMA slab at IOVA {}: {e}", s.iova);
+            // SAFETY: exactly the slab's mapping, made by `new_slab`; no
+            // buffer of it is left (each holds the space alive).
+            let unmapped = unsafe { self.iommu.unmap_dma(s.iova, s.slab.len() as u64) };
+            if let Err(e) = unmapped {
+                log::error!("unmapping a DMA slab at IOVA {}: {e}; leaking it", s.iova);
+                // The device may still reach it: never give it back.
+                core::mem::forget(s);
             }
         }
     }
@@ -363,7 +379,10 @@ impl Drop for Registration {
         self.space.remove_region(self.region.host);
         if self.region.kind == RegionKind::Registered {
             let r = self.region;
-            if let Err(e) = self.space.iommu.unmap_dma(r.addr, r.len) {
+            // SAFETY: exactly this registration's mapping (`register_with`);
+            // no I/O on it is in flight (the contract of `register`).
+            let unmapped = unsafe { self.space.iommu.unmap_dma(r.addr, r.len) };
+            if let Err(e) = unmapped {
                 log::error!("unmapping registered memory at IOVA {}: {e}", r.addr);
             }
             self.space.free_iova(r.addr, r.len);

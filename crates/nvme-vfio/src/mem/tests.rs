@@ -52,11 +52,13 @@ fn einval(op: &'static str, iova: Iova, len: u64) -> VfioError {
     }
 }
 
-impl DmaMap for FakeIommu {
+// SAFETY: there is no device: the fake only records mappings and never
+// touches host memory.
+unsafe impl DmaMap for FakeIommu {
     fn iommu_info(&self) -> &IommuInfo {
         &self.info
     }
-    fn map_dma(
+    unsafe fn map_dma(
         &self,
         iova: Iova,
         host: HostAddr,
@@ -97,7 +99,7 @@ impl DmaMap for FakeIommu {
         });
         Ok(())
     }
-    fn unmap_dma(&self, iova: Iova, len: u64) -> Result<u64, VfioError> {
+    unsafe fn unmap_dma(&self, iova: Iova, len: u64) -> Result<u64, VfioError> {
         self.calls.lock().unwrap().1 += 1;
         let (s, e) = (iova.raw(), iova.raw() + len);
         let mut maps = self.maps.lock().unwrap();
@@ -119,6 +121,13 @@ fn space(iommu: &Arc<FakeIommu>) -> Arc<DmaSpace> {
     DmaSpace::new(iommu.clone(), SpaceConfig { hugepages: false })
 }
 
+/// A mapper over a space of the fake IOMMU.
+fn mapper(s: &Arc<DmaSpace>) -> VfioMapper {
+    // SAFETY: the fake IOMMU has no device: nothing ever reaches the memory
+    // mapped through it, whatever the tests map or unmap.
+    unsafe { VfioMapper::new(s.clone()) }
+}
+
 #[test]
 fn buffers_come_from_slabs_mapped_once() {
     let iommu = FakeIommu::new();
@@ -135,7 +144,7 @@ fn buffers_come_from_slabs_mapped_once() {
     let d = s.alloc(3 << 20).unwrap();
     assert_eq!(iommu.live().len(), 2);
     // The mapper translates every buffer to its IOVA without a syscall.
-    let m = VfioMapper::new(s.clone());
+    let m = mapper(&s);
     for buf in [&a, &b, &c, &d] {
         let r = m.lookup(buf.host()).unwrap();
         assert_eq!(r.kind, RegionKind::Registered);
@@ -182,7 +191,7 @@ fn iovas_stay_inside_the_valid_ranges() {
 fn registered_user_memory_is_mapped_once_and_unmapped_on_drop() {
     let iommu = FakeIommu::new();
     let s = space(&iommu);
-    let m = VfioMapper::new(s.clone());
+    let m = mapper(&s);
     let mem = vec![7u8; 3 * 4096 + 100];
     let addr = HostAddr::from_ptr(mem[10..].as_ptr());
     assert!(m.lookup(addr).is_none());
@@ -204,7 +213,7 @@ fn registered_user_memory_is_mapped_once_and_unmapped_on_drop() {
 fn unregistered_memory_is_coalesced_into_one_read_only_range() {
     let iommu = FakeIommu::new();
     let s = space(&iommu);
-    let m = VfioMapper::new(s.clone());
+    let m = mapper(&s);
     let avail = s.iova_available();
     let a = vec![1u8; 8192];
     let b = vec![2u8; 3 * 4096];
@@ -250,7 +259,7 @@ fn unregistered_memory_is_coalesced_into_one_read_only_range() {
 fn a_failed_link_leaves_nothing_mapped_and_no_iova_taken() {
     let iommu = FakeIommu::new();
     let s = space(&iommu);
-    let m = VfioMapper::new(s.clone());
+    let m = mapper(&s);
     let avail = s.iova_available();
     let mem = vec![0u8; 16 * 4096];
     let base = (mem.as_ptr() as usize).next_multiple_of(4096);
@@ -308,7 +317,7 @@ fn slabs_fall_back_to_4k_pages_without_hugepages() {
 fn the_last_region_found_is_forgotten_when_the_table_changes() {
     let iommu = FakeIommu::new();
     let s = space(&iommu);
-    let m = VfioMapper::new(s.clone());
+    let m = mapper(&s);
     // Two page-aligned buffers pages apart (registration widens to pages).
     let mem = vec![1u8; 16 * 4096];
     let skip = mem.as_ptr().align_offset(4096);

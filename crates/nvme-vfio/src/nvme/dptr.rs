@@ -174,8 +174,8 @@ pub struct Setup<'a, P: DescPool + ?Sized> {
 /// check then hits), the one-pass path for chained list pages, or the
 /// ranges streamed from blk-dma into the chosen builder.
 ///
-/// On error nothing stays mapped and every descriptor page is back in the
-/// pool. On success `state` and `setup.list` hold what the completion must
+/// On error nothing stays mapped and every descriptor page it took is back
+/// in the pool. On success `state` and `setup.list` hold what the completion must
 /// release ([`DmaState::unmap`], [`DescList::release`]).
 #[inline]
 pub fn map_data<M, P>(
@@ -426,6 +426,7 @@ where
     M: Mapper + ?Sized,
     P: DescPool + ?Sized,
 {
+    let start = setup.list.len();
     let it = DmaIter::start(segs, dir, mapper, state)?;
     let (format, single) = match it.single() {
         Some(r) => (
@@ -457,7 +458,9 @@ where
         },
     };
     if out.is_err() {
-        list.release(pool);
+        // SAFETY: the pages past `start` are the ones the builder took from
+        // `pool`; nothing was submitted.
+        unsafe { list.release_from(start, pool) };
         state.unmap(mapper);
     }
     out
@@ -542,7 +545,8 @@ mod tests {
             list: &mut list,
         };
         let r = map_data(&[seg], Direction::ToDevice, &fake, &mut state, setup);
-        list.release(&mut pool);
+        // SAFETY: the list's pages come from `pool`; nothing was submitted.
+        unsafe { list.release(&mut pool) };
         state.unmap(&fake);
         r
     }

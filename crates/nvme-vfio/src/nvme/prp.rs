@@ -138,7 +138,7 @@ impl<'a, P: DescPool + ?Sized> PrpBuilder<'a, P> {
         unsafe {
             n.write_u64(0, moved);
             if let Some(c) = self.cur {
-                c.write_u64(self.per_page - 1, n.iova.raw());
+                c.write_u64(self.per_page - 1, n.iova().raw());
             }
         }
         if self.head.is_none() {
@@ -155,7 +155,7 @@ impl<'a, P: DescPool + ?Sized> PrpBuilder<'a, P> {
             return Err(DptrError::EmptyTransfer);
         }
         let prp2 = match (self.head, self.first) {
-            (Some(h), _) => h.iova.raw(),
+            (Some(h), _) => h.iova().raw(),
             (None, Some(e)) => e,
             (None, None) => 0,
         };
@@ -214,6 +214,7 @@ where
     I: IntoIterator<Item = Result<DmaRange, MapError>>,
     P: DescPool + ?Sized,
 {
+    let start = list.len();
     let r = PrpBuilder::new(page, pool, list).and_then(|mut b| {
         for r in ranges {
             b.push(r?)?;
@@ -221,7 +222,9 @@ where
         b.finish()
     });
     if r.is_err() {
-        list.release(pool);
+        // SAFETY: the pages past `start` are the ones the builder took from
+        // `pool`; nothing was submitted.
+        unsafe { list.release_from(start, pool) };
     }
     r
 }
@@ -430,12 +433,13 @@ pub(crate) fn prp_in_region<P: DescPool + ?Sized>(
     if pool.page_size() < l.ps as usize {
         return None;
     }
+    let start = list.len();
     let first = list.alloc(pool).ok()?;
     let ok = if n <= per_page {
         // SAFETY: the page is this command's, not submitted yet, at least a
         // controller page (`per_page` entries) long and 8-byte aligned; no
         // other reference to it exists.
-        let out = unsafe { core::slice::from_raw_parts_mut(first.ptr.as_ptr().cast::<u64>(), n) };
+        let out = unsafe { core::slice::from_raw_parts_mut(first.ptr().as_ptr().cast::<u64>(), n) };
         l.write(segs, out)
     } else {
         fill_chained(&l, segs, first, per_page, pool, list)
@@ -443,10 +447,12 @@ pub(crate) fn prp_in_region<P: DescPool + ?Sized>(
     if ok {
         Some(DataPtr::Prp {
             prp1: Iova::new(l.prp1),
-            prp2: first.iova,
+            prp2: first.iova(),
         })
     } else {
-        list.release(pool);
+        // SAFETY: the pages past `start` are the ones taken above from
+        // `pool`; nothing was submitted.
+        unsafe { list.release_from(start, pool) };
         None
     }
 }
@@ -522,7 +528,7 @@ pub(crate) fn prp_in_region_page<P: DescPool + ?Sized>(
         return None;
     }
     let lp = list.alloc_first(pool)?;
-    let out = lp.ptr.as_ptr().cast::<u64>();
+    let out = lp.ptr().as_ptr().cast::<u64>();
     // SAFETY: the page is this command's, not submitted yet, at least a
     // controller page (`prps_per_page() >= n` entries) long and 8-byte
     // aligned, and nothing else refers to it; the two runs write entries
@@ -537,10 +543,12 @@ pub(crate) fn prp_in_region_page<P: DescPool + ?Sized>(
     if pos & mask == 0 && (lens == 0 || last_short(rest, ps)) && inside {
         Some(DataPtr::Prp {
             prp1,
-            prp2: lp.iova,
+            prp2: lp.iova(),
         })
     } else {
-        list.release(pool);
+        // SAFETY: `alloc_first` took the list's only page from `pool` (it
+        // refuses a list that holds any); nothing was submitted.
+        unsafe { list.release(pool) };
         None
     }
 }
@@ -597,7 +605,7 @@ fn fill_chained<P: DescPool + ?Sized>(
             per_page - 1
         };
         // SAFETY: as in `prp_in_region`; `k <= per_page` entries fit.
-        let out = unsafe { core::slice::from_raw_parts_mut(cur.ptr.as_ptr().cast::<u64>(), k) };
+        let out = unsafe { core::slice::from_raw_parts_mut(cur.ptr().as_ptr().cast::<u64>(), k) };
         l.fill(segs, at, out, &mut acc);
         at += k;
         if at == n {
@@ -607,7 +615,7 @@ fn fill_chained<P: DescPool + ?Sized>(
             return false;
         };
         // SAFETY: the last slot of the full page, this command's.
-        unsafe { cur.write_u64(per_page - 1, next.iova.raw()) };
+        unsafe { cur.write_u64(per_page - 1, next.iova().raw()) };
         cur = next;
     }
 }

@@ -4,6 +4,10 @@
 //! any time, so ring memory is never turned into a Rust reference: entries
 //! are written and read with volatile accesses through raw pointers, with a
 //! fence between the entries and the doorbell that publishes them.
+//!
+//! The rings and their shadow doorbell slots are the crate's own: they
+//! write device-shared memory through raw pointers, trusting their callers
+//! for sizes and slots. Only the EventIdx rule ([`need_event`]) is public.
 
 use core::ptr::NonNull;
 use core::sync::atomic::{fence, Ordering};
@@ -21,13 +25,13 @@ use crate::Error;
 /// writes the MMIO doorbell only when the controller's `ei` says it needs
 /// telling.
 #[derive(Clone, Copy, Debug)]
-pub struct Shadow {
+pub(crate) struct Shadow {
     /// This doorbell's slot in the shadow doorbell page.
-    pub db: NonNull<u32>,
+    pub(crate) db: NonNull<u32>,
     /// This doorbell's slot in the EventIdx page.
-    pub ei: NonNull<u32>,
+    pub(crate) ei: NonNull<u32>,
     /// Write the MMIO doorbell every time anyway (the admin queue).
-    pub always_mmio: bool,
+    pub(crate) always_mmio: bool,
 }
 
 // SAFETY: the pages belong to the controller's shared state, which outlives
@@ -37,7 +41,7 @@ unsafe impl Send for Shadow {}
 impl Shadow {
     /// Zeroes both slots, for a queue about to be created (no controller
     /// queue uses them: a previous queue with this ID left its values).
-    pub fn clear(&self) {
+    pub(crate) fn clear(&self) {
         // SAFETY: slots inside the shadow pages (see the type), not in use
         // by the controller for any queue.
         unsafe {
@@ -72,7 +76,7 @@ pub const fn need_event(ei: u16, new: u16, old: u16) -> bool {
 
 /// A submission queue: a ring of 64-byte commands and its tail doorbell.
 #[derive(Debug)]
-pub struct SubmissionQueue {
+pub(crate) struct SubmissionQueue {
     ring: DmaBuf,
     entries: u16,
     /// Next free slot (the tail the device has not seen yet, until rung).
@@ -109,12 +113,12 @@ impl SubmissionQueue {
     }
 
     /// Uses shadow doorbells from now on.
-    pub fn set_shadow(&mut self, shadow: Shadow) {
+    pub(crate) fn set_shadow(&mut self, shadow: Shadow) {
         self.shadow = Some(shadow);
     }
 
     /// The shadow slots in use, if any.
-    pub fn shadow(&self) -> Option<Shadow> {
+    pub(crate) fn shadow(&self) -> Option<Shadow> {
         self.shadow
     }
 
@@ -131,17 +135,6 @@ impl SubmissionQueue {
     /// Ring size in entries.
     pub fn entries(&self) -> u16 {
         self.entries
-    }
-
-    /// Commands written and not yet known to be fetched by the device
-    /// (from the last head the device reported up to the tail).
-    pub fn outstanding(&self) -> u32 {
-        self.distance(self.head, self.tail)
-    }
-
-    /// Whether the ring has no free slot (one slot always stays empty).
-    pub fn is_full(&self) -> bool {
-        self.outstanding() + 1 >= u32::from(self.entries)
     }
 
     /// Slots from `from` forward to `to`, around the ring. In u32: the
@@ -240,7 +233,7 @@ impl SubmissionQueue {
 
 /// A completion queue: a ring of 16-byte completions and its head doorbell.
 #[derive(Debug)]
-pub struct CompletionQueue {
+pub(crate) struct CompletionQueue {
     ring: DmaBuf,
     entries: u16,
     head: u16,
@@ -271,12 +264,12 @@ impl CompletionQueue {
     }
 
     /// Uses shadow doorbells from now on.
-    pub fn set_shadow(&mut self, shadow: Shadow) {
+    pub(crate) fn set_shadow(&mut self, shadow: Shadow) {
         self.shadow = Some(shadow);
     }
 
     /// The shadow slots in use, if any.
-    pub fn shadow(&self) -> Option<Shadow> {
+    pub(crate) fn shadow(&self) -> Option<Shadow> {
         self.shadow
     }
 

@@ -90,7 +90,7 @@ impl<'a, P: DescPool + ?Sized> SglBuilder<'a, P> {
                 // The full segment's last slot becomes the pointer to the new
                 // one, and the data descriptor there moves over.
                 let seg =
-                    SglDescriptor::new(SglType::Segment, full.iova, (self.per_page * 16) as u32);
+                    SglDescriptor::new(SglType::Segment, full.iova(), (self.per_page * 16) as u32);
                 match self.pointer {
                     None => self.sgl1 = seg,
                     // SAFETY: the last slot of this command's previous page.
@@ -116,7 +116,7 @@ impl<'a, P: DescPool + ?Sized> SglBuilder<'a, P> {
             (1, _) | (_, None) => Ok(DataPtr::Sgl(self.first)),
             (_, Some(cur)) => {
                 let tail =
-                    SglDescriptor::new(SglType::LastSegment, cur.iova, (self.idx * 16) as u32);
+                    SglDescriptor::new(SglType::LastSegment, cur.iova(), (self.idx * 16) as u32);
                 match self.pointer {
                     None => self.sgl1 = tail,
                     // SAFETY: the last slot of this command's previous page.
@@ -164,6 +164,7 @@ where
     I: IntoIterator<Item = Result<DmaRange, MapError>>,
     P: DescPool + ?Sized,
 {
+    let start = list.len();
     let r = SglBuilder::new(pool, list).and_then(|mut b| {
         for r in ranges {
             b.push(r?)?;
@@ -171,7 +172,9 @@ where
         b.finish()
     });
     if r.is_err() {
-        list.release(pool);
+        // SAFETY: the pages past `start` are the ones the builder took from
+        // `pool`; nothing was submitted.
+        unsafe { list.release_from(start, pool) };
     }
     r
 }

@@ -188,17 +188,22 @@ fn memlock_limit() -> Option<u64> {
     (ret == 0 && limit.rlim_cur != libc::RLIM_INFINITY).then_some(limit.rlim_cur)
 }
 
-impl DmaMap for Container {
+// SAFETY: the kernel's type1v2 IOMMU driver does what the contract asks:
+// the devices of the container reach host memory only through the IOMMU
+// page tables that VFIO_IOMMU_MAP_DMA fills (pinning the pages, with the
+// permissions of the flags) and a failed map leaves nothing behind; a
+// VFIO_IOMMU_UNMAP_DMA that returns has removed the mappings and flushed the
+// IOTLB (type1v2 refuses to bisect a mapping, so a range covering whole
+// mappings removes them all). The host addresses are passed to the kernel
+// as numbers; this process never dereferences them.
+unsafe impl DmaMap for Container {
     fn iommu_info(&self) -> &IommuInfo {
         &self.info
     }
 
     /// VFIO_IOMMU_MAP_DMA. [`Access::ReadOnly`] grants the device read
     /// access only (`VFIO_DMA_MAP_FLAG_READ`).
-    ///
-    /// The caller must keep `[host, host + len)` mapped and unused for
-    /// anything else until it unmaps it: the device may access it.
-    fn map_dma(
+    unsafe fn map_dma(
         &self,
         iova: Iova,
         host: HostAddr,
@@ -219,7 +224,8 @@ impl DmaMap for Container {
         Ok(())
     }
 
-    fn unmap_dma(&self, iova: Iova, len: u64) -> Result<u64, VfioError> {
+    /// VFIO_IOMMU_UNMAP_DMA.
+    unsafe fn unmap_dma(&self, iova: Iova, len: u64) -> Result<u64, VfioError> {
         let iova = iova.raw();
         let unmapped =
             sys::iommu_unmap_dma(&self.file, iova, len).map_err(|source| VfioError::Dma {

@@ -34,6 +34,19 @@ fn host() -> HostAddr {
     HostAddr::new(0x7f00_0000_0000)
 }
 
+/// `map_dma` on the fake kernel.
+fn map(c: &Container, iova: u64, len: u64, access: Access) -> Result<(), VfioError> {
+    // SAFETY: the fake kernel only records the mapping: no device reaches
+    // any memory.
+    unsafe { c.map_dma(Iova::new(iova), host(), len, access) }
+}
+
+/// `unmap_dma` on the fake kernel.
+fn unmap(c: &Container, iova: u64, len: u64) -> Result<u64, VfioError> {
+    // SAFETY: as in `map`.
+    unsafe { c.unmap_dma(Iova::new(iova), len) }
+}
+
 #[test]
 fn opens_by_full_and_short_address() {
     let t = system();
@@ -114,10 +127,8 @@ fn map_unmap_bookkeeping() {
     let t = system();
     let dev = open(&t, NVME).unwrap();
     let c = dev.container();
-    c.map_dma(Iova::new(0x10_0000), host(), MIB2, Access::ReadWrite)
-        .unwrap();
-    c.map_dma(Iova::new(0x40_0000), host(), MIB2, Access::ReadOnly)
-        .unwrap();
+    map(c, 0x10_0000, MIB2, Access::ReadWrite).unwrap();
+    map(c, 0x40_0000, MIB2, Access::ReadOnly).unwrap();
     let flags = fake::with(|k| k.iommu.mappings.clone());
     let (r, w) = (b::VFIO_DMA_MAP_FLAG_READ, b::VFIO_DMA_MAP_FLAG_WRITE);
     assert_eq!(
@@ -127,18 +138,16 @@ fn map_unmap_bookkeeping() {
     assert_eq!(c.mapped_bytes(), 2 * MIB2);
 
     // Overlap (EEXIST) and a range splitting a mapping (EINVAL) are DMA errors.
-    let err = c
-        .map_dma(Iova::new(0x20_0000), host(), MIB2, Access::ReadWrite)
-        .unwrap_err();
+    let err = map(c, 0x20_0000, MIB2, Access::ReadWrite).unwrap_err();
     assert!(
         matches!(&err, VfioError::Dma { op: "map", source, .. } if source.raw_os_error() == Some(libc::EEXIST))
     );
-    let err = c.unmap_dma(Iova::new(0x10_0000), 0x1000).unwrap_err();
+    let err = unmap(c, 0x10_0000, 0x1000).unwrap_err();
     assert!(matches!(err, VfioError::Dma { op: "unmap", .. }), "{err:?}");
 
-    assert_eq!(c.unmap_dma(Iova::new(0x10_0000), MIB2).unwrap(), MIB2);
-    assert_eq!(c.unmap_dma(Iova::new(0x10_0000), MIB2).unwrap(), 0);
-    assert_eq!(c.unmap_dma(Iova::new(0), 0x100_0000).unwrap(), MIB2);
+    assert_eq!(unmap(c, 0x10_0000, MIB2).unwrap(), MIB2);
+    assert_eq!(unmap(c, 0x10_0000, MIB2).unwrap(), 0);
+    assert_eq!(unmap(c, 0, 0x100_0000).unwrap(), MIB2);
     assert_eq!(c.mapped_bytes(), 0);
     assert!(fake::with(|k| k.iommu.mappings.is_empty()));
 }
@@ -155,9 +164,7 @@ fn iovas_outside_the_valid_ranges_are_refused() {
         (u64::MAX - 0xfff, 0x2000),
         (0, 0),
     ] {
-        let err = c
-            .map_dma(Iova::new(iova), host(), len, Access::ReadWrite)
-            .unwrap_err();
+        let err = map(c, iova, len, Access::ReadWrite).unwrap_err();
         assert!(
             matches!(err, VfioError::IovaOutOfRange { .. }),
             "{iova:#x}: {err:?}"
@@ -173,11 +180,8 @@ fn dma_entry_limit_is_reported() {
     let dev = open(&t, NVME).unwrap();
     let c = dev.container();
     assert_eq!(c.iommu_info().dma_mappings_available, Some(1));
-    c.map_dma(Iova::new(0x10_0000), host(), 0x1000, Access::ReadWrite)
-        .unwrap();
-    let err = c
-        .map_dma(Iova::new(0x20_0000), host(), 0x1000, Access::ReadWrite)
-        .unwrap_err();
+    map(c, 0x10_0000, 0x1000, Access::ReadWrite).unwrap();
+    let err = map(c, 0x20_0000, 0x1000, Access::ReadWrite).unwrap_err();
     assert!(
         matches!(
             err,
@@ -198,11 +202,8 @@ fn pinning_failure_reports_the_memlock_limit() {
     fake::with(|k| k.iommu.lock_limit = Some(MIB2));
     let dev = open(&t, NVME).unwrap();
     let c = dev.container();
-    c.map_dma(Iova::new(0x10_0000), host(), 0x1000, Access::ReadWrite)
-        .unwrap();
-    let err = c
-        .map_dma(Iova::new(0x40_0000), host(), MIB2, Access::ReadWrite)
-        .unwrap_err();
+    map(c, 0x10_0000, 0x1000, Access::ReadWrite).unwrap();
+    let err = map(c, 0x40_0000, MIB2, Access::ReadWrite).unwrap_err();
     // The message can only name the limit if there is one.
     match err {
         VfioError::MemlockTooLow {
@@ -240,9 +241,7 @@ fn devices_share_a_container() {
     let c = Device::open_in(a.container(), addr("0000:00:04.0")).unwrap();
     assert!(Arc::ptr_eq(a.container(), b.container()) && Arc::ptr_eq(a.container(), c.container()));
     assert_eq!((b.group_number(), c.group_number()), (3, 4));
-    a.container()
-        .map_dma(Iova::new(0x10_0000), host(), 0x1000, Access::ReadWrite)
-        .unwrap();
+    map(a.container(), 0x10_0000, 0x1000, Access::ReadWrite).unwrap();
     // The last group leaving the container tears the IOMMU down.
     drop((a, b, c));
     assert!(fake::with(|k| k.iommu.mappings.is_empty()));
