@@ -217,11 +217,14 @@ impl DmaSpace {
                 len,
                 source: Some(e),
             })?;
-        let iova = lock(&self.iova)
-            .alloc(len, (HUGEPAGE as u64).max(self.granule))
-            .or_else(|| lock(&self.iova).alloc(len, self.granule))
-            .map(Iova::new)
-            .ok_or(Error::IovaExhausted { len })?;
+        // One lock for both tries: the allocator's mutex is not reentrant.
+        let iova = {
+            let mut a = lock(&self.iova);
+            a.alloc(len, (HUGEPAGE as u64).max(self.granule))
+                .or_else(|| a.alloc(len, self.granule))
+        }
+        .map(Iova::new)
+        .ok_or(Error::IovaExhausted { len })?;
         let host = HostAddr::from_ptr(slab.ptr().as_ptr());
         // SAFETY: the slab is fresh memory that this space owns and keeps
         // until it unmaps it (Drop), used only for its DMA buffers; the IOVA

@@ -27,10 +27,13 @@ struct FakeIommu {
 
 impl FakeIommu {
     fn new() -> Arc<Self> {
+        Self::with_ranges(vec![0..=0xfedf_ffff, 0xfef0_0000..=0x7f_ffff_ffff])
+    }
+    fn with_ranges(iova_ranges: Vec<core::ops::RangeInclusive<u64>>) -> Arc<Self> {
         Arc::new(Self {
             info: IommuInfo {
                 page_sizes: 0x4020_1000,
-                iova_ranges: vec![0..=0xfedf_ffff, 0xfef0_0000..=0x7f_ffff_ffff],
+                iova_ranges,
                 dma_mappings_available: Some(65535),
             },
             maps: Mutex::new(Vec::new()),
@@ -354,4 +357,29 @@ fn the_last_region_found_is_forgotten_when_the_table_changes() {
     drop(ra);
     assert_eq!(m.lookup_cached(ha), Region::EMPTY);
     assert_eq!(m.lookup(ha), None);
+}
+
+/// When IOVA space is too fragmented for a slab at a 2 MiB boundary, the
+/// slab takes any granule-aligned place (and the allocator's lock is taken
+/// once: this used to deadlock), and then IOVA exhaustion is an error.
+#[test]
+fn a_slab_fits_where_only_granule_alignment_is_left_and_exhaustion_is_an_error() {
+    // 2 MiB + 4 KiB of IOVA space starting at 4 KiB: no 2 MiB-aligned
+    // 2 MiB range fits, a 4 KiB-aligned one does; then nothing is left.
+    let iommu = FakeIommu::with_ranges(vec![0x1000..=0x20_1fff]);
+    let s = space(&iommu);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let s2 = s.clone();
+    std::thread::spawn(move || {
+        let first = s2.alloc(4096).map(|b| b.iova().raw());
+        // A second slab finds no IOVA space.
+        let big = s2.alloc(3 << 20).map(|b| b.iova().raw());
+        let _ = tx.send((first, big));
+    });
+    let (first, big) = rx
+        .recv_timeout(std::time::Duration::from_secs(10))
+        .expect("the allocation returned (no deadlock)");
+    assert_eq!(first.unwrap(), 0x1000);
+    assert!(matches!(big, Err(crate::Error::IovaExhausted { .. })), "{big:?}");
+    assert_eq!(iommu.live().len(), 1);
 }

@@ -11,7 +11,7 @@ use super::pci::{GroupMember, PciAddress};
 #[non_exhaustive]
 pub enum VfioError {
     /// A DMA mapping ioctl failed.
-    #[error("VFIO DMA {op} of {len:#x} bytes at IOVA {iova:#x} failed")]
+    #[error("VFIO DMA {op} of {len:#x} bytes at IOVA {iova:#x} failed: {source}")]
     Dma {
         /// `map` or `unmap`.
         op: &'static str,
