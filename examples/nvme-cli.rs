@@ -159,6 +159,9 @@ fn main() -> ExitCode {
     // SAFETY: restoring the default action of SIGPIPE before any thread
     // exists; no handler is involved.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    // The driver's log on stderr: warnings and errors unless RUST_LOG says
+    // otherwise (e.g. RUST_LOG=nvme_vfio=debug).
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let cli = Cli::parse();
     match run(&cli) {
         Ok(()) => ExitCode::SUCCESS,

@@ -81,6 +81,14 @@ elif [ "$scenario" = sim ]; then
     dev=sim
     json "id-ctrl --json" 'j["mn"] == "nvme-sim" and j["sn"] == "SIM0001" and j["ver"] == 0x10400' -- "$cli" id-ctrl $dev --json
     expect "id-ctrl text" 0 "mn        : nvme-sim" -- "$cli" id-ctrl $dev
+    # The driver's log reaches stderr, at the level RUST_LOG asks for
+    # (warnings by default).
+    expect "RUST_LOG=info shows the bring-up" 0 "controller up: nvme-sim" -- env RUST_LOG=info "$cli" id-ctrl $dev
+    if "$cli" id-ctrl $dev 2>&1 >/dev/null | grep -q "controller up"; then
+        bad "info messages are hidden by default"
+    else
+        ok "info messages are hidden by default"
+    fi
     json "id-ns --json" 'j["nsze"] == 131072 and j["block_size"] == 512 and j["lbafs"][0]["in_use"]' -- "$cli" id-ns $dev -n 1 --json
     head -c $((5 << 20)) /dev/urandom >"$work/data"
     expect "write a file (5 MiB, chunked)" 0 "10240 blocks at LBA 4096: success" -- "$cli" write $dev -n 1 --lba 4096 -i "$work/data" --yes

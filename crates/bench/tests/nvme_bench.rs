@@ -391,3 +391,29 @@ fn the_command_line_exits_2_on_bad_input_with_one_line() {
         );
     }
 }
+
+/// The driver's log goes to stderr at the level RUST_LOG asks for;
+/// warnings and errors only by default.
+#[test]
+fn the_drivers_log_is_on_stderr_at_the_rust_log_level() {
+    let run = |level: Option<&str>| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_nvme-bench"));
+        c.args([
+            "--sim",
+            "--sim-size",
+            "16m",
+            "--ios",
+            "100",
+            "--no-progress",
+        ]);
+        c.env_remove("RUST_LOG");
+        if let Some(l) = level {
+            c.env("RUST_LOG", l);
+        }
+        let out = c.output().unwrap();
+        assert!(out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    assert!(run(Some("info")).contains("controller up: nvme-sim"));
+    assert!(!run(None).contains("controller up"));
+}

@@ -131,6 +131,9 @@ fn exit_status(e: &perf::Error) -> u8 {
 }
 
 fn main() -> ExitCode {
+    // The driver's log on stderr: warnings and errors unless RUST_LOG says
+    // otherwise (e.g. RUST_LOG=nvme_vfio=debug).
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let cli = Cli::parse();
     let opts = options(&cli);
     let target = if let Some(dev) = &cli.device {

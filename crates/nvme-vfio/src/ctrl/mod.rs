@@ -262,6 +262,14 @@ impl Controller {
             ctrl.setup_shadow_doorbells()?;
         }
         *lock(&ctrl.shared.qids) = vec![false; ctrl.io_queues as usize];
+        log::info!(
+            "controller up: {} (serial {}, firmware {}), {} I/O queues, {} bytes per command",
+            ctrl.identify.model(),
+            ctrl.identify.serial(),
+            ctrl.identify.firmware(),
+            ctrl.io_queues,
+            ctrl.max_transfer()
+        );
         Ok(ctrl)
     }
 

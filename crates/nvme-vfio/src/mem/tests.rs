@@ -380,6 +380,9 @@ fn a_slab_fits_where_only_granule_alignment_is_left_and_exhaustion_is_an_error()
         .recv_timeout(std::time::Duration::from_secs(10))
         .expect("the allocation returned (no deadlock)");
     assert_eq!(first.unwrap(), 0x1000);
-    assert!(matches!(big, Err(crate::Error::IovaExhausted { .. })), "{big:?}");
+    assert!(
+        matches!(big, Err(crate::Error::IovaExhausted { .. })),
+        "{big:?}"
+    );
     assert_eq!(iommu.live().len(), 1);
 }
