@@ -30,6 +30,26 @@ impl FreeSlots {
         }
     }
 
+    /// The position of the next slot to take; with
+    /// [`taken_at`](Self::taken_at), which slots were taken since an
+    /// earlier position.
+    #[inline(always)]
+    pub(super) fn take_position(&self) -> u32 {
+        self.head
+    }
+
+    /// The slot taken at position `p`, one of the last `ring length -
+    /// free` positions before [`take_position`](Self::take_position)
+    /// (later frees have not written over it: at most `ring length`
+    /// positions are ever ahead of a taken one).
+    #[inline(always)]
+    pub(super) fn taken_at(&self, p: u32) -> u16 {
+        let i = (p & self.mask) as usize;
+        debug_assert!(i < self.ring.len());
+        // SAFETY: as in `at`.
+        unsafe { *self.ring.get_unchecked(i) }
+    }
+
     /// Free slots.
     #[inline(always)]
     pub(super) fn len(&self) -> usize {

@@ -6,6 +6,7 @@
 //! wait is bounded by CAP.TO and checks CSTS.CFS.
 
 mod blocking;
+mod clock;
 mod cmb;
 mod free;
 mod function;

@@ -58,25 +58,40 @@ impl Default for QueueConfig {
     }
 }
 
-/// Polls (with commands in flight) between two looks at the clock for
-/// timed-out commands.
-const TIMEOUT_CHECK: u32 = 1024;
-/// Least time between two timeout checks (each reads CSTS, an MMIO read).
-const TIMEOUT_PERIOD: std::time::Duration = std::time::Duration::from_millis(10);
+/// Longest time between two timeout checks while commands are in flight,
+/// in milliseconds (each check reads CSTS for a fatal status, an MMIO
+/// read); a check comes sooner when a command's timeout is due sooner.
+pub(super) const CHECK_PERIOD_MS: u64 = 100;
 
 /// One command in flight: its request and what to undo at completion.
 #[derive(Debug)]
 pub(super) struct Slot {
-    pub(super) busy: bool,
+    /// The command ID of the command in flight in this slot, or
+    /// [`FREE`](Self::FREE) (no 16-bit ID): a completion matches with one
+    /// comparison.
+    pub(super) live: u32,
     /// The command ID this slot's next (or current) command carries: the
     /// slot's index in the low bits, a generation above them that moves on
     /// every completion, so that a late or duplicate completion of an
     /// earlier command in this slot matches no command in flight.
     pub(super) cid: u16,
     pub(super) req: u32,
-    pub(super) started: Option<Instant>,
+    /// When the command was published to the device (its doorbell
+    /// batch), in [`clock::now_ms`](super::clock::now_ms) milliseconds.
+    pub(super) stamp: u64,
     pub(super) state: DmaState,
     pub(super) list: DescList,
+}
+
+impl Slot {
+    /// [`live`](Self::live) of a slot with no command in flight.
+    pub(super) const FREE: u32 = 1 << 16;
+
+    /// Whether a command is in flight in this slot.
+    #[inline(always)]
+    pub(super) fn busy(&self) -> bool {
+        self.live != Self::FREE
+    }
 }
 
 /// One request in flight: it completes when its last command does.
@@ -155,10 +170,11 @@ pub struct QueuePair {
     pub(super) free_reqs: Vec<u32>,
     /// Commands written since the last tail doorbell.
     pub(super) unrung: bool,
-    /// Polls since the last look at the clock.
-    pub(super) polls: u32,
-    /// When commands were last checked for timeouts.
-    pub(super) last_check: Instant,
+    /// The free-slot position up to which taken slots were stamped by a
+    /// doorbell ([`FreeSlots::take_position`](super::free::FreeSlots)).
+    pub(super) stamped: u32,
+    /// When to look for timed-out commands next (clock milliseconds).
+    pub(super) next_check: u64,
     /// Segments of the command being built (capacity reused).
     pub(super) scratch: Vec<HostSeg>,
     /// Command IDs taken by the request being submitted, for rollback.
@@ -257,10 +273,10 @@ impl QueuePair {
             sgl_any_alignment: config.sgl && id.sgls() & 0x3 == 0x1,
             slots: (0..depth)
                 .map(|i| Slot {
-                    busy: false,
+                    live: Slot::FREE,
                     cid: i as u16,
                     req: 0,
-                    started: None,
+                    stamp: 0,
                     state: DmaState::with_capacity(8),
                     list: DescList::new(),
                 })
@@ -277,8 +293,8 @@ impl QueuePair {
             reqs: (0..2 * depth).map(|_| Pending::FREE).collect(),
             free_reqs: (0..depth as u32).rev().collect(),
             unrung: false,
-            polls: 0,
-            last_check: Instant::now(),
+            stamped: 0,
+            next_check: 0,
             scratch: Vec::with_capacity(16),
             taken: Vec::with_capacity(depth),
             stash: Vec::with_capacity(depth),
@@ -403,18 +419,47 @@ impl QueuePair {
     /// the recovery fails those commands instead.
     #[inline]
     pub fn flush(&mut self) {
-        use std::sync::atomic::Ordering::{Release, SeqCst};
-        if !self.unrung {
-            return;
+        if self.unrung {
+            self.publish(super::clock::now_ms());
         }
+    }
+
+    /// [`flush`](Self::flush) with the time already read.
+    #[inline(always)]
+    fn publish(&mut self, now: u64) {
+        use std::sync::atomic::Ordering::{Release, SeqCst};
         // Announced before the state is read, so that a reset either is
         // seen here or waits for this doorbell write (Shared::reset).
         self.publishing.0.store(true, SeqCst);
         if self.shared.accepts_io(self.generation) {
+            self.stamp_batch(now);
             self.sq.ring(&*self.shared.regs);
             self.unrung = false;
         }
         self.publishing.0.store(false, Release);
+    }
+
+    /// Stamps the commands about to be published with the time (one clock
+    /// read per doorbell): the slots taken since the last doorbell, in
+    /// the order the free-slot FIFO handed them out.
+    #[inline(always)]
+    fn stamp_batch(&mut self, now: u64) {
+        let end = self.free_cids.take_position();
+        let mut p = self.stamped;
+        while p != end {
+            let cid = self.free_cids.taken_at(p) as usize;
+            debug_assert!(cid < self.slots.len());
+            // SAFETY: the free-slot FIFO holds slot indices only (below
+            // `slots.len()`, see `build` and `finish_slot`).
+            unsafe { self.slots.get_unchecked_mut(cid).stamp = now };
+            p = p.wrapping_add(1);
+        }
+        self.stamped = end;
+        // A command published into an idle queue may be due before the
+        // next check.
+        self.next_check = self
+            .next_check
+            .min(now + self.shared.config.io_timeout.as_millis() as u64 + 1);
     }
 
     /// Publishes pending submissions, then collects completed requests into
@@ -448,7 +493,13 @@ impl QueuePair {
                     let Some(fd) = msix.eventfd(v as usize) else {
                         return 0;
                     };
-                    let ms = (deadline - now).as_millis().clamp(1, i32::MAX as u128) as i32;
+                    // Asleep no longer than until the next timeout check:
+                    // a command that never completes raises no interrupt.
+                    let check = self.next_check.saturating_sub(super::clock::now_ms());
+                    let ms = (deadline - now)
+                        .as_millis()
+                        .min(u128::from(check))
+                        .clamp(1, i32::MAX as u128) as i32;
                     let mut pfd = libc::pollfd {
                         fd: std::os::fd::AsRawFd::as_raw_fd(&fd),
                         events: libc::POLLIN,
@@ -491,23 +542,23 @@ impl QueuePair {
         if !self.shared.accepts_io(self.generation) && !self.reap_stopped(out) {
             return;
         }
-        self.flush();
+        if !self.unrung && self.inflight() == 0 {
+            return;
+        }
+        // One clock read per poll: the doorbell's stamp and the timeout
+        // check.
+        let now = super::clock::now_ms();
+        if self.unrung {
+            self.publish(now);
+        }
         self.drain_completions(out);
         if self.device_error {
             self.device_error = false;
             self.reset_and_recover(out);
             return;
         }
-        if self.inflight() > 0 {
-            self.polls += 1;
-            if self.polls >= TIMEOUT_CHECK {
-                self.polls = 0;
-                let now = Instant::now();
-                if now.saturating_duration_since(self.last_check) >= TIMEOUT_PERIOD {
-                    self.last_check = now;
-                    self.check_timeouts(out, now);
-                }
-            }
+        if now >= self.next_check && self.inflight() > 0 {
+            self.check_timeouts(out, now);
         }
     }
 
@@ -553,7 +604,7 @@ impl QueuePair {
             let head_ok = self.sq.advance_head(c.sq_head);
             let cid = (c.cid & self.cid_mask) as usize;
             match self.slots.get(cid) {
-                Some(s) if s.busy && s.cid == c.cid && c.sq_id == self.qid && head_ok => {}
+                Some(s) if s.live == u32::from(c.cid) && c.sq_id == self.qid && head_ok => {}
                 _ => {
                     self.bad_completion(&c, head_ok);
                     continue;
@@ -608,8 +659,7 @@ impl QueuePair {
         // command completed, was never published, or the device stopped.
         unsafe { s.list.release(&mut *self.pool) };
         s.state.unmap(&self.mapper);
-        s.busy = false;
-        s.started = None;
+        s.live = Slot::FREE;
         // The slot's next command carries the next generation.
         s.cid = s.cid.wrapping_add(self.gen_step);
         self.free_cids.push(cid as u16);
@@ -791,7 +841,7 @@ impl QueuePair {
                 self.reqs.get_unchecked_mut(req),
             )
         };
-        slot.busy = true;
+        slot.live = u32::from(slot.cid);
         slot.req = req as u32;
         // The entry is free, so it holds IoBuf::Raw, which needs no drop.
         debug_assert!(p.remaining == 0 && matches!(p.buf, IoBuf::Raw));
@@ -966,10 +1016,8 @@ impl QueuePair {
                     let mut cmd = Command::rw(write, ns.id(), lba, blocks as u32, fua);
                     cmd.set_cid(slot.cid);
                     cmd.set_data(dp);
-                    slot.busy = true;
+                    slot.live = u32::from(slot.cid);
                     slot.req = req;
-                    // Stamped by the next timeout check.
-                    slot.started = None;
                     // Room is guaranteed: in-flight commands never exceed
                     // the ring size minus one.
                     self.sq.push(&cmd);
@@ -1051,9 +1099,8 @@ impl QueuePair {
             what,
         };
         let slot = &mut self.slots[cid as usize];
-        slot.busy = true;
+        slot.live = u32::from(slot.cid);
         slot.req = req;
-        slot.started = Some(Instant::now());
         cmd.set_cid(slot.cid);
         self.sq.push(&cmd);
         self.unrung = true;

@@ -6,7 +6,7 @@
 use std::time::Instant;
 
 use super::io::Done;
-use super::qpair::{QueuePair, Slot};
+use super::qpair::{QueuePair, Slot, CHECK_PERIOD_MS};
 use crate::nvme::cmd::Command;
 use crate::Error;
 
@@ -32,6 +32,7 @@ impl QueuePair {
             shadow.clear();
         }
         self.unrung = false;
+        self.stamped = self.free_cids.take_position();
         self.generation = generation;
         let entries = self.sq.entries();
         let s = &self.shared;
@@ -51,23 +52,27 @@ impl QueuePair {
     /// Recovery for commands past the I/O timeout, and for a controller that
     /// reports a fatal status: abort the late commands; if they still do not
     /// complete, reset the controller (and if even that fails, stop it).
-    pub(super) fn check_timeouts(&mut self, out: &mut Vec<Done>, now: Instant) {
+    pub(super) fn check_timeouts(&mut self, out: &mut Vec<Done>, now: u64) {
         let limit = self.shared.config.io_timeout;
-        // Commands are stamped here, at the first check after their
-        // submission (no clock read per command): a timeout fires between
-        // `limit` and `limit` plus two check periods after submission.
+        let limit_ms = limit.as_millis() as u64;
+        // Commands were stamped when their doorbell was written; the next
+        // check comes when the oldest is due, or after the check period.
+        let mut next = now + CHECK_PERIOD_MS.min(limit_ms.max(1));
         let mut any_late = false;
-        for s in self.slots.iter_mut().filter(|s| s.busy) {
-            match s.started {
-                None => s.started = Some(now),
-                Some(t) => any_late |= now.saturating_duration_since(t) > limit,
+        for s in self.slots.iter().filter(|s| s.busy()) {
+            let due = s.stamp + limit_ms;
+            if now > due {
+                any_late = true;
+            } else {
+                next = next.min(due + 1);
             }
         }
+        self.next_check = next;
         let fatal = self.shared.csts().map(|c| c.fatal()).unwrap_or(true);
         if !fatal && !any_late {
             return;
         }
-        let late = |s: &Slot| s.busy && s.started.is_some_and(|t| t.elapsed() > limit);
+        let late = |s: &Slot| s.busy() && now > s.stamp + limit_ms;
         if !fatal {
             for cid in 0..self.slots.len() {
                 if late(&self.slots[cid]) {
@@ -104,7 +109,7 @@ impl QueuePair {
             if fatal || late(&self.slots[cid]) {
                 let req = self.slots[cid].req as usize;
                 if let Some(p) = self.reqs.get_mut(req) {
-                    if p.remaining > 0 && p.error.is_none() && self.slots[cid].busy {
+                    if p.remaining > 0 && p.error.is_none() && self.slots[cid].busy() {
                         p.error = Some(Box::new(if fatal {
                             Error::ControllerFatal { during: p.what }
                         } else {
@@ -161,10 +166,10 @@ impl QueuePair {
     pub(super) fn quarantine_inflight(&mut self, out: &mut Vec<Done>) {
         for cid in 0..self.slots.len() {
             let s = &mut self.slots[cid];
-            if !s.busy {
+            if !s.busy() {
                 continue;
             }
-            s.busy = false;
+            s.live = Slot::FREE;
             // Kept mapped, and the IOVA space kept allocated: nothing else
             // may ever be mapped where the device may still write.
             core::mem::forget(core::mem::take(&mut s.state));
@@ -204,7 +209,7 @@ impl QueuePair {
     ) {
         debug_assert!(!self.shared.is_dead());
         for cid in 0..self.slots.len() {
-            if !self.slots[cid].busy {
+            if !self.slots[cid].busy() {
                 continue;
             }
             let req = self.finish_slot(cid);
