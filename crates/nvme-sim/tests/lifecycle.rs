@@ -7,6 +7,7 @@ use nvme_sim::{Config, FaultAction, FaultRule, Match, SimController};
 use nvme_vfio::ctrl::{Config as DriverConfig, Controller, Done, Io, QueueConfig};
 use nvme_vfio::mem::{DmaSpace, SpaceConfig};
 use nvme_vfio::nvme::cmd::io;
+use nvme_vfio::nvme::regs::Registers;
 use nvme_vfio::Error;
 
 fn open(config: Config, io_timeout: Duration) -> (SimController, Controller) {
@@ -91,4 +92,96 @@ fn a_stuck_command_times_out_by_time_whatever_the_polling_interval() {
         }
         assert_eq!(done.iter().filter(|d| d.result.is_ok()).count(), 4);
     }
+}
+
+/// A queue pair that outlives its controller cannot bring it back: the
+/// dropped `Controller` shut the controller down and stopped it; what the
+/// queue pair had in flight fails at once with `Closed` (the device is
+/// stopped), its timeout never resets the controller, and every later
+/// call fails the same way.
+#[test]
+fn a_queue_pair_cannot_revive_a_dropped_controller() {
+    let timeout = Duration::from_millis(200);
+    let (sim, ctrl) = open(Config::default(), timeout);
+    let ns = ctrl.namespace(1).unwrap();
+    let mut qp = ctrl.queue_pair(QueueConfig::default()).unwrap();
+    sim.inject(FaultRule::next(
+        Match::io(),
+        FaultAction::Delay(Duration::from_secs(2)),
+    ));
+    qp.submit(Io::read(&ns, 0, ctrl.dma_alloc(4096).unwrap()).tag(1))
+        .map_err(|(e, _)| e)
+        .unwrap();
+    qp.flush();
+    std::thread::sleep(Duration::from_millis(20));
+    let resets = sim.stats().function_resets;
+    drop(ctrl);
+    let start = Instant::now();
+    let mut done = Vec::new();
+    while done.is_empty() {
+        qp.poll(&mut done);
+        assert!(
+            start.elapsed() < Duration::from_millis(100),
+            "fails at once"
+        );
+    }
+    assert!(
+        matches!(done[0].result, Err(Error::Closed)),
+        "{:?}",
+        done[0].result
+    );
+    assert_eq!(
+        done[0].buf.len(),
+        4096,
+        "the buffer comes back: the device is stopped"
+    );
+    // Well past the I/O timeout: nothing re-enables the controller.
+    while start.elapsed() < timeout * 3 {
+        qp.poll(&mut done);
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let csts = sim.read32(nvme_vfio::nvme::regs::offset::CSTS);
+    assert_eq!(csts & 1, 0, "CSTS.RDY stays 0");
+    assert_eq!(
+        sim.stats().function_resets,
+        resets + 1,
+        "stopped once, at close"
+    );
+    let (e, _) = qp.submit(Io::read(&ns, 0, vec![0u8; 512])).unwrap_err();
+    assert!(matches!(e, Error::Closed), "{e}");
+    let mut b = vec![0u8; 512];
+    assert!(matches!(qp.read(&ns, 0, &mut b), Err(Error::Closed)));
+    let start = Instant::now();
+    drop(qp);
+    assert!(start.elapsed() < Duration::from_millis(100));
+    assert_eq!(sim.read32(nvme_vfio::nvme::regs::offset::CSTS) & 1, 0);
+}
+
+/// Dropping a queue pair with a command the device holds does not wait
+/// for the I/O timeout: deleting the submission queue makes the
+/// controller end it, and nothing is reset.
+#[test]
+fn dropping_a_queue_pair_with_a_stuck_command_is_quick_and_resets_nothing() {
+    let (sim, ctrl) = open(Config::default(), Duration::from_secs(30));
+    let ns = ctrl.namespace(1).unwrap();
+    let mut qp = ctrl.queue_pair(QueueConfig::default()).unwrap();
+    sim.inject(FaultRule::next(Match::io(), FaultAction::Drop));
+    qp.submit(Io::read(&ns, 0, ctrl.dma_alloc(4096).unwrap()))
+        .map_err(|(e, _)| e)
+        .unwrap();
+    qp.flush();
+    std::thread::sleep(Duration::from_millis(20));
+    let resets = sim.stats().function_resets;
+    let start = Instant::now();
+    drop(qp);
+    assert!(
+        start.elapsed() < Duration::from_secs(1),
+        "took {:?}",
+        start.elapsed()
+    );
+    assert_eq!(sim.stats().function_resets, resets, "no reset");
+    // The controller and a new queue pair on the same queue ID work.
+    let mut qp = ctrl.queue_pair(QueueConfig::default()).unwrap();
+    let mut b = vec![0u8; 4096];
+    qp.read(&ns, 0, &mut b).unwrap();
 }

@@ -118,4 +118,9 @@ pub enum Error {
         "controller could not be stopped; its memory is quarantined and it takes no more commands"
     )]
     Dead,
+    /// The [`Controller`](crate::ctrl::Controller) was dropped: the
+    /// controller was shut down and stopped, and nothing brings it back
+    /// (queue pairs that outlive it fail every request with this error).
+    #[error("controller closed (its Controller was dropped)")]
+    Closed,
 }

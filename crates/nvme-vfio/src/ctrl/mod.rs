@@ -522,31 +522,29 @@ impl Controller {
 
 impl Drop for Controller {
     fn drop(&mut self) {
-        // Queue pairs hold the shared state and delete their own queues when
-        // dropped; here: normal shutdown, bounded.
-        if self.shared.is_disabled() {
-            return;
-        }
-        let r = &self.shared.regs;
-        if self.cmb.is_some() {
-            // Leave no CMB address window behind for the next user.
-            r.write64(cmb::CMBMSC, 0);
-        }
-        let cc = Cc(r.read32(offset::CC));
-        r.write32(offset::CC, cc.with_shutdown(Shutdown::Normal).0);
-        let start = Instant::now();
-        while start.elapsed() < SHUTDOWN_TIMEOUT {
-            match self.shared.csts() {
-                Ok(c) if c.shutdown_status() == ShutdownStatus::Complete => {
-                    // Queue pairs still alive must not send admin commands.
-                    self.shared.set_disabled(true);
-                    return;
-                }
-                Ok(_) => std::thread::sleep(Duration::from_micros(500)),
-                Err(_) => return,
+        // Queue pairs may outlive the controller (they hold the shared
+        // state): it is closed for good, so none of them can enable it
+        // again, and what they have in flight fails once the device is
+        // stopped.
+        let shared = &self.shared;
+        let cmb = self.cmb.is_some();
+        shared.close(|| {
+            let r = &shared.regs;
+            if cmb {
+                // Leave no CMB address window behind for the next user.
+                r.write64(cmb::CMBMSC, 0);
             }
-        }
-        log::warn!("controller shutdown did not complete in {SHUTDOWN_TIMEOUT:?}: stopping it");
-        self.shared.stop_after_timeout();
+            let cc = Cc(r.read32(offset::CC));
+            r.write32(offset::CC, cc.with_shutdown(Shutdown::Normal).0);
+            let start = Instant::now();
+            while start.elapsed() < SHUTDOWN_TIMEOUT {
+                match shared.csts() {
+                    Ok(c) if c.shutdown_status() == ShutdownStatus::Complete => return,
+                    Ok(_) => std::thread::sleep(Duration::from_micros(500)),
+                    Err(_) => return,
+                }
+            }
+            log::warn!("controller shutdown did not complete in {SHUTDOWN_TIMEOUT:?}");
+        });
     }
 }

@@ -586,7 +586,14 @@ impl QueuePair {
             if self.shared.is_dead() {
                 self.quarantine_inflight(out);
             } else {
-                self.fail_inflight(out, |_| Error::Disabled);
+                let closed = self.shared.is_closed();
+                self.fail_inflight(out, |_| {
+                    if closed {
+                        Error::Closed
+                    } else {
+                        Error::Disabled
+                    }
+                });
             }
         }
         false
@@ -1173,24 +1180,67 @@ fn map_into(
 
 impl Drop for QueuePair {
     fn drop(&mut self) {
-        // Requests still in flight own buffers the device may write: wait
-        // for them (bounded by the I/O timeout, which stops the controller,
-        // or quarantines them if it cannot be stopped).
+        // Requests still in flight own buffers the device may write. What
+        // has completed is collected; deleting the submission queue makes
+        // the controller end every command still in it (Command Aborted
+        // due to SQ Deletion) before the deletion completes. Only commands
+        // the controller neither completes nor gives back that way make
+        // the driver stop the controller (a reset) before their memory
+        // goes back. No waiting for the I/O timeout, no spinning.
         let mut sink = Vec::new();
-        while self.inflight() > 0 {
-            self.reap(&mut sink);
-            std::hint::spin_loop();
-        }
-        if !self.shared.is_disabled() {
-            let s = &self.shared;
-            if let Err(e) = s.admin(
+        self.reap(&mut sink);
+        let mut sq_deleted = false;
+        if self.shared.accepts_io(self.generation) {
+            match self.shared.admin(
                 Command::delete_queue(true, self.qid),
                 None,
                 "Delete I/O Submission Queue",
             ) {
-                log::warn!("deleting SQ {}: {e}", self.qid);
+                Ok(_) => {
+                    sq_deleted = true;
+                    self.drain_completions(&mut sink);
+                }
+                Err(e) => log::warn!("deleting SQ {}: {e}", self.qid),
             }
-            if let Err(e) = s.admin(
+        }
+        if self.inflight() > 0 {
+            if self.shared.accepts_io(self.generation) || self.shared.is_resetting() {
+                log::warn!(
+                    "queue {}: {} commands still in flight after their queue was deleted: \
+                     resetting the controller before their memory goes back",
+                    self.qid,
+                    self.inflight()
+                );
+                if let Err(e) = self.shared.reset() {
+                    log::error!("reset: {e}");
+                }
+            }
+            // The controller was reset or stopped: the device no longer
+            // processes these commands (or it is dead: quarantine).
+            while self.inflight() > 0 {
+                if self.shared.is_resetting() {
+                    std::thread::sleep(std::time::Duration::from_micros(100));
+                    continue;
+                }
+                if self.shared.is_dead() {
+                    self.quarantine_inflight(&mut sink);
+                } else if self.generation != self.shared.generation() || self.shared.is_disabled() {
+                    let e = self.shared.stopped_error();
+                    let closed = matches!(e, Error::Closed);
+                    self.fail_inflight(&mut sink, |_| {
+                        if closed {
+                            Error::Closed
+                        } else {
+                            Error::Reset
+                        }
+                    });
+                } else {
+                    // A reset by another thread is being recovered from.
+                    self.reap(&mut sink);
+                }
+            }
+        } else if sq_deleted && self.shared.accepts_io(self.generation) {
+            if let Err(e) = self.shared.admin(
                 Command::delete_queue(false, self.qid),
                 None,
                 "Delete I/O Completion Queue",

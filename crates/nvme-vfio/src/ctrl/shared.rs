@@ -99,8 +99,11 @@ const DISABLED: u64 = 2;
 /// [`Shared::state`]: the controller could not be stopped; memory it may
 /// reach is quarantined and nothing revives it.
 const DEAD: u64 = 4;
+/// [`Shared::state`]: the controller was closed (its `Controller` dropped):
+/// shut down, stopped, and never enabled again.
+const CLOSED: u64 = 8;
 /// [`Shared::state`]: one reset generation.
-const GENERATION: u64 = 8;
+const GENERATION: u64 = 16;
 
 /// The two pages of Doorbell Buffer Config.
 #[derive(Debug)]
@@ -289,14 +292,48 @@ impl Shared {
         self.state.load(std::sync::atomic::Ordering::SeqCst) & DEAD != 0
     }
 
-    /// The error for a stopped controller: [`Error::Dead`] or
-    /// [`Error::Disabled`].
+    /// The error for a stopped controller: [`Error::Dead`],
+    /// [`Error::Closed`] or [`Error::Disabled`].
     pub(crate) fn stopped_error(&self) -> Error {
-        if self.is_dead() {
+        let state = self.state.load(std::sync::atomic::Ordering::SeqCst);
+        if state & DEAD != 0 {
             Error::Dead
+        } else if state & CLOSED != 0 {
+            Error::Closed
         } else {
             Error::Disabled
         }
+    }
+
+    /// Whether the controller was closed.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.state.load(std::sync::atomic::Ordering::SeqCst) & CLOSED != 0
+    }
+
+    /// Closes the controller for good (its `Controller` is being dropped):
+    /// queue pairs stop publishing, the controller is shut down with
+    /// `shutdown` (bounded) and stopped ([`quiesce`](Self::quiesce)), and
+    /// no path enables it again. Queue pairs that outlive it fail what
+    /// they have in flight with [`Error::Closed`] (or quarantine it, if
+    /// the controller could not be stopped).
+    pub(super) fn close(&self, shutdown: impl FnOnce()) {
+        use std::sync::atomic::Ordering::SeqCst;
+        // A reset in progress on another thread finishes first.
+        while self.state.fetch_or(RESETTING, SeqCst) & RESETTING != 0 {
+            std::thread::sleep(Duration::from_micros(100));
+        }
+        self.state.fetch_or(CLOSED, SeqCst);
+        self.wait_publishers();
+        if !self.is_dead() {
+            if !self.is_disabled() {
+                shutdown();
+            }
+            if let Err(e) = self.quiesce() {
+                log::error!("stopping the controller at close: {e}");
+            }
+        }
+        self.set_disabled(true);
+        self.state.fetch_and(!RESETTING, SeqCst);
     }
 
     /// Whether the controller is stopped.
@@ -446,8 +483,8 @@ impl Shared {
     /// Disables, programs the admin queues and CC, turns bus mastering
     /// on, enables.
     pub(super) fn enable(&self) -> Result<(), Error> {
-        if self.is_dead() {
-            return Err(Error::Dead);
+        if self.is_dead() || self.is_closed() {
+            return Err(self.stopped_error());
         }
         self.disable()?;
         if let Some(f) = &self.function {
@@ -487,8 +524,8 @@ impl Shared {
     /// and recreate their queues, failing what they had in flight.
     pub(crate) fn reset(&self) -> Result<(), Error> {
         use std::sync::atomic::Ordering::SeqCst;
-        if self.is_dead() {
-            return Err(Error::Dead);
+        if self.is_dead() || self.is_closed() {
+            return Err(self.stopped_error());
         }
         if self.state.fetch_or(RESETTING, SeqCst) & RESETTING != 0 {
             // Another thread is resetting: wait for it (bounded by its own
