@@ -185,3 +185,38 @@ fn dropping_a_queue_pair_with_a_stuck_command_is_quick_and_resets_nothing() {
     let mut b = vec![0u8; 4096];
     qp.read(&ns, 0, &mut b).unwrap();
 }
+
+/// The reset owns the admin queue: an admin command in flight when a reset
+/// starts ends promptly with `Reset` (once the device is stopped), and the
+/// reset does not wait for it; afterwards admin commands work.
+#[test]
+fn a_reset_with_a_slow_admin_command_in_flight_is_quick() {
+    let (sim, ctrl) = open(Config::default(), Duration::from_secs(5));
+    sim.inject(FaultRule::next(
+        Match::admin().opcode(nvme_vfio::nvme::cmd::admin::GET_FEATURES),
+        FaultAction::Delay(Duration::from_secs(5)),
+    ));
+    std::thread::scope(|s| {
+        let waiter = s.spawn(|| {
+            let t = Instant::now();
+            let r = ctrl.write_cache();
+            (r, t.elapsed())
+        });
+        std::thread::sleep(Duration::from_millis(100));
+        let t = Instant::now();
+        ctrl.reset().unwrap();
+        let reset_took = t.elapsed();
+        let (r, waited) = waiter.join().unwrap();
+        assert!(
+            reset_took < Duration::from_millis(500),
+            "reset took {reset_took:?}"
+        );
+        assert!(matches!(r, Err(Error::Reset)), "{r:?}");
+        assert!(
+            waited < Duration::from_millis(700),
+            "the admin call took {waited:?}"
+        );
+    });
+    ctrl.write_cache().unwrap();
+    ctrl.smart_log().unwrap();
+}

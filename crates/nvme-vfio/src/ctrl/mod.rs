@@ -248,6 +248,7 @@ impl Controller {
             publishers: Mutex::new(Vec::new()),
             cmbmsc: std::sync::atomic::AtomicU64::new(0),
             device_errors: std::sync::atomic::AtomicU64::new(0),
+            stops: std::sync::atomic::AtomicU64::new(0),
             dbbuf: std::mem::ManuallyDrop::new(std::sync::OnceLock::new()),
         });
         shared.enable()?;

@@ -56,6 +56,8 @@ pub(crate) struct Shared {
     /// Completions that belonged to no outstanding command (wrong command
     /// ID or generation, wrong SQ ID, impossible SQ head), on any queue.
     pub(super) device_errors: std::sync::atomic::AtomicU64,
+    /// How many times the device was stopped ([`Shared::quiesce`]).
+    pub(super) stops: std::sync::atomic::AtomicU64,
     /// Shadow doorbell and EventIdx pages, once configured.
     pub(crate) dbbuf: ManuallyDrop<std::sync::OnceLock<DbBuf>>,
 }
@@ -214,6 +216,13 @@ impl Shared {
     /// returned. Bus mastering stays off: [`enable`](Self::enable) turns it
     /// back on.
     pub(super) fn quiesce(&self) -> Result<(), Error> {
+        let r = self.quiesce_inner();
+        // Admin waiters that gave the queue to a reset wait for this.
+        self.stops.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        r
+    }
+
+    fn quiesce_inner(&self) -> Result<(), Error> {
         let disabled = if self.config.test_unacknowledged_disable {
             Err(Error::Timeout {
                 what: "CSTS.RDY = 0 (CC.EN = 0 skipped by the test hook)",
@@ -371,7 +380,7 @@ impl Shared {
         if self.is_resetting() {
             return Err(Error::Reset);
         }
-        self.admin_raw(cmd, data, what)
+        self.admin_raw(cmd, data, what, false)
     }
 
     /// Runs an admin command that returns data into a new `len`-byte DMA
@@ -396,12 +405,22 @@ impl Shared {
         }
     }
 
-    /// [`admin`](Self::admin) without the reset check, for the reset itself.
+    /// [`admin`](Self::admin) without the reset check; `by_reset` for the
+    /// reset's own commands.
+    ///
+    /// The reset owns the admin queue: a command of anyone else that is
+    /// waiting when a reset starts gives the queue up and ends with
+    /// [`Error::Reset`] as soon as the reset has stopped the device (its
+    /// data buffer is safe to free then), instead of holding the queue
+    /// until its timeout. A timeout or fatal status during the reset's
+    /// own commands stops the controller (no reset within a reset); any
+    /// other resets it.
     pub(super) fn admin_raw(
         &self,
         mut cmd: Command,
         data: Option<blk_dma::Iova>,
         what: &'static str,
+        by_reset: bool,
     ) -> Result<Completion, Error> {
         if self.is_disabled() {
             return Err(self.stopped_error());
@@ -418,6 +437,7 @@ impl Shared {
         }
         // One admin command at a time (the lock), and the queue is emptied
         // by every reset: there is always room.
+        let stops = self.stops.load(std::sync::atomic::Ordering::SeqCst);
         a.sq.push(&cmd);
         a.sq.ring(&*self.regs);
         let start = Instant::now();
@@ -450,33 +470,67 @@ impl Shared {
             }
             spins += 1;
             if spins % 64 == 0 {
-                if self.csts()?.fatal() {
-                    return Err(Error::ControllerFatal { during: what });
+                if !by_reset && self.is_resetting() {
+                    // Another thread is resetting: give it the queue, and
+                    // return once the device is stopped.
+                    drop(a);
+                    self.wait_stopped_since(stops);
+                    return Err(if self.is_dead() {
+                        Error::Dead
+                    } else {
+                        Error::Reset
+                    });
                 }
+                let fatal = match self.csts() {
+                    Ok(c) => c.fatal(),
+                    Err(_) => true,
+                };
                 let limit = self.config.admin_timeout;
-                if start.elapsed() > limit {
+                let late = start.elapsed() > limit;
+                if fatal || late {
                     drop(a);
                     // An admin command cannot be aborted from its own queue
                     // reliably: reset the controller (queue pairs recover
-                    // by the generation). A timeout during a reset stops the
-                    // controller instead of resetting recursively.
-                    if self.is_resetting() {
+                    // by the generation), which stops the device before the
+                    // command's buffer goes back. During the reset's own
+                    // commands, stop the controller instead of resetting
+                    // recursively.
+                    if by_reset {
                         self.stop_after_timeout();
                     } else if let Err(e) = self.reset() {
-                        log::error!("reset after an admin timeout failed: {e}");
+                        log::error!("reset after an admin command failed: {e}");
                     }
                     if self.is_dead() {
                         // The command's data buffer may still be written:
                         // the caller must not get it back.
                         return Err(Error::Dead);
                     }
-                    return Err(Error::Timeout {
-                        what,
-                        ms: limit.as_millis() as u64,
+                    return Err(if fatal {
+                        Error::ControllerFatal { during: what }
+                    } else {
+                        Error::Timeout {
+                            what,
+                            ms: limit.as_millis() as u64,
+                        }
                     });
                 }
-                std::thread::yield_now();
+                if start.elapsed() > Duration::from_millis(1) {
+                    // A slow command: no need to burn a core for it.
+                    std::thread::sleep(Duration::from_micros(50));
+                } else {
+                    std::thread::yield_now();
+                }
             }
+        }
+    }
+
+    /// Waits until the device was stopped ([`quiesce`](Self::quiesce)) at
+    /// least once since `stops` was read, or no reset or stop is in
+    /// progress any more.
+    fn wait_stopped_since(&self, stops: u64) {
+        use std::sync::atomic::Ordering::SeqCst;
+        while self.stops.load(SeqCst) == stops && self.is_resetting() {
+            std::thread::sleep(Duration::from_micros(100));
         }
     }
 
@@ -558,6 +612,7 @@ impl Shared {
                 Command::set_features(feature::NUMBER_OF_QUEUES, want | want << 16),
                 None,
                 "Set Features (Number of Queues)",
+                true,
             )?;
             self.configure_dbbuf()
         });
@@ -582,7 +637,7 @@ impl Shared {
             prp1: db.shadow.iova(),
             prp2: db.eventidx.iova(),
         });
-        self.admin_raw(cmd, None, "Doorbell Buffer Config")?;
+        self.admin_raw(cmd, None, "Doorbell Buffer Config", true)?;
         let mut a = lock(&self.admin);
         if let (Some(sq), Some(cq)) = (db.slot(0, true, true), db.slot(0, false, true)) {
             a.sq.set_shadow(sq);
