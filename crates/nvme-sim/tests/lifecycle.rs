@@ -220,3 +220,31 @@ fn a_reset_with_a_slow_admin_command_in_flight_is_quick() {
     ctrl.write_cache().unwrap();
     ctrl.smart_log().unwrap();
 }
+
+/// When a queue pair's queues cannot be created again after a reset, every
+/// call reports it (no request goes to a queue the controller does not
+/// have, and no second reset follows); the orphaned completion queue is
+/// deleted, so a later attempt creates both queues and I/O continues.
+#[test]
+fn a_failed_queue_recreation_is_reported_and_retried() {
+    use nvme_vfio::nvme::cmd::{admin, Status};
+    let (sim, ctrl) = open(Config::default(), Duration::from_secs(5));
+    let ns = ctrl.namespace(1).unwrap();
+    let mut qp = ctrl.queue_pair(QueueConfig::default()).unwrap();
+    let mut b = vec![0u8; 4096];
+    qp.read(&ns, 0, &mut b).unwrap();
+    // The next Create I/O Submission Queue fails (Invalid Field, DNR).
+    sim.inject(FaultRule::next(
+        Match::admin().opcode(admin::CREATE_SQ),
+        FaultAction::Status(Status::new(0, 0x02, true)),
+    ));
+    ctrl.reset().unwrap();
+    let resets = sim.stats().function_resets;
+    let e = qp.read(&ns, 0, &mut b).unwrap_err();
+    assert!(matches!(e, Error::QueueUnavailable { .. }), "{e}");
+    let (e, _) = qp.submit(Io::read(&ns, 0, vec![0u8; 512])).unwrap_err();
+    assert!(matches!(e, Error::QueueUnavailable { .. }), "{e}");
+    std::thread::sleep(Duration::from_millis(150));
+    qp.read(&ns, 0, &mut b).unwrap();
+    assert_eq!(sim.stats().function_resets, resets, "no second reset");
+}

@@ -123,4 +123,12 @@ pub enum Error {
     /// (queue pairs that outlive it fail every request with this error).
     #[error("controller closed (its Controller was dropped)")]
     Closed,
+    /// The queue pair's queues could not be created again after a
+    /// controller reset (the log says why); each later call tries again
+    /// (at most every 100 ms) until it works.
+    #[error("queue pair {qid}: its queues could not be created again after a controller reset")]
+    QueueUnavailable {
+        /// The queue ID.
+        qid: u16,
+    },
 }

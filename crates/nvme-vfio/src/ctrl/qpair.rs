@@ -186,6 +186,12 @@ pub struct QueuePair {
     pub(super) irq: Option<u16>,
     /// The controller reset generation the queues were created in.
     pub(super) generation: u64,
+    /// The reset generation whose requests in flight were failed and rings
+    /// reset (ahead of `generation` while the queues are not created yet).
+    pub(super) cleaned: u64,
+    /// When to try creating the queues again after a failed attempt
+    /// (clock milliseconds).
+    pub(super) retry_at: u64,
     /// Interrupts seen so far.
     pub(super) interrupts: u64,
     /// Set while [`flush`](Self::flush) publishes, for a reset to wait on.
@@ -302,6 +308,8 @@ impl QueuePair {
             irq,
             interrupts: 0,
             generation: shared.generation(),
+            cleaned: shared.generation(),
+            retry_at: 0,
             publishing: shared.add_publisher(),
         })
     }
@@ -573,10 +581,8 @@ impl QueuePair {
         if self.shared.is_resetting() {
             return false;
         }
-        if let Err(e) = self.check_generation(out) {
-            if !matches!(e, Error::Dead) {
-                log::error!("queue {}: recreating queues after a reset: {e}", self.qid);
-            }
+        if self.check_generation(out).is_err() {
+            // `recover` logged why; later calls try again.
             return false;
         }
         if !self.shared.is_disabled() {

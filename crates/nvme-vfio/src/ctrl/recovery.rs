@@ -7,6 +7,10 @@ use std::time::Instant;
 
 use super::io::Done;
 use super::qpair::{QueuePair, Slot, CHECK_PERIOD_MS};
+
+/// Least time between two attempts to create a queue pair's queues again
+/// after a reset, in milliseconds.
+pub(super) const RECREATE_RETRY_MS: u64 = 100;
 use crate::nvme::cmd::Command;
 use crate::Error;
 
@@ -15,6 +19,11 @@ impl QueuePair {
     /// request in flight completes with an error (the ones that had timed
     /// out with `Timeout`, the others with `Reset`) and gets its buffer back;
     /// then the queues are created again on the same rings.
+    ///
+    /// The queue pair counts as recovered only once both queues exist
+    /// again. If creating them fails (an orphaned completion queue is
+    /// deleted), every later call fails with [`Error::QueueUnavailable`]
+    /// and tries again, at most every [`RECREATE_RETRY_MS`].
     pub(super) fn recover(&mut self, out: &mut Vec<Done>) -> Result<(), Error> {
         let generation = self.shared.generation();
         if self.shared.is_dead() {
@@ -24,16 +33,47 @@ impl QueuePair {
             self.generation = generation;
             return Err(Error::Dead);
         }
-        self.device_error = false;
-        self.fail_inflight(out, |_| Error::Reset);
-        self.sq.reset();
-        self.cq.reset();
-        for shadow in [self.sq.shadow(), self.cq.shadow()].into_iter().flatten() {
-            shadow.clear();
+        if self.cleaned != generation {
+            self.device_error = false;
+            self.fail_inflight(out, |_| Error::Reset);
+            self.sq.reset();
+            self.cq.reset();
+            for shadow in [self.sq.shadow(), self.cq.shadow()].into_iter().flatten() {
+                shadow.clear();
+            }
+            self.unrung = false;
+            self.stamped = self.free_cids.take_position();
+            self.cleaned = generation;
+            self.retry_at = 0;
         }
-        self.unrung = false;
-        self.stamped = self.free_cids.take_position();
-        self.generation = generation;
+        let now = super::clock::now_ms();
+        if now < self.retry_at {
+            return Err(Error::QueueUnavailable { qid: self.qid });
+        }
+        match self.create_queues() {
+            Ok(()) => {
+                self.generation = generation;
+                Ok(())
+            }
+            Err(e) => {
+                log::error!(
+                    "queue {}: creating its queues again after a reset failed: {e}; \
+                     retrying in {RECREATE_RETRY_MS} ms",
+                    self.qid
+                );
+                self.retry_at = now + RECREATE_RETRY_MS;
+                Err(match e {
+                    Error::Dead | Error::Closed | Error::Reset => e,
+                    _ => Error::QueueUnavailable { qid: self.qid },
+                })
+            }
+        }
+    }
+
+    /// Creates the completion and submission queues on the rings; if the
+    /// submission queue cannot be created, deletes the completion queue
+    /// again.
+    fn create_queues(&mut self) -> Result<(), Error> {
         let entries = self.sq.entries();
         let s = &self.shared;
         s.admin(
@@ -41,11 +81,20 @@ impl QueuePair {
             None,
             "Create I/O Completion Queue",
         )?;
-        s.admin(
+        if let Err(e) = s.admin(
             Command::create_sq(self.qid, entries, self.sq.iova(), self.qid),
             None,
             "Create I/O Submission Queue",
-        )?;
+        ) {
+            if let Err(d) = s.admin(
+                Command::delete_queue(false, self.qid),
+                None,
+                "Delete I/O Completion Queue",
+            ) {
+                log::warn!("queue {}: deleting the orphaned CQ: {d}", self.qid);
+            }
+            return Err(e);
+        }
         Ok(())
     }
 
