@@ -1,6 +1,7 @@
 //! The driver's lifecycle under an application's timing: timeouts fire by
 //! time however often the caller polls.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nvme_sim::{Config, FaultAction, FaultRule, Match, SimController};
@@ -247,4 +248,90 @@ fn a_failed_queue_recreation_is_reported_and_retried() {
     std::thread::sleep(Duration::from_millis(150));
     qp.read(&ns, 0, &mut b).unwrap();
     assert_eq!(sim.stats().function_resets, resets, "no second reset");
+}
+
+/// BAR0 of the model, recording for every CC write with EN = 0 how many
+/// IOMMU mappings existed and whether bus mastering was on.
+struct CcRecorder {
+    sim: Arc<SimController>,
+    disables: std::sync::Mutex<Vec<(usize, bool)>>,
+}
+
+impl Registers for CcRecorder {
+    fn read32(&self, off: u64) -> u32 {
+        self.sim.read32(off)
+    }
+    fn write32(&self, off: u64, value: u32) {
+        if off == nvme_vfio::nvme::regs::offset::CC && value & 1 == 0 {
+            let maps = self.sim.iommu().mappings().len();
+            self.disables
+                .lock()
+                .unwrap()
+                .push((maps, self.sim.bus_master()));
+        }
+        self.sim.write32(off, value)
+    }
+    fn read64(&self, off: u64) -> u64 {
+        self.sim.read64(off)
+    }
+    fn write64(&self, off: u64, value: u64) {
+        self.sim.write64(off, value)
+    }
+}
+
+/// Bring-up finds a controller an earlier user left enabled (here, a
+/// driver whose process "died": its Controller was forgotten, not
+/// dropped): it turns bus mastering off and disables the controller before
+/// it maps anything, and falls back to a function level reset when the
+/// controller ignores CC.EN = 0. Then the controller works.
+#[test]
+fn bring_up_stops_a_controller_left_running_before_mapping_anything() {
+    for ignore in [false, true] {
+        let sim = Arc::new(SimController::new(Config::default()).unwrap());
+        let driver = DriverConfig {
+            space: SpaceConfig { hugepages: false },
+            io_queues: 2,
+            ..DriverConfig::default()
+        };
+        let space = DmaSpace::new(sim.iommu().clone(), SpaceConfig { hugepages: false });
+        // SAFETY: the registers, the IOMMU under the DMA space and the PCI
+        // function all belong to `sim`; the first driver is forgotten
+        // before the second one starts.
+        let first =
+            unsafe { Controller::with_backend(sim.registers(), space, driver.clone(), None) }
+                .unwrap();
+        std::mem::forget(first);
+        // The process "died": the kernel unmaps its DMA memory.
+        for m in sim.iommu().mappings() {
+            // SAFETY: the forgotten driver's memory is leaked, never freed
+            // or reused; the device only loses access to it.
+            unsafe { nvme_vfio::mem::DmaMap::unmap_dma(&**sim.iommu(), m.iova, m.len) }.unwrap();
+        }
+        assert_eq!(sim.read32(nvme_vfio::nvme::regs::offset::CSTS) & 1, 1);
+        sim.set_ignore_disable(ignore);
+        let rec = Arc::new(CcRecorder {
+            sim: sim.clone(),
+            disables: std::sync::Mutex::new(Vec::new()),
+        });
+        let maps_before = sim.iommu().mappings().len();
+        let flrs = sim.stats().function_resets;
+        let space = DmaSpace::new(sim.iommu().clone(), SpaceConfig { hugepages: false });
+        // SAFETY: as above.
+        let ctrl = unsafe {
+            Controller::with_backend(rec.clone(), space, driver, Some(sim.pci_function()))
+        }
+        .unwrap();
+        let first_disable = rec.disables.lock().unwrap()[0];
+        assert_eq!(
+            first_disable,
+            (maps_before, false),
+            "ignore CC.EN = 0: {ignore}: disabled before anything was mapped, bus mastering off"
+        );
+        assert_eq!(sim.stats().function_resets, flrs + u64::from(ignore));
+        sim.set_ignore_disable(false);
+        let ns = ctrl.namespace(1).unwrap();
+        let mut qp = ctrl.queue_pair(QueueConfig::default()).unwrap();
+        let mut b = vec![0u8; 4096];
+        qp.read(&ns, 0, &mut b).unwrap();
+    }
 }

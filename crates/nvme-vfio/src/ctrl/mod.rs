@@ -137,7 +137,9 @@ impl Controller {
     /// `01:00.0`), bound to vfio-pci, and brings it up.
     pub fn open(addr: &str, config: Config) -> Result<Self, Error> {
         let dev = Arc::new(crate::vfio::Device::open(addr)?);
-        dev.enable_bus_master()?;
+        // Registers only: bus mastering comes on once the controller is
+        // known stopped and its queues are set up (Shared::enable).
+        dev.enable_memory_space()?;
         let bar = Arc::new(dev.map_bar(0)?);
         let space = DmaSpace::new(dev.container().clone(), config.space);
         let msix = if config.interrupts {
@@ -224,6 +226,7 @@ impl Controller {
                 "4 KiB memory pages not supported (CAP.MPSMIN)",
             ));
         };
+        stop_left_running(&*regs, cap, function.as_deref())?;
         let entries = ADMIN_ENTRIES.min(cap.max_queue_entries().min(4096) as u16);
         let (sq_db, cq_db) = (
             regs::sq_tail_doorbell(0, cap.doorbell_stride()),
@@ -518,6 +521,63 @@ impl Controller {
         })?;
         q[i] = true;
         Ok(i as u16 + 1)
+    }
+}
+
+/// Bring-up, before anything is mapped for the device or bus mastering is
+/// on (as Linux's nvme driver does): bus mastering off, and a controller
+/// left enabled (by an earlier user, or a process that died) is disabled
+/// and waited for, bounded by CAP.TO; one that does not stop is reset
+/// (function level reset) and waited for again.
+fn stop_left_running(
+    regs: &dyn Registers,
+    cap: Cap,
+    function: Option<&dyn PciFunction>,
+) -> Result<(), Error> {
+    if let Some(f) = function {
+        f.set_bus_master(false)?;
+    }
+    let limit = Duration::from_millis(cap.timeout_ms().max(500));
+    let stopped = || -> Result<bool, Error> {
+        let start = Instant::now();
+        loop {
+            let csts = regs.read32(offset::CSTS);
+            if csts == u32::MAX {
+                return Err(Error::DeviceGone);
+            }
+            if regs::Csts(csts).ready() {
+                if start.elapsed() > limit {
+                    return Ok(false);
+                }
+                std::thread::sleep(Duration::from_micros(200));
+            } else {
+                return Ok(true);
+            }
+        }
+    };
+    let cc = Cc(regs.read32(offset::CC));
+    if cc.enabled() {
+        log::info!("controller found enabled: disabling it first");
+        regs.write32(offset::CC, cc.with_enable(false).0);
+    }
+    if stopped()? {
+        return Ok(());
+    }
+    log::warn!("controller does not become not-ready after CC.EN = 0: resetting the function");
+    match function {
+        Some(f) if f.function_reset()? => {
+            if stopped()? {
+                return Ok(());
+            }
+            Err(Error::Timeout {
+                what: "CSTS.RDY = 0 after a function level reset",
+                ms: limit.as_millis() as u64,
+            })
+        }
+        _ => Err(Error::Timeout {
+            what: "CSTS.RDY = 0 (and no function level reset available)",
+            ms: limit.as_millis() as u64,
+        }),
     }
 }
 

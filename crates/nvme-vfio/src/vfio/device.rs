@@ -203,6 +203,17 @@ impl Device {
         self.config_u16(PCI_COMMAND)
     }
 
+    /// Sets Memory Space and INTx Disable in the command register (BAR
+    /// access without bus mastering); returns the register as read back.
+    pub fn enable_memory_space(&self) -> Result<u16, VfioError> {
+        let cmd = self.config_u16(PCI_COMMAND)?;
+        let want = PCI_COMMAND_MEMORY | PCI_COMMAND_INTX_DISABLE;
+        if cmd & want != want {
+            self.set_config_u16(PCI_COMMAND, cmd | want)?;
+        }
+        self.config_u16(PCI_COMMAND)
+    }
+
     /// Clears Bus Master Enable in the command register: the function
     /// can start no more DMA. Returns the register as read back.
     pub fn disable_bus_master(&self) -> Result<u16, VfioError> {
