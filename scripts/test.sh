@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test of the project: the workspace's cargo tests (unit, property,
 # integration, doc tests; no hardware needed), the instruction budgets of
-# the hot paths (callgrind), the nvme-cli example against its in-process
+# the hot paths (callgrind), the unsafe code's tests under Miri (undefined
+# behaviour, data races), the nvme-cli example against its in-process
 # nvme-sim device, then the VM tests, which boot
 # QEMU with an emulated NVMe controller behind an emulated IOMMU (scripts/vm)
 # and run the VFIO, DMA-memory and driver test binaries inside it, in three scenarios:
@@ -21,6 +22,10 @@ cargo test --workspace
 echo
 echo "== instruction budgets of the hot paths (scripts/check-budgets.sh)"
 scripts/check-budgets.sh
+
+echo
+echo "== Miri (scripts/miri.sh)"
+scripts/miri.sh
 
 echo
 echo "== nvme-cli against its in-process nvme-sim device (scripts/cli-test.sh sim)"

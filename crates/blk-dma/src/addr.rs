@@ -150,6 +150,16 @@ impl HostSeg {
         Self::new(HostAddr::from_ptr(buf.as_ptr()), buf.len() as u64)
     }
 
+    /// The segment covering a byte slice the device writes (the
+    /// destination of a read). As [`from_slice`](Self::from_slice), but the
+    /// address comes from a mutable borrow: under Rust's aliasing rules,
+    /// memory whose address was taken from a shared borrow must not be
+    /// written through it, by the device either.
+    #[inline]
+    pub fn from_mut_slice(buf: &mut [u8]) -> Self {
+        Self::new(HostAddr::from_ptr(buf.as_mut_ptr()), buf.len() as u64)
+    }
+
     /// One past the last byte, or `None` if that overflows the address space.
     #[inline]
     pub fn end(&self) -> Option<HostAddr> {
@@ -214,6 +224,10 @@ mod tests {
         let buf = [0u8; 7];
         let s = HostSeg::from_slice(&buf);
         assert_eq!(s.len, 7);
+        assert_eq!(s.addr.raw(), buf.as_ptr() as usize);
+        let mut buf = [0u8; 9];
+        let s = HostSeg::from_mut_slice(&mut buf);
+        assert_eq!(s.len, 9);
         assert_eq!(s.addr.raw(), buf.as_ptr() as usize);
     }
 }

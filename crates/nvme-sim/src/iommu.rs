@@ -231,20 +231,29 @@ impl SimIommu {
         true
     }
 
-    /// Device write of one naturally aligned 32-bit value (a CQE's last
-    /// dword, which carries the phase tag) as a single store.
-    pub(crate) fn write_u32(&self, iova: Iova, value: u32) -> bool {
+    /// Device write of one naturally aligned 64-bit value as a single
+    /// atomic store with `order` (the quadwords of a completion queue
+    /// entry: the driver reads them with atomic loads, and the release
+    /// store of the one with the phase tag publishes the entry). `false` (a
+    /// fault, nothing written) if the 8 bytes are not mapped writable.
+    ///
+    /// A misaligned `iova` (which no valid queue has) is written with
+    /// byte stores instead, like [`write`](Self::write).
+    pub(crate) fn store_u64(&self, iova: Iova, value: u64, order: Ordering) -> bool {
         let maps = self.maps();
         let mut pieces = Pieces::new();
-        if Self::resolve(&maps, iova, 4, true, &mut pieces).is_none() {
-            return self.fault("write", iova, 4);
+        if Self::resolve(&maps, iova, 8, true, &mut pieces).is_none() {
+            return self.fault("write", iova, 8);
         }
         match pieces.iter().as_slice() {
-            [(host, 4)] if host % 4 == 0 => {
-                // SAFETY: a live, device-writable mapping covers the 4
+            [(host, 8)] if host % 8 == 0 => {
+                // SAFETY: a live, device-writable mapping covers the 8
                 // aligned bytes at `host` (read lock held, contract as in
-                // `read_ranges`).
-                unsafe { (*host as *mut u32).write_volatile(value) };
+                // `read_ranges`). The host accesses such memory (queue
+                // rings) only atomically or volatile and holds no Rust
+                // reference to it, so an atomic view of it aliases nothing.
+                let cell = unsafe { AtomicU64::from_ptr(*host as *mut u64) };
+                cell.store(value, order);
                 true
             }
             _ => {
@@ -591,6 +600,9 @@ mod tests {
         // SAFETY: this test's own mapping.
         unsafe { m.unmap_dma(Iova::new(0x10000), 0x1000) }.unwrap();
         assert!(!m.read(Iova::new(0x10f80), &mut back[..1]));
-        assert!(!m.write_u32(Iova::new(0x11000), 1), "read-only");
+        assert!(
+            !m.store_u64(Iova::new(0x11000), 1, Ordering::Release),
+            "read-only"
+        );
     }
 }

@@ -96,23 +96,25 @@ fn command_from_bytes(b: &[u8; 64]) -> Command {
     }
 }
 
-/// Writes `c` into `cq`'s next slot: the first 12 bytes, then (after a
-/// release fence) the dword holding the phase tag, so a host that sees the
-/// new phase sees the whole entry. `false` if the IOMMU refused.
+/// Writes `c` into `cq`'s next slot as two quadword atomic stores: the
+/// first (result) relaxed, then the second (SQ head and ID, CID, status with
+/// the phase tag) with release, so a host whose acquire load sees the new
+/// phase sees the whole entry, and the data the command moved. The second
+/// quadword is stored whole, not dword 3 alone: the driver loads it as one
+/// quadword, and atomic accesses of different sizes to the same bytes must
+/// not race. `false` if the IOMMU refused.
 fn write_cqe(iommu: &SimIommu, cq: &mut Cq, c: &Completion) -> bool {
     let at = cq.base.wrapping_add(cq.tail as u64 * CQE);
-    let mut b = [0u8; 12];
-    b[0..4].copy_from_slice(&c.result.to_le_bytes());
-    b[4..8].copy_from_slice(&c.rsvd.to_le_bytes());
-    b[8..10].copy_from_slice(&c.sq_head.to_le_bytes());
-    b[10..12].copy_from_slice(&c.sq_id.to_le_bytes());
-    if !iommu.write(at, &b) {
+    let lo = c.result as u64 | (c.rsvd as u64) << 32;
+    let status = c.status | cq.phase as u16;
+    let hi =
+        c.sq_head as u64 | (c.sq_id as u64) << 16 | (c.cid as u64) << 32 | (status as u64) << 48;
+    // Little-endian in memory, as the entry's layout says.
+    if !iommu.store_u64(at, lo.to_le(), Ordering::Relaxed) {
         return false;
     }
-    // The entry's body before its phase tag.
-    fence(Ordering::Release);
-    let dw3 = c.cid as u32 | ((c.status | cq.phase as u16) as u32) << 16;
-    if !iommu.write_u32(at.wrapping_add(12), dw3.to_le()) {
+    // The phase tag last.
+    if !iommu.store_u64(at.wrapping_add(8), hi.to_le(), Ordering::Release) {
         return false;
     }
     cq.tail += 1;

@@ -102,7 +102,19 @@ impl HostMem {
         self.write(off, &v.to_le_bytes());
     }
 
-    /// One aligned 32-bit load (as a driver reads a CQE's phase dword).
+    /// One aligned 64-bit atomic load with `order` (as the driver reads a
+    /// CQE's quadwords, which the controller stores atomically).
+    pub fn load_u64(&self, off: u64, order: std::sync::atomic::Ordering) -> u64 {
+        assert!(off % 8 == 0 && off as usize + 8 <= self.len);
+        // SAFETY: in bounds and aligned (asserted; the base is page
+        // aligned), memory owned by self; completion queue memory is only
+        // accessed atomically while the controller may write it.
+        let cell =
+            unsafe { std::sync::atomic::AtomicU64::from_ptr(self.ptr.add(off as usize).cast()) };
+        u64::from_le(cell.load(order))
+    }
+
+    /// One aligned 32-bit load.
     pub fn read_u32(&self, off: u64) -> u32 {
         assert!(off % 4 == 0 && off as usize + 4 <= self.len);
         // SAFETY: in bounds and aligned (asserted; the base is page
@@ -272,15 +284,18 @@ impl Driver {
             let r = self.ring(qid);
             (r.cq_off + r.cq_head as u64 * 16, r.phase)
         };
-        // The dword with the phase tag first, as one load; the rest of the
-        // entry only once the phase says it is new.
-        let dw3 = self.mem.read_u32(off + 12);
-        if (dw3 >> 16) & 1 != phase as u32 {
+        // The quadword with the phase tag first, as one acquire load (the
+        // controller stores it last, with release); the rest of the entry
+        // only once the phase says it is new.
+        use std::sync::atomic::Ordering::{Acquire, Relaxed};
+        let hi = self.mem.load_u64(off + 8, Acquire);
+        if (hi >> 48) & 1 != phase as u64 {
             return None;
         }
-        std::sync::atomic::fence(std::sync::atomic::Ordering::Acquire);
-        let mut b = self.mem.bytes(off, 16);
-        b[12..].copy_from_slice(&dw3.to_le_bytes());
+        let lo = self.mem.load_u64(off, Relaxed);
+        let mut b = [0u8; 16];
+        b[..8].copy_from_slice(&lo.to_le_bytes());
+        b[8..].copy_from_slice(&hi.to_le_bytes());
         Some(completion_from_bytes(&b))
     }
 

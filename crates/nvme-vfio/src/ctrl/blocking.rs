@@ -16,7 +16,8 @@ impl QueuePair {
     /// translated, other memory is mapped for the duration of the command
     /// (one coalesced IOVA range).
     pub fn read(&mut self, ns: &Namespace, lba: u64, buf: &mut [u8]) -> Result<(), Error> {
-        let seg = HostSeg::from_slice(buf);
+        // From the mutable borrow: the device writes through this address.
+        let seg = HostSeg::from_mut_slice(buf);
         self.run_blocking(Op::Read, ns, lba, &[seg])
     }
 
@@ -59,7 +60,11 @@ impl QueuePair {
         lba: u64,
         bufs: &mut [&mut [u8]],
     ) -> Result<(), Error> {
-        let segs: Vec<HostSeg> = bufs.iter().map(|b| HostSeg::from_slice(b)).collect();
+        // From the mutable borrows: the device writes through them.
+        let segs: Vec<HostSeg> = bufs
+            .iter_mut()
+            .map(|b| HostSeg::from_mut_slice(b))
+            .collect();
         self.run_blocking(Op::Read, ns, lba, &segs)
     }
 

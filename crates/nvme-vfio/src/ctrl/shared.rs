@@ -46,7 +46,6 @@ pub(crate) struct Shared {
     pub(crate) msix: Option<crate::vfio::Msix>,
     /// The PCI function, to stop DMA when the controller does not stop
     /// (and, for VFIO, what keeps the device and its BAR mapping open).
-    #[allow(dead_code)]
     pub(super) function: Option<Arc<dyn super::PciFunction>>,
     /// One flag per queue pair, set while it publishes commands: a reset
     /// waits for publications in progress (see [`Shared::reset`]).

@@ -32,7 +32,9 @@ impl Slab {
         if len == 0 || len % HUGEPAGE != 0 {
             return Err(io::Error::from(io::ErrorKind::InvalidInput));
         }
-        if huge {
+        // Miri has no hugepages (its mmap takes no flags beyond
+        // MAP_PRIVATE | MAP_ANONYMOUS): 4 KiB pages there.
+        if huge && !cfg!(miri) {
             match Self::mmap(len, libc::MAP_HUGETLB | libc::MAP_HUGE_2MB) {
                 Ok(ptr) => {
                     return Ok(Self {
@@ -57,7 +59,10 @@ impl Slab {
     }
 
     fn mmap(len: usize, extra: libc::c_int) -> io::Result<NonNull<u8>> {
-        let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_POPULATE | extra;
+        // Populated up front, except under Miri, whose mmap supports no
+        // MAP_POPULATE (nor needs it: nothing there faults pages in).
+        let populate = if cfg!(miri) { 0 } else { libc::MAP_POPULATE };
+        let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | populate | extra;
         // SAFETY: a fresh anonymous mapping at an address of the kernel's
         // choosing; no existing memory is affected.
         let p = unsafe {

@@ -1,5 +1,6 @@
 //! The NVMe side: specification types, data pointer builders and walkers.
 
+pub mod barrier;
 pub mod cmd;
 pub mod desc;
 pub mod dptr;

@@ -1,20 +1,22 @@
 //! Submission and completion queue rings in DMA memory.
 //!
 //! The device reads the submission ring and writes the completion ring at
-//! any time, so ring memory is never turned into a Rust reference: entries
-//! are written and read with volatile accesses through raw pointers, with a
-//! fence between the entries and the doorbell that publishes them.
+//! any time, so ring memory is never turned into a Rust reference: commands
+//! are written through raw pointers, with a fence between the entries and
+//! the doorbell that publishes them; completions are read with atomic loads,
+//! the phase tag's with acquire and a DMA read barrier before the rest.
 //!
 //! The rings and their shadow doorbell slots are the crate's own: they
 //! write device-shared memory through raw pointers, trusting their callers
 //! for sizes and slots. Only the EventIdx rule ([`need_event`]) is public.
 
 use core::ptr::NonNull;
-use core::sync::atomic::{fence, Ordering};
+use core::sync::atomic::{fence, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use blk_dma::Iova;
 
+use super::barrier::dma_rmb;
 use super::cmd::{Command, Completion};
 use super::regs::Registers;
 use crate::mem::{DmaBuf, DmaSpace};
@@ -289,21 +291,34 @@ impl CompletionQueue {
         let head = self.head;
         // SAFETY: head < entries, inside the ring this queue owns.
         let entry = unsafe { self.ring.as_ptr().cast::<Completion>().add(head as usize) };
-        // SAFETY: `entry` is in the ring. The device may be writing other
-        // entries; this one is only read, with a volatile read, and its
-        // phase tag tells whether it is complete.
-        let status = unsafe { core::ptr::addr_of!((*entry).status).read_volatile() };
-        if (status & 1 != 0) != self.phase {
+        // The entry as two quadwords: the second holds SQ head, SQ ID, CID
+        // and status with the phase tag (bit 48), the little-endian layout.
+        let words = entry.cast::<u64>();
+        // SAFETY: both quadwords are inside the ring (the entry is) and
+        // 8-byte aligned (the ring is page aligned, entries are 16 bytes).
+        // The device writes the ring at any time, so its memory is only
+        // ever accessed atomically (or volatile while the device is
+        // disabled), and no Rust reference to ring memory is held anywhere
+        // else: these atomic views alias nothing non-atomic.
+        let (lo, hi) = unsafe {
+            (
+                AtomicU64::from_ptr(words),
+                AtomicU64::from_ptr(words.add(1)),
+            )
+        };
+        // Acquire: a device that posts the entry with a release store of
+        // its last quadword (nvme-sim) has its whole entry, and the data of
+        // the command, visible after this load once the phase tag matches.
+        let hi = hi.load(Ordering::Acquire);
+        if ((hi >> 48) & 1 != 0) != self.phase {
             return None;
         }
-        // Read the rest of the entry only after seeing its phase tag.
-        fence(Ordering::Acquire);
-        let words = entry.cast::<u64>();
-        // SAFETY: as above; the device finished this entry (phase tag). The
-        // entry is 16 bytes and 8-byte aligned (the ring is page aligned):
-        // two quadword loads instead of one per field, taken apart in
-        // registers (the little-endian layout of the entry).
-        let (lo, hi) = unsafe { (words.read_volatile(), words.add(1).read_volatile()) };
+        // A real device writes by DMA, not as a Rust thread: its entry's
+        // body is read only after the phase tag (Linux's dma_rmb()).
+        dma_rmb();
+        // Relaxed: ordered by the load and the barrier above; one quadword
+        // load, taken apart in registers like the second.
+        let lo = lo.load(Ordering::Relaxed);
         let cqe = Completion {
             result: lo as u32,
             rsvd: (lo >> 32) as u32,

@@ -295,6 +295,7 @@ mod tests {
             x >> 16
         };
         let (base, dev, ps) = (0x7f00_0000_0000u64, 0x10_0000_0000u64, 4096u64);
+        let mut avx2_checked = 0;
         for n in 0..40 {
             let mid: Vec<_> = (0..n)
                 .map(|_| {
@@ -327,12 +328,23 @@ mod tests {
                 // SAFETY: as above; the CPU has AVX2; eight segments or more.
                 let vc = unsafe { fill_interior_avx2(&mid, c.as_mut_ptr(), base, dev, ps) };
                 assert_eq!((vc, &c), (vb, &b), "{n} segments, AVX2");
+                avx2_checked += 1;
             }
             // What the one-pass path calls, whichever it picks.
             let mut d = vec![0u64; n];
             // SAFETY: as above.
             let vd = unsafe { fill_interior(&mid, d.as_mut_ptr(), base, dev, ps) };
             assert_eq!((vd, &d), (vb, &b), "{n} segments, dispatched");
+        }
+        // Built for AVX2 (`-C target-feature=+avx2`, as scripts/miri.sh
+        // does for its second pass), the AVX2 variant must have been
+        // checked, and the dispatch must pick it.
+        if cfg!(target_feature = "avx2") {
+            assert_eq!(
+                avx2_checked, 32,
+                "AVX2 variant checked for 8 to 39 segments"
+            );
+            assert!(has_avx2(), "dispatch picks the AVX2 variant");
         }
     }
 }
