@@ -8,7 +8,10 @@
 #   count is printed and not checked, with the reason).
 # - the driver per I/O (scripts/bench-driver.sh's "driver" column: inside
 #   QueuePair::submit and QueuePair::poll, 4 KiB random reads from pool
-#   buffers against nvme-sim's null mode, one queue) at QD 128 <= 300.
+#   buffers against nvme-sim's null mode, one queue) at QD 128 <= 320
+#   (300 before completions were checked against command IDs from the
+#   whole 16-bit space, SQ IDs and SQ heads, and commands stamped with
+#   their doorbell's time for timeouts: about 35 instructions per I/O).
 #
 # Prints every figure with its budget; exits 1 if one is over.
 #
@@ -60,6 +63,6 @@ else
     echo "map+build, 128 KiB in 32 segments registered: $v (not checked: this CPU has no AVX2)"
 fi
 
-check "driver per I/O, QD 128" "$(scripts/bench-driver.sh --driver-instructions 128)" 300
+check "driver per I/O, QD 128" "$(scripts/bench-driver.sh --driver-instructions 128)" 320
 
 exit $((over > 0))

@@ -131,8 +131,14 @@ impl QueuePair {
                 prp2: blk_dma::Iova::new(0),
             });
             // `buf` outlives the command: exec returns only when it is done
-            // or the controller is stopped.
-            self.exec(cmd, "Dataset Management (Deallocate)")?;
+            // or the controller is stopped; if the controller could not be
+            // stopped, the device may still read it: leak it.
+            if let Err(e) = self.exec(cmd, "Dataset Management (Deallocate)") {
+                if matches!(e, Error::Dead) {
+                    core::mem::forget(buf);
+                }
+                return Err(e);
+            }
         }
         Ok(())
     }

@@ -6,6 +6,7 @@
 //! wait is bounded by CAP.TO and checks CSTS.CFS.
 
 mod blocking;
+mod cids;
 mod clock;
 mod cmb;
 mod free;
@@ -111,7 +112,7 @@ impl Namespace {
     }
     /// Capacity in bytes.
     pub fn bytes(&self) -> u64 {
-        self.blocks * self.block_size
+        self.blocks.saturating_mul(self.block_size)
     }
 }
 
@@ -477,9 +478,15 @@ impl Controller {
     /// Largest transfer of one command in bytes (from MDTS; 1 MiB when the
     /// controller sets no limit).
     pub fn max_transfer(&self) -> u64 {
+        // MDTS is the device's word: a shift past 1 MiB (or past 64 bits)
+        // is no limit below 1 MiB.
         match self.identify.mdts() {
             0 => 1 << 20,
-            m => (self.shared.cap.mps_min() << m).min(1 << 20),
+            m => {
+                // CAP.MPSMIN is a power of two.
+                let shift = self.shared.cap.mps_min().trailing_zeros() + u32::from(m);
+                1 << shift.min(20)
+            }
         }
     }
 

@@ -70,11 +70,6 @@ pub(super) struct Slot {
     /// [`FREE`](Self::FREE) (no 16-bit ID): a completion matches with one
     /// comparison.
     pub(super) live: u32,
-    /// The command ID this slot's next (or current) command carries: the
-    /// slot's index in the low bits, a generation above them that moves on
-    /// every completion, so that a late or duplicate completion of an
-    /// earlier command in this slot matches no command in flight.
-    pub(super) cid: u16,
     pub(super) req: u32,
     /// When the command was published to the device (its doorbell
     /// batch), in [`clock::now_ms`](super::clock::now_ms) milliseconds.
@@ -101,6 +96,9 @@ pub(super) struct Pending {
     pub(super) tag: u64,
     /// The blocking call's request (its result goes to `blocking_done`).
     pub(super) blocking: bool,
+    /// The request's memory is the caller's borrow (a blocking read or
+    /// write): it goes back when the call returns, whatever happens.
+    pub(super) borrowed: bool,
     pub(super) remaining: u32,
     /// The request's error (boxed: errors are rare, and the request moves
     /// on every completion).
@@ -114,6 +112,7 @@ impl Pending {
         buf: IoBuf::Raw,
         tag: 0,
         blocking: false,
+        borrowed: false,
         remaining: 0,
         error: None,
         what: "",
@@ -124,6 +123,7 @@ impl Pending {
     fn take(&mut self) -> (u64, IoBuf, Option<Box<Error>>) {
         self.remaining = 0;
         self.blocking = false;
+        self.borrowed = false;
         (
             self.tag,
             core::mem::replace(&mut self.buf, IoBuf::Raw),
@@ -152,11 +152,9 @@ pub struct QueuePair {
     /// Free slots, oldest first: a slot is reused only after every other
     /// free one, so a command ID comes back as late as possible.
     pub(super) free_cids: super::free::FreeSlots,
-    /// The low bits of a command ID that index `slots`.
-    pub(super) cid_mask: u16,
-    /// What a slot's command ID moves by per completion (the generation's
-    /// lowest bit; 0 when the index takes all 16 bits).
-    pub(super) gen_step: u16,
+    /// Command IDs in flight, by the slot they are in (see
+    /// [`CommandIds`](super::cids::CommandIds)).
+    pub(super) cids: super::cids::CommandIds,
     /// Completions that matched no command in flight, on this queue pair.
     pub(super) device_errors: u64,
     /// A device error was seen: reset the controller before trusting the
@@ -220,7 +218,7 @@ impl QueuePair {
     ) -> Result<Self, Error> {
         let entries = config
             .depth
-            .clamp(2, shared.cap.max_queue_entries().min(65535) as u16);
+            .clamp(2, shared.cap.max_queue_entries().clamp(2, 65535) as u16);
         let (sq_db, cq_db) = shared.doorbells(qid);
         let mut cq = CompletionQueue::new(&shared.space, entries, cq_db)?;
         let mut sq = SubmissionQueue::new(&shared.space, entries, sq_db)?;
@@ -257,10 +255,6 @@ impl QueuePair {
         }
         let id = ctrl.identify();
         let depth = entries as usize - 1;
-        // Index bits for `depth` slots; the rest of the 16-bit command ID
-        // is the generation (none at the largest depths, where the FIFO
-        // reuse of free slots alone keeps command IDs apart).
-        let index_bits = u32::BITS - (depth as u32 - 1).leading_zeros();
         Ok(Self {
             shared: shared.clone(),
             qid,
@@ -278,9 +272,8 @@ impl QueuePair {
             max_transfer: ctrl.max_transfer(),
             sgl_any_alignment: config.sgl && id.sgls() & 0x3 == 0x1,
             slots: (0..depth)
-                .map(|i| Slot {
+                .map(|_| Slot {
                     live: Slot::FREE,
-                    cid: i as u16,
                     req: 0,
                     stamp: 0,
                     state: DmaState::with_capacity(8),
@@ -288,8 +281,7 @@ impl QueuePair {
                 })
                 .collect(),
             free_cids: super::free::FreeSlots::new(depth),
-            cid_mask: ((1u32 << index_bits) - 1) as u16,
-            gen_step: (1u32 << index_bits) as u16,
+            cids: super::cids::CommandIds::new(),
             device_errors: 0,
             device_error: false,
             quarantined: 0,
@@ -408,7 +400,11 @@ impl QueuePair {
     /// Every segment must stay valid, and not be read or written by the
     /// caller (for a read) or not be written (for a write), until the
     /// completion with `tag` is returned by `poll`, or the queue pair is
-    /// dropped.
+    /// dropped. Except: if that completion's result is [`Error::Dead`], or
+    /// the queue pair is dropped while the controller is dead
+    /// ([`Error::Dead`]: it could not be stopped), the device may still
+    /// read or write the memory, which must then never be freed, reused or
+    /// read (leak it).
     pub unsafe fn submit_raw(
         &mut self,
         op: Op,
@@ -486,16 +482,19 @@ impl QueuePair {
     /// interrupt mode, spinning otherwise. Returns how many requests were
     /// added to `out` (0 if the time ran out or nothing is in flight).
     pub fn wait(&mut self, out: &mut Vec<Done>, timeout: std::time::Duration) -> usize {
-        let deadline = Instant::now() + timeout;
+        // A timeout too long to add is as good as none.
+        let deadline = Instant::now().checked_add(timeout);
         loop {
             let n = self.poll(out);
             if n > 0 || self.inflight() == 0 {
                 return n;
             }
             let now = Instant::now();
-            if now >= deadline {
-                return 0;
-            }
+            let left = match deadline {
+                Some(d) if now >= d => return 0,
+                Some(d) => d - now,
+                None => std::time::Duration::MAX,
+            };
             match (self.irq, &self.shared.msix) {
                 (Some(v), Some(msix)) => {
                     let Some(fd) = msix.eventfd(v as usize) else {
@@ -504,7 +503,7 @@ impl QueuePair {
                     // Asleep no longer than until the next timeout check:
                     // a command that never completes raises no interrupt.
                     let check = self.next_check.saturating_sub(super::clock::now_ms());
-                    let ms = (deadline - now)
+                    let ms = left
                         .as_millis()
                         .min(u128::from(check))
                         .clamp(1, i32::MAX as u128) as i32;
@@ -615,7 +614,8 @@ impl QueuePair {
             // request only if it names a command in flight, of this
             // generation, on this queue, with a possible SQ head.
             let head_ok = self.sq.advance_head(c.sq_head);
-            let cid = (c.cid & self.cid_mask) as usize;
+            // Not in flight: an index past every slot.
+            let cid = self.cids.slot_or_none(c.cid);
             match self.slots.get(cid) {
                 Some(s) if s.live == u32::from(c.cid) && c.sq_id == self.qid && head_ok => {}
                 _ => {
@@ -672,9 +672,10 @@ impl QueuePair {
         // command completed, was never published, or the device stopped.
         unsafe { s.list.release(&mut *self.pool) };
         s.state.unmap(&self.mapper);
+        // Every caller finishes a slot with a command in flight.
+        debug_assert!(s.busy());
+        self.cids.release(s.live as u16);
         s.live = Slot::FREE;
-        // The slot's next command carries the next generation.
-        s.cid = s.cid.wrapping_add(self.gen_step);
         self.free_cids.push(cid as u16);
         s.req
     }
@@ -845,6 +846,7 @@ impl QueuePair {
         let req = self.slots.len() + cid as usize;
         let (write, fua, what, _) = op_parts(op);
         debug_assert!((cid as usize) < self.slots.len() && req < self.reqs.len());
+        let id = self.cids.take(cid);
         // SAFETY: both callers found command `cid` in `slots`, and `reqs`
         // holds two entries per slot (see `build`), so `req` is in it too.
         // Unchecked, so that no panic path has to keep the buffer to drop.
@@ -854,18 +856,19 @@ impl QueuePair {
                 self.reqs.get_unchecked_mut(req),
             )
         };
-        slot.live = u32::from(slot.cid);
+        slot.live = u32::from(id);
         slot.req = req as u32;
         // The entry is free, so it holds IoBuf::Raw, which needs no drop.
         debug_assert!(p.remaining == 0 && matches!(p.buf, IoBuf::Raw));
         // SAFETY: overwrites IoBuf::Raw (nothing to drop) with the buffer.
         unsafe { core::ptr::write(&mut p.buf, buf) };
         (p.tag, p.blocking) = tag.parts();
+        p.borrowed = p.blocking;
         p.remaining = 1;
         p.what = what;
         let blocks = len >> ns.block_size().trailing_zeros();
         let mut cmd = Command::rw(write, ns.id(), lba, blocks as u32, fua);
-        cmd.set_cid(slot.cid);
+        cmd.set_cid(id);
         cmd.set_data(dp);
         // Room is guaranteed: in-flight commands never exceed the ring
         // size minus one.
@@ -981,6 +984,7 @@ impl QueuePair {
             buf,
             tag,
             blocking,
+            borrowed: blocking,
             remaining: children as u32,
             error: None,
             what,
@@ -1026,10 +1030,12 @@ impl QueuePair {
                 page,
             ) {
                 Ok(dp) => {
+                    let id = self.cids.take(cid);
+                    let slot = &mut self.slots[cid as usize];
                     let mut cmd = Command::rw(write, ns.id(), lba, blocks as u32, fua);
-                    cmd.set_cid(slot.cid);
+                    cmd.set_cid(id);
                     cmd.set_data(dp);
-                    slot.live = u32::from(slot.cid);
+                    slot.live = u32::from(id);
                     slot.req = req;
                     // Room is guaranteed: in-flight commands never exceed
                     // the ring size minus one.
@@ -1107,14 +1113,19 @@ impl QueuePair {
             buf: IoBuf::Raw,
             tag: 0,
             blocking: true,
+            // No caller memory: a data buffer of the driver's own (the
+            // Deallocate ranges) is leaked by the caller if the controller
+            // dies.
+            borrowed: false,
             remaining: 1,
             error: None,
             what,
         };
+        let id = self.cids.take(cid);
         let slot = &mut self.slots[cid as usize];
-        slot.live = u32::from(slot.cid);
+        slot.live = u32::from(id);
         slot.req = req;
-        cmd.set_cid(slot.cid);
+        cmd.set_cid(id);
         self.sq.push(&cmd);
         self.unrung = true;
         self.wait_blocking()

@@ -127,7 +127,7 @@ impl QueuePair {
                 if late(&self.slots[cid]) {
                     // The command ID the command went out with (index and
                     // generation).
-                    let id = self.slots[cid].cid;
+                    let id = self.slots[cid].live as u16;
                     match self
                         .shared
                         .admin(Command::abort(self.qid, id), None, "Abort")
@@ -177,11 +177,10 @@ impl QueuePair {
     pub(super) fn reset_and_recover(&mut self, out: &mut Vec<Done>) {
         log::warn!("queue {}: resetting the controller to recover", self.qid);
         match self.shared.reset() {
+            // What was in flight failed in `recover`, which logs (and
+            // retries later) if the queues cannot be created again.
             Ok(()) => {
-                if let Err(e) = self.recover(out) {
-                    log::error!("queue {}: recreating queues after a reset: {e}", self.qid);
-                    self.fail_all(out);
-                }
+                let _ = self.recover(out);
             }
             Err(e) => {
                 log::error!("controller reset failed: {e}");
@@ -190,17 +189,27 @@ impl QueuePair {
         }
     }
 
-    /// Stops the controller (so the device touches no memory any more), then
-    /// completes every request in flight with an error; if the controller
-    /// cannot be stopped, quarantines them instead.
+    /// After a reset that failed: the reset left the device stopped
+    /// (disabled, closed) or dead, or a close or stop on another thread is
+    /// stopping it. Once that is done, every request in flight completes
+    /// with an error (or is quarantined if the controller is dead).
     pub(super) fn fail_all(&mut self, out: &mut Vec<Done>) {
-        self.shared.stop_after_timeout();
+        while self.shared.is_resetting() {
+            std::thread::sleep(std::time::Duration::from_micros(100));
+        }
         if self.shared.is_dead() {
             self.quarantine_inflight(out);
             return;
         }
         let ms = self.shared.config.io_timeout.as_millis() as u64;
-        self.fail_inflight(out, |what| Error::Timeout { what, ms });
+        let closed = self.shared.is_closed();
+        self.fail_inflight(out, |what| {
+            if closed {
+                Error::Closed
+            } else {
+                Error::Timeout { what, ms }
+            }
+        });
     }
 
     /// The controller could not be stopped: every request in flight
@@ -213,6 +222,10 @@ impl QueuePair {
     /// cannot be made safe, so the process is aborted.
     #[cold]
     pub(super) fn quarantine_inflight(&mut self, out: &mut Vec<Done>) {
+        // Commands whose own completion is already posted are done: they
+        // complete as usual.
+        self.drain_completions(out);
+        self.device_error = false;
         for cid in 0..self.slots.len() {
             let s = &mut self.slots[cid];
             if !s.busy() {
@@ -233,7 +246,7 @@ impl QueuePair {
             if p.remaining == 0 {
                 continue;
             }
-            if p.blocking {
+            if p.borrowed {
                 log::error!(
                     "queue {}: the controller cannot be stopped while a blocking call's \
                      command is in flight on memory the caller lent; aborting the process \

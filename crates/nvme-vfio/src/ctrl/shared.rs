@@ -277,21 +277,14 @@ impl Shared {
         Error::Dead
     }
 
-    /// Stops the controller after a command timed out, so no memory is
-    /// touched by the device once the caller gets its buffers back; if it
-    /// cannot be stopped it is dead ([`quiesce`](Self::quiesce)).
-    pub(crate) fn stop_after_timeout(&self) {
-        use std::sync::atomic::Ordering::SeqCst;
-        // RESETTING while it stops: queue pairs wait instead of failing
-        // their requests before the device is known quiet (DISABLED).
-        let nested = self.state.fetch_or(RESETTING, SeqCst) & RESETTING != 0;
+    /// Stops the controller from within a reset whose own admin command
+    /// failed (no reset within a reset): the reset holds RESETTING, so
+    /// queue pairs wait; the controller stays disabled, or is dead.
+    pub(crate) fn stop_within_reset(&self) {
         if let Err(e) = self.quiesce() {
-            log::error!("stopping the controller after a timeout: {e}");
+            log::error!("stopping the controller during a reset: {e}");
         }
         self.set_disabled(true);
-        if !nested {
-            self.state.fetch_and(!RESETTING, SeqCst);
-        }
     }
 
     /// Whether the controller is dead (see [`Error::Dead`]).
@@ -495,7 +488,7 @@ impl Shared {
                     // commands, stop the controller instead of resetting
                     // recursively.
                     if by_reset {
-                        self.stop_after_timeout();
+                        self.stop_within_reset();
                     } else if let Err(e) = self.reset() {
                         log::error!("reset after an admin command failed: {e}");
                     }

@@ -218,10 +218,12 @@ impl DmaSpace {
                 source: Some(e),
             })?;
         // One lock for both tries: the allocator's mutex is not reentrant.
+        // Next fit, like per-I/O mappings: a slab must not land on IOVAs a
+        // device may still use from an I/O that just completed.
         let iova = {
             let mut a = lock(&self.iova);
-            a.alloc(len, (HUGEPAGE as u64).max(self.granule))
-                .or_else(|| a.alloc(len, self.granule))
+            a.alloc_next_fit(len, (HUGEPAGE as u64).max(self.granule))
+                .or_else(|| a.alloc_next_fit(len, self.granule))
         }
         .map(Iova::new)
         .ok_or(Error::IovaExhausted { len })?;
