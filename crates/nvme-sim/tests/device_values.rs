@@ -35,7 +35,7 @@ fn an_mdts_of_64_is_no_limit_and_no_panic() {
     let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         ctrl.queue_pair(QueueConfig::default()).map(|_| ())
     }));
-    assert!(r.is_ok(), ": queue_pair panicked on MDTS = 64");
+    assert!(r.is_ok(), "queue_pair panicked on MDTS = 64");
 }
 
 /// MDTS 52..=63 would shift every bit of `4096 << mdts` out: the limit
@@ -43,7 +43,7 @@ fn an_mdts_of_64_is_no_limit_and_no_panic() {
 #[test]
 fn an_mdts_of_52_is_no_limit() {
     let (_sim, ctrl) = open(Config::default().mdts(52));
-    assert_ne!(ctrl.max_transfer(), 0, ": max_transfer() is 0 for MDTS 52");
+    assert_ne!(ctrl.max_transfer(), 0, "max_transfer() is 0 for MDTS 52");
 }
 
 /// `QueuePair::wait` with a timeout too long to add to now.
@@ -59,5 +59,5 @@ fn wait_takes_any_timeout() {
     let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         qp.wait(&mut out, Duration::MAX)
     }));
-    assert!(r.is_ok(), ": QueuePair::wait(Duration::MAX) panicked");
+    assert!(r.is_ok(), "QueuePair::wait(Duration::MAX) panicked");
 }
