@@ -20,7 +20,7 @@
 use core::ops::RangeInclusive;
 use std::collections::BTreeMap;
 use std::io;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use blk_dma::{DmaRange, HostAddr, Iova};
@@ -239,6 +239,54 @@ impl SimIommu {
     ///
     /// A misaligned `iova` (which no valid queue has) is written with
     /// byte stores instead, like [`write`](Self::write).
+    /// Device atomic load of the aligned dword at `iova` (a shadow doorbell
+    /// slot the host writes atomically); `None` (a fault) if not mapped.
+    pub(crate) fn load_u32(&self, iova: Iova, order: Ordering) -> Option<u32> {
+        let maps = self.maps();
+        let mut pieces = Pieces::new();
+        if Self::resolve(&maps, iova, 4, false, &mut pieces).is_none() {
+            self.fault("read", iova, 4);
+            return None;
+        }
+        match pieces.iter().as_slice() {
+            [(host, 4)] if host % 4 == 0 => {
+                // SAFETY: a live mapping covers the 4 aligned bytes at
+                // `host` (read lock held, contract as in `read_ranges`);
+                // the host accesses such memory (doorbell slots) only
+                // atomically and holds no Rust reference to it.
+                let cell = unsafe { AtomicU32::from_ptr(*host as *mut u32) };
+                Some(cell.load(order))
+            }
+            _ => {
+                drop(maps);
+                let mut b = [0u8; 4];
+                self.read(iova, &mut b).then(|| u32::from_ne_bytes(b))
+            }
+        }
+    }
+
+    /// Device atomic store of the aligned dword at `iova` (an EventIdx
+    /// slot the host reads atomically); `false` (a fault) if not writable.
+    pub(crate) fn store_u32(&self, iova: Iova, value: u32, order: Ordering) -> bool {
+        let maps = self.maps();
+        let mut pieces = Pieces::new();
+        if Self::resolve(&maps, iova, 4, true, &mut pieces).is_none() {
+            return self.fault("write", iova, 4);
+        }
+        match pieces.iter().as_slice() {
+            [(host, 4)] if host % 4 == 0 => {
+                // SAFETY: as in `load_u32`, for a device-writable mapping.
+                let cell = unsafe { AtomicU32::from_ptr(*host as *mut u32) };
+                cell.store(value, order);
+                true
+            }
+            _ => {
+                drop(maps);
+                self.write(iova, &value.to_ne_bytes())
+            }
+        }
+    }
+
     pub(crate) fn store_u64(&self, iova: Iova, value: u64, order: Ordering) -> bool {
         let maps = self.maps();
         let mut pieces = Pieces::new();

@@ -76,18 +76,10 @@ fn the_driver_writes_and_reads_back_through_the_simulator() {
     write_and_read_back(false);
 }
 
-// Not under Miri: shadow doorbells race in the Rust memory model. The
-// driver publishes a tail in the shadow doorbell page with a volatile store
-// (nvme-vfio's `Shadow::publish`) that the controller's worker reads with a
-// volatile load through the IOMMU (`Device::shadow_value`), and the same
-// for the EventIdx page the other way: non-atomic accesses from two threads
-// with no happens-before between them (Miri: "Data race detected between
-// non-atomic write on thread `the_same_with_s` and non-atomic read on thread
-// `nvme-sim`"). Nor does a tail published that way order the commands
-// before it for the worker, as a doorbell register's release store does.
-// Both sides need atomic accesses of those slots to be race-free.
+/// The same with shadow doorbells: the driver publishes tails and heads in
+/// the shadow page with release stores and reads EventIdx atomically; the
+/// controller's worker does the mirror image.
 #[test]
-#[cfg_attr(miri, ignore)]
 fn the_same_with_shadow_doorbells() {
     write_and_read_back(true);
 }

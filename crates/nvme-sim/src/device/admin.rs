@@ -332,9 +332,11 @@ impl Device {
             for (cq, exists, v) in pairs {
                 if exists {
                     let off = (2 * qid as u64 + cq as u64) * stride;
-                    let b = v.to_le_bytes();
-                    if !self.sh.iommu.write(db.wrapping_add(off), &b)
-                        || !self.sh.iommu.write(ei.wrapping_add(off), &b)
+                    // Atomic, like every access to these slots (the host's
+                    // queue pairs may be using them).
+                    let order = std::sync::atomic::Ordering::Release;
+                    if !self.sh.iommu.store_u32(db.wrapping_add(off), v, order)
+                        || !self.sh.iommu.store_u32(ei.wrapping_add(off), v, order)
                     {
                         self.shadow = None;
                         return fail(super::DATA_TRANSFER_ERROR);

@@ -150,11 +150,9 @@ impl Device {
     fn shadow_value(&self, qid: u16, cq: bool) -> Option<u32> {
         let (db, _) = self.shadow.filter(|_| qid != 0)?;
         let at = db.wrapping_add(self.shadow_offset(2 * qid as u64 + cq as u64));
-        let mut b = [0u8; 4];
-        self.sh
-            .iommu
-            .read(at, &mut b)
-            .then(|| u32::from_le_bytes(b))
+        // Acquire: pairs with the host's release store of the slot, so the
+        // commands it publishes are visible before they are fetched.
+        self.sh.iommu.load_u32(at, Ordering::Acquire)
     }
 
     /// Writes an EventIdx entry; the full fence orders it before the next
@@ -162,7 +160,7 @@ impl Device {
     fn publish_event_idx(&self, qid: u16, cq: bool, value: u32) {
         if let Some((_, ei)) = self.shadow.filter(|_| qid != 0) {
             let at = ei.wrapping_add(self.shadow_offset(2 * qid as u64 + cq as u64));
-            if !self.sh.iommu.write(at, &value.to_le_bytes()) {
+            if !self.sh.iommu.store_u32(at, value, Ordering::Relaxed) {
                 log::warn!("EventIdx write for queue {qid} refused by the IOMMU");
             }
             fence(Ordering::SeqCst);

@@ -136,10 +136,14 @@ impl DbBuf {
     /// Zeroes both pages (the controller is disabled).
     pub(super) fn clear(&self) {
         for p in [&self.shadow, &self.eventidx] {
-            for i in 0..p.len() {
-                // SAFETY: inside the page; the disabled controller does not
-                // access it.
-                unsafe { p.as_ptr().add(i).write_volatile(0) };
+            for i in 0..p.len() / 4 {
+                // SAFETY: an aligned dword inside the page (page aligned);
+                // the pages are only ever accessed atomically (queue pairs'
+                // shadow slots may be written concurrently).
+                let cell = unsafe {
+                    core::sync::atomic::AtomicU32::from_ptr(p.as_ptr().cast::<u32>().add(i))
+                };
+                cell.store(0, std::sync::atomic::Ordering::Relaxed);
             }
         }
     }

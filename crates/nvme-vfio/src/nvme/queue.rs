@@ -11,7 +11,7 @@
 //! for sizes and slots. Only the EventIdx rule ([`need_event`]) is public.
 
 use core::ptr::NonNull;
-use core::sync::atomic::{fence, AtomicU64, Ordering};
+use core::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use blk_dma::Iova;
@@ -44,12 +44,25 @@ impl Shadow {
     /// Zeroes both slots, for a queue about to be created (no controller
     /// queue uses them: a previous queue with this ID left its values).
     pub(crate) fn clear(&self) {
-        // SAFETY: slots inside the shadow pages (see the type), not in use
-        // by the controller for any queue.
-        unsafe {
-            self.db.as_ptr().write_volatile(0);
-            self.ei.as_ptr().write_volatile(0);
-        }
+        self.db().store(0, Ordering::Relaxed);
+        self.ei().store(0, Ordering::Relaxed);
+    }
+
+    /// The shadow doorbell slot, as an atomic.
+    #[inline(always)]
+    fn db(&self) -> &AtomicU32 {
+        // SAFETY: an aligned slot inside the shadow page (see the type),
+        // which the controller's shared state keeps allocated while any
+        // queue exists; device-shared memory is only ever accessed
+        // atomically here, and the device (or its model) does the same.
+        unsafe { AtomicU32::from_ptr(self.db.as_ptr()) }
+    }
+
+    /// The EventIdx slot, as an atomic.
+    #[inline(always)]
+    fn ei(&self) -> &AtomicU32 {
+        // SAFETY: as for `db`, in the EventIdx page.
+        unsafe { AtomicU32::from_ptr(self.ei.as_ptr()) }
     }
 
     /// Publishes `new` (after `old`) into the shadow slot; returns whether
@@ -57,14 +70,13 @@ impl Shadow {
     /// told, by its EventIdx).
     #[inline]
     fn publish(&self, old: u16, new: u16) -> bool {
-        // SAFETY: slots inside the shadow and EventIdx pages (see the type);
-        // device-shared memory, accessed with volatile operations only.
-        unsafe { self.db.as_ptr().write_volatile(new as u32) };
+        // Release: the commands (or consumed entries) before it are visible
+        // to a device that sees the new value.
+        self.db().store(new as u32, Ordering::Release);
         // The shadow value must be visible before EventIdx is read, or the
         // controller could miss the update (the virtio event-index rule).
         fence(Ordering::SeqCst);
-        // SAFETY: as above.
-        let ei = unsafe { self.ei.as_ptr().read_volatile() } as u16;
+        let ei = self.ei().load(Ordering::Relaxed) as u16;
         self.always_mmio || need_event(ei, new, old)
     }
 }
