@@ -1,28 +1,15 @@
 //! Safe API misuse. Everything here must be refused (buffer back),
 //! never submitted, never panic.
 
+mod common;
 use std::time::Duration;
 
 use nvme_sim::{Config, SimController};
-use nvme_vfio::ctrl::{Config as DriverConfig, Controller, Io, IoBuf, QueueConfig};
-use nvme_vfio::mem::{DmaSpace, SpaceConfig};
+use nvme_vfio::ctrl::{Controller, Io, IoBuf, QueueConfig};
 use nvme_vfio::Error;
 
 fn open(config: Config) -> (SimController, Controller) {
-    let sim = SimController::new(config).unwrap();
-    let space = DmaSpace::new(sim.iommu().clone(), SpaceConfig { hugepages: false });
-    let driver = DriverConfig {
-        space: SpaceConfig { hugepages: false },
-        io_queues: 2,
-        io_timeout: Duration::from_secs(2),
-        ..DriverConfig::default()
-    };
-    // SAFETY: registers and IOMMU belong to `sim`.
-    let ctrl = unsafe {
-        Controller::with_backend(sim.registers(), space, driver, Some(sim.pci_function()))
-    }
-    .unwrap();
-    (sim, ctrl)
+    common::driver::open(config, Duration::from_secs(2), true)
 }
 
 #[test]

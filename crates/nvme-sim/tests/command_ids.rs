@@ -4,38 +4,12 @@
 //! and however many commands are stuck in the device (IDs are handed out
 //! from the whole 16-bit space, skipping those in flight).
 
+mod common;
+use common::driver::{open, poll_for};
 use std::time::{Duration, Instant};
 
 use nvme_sim::{Config, FaultAction, FaultRule, Match, SimController};
-use nvme_vfio::ctrl::{
-    Config as DriverConfig, Controller, Done, Io, IoBuf, QueueConfig, QueuePair,
-};
-use nvme_vfio::mem::{DmaSpace, SpaceConfig};
-
-fn open(config: Config, io_timeout: Duration, function: bool) -> (SimController, Controller) {
-    let sim = SimController::new(config).unwrap();
-    let space = DmaSpace::new(sim.iommu().clone(), SpaceConfig { hugepages: false });
-    let driver = DriverConfig {
-        space: SpaceConfig { hugepages: false },
-        io_queues: 2,
-        io_timeout,
-        ..DriverConfig::default()
-    };
-    let f = function.then(|| sim.pci_function());
-    // SAFETY: registers, IOMMU and function all belong to `sim`.
-    let ctrl = unsafe { Controller::with_backend(sim.registers(), space, driver, f) }.unwrap();
-    (sim, ctrl)
-}
-
-fn poll_for(qp: &mut QueuePair, d: Duration) -> Vec<Done> {
-    let mut done = Vec::new();
-    let start = Instant::now();
-    while start.elapsed() < d {
-        qp.poll(&mut done);
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    done
-}
+use nvme_vfio::ctrl::{Done, Io, IoBuf, QueueConfig, QueuePair};
 
 fn wait_until(
     qp: &mut QueuePair,

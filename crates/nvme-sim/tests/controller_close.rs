@@ -3,43 +3,14 @@
 //! mastering off, function reset) before queue pairs fail their requests
 //! with `Closed` and hand the buffers back, and nothing revives it.
 
+mod common;
+use common::driver::{open, wait_all};
 use std::time::{Duration, Instant};
 
-use nvme_sim::{Config, FaultAction, FaultRule, Match, SimController};
-use nvme_vfio::ctrl::{
-    Config as DriverConfig, Controller, Done, Io, IoBuf, QueueConfig, QueuePair,
-};
-use nvme_vfio::mem::{DmaSpace, SpaceConfig};
+use nvme_sim::{Config, FaultAction, FaultRule, Match};
+use nvme_vfio::ctrl::{Io, IoBuf, QueueConfig};
 use nvme_vfio::nvme::regs::{offset, Cc, Csts};
 use nvme_vfio::Error;
-
-fn open(config: Config, io_timeout: Duration, function: bool) -> (SimController, Controller) {
-    let sim = SimController::new(config).unwrap();
-    let space = DmaSpace::new(sim.iommu().clone(), SpaceConfig { hugepages: false });
-    let driver = DriverConfig {
-        space: SpaceConfig { hugepages: false },
-        io_queues: 2,
-        io_timeout,
-        ..DriverConfig::default()
-    };
-    let f = function.then(|| sim.pci_function());
-    // SAFETY: registers, IOMMU and function all belong to `sim`.
-    let ctrl = unsafe { Controller::with_backend(sim.registers(), space, driver, f) }.unwrap();
-    (sim, ctrl)
-}
-
-fn wait_all(qp: &mut QueuePair, n: usize) -> Vec<Done> {
-    let mut done = Vec::new();
-    let start = Instant::now();
-    while done.len() < n {
-        qp.poll(&mut done);
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "completions did not arrive"
-        );
-    }
-    done
-}
 
 /// A read delayed inside the device; the Controller is dropped: the
 /// queue pair's request comes back with `Closed` and its DMA buffer only

@@ -1,24 +1,14 @@
 //! Values from the device (and from the safe API) that could overflow are
 //! handled without a panic.
 
+mod common;
 use std::time::Duration;
 
 use nvme_sim::{Config, SimController};
-use nvme_vfio::ctrl::{Config as DriverConfig, Controller, QueueConfig};
-use nvme_vfio::mem::{DmaSpace, SpaceConfig};
+use nvme_vfio::ctrl::{Controller, QueueConfig};
 
 fn open(config: Config) -> (SimController, Controller) {
-    let sim = SimController::new(config).unwrap();
-    let space = DmaSpace::new(sim.iommu().clone(), SpaceConfig { hugepages: false });
-    let driver = DriverConfig {
-        space: SpaceConfig { hugepages: false },
-        io_queues: 2,
-        ..DriverConfig::default()
-    };
-    let f = Some(sim.pci_function());
-    // SAFETY: registers, IOMMU and function all belong to `sim`.
-    let ctrl = unsafe { Controller::with_backend(sim.registers(), space, driver, f) }.unwrap();
-    (sim, ctrl)
+    common::driver::open(config, Duration::from_secs(30), true)
 }
 
 /// Identify Controller MDTS is the device's byte: 64 and up must not

@@ -1,6 +1,7 @@
 //! The driver's lifecycle under an application's timing: timeouts fire by
 //! time however often the caller polls.
 
+mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -12,19 +13,7 @@ use nvme_vfio::nvme::regs::Registers;
 use nvme_vfio::Error;
 
 fn open(config: Config, io_timeout: Duration) -> (SimController, Controller) {
-    let sim = SimController::new(config).unwrap();
-    let space = DmaSpace::new(sim.iommu().clone(), SpaceConfig { hugepages: false });
-    let driver = DriverConfig {
-        space: SpaceConfig { hugepages: false },
-        io_queues: 2,
-        io_timeout,
-        ..DriverConfig::default()
-    };
-    let f = Some(sim.pci_function());
-    // SAFETY: the registers, the IOMMU under the DMA space and the PCI
-    // function all belong to `sim`, which nothing else drives.
-    let ctrl = unsafe { Controller::with_backend(sim.registers(), space, driver, f) }.unwrap();
-    (sim, ctrl)
+    common::driver::open(config, io_timeout, true)
 }
 
 /// A command the device never completes is detected by time: with the

@@ -2,35 +2,16 @@
 //! caller never gets a buffer back while the device may still write it,
 //! and a completion completes only the request it belongs to.
 
+mod common;
+use common::driver::{open, poll_for, wait_all};
 use std::time::{Duration, Instant};
 
 use nvme_sim::{Config, CqeCorruption, FaultAction, FaultRule, Match, SimController};
-use nvme_vfio::ctrl::{
-    Config as DriverConfig, Controller, Done, Io, IoBuf, Op, QueueConfig, QueuePair,
-};
-use nvme_vfio::mem::{DmaSpace, SpaceConfig};
+use nvme_vfio::ctrl::{Controller, Io, IoBuf, Op, QueueConfig, QueuePair};
 use nvme_vfio::Error;
 
 fn bring_up(config: Config) -> (SimController, Controller) {
     open(config, Duration::from_secs(5), false)
-}
-
-/// The driver over `config`'s controller, with the simulated PCI function
-/// (bus mastering, function level reset) if `function`.
-fn open(config: Config, io_timeout: Duration, function: bool) -> (SimController, Controller) {
-    let sim = SimController::new(config).unwrap();
-    let space = DmaSpace::new(sim.iommu().clone(), SpaceConfig { hugepages: false });
-    let driver = DriverConfig {
-        space: SpaceConfig { hugepages: false },
-        io_queues: 2,
-        io_timeout,
-        ..DriverConfig::default()
-    };
-    let f = function.then(|| sim.pci_function());
-    // SAFETY: the registers, the IOMMU under the DMA space and the PCI
-    // function all belong to `sim`, which nothing else drives.
-    let ctrl = unsafe { Controller::with_backend(sim.registers(), space, driver, f) }.unwrap();
-    (sim, ctrl)
 }
 
 /// A queue pair with one command slot: every request reuses its command
@@ -44,17 +25,6 @@ fn one_slot(ctrl: &Controller) -> QueuePair {
         .unwrap();
     assert_eq!(qp.depth(), 1);
     qp
-}
-
-/// Waits `d`, polling `qp` meanwhile, and returns what completed.
-fn poll_for(qp: &mut QueuePair, d: Duration) -> Vec<Done> {
-    let mut done = Vec::new();
-    let start = Instant::now();
-    while start.elapsed() < d {
-        qp.poll(&mut done);
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    done
 }
 
 /// The buffer of a completion, as bytes.
@@ -76,19 +46,6 @@ fn pattern(seed: u64, len: usize) -> Vec<u8> {
     (0..len as u64)
         .map(|i| (i.wrapping_mul(131).wrapping_add(seed * 17) >> 2) as u8)
         .collect()
-}
-
-fn wait_all(qp: &mut QueuePair, n: usize) -> Vec<Done> {
-    let mut done = Vec::new();
-    let start = Instant::now();
-    while done.len() < n {
-        qp.poll(&mut done);
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "completions did not arrive"
-        );
-    }
-    done
 }
 
 /// A request that fails while its commands are being written takes them

@@ -1,12 +1,12 @@
 //! Split requests with some children misbehaving; out-of-order
 //! completions with command ID reuse.
 
+mod common;
+use common::driver::wait_all;
 use std::time::{Duration, Instant};
 
 use nvme_sim::{Config, CqeCorruption, FaultAction, FaultRule, Match, SimController};
-use nvme_vfio::ctrl::{
-    Config as DriverConfig, Controller, Done, Io, IoBuf, QueueConfig, QueuePair,
-};
+use nvme_vfio::ctrl::{Config as DriverConfig, Controller, Io, IoBuf, QueueConfig};
 use nvme_vfio::mem::{DmaSpace, SpaceConfig};
 use nvme_vfio::Error;
 
@@ -23,19 +23,6 @@ fn open(config: Config, function: bool) -> (SimController, Controller) {
     // SAFETY: registers, IOMMU and function all belong to `sim`.
     let ctrl = unsafe { Controller::with_backend(sim.registers(), space, driver, f) }.unwrap();
     (sim, ctrl)
-}
-
-fn wait_all(qp: &mut QueuePair, n: usize) -> Vec<Done> {
-    let mut done = Vec::new();
-    let start = Instant::now();
-    while done.len() < n {
-        qp.poll(&mut done);
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "completions did not arrive"
-        );
-    }
-    done
 }
 
 fn pattern(len: usize) -> Vec<u8> {

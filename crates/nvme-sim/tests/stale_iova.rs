@@ -3,34 +3,15 @@
 //! back, and a late transfer through a stale IOVA faults instead of
 //! landing in pool memory.
 
-use std::time::{Duration, Instant};
+mod common;
+use common::driver::wait_all;
+use std::time::Duration;
 
 use nvme_sim::{Config, FaultAction, FaultRule, Match, SimController};
-use nvme_vfio::ctrl::{Config as DriverConfig, Controller, Done, Io, QueueConfig, QueuePair};
-use nvme_vfio::mem::{DmaSpace, SpaceConfig};
+use nvme_vfio::ctrl::{Controller, Io, QueueConfig};
 
 fn open(config: Config) -> (SimController, Controller) {
-    let sim = SimController::new(config).unwrap();
-    let space = DmaSpace::new(sim.iommu().clone(), SpaceConfig { hugepages: false });
-    let driver = DriverConfig {
-        space: SpaceConfig { hugepages: false },
-        io_queues: 2,
-        ..DriverConfig::default()
-    };
-    let f = Some(sim.pci_function());
-    // SAFETY: registers, IOMMU and function all belong to `sim`.
-    let ctrl = unsafe { Controller::with_backend(sim.registers(), space, driver, f) }.unwrap();
-    (sim, ctrl)
-}
-
-fn wait_all(qp: &mut QueuePair, n: usize) -> Vec<Done> {
-    let mut done = Vec::new();
-    let start = Instant::now();
-    while done.len() < n {
-        qp.poll(&mut done);
-        assert!(start.elapsed() < Duration::from_secs(10));
-    }
-    done
+    common::driver::open(config, Duration::from_secs(30), true)
 }
 
 #[test]

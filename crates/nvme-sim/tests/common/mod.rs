@@ -4,6 +4,8 @@
 //! test can also do what a real driver never would.
 #![allow(dead_code)]
 
+pub mod driver;
+
 use std::alloc::{alloc_zeroed, dealloc, Layout};
 use std::sync::Arc;
 use std::time::{Duration, Instant};

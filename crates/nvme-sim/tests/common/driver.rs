@@ -1,0 +1,53 @@
+//! The real driver (nvme-vfio's `Controller` and `QueuePair`) over the
+//! software controller, for the tests that play a misbehaving device or
+//! an application's timing against it.
+
+use std::time::{Duration, Instant};
+
+use nvme_sim::{Config, SimController};
+use nvme_vfio::ctrl::{Config as DriverConfig, Controller, Done, QueuePair};
+use nvme_vfio::mem::{DmaSpace, SpaceConfig};
+
+/// The driver over `config`'s controller (two I/O queues, 4 KiB pages),
+/// with the simulated PCI function (bus mastering, function level reset)
+/// if `function`.
+pub fn open(config: Config, io_timeout: Duration, function: bool) -> (SimController, Controller) {
+    let sim = SimController::new(config).unwrap();
+    let space = DmaSpace::new(sim.iommu().clone(), SpaceConfig { hugepages: false });
+    let driver = DriverConfig {
+        space: SpaceConfig { hugepages: false },
+        io_queues: 2,
+        io_timeout,
+        ..DriverConfig::default()
+    };
+    let f = function.then(|| sim.pci_function());
+    // SAFETY: the registers, the IOMMU under the DMA space and the PCI
+    // function all belong to `sim`, which nothing else drives.
+    let ctrl = unsafe { Controller::with_backend(sim.registers(), space, driver, f) }.unwrap();
+    (sim, ctrl)
+}
+
+/// Polls until `n` requests have completed (at most 30 s).
+pub fn wait_all(qp: &mut QueuePair, n: usize) -> Vec<Done> {
+    let mut done = Vec::new();
+    let start = Instant::now();
+    while done.len() < n {
+        qp.poll(&mut done);
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "completions did not arrive"
+        );
+    }
+    done
+}
+
+/// Polls for `d`, a millisecond apart, and returns what completed.
+pub fn poll_for(qp: &mut QueuePair, d: Duration) -> Vec<Done> {
+    let mut done = Vec::new();
+    let start = Instant::now();
+    while start.elapsed() < d {
+        qp.poll(&mut done);
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    done
+}
