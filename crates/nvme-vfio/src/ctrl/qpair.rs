@@ -608,7 +608,12 @@ impl QueuePair {
     /// whether there was any.
     pub(super) fn drain_completions(&mut self, out: &mut Vec<Done>) -> bool {
         let mut seen = false;
-        while let Some(c) = self.cq.pop() {
+        // At most one ring's worth per call: a device that keeps posting
+        // entries (ignoring the head doorbell) cannot hold the caller here.
+        let mut budget = self.cq.entries();
+        while budget > 0 {
+            let Some(c) = self.cq.pop() else { break };
+            budget -= 1;
             seen = true;
             // Everything in the entry is the device's word: it completes a
             // request only if it names a command in flight, of this

@@ -456,13 +456,15 @@ impl Shared {
                         c.sq_id,
                         c.sq_head
                     );
-                    continue;
+                    // A device that floods the queue with such entries
+                    // still meets the timeout check below.
+                } else {
+                    let status = c.status();
+                    if !status.is_success() {
+                        return Err(Error::Command { what, status });
+                    }
+                    return Ok(c);
                 }
-                let status = c.status();
-                if !status.is_success() {
-                    return Err(Error::Command { what, status });
-                }
-                return Ok(c);
             }
             spins += 1;
             if spins % 64 == 0 {
