@@ -324,3 +324,51 @@ fn bring_up_stops_a_controller_left_running_before_mapping_anything() {
         qp.read(&ns, 0, &mut b).unwrap();
     }
 }
+
+/// Asynchronous events reach the application: the driver keeps event
+/// requests outstanding; setting the temperature threshold below the
+/// controller's temperature makes it report a SMART/health event
+/// (temperature threshold, log page 02h), which `poll_events` returns; the
+/// requests are sent again after a reset, and I/O is unaffected.
+#[test]
+fn a_smart_temperature_event_reaches_the_application() {
+    use nvme_vfio::ctrl::{AsyncEvent, AsyncEventKind};
+    use nvme_vfio::nvme::cmd::feature;
+    let (_sim, ctrl) = open(Config::default(), Duration::from_secs(5));
+    let ns = ctrl.namespace(1).unwrap();
+    let mut qp = ctrl.queue_pair(QueueConfig::default()).unwrap();
+    assert!(ctrl.poll_events().unwrap().is_empty());
+    let temperature = ctrl.smart_log().unwrap().temperature_k;
+    let wait_event = || {
+        let start = Instant::now();
+        loop {
+            let e = ctrl.poll_events().unwrap();
+            if !e.is_empty() {
+                return e;
+            }
+            assert!(start.elapsed() < Duration::from_secs(2), "no event");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    };
+    let smart_temperature = AsyncEvent {
+        kind: AsyncEventKind::SmartHealth,
+        info: 1,
+        log_page: 0x02,
+    };
+    for round in 0..2 {
+        // Over-temperature threshold below the current temperature.
+        ctrl.set_features(feature::TEMPERATURE_THRESHOLD, u32::from(temperature) - 10)
+            .unwrap();
+        assert_eq!(wait_event(), vec![smart_temperature], "round {round}");
+        assert_ne!(ctrl.smart_log().unwrap().critical_warning & 2, 0);
+        let mut b = vec![0u8; 4096];
+        qp.read(&ns, 0, &mut b).unwrap();
+        // Back above: the warning clears; the controller resets its
+        // features with a reset, and the driver sends its requests again.
+        ctrl.set_features(feature::TEMPERATURE_THRESHOLD, u32::from(temperature) + 10)
+            .unwrap();
+        ctrl.reset().unwrap();
+        qp.read(&ns, 0, &mut b).unwrap();
+    }
+    assert!(ctrl.poll_events().unwrap().is_empty());
+}

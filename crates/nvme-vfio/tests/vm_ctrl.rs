@@ -597,6 +597,49 @@ fn a_controller_stopped_by_bus_master_and_function_reset_works_afterwards() {
     ctrl.namespace(1).unwrap();
 }
 
+/// QEMU's controller reports a SMART/health event (temperature threshold)
+/// when the over-temperature threshold is set below its temperature; the
+/// driver's outstanding event requests bring it to `poll_events`.
+#[test]
+fn a_temperature_threshold_event_reaches_the_application() {
+    use nvme_vfio::ctrl::{AsyncEvent, AsyncEventKind};
+    use nvme_vfio::nvme::cmd::feature;
+    use std::time::{Duration, Instant};
+    if !in_vm() {
+        return;
+    }
+    let _g = DEVICE.lock().unwrap_or_else(|e| e.into_inner());
+    let ctrl = Controller::open(NVME, Config::default()).expect("bring-up");
+    let _ = ctrl.poll_events().unwrap();
+    let temperature = ctrl.smart_log().unwrap().temperature_k;
+    let old = ctrl.get_features(feature::TEMPERATURE_THRESHOLD).unwrap();
+    ctrl.set_features(feature::TEMPERATURE_THRESHOLD, u32::from(temperature) - 10)
+        .unwrap();
+    let start = Instant::now();
+    let events = loop {
+        let e = ctrl.poll_events().unwrap();
+        if !e.is_empty() || start.elapsed() > Duration::from_secs(5) {
+            break e;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    ctrl.set_features(feature::TEMPERATURE_THRESHOLD, old & 0xffff)
+        .unwrap();
+    assert_eq!(
+        events,
+        vec![AsyncEvent {
+            kind: AsyncEventKind::SmartHealth,
+            info: 1,
+            log_page: 0x02
+        }]
+    );
+    // I/O and admin commands go on with event requests outstanding.
+    let ns = ctrl.namespace(1).unwrap();
+    let mut qp = ctrl.queue_pair(QueueConfig::default()).unwrap();
+    let mut b = vec![0u8; 4096];
+    qp.read(&ns, 0, &mut b).unwrap();
+}
+
 #[test]
 fn controller_memory_buffer_as_data_buffer() {
     if !in_vm() {

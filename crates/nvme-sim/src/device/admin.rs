@@ -16,6 +16,15 @@ use super::{csc, fail, invalid, ok, sc, specific, Deferred, Device, Outcome, Wai
 /// Event Configuration.
 const PLAIN_FEATURES: [u8; 7] = [0x01, 0x02, 0x04, 0x05, 0x08, 0x09, 0x0b];
 
+/// Feature: Temperature Threshold.
+const TEMPERATURE_THRESHOLD: u8 = 0x04;
+/// Feature: Asynchronous Event Configuration.
+const ASYNC_EVENT_CONFIG: u8 = 0x0b;
+/// The controller's composite temperature, in kelvin.
+pub(crate) const TEMPERATURE_K: u16 = 310;
+/// SMART critical warning and AEC bit: temperature.
+const WARN_TEMPERATURE: u8 = 1 << 1;
+
 /// Default of a plain feature (Temperature Threshold: 343 K).
 fn plain_default(fid: u8) -> u32 {
     if fid == 0x04 {
@@ -211,6 +220,9 @@ impl Device {
             }
             f if PLAIN_FEATURES.contains(&f) => {
                 self.features.insert(f, v);
+                if f == TEMPERATURE_THRESHOLD || f == ASYNC_EVENT_CONFIG {
+                    self.check_temperature();
+                }
                 ok(0)
             }
             _ => fail(invalid(sc::INVALID_FIELD)),
@@ -285,7 +297,45 @@ impl Device {
 
     /// Asynchronous Event Request: held until a reset (this controller
     /// reports no events).
+    /// The temperature against the over-temperature threshold (composite
+    /// sensor): crossing it sets the SMART critical warning and, if
+    /// enabled in the Asynchronous Event Configuration, reports a
+    /// SMART/Health event (once, until the temperature is back under).
+    pub(super) fn check_temperature(&mut self) {
+        let th = *self.features.get(&TEMPERATURE_THRESHOLD).unwrap_or(&0x157);
+        // THSEL 0 (over), TMPSEL 0 (composite) only.
+        let over = th >> 20 & 3 == 0 && th >> 16 & 0xf == 0 && TEMPERATURE_K > (th & 0xffff) as u16;
+        if !over {
+            self.critical_warning &= !WARN_TEMPERATURE;
+            return;
+        }
+        if self.critical_warning & WARN_TEMPERATURE != 0 {
+            return;
+        }
+        self.critical_warning |= WARN_TEMPERATURE;
+        let aec = *self.features.get(&ASYNC_EVENT_CONFIG).unwrap_or(&0);
+        if aec as u8 & WARN_TEMPERATURE != 0 {
+            // SMART/Health status, temperature threshold, log page 02h.
+            self.report_event(1 | 1 << 8 | 0x02 << 16);
+        }
+    }
+
+    /// Completes the oldest outstanding Asynchronous Event Request with
+    /// `result` (dword 0), or keeps the event until one comes.
+    pub(super) fn report_event(&mut self, result: u32) {
+        match self.deferred.iter().position(|d| d.wait == Wait::Event) {
+            Some(i) => {
+                let d = self.deferred.remove(i);
+                self.post(0, d.cmd.cid(), Status::SUCCESS, result);
+            }
+            None => self.pending_events.push(result),
+        }
+    }
+
     fn async_event(&mut self, cmd: &Command) -> Outcome {
+        if !self.pending_events.is_empty() {
+            return ok(self.pending_events.remove(0));
+        }
         let n = self
             .deferred
             .iter()

@@ -110,7 +110,8 @@ impl Device {
         // Data units are thousands of 512-byte units, rounded up.
         let units = |b: u64| b.div_ceil(512 * 1000);
         SmartLog {
-            temperature_k: 310,
+            temperature_k: super::admin::TEMPERATURE_K,
+            critical_warning: self.critical_warning,
             available_spare: 100,
             spare_threshold: 10,
             data_units_read: units(s.bytes_read.load(Ordering::Relaxed)),

@@ -230,6 +230,10 @@ pub(crate) struct Device {
     vwc: bool,
     /// Other features, stored as set.
     features: HashMap<u8, u32>,
+    /// SMART critical warning bits raised.
+    critical_warning: u8,
+    /// Asynchronous events waiting for a request to complete.
+    pending_events: Vec<u32>,
     deferred: Vec<Deferred>,
     /// Work scheduled for completed commands (faults).
     later: Vec<Later>,
@@ -266,6 +270,8 @@ impl Device {
             granted: (max, max),
             vwc,
             features: HashMap::new(),
+            critical_warning: 0,
+            pending_events: Vec::new(),
             deferred: Vec::new(),
             later: Vec::new(),
             shadow: None,

@@ -9,6 +9,7 @@ mod blocking;
 mod cids;
 mod clock;
 mod cmb;
+mod events;
 mod free;
 mod function;
 mod io;
@@ -30,6 +31,7 @@ use crate::nvme::spec::PageSize;
 use crate::Error;
 
 pub use cmb::CmbBuf;
+pub use events::{AsyncEvent, AsyncEventKind};
 pub use function::PciFunction;
 pub use io::{Done, Io, IoBuf, Op};
 pub use pool::{DmaDescPool, DESC_PAGE};
@@ -72,6 +74,10 @@ pub struct Config {
     /// function level reset. Off by default; needs the PCI function
     /// ([`Controller::open`] has it).
     pub test_unacknowledged_disable: bool,
+    /// Keep Asynchronous Event Requests outstanding and collect the
+    /// controller's events (SMART/health warnings, notices, error log
+    /// entries) for [`Controller::poll_events`].
+    pub async_events: bool,
 }
 
 impl Default for Config {
@@ -85,6 +91,7 @@ impl Default for Config {
             cmb: true,
             shadow_doorbells: true,
             test_unacknowledged_disable: false,
+            async_events: true,
         }
     }
 }
@@ -237,6 +244,7 @@ impl Controller {
             sq: SubmissionQueue::new(&space, entries, sq_db)?,
             cq: CompletionQueue::new(&space, entries, cq_db)?,
             next_cid: 0,
+            events: events::Events::default(),
         };
         let shared = Arc::new(Shared {
             regs,
@@ -252,6 +260,7 @@ impl Controller {
             publishers: Mutex::new(Vec::new()),
             cmbmsc: std::sync::atomic::AtomicU64::new(0),
             device_errors: std::sync::atomic::AtomicU64::new(0),
+            aer_caps: std::sync::OnceLock::new(),
             stops: std::sync::atomic::AtomicU64::new(0),
             dbbuf: std::mem::ManuallyDrop::new(std::sync::OnceLock::new()),
         });
@@ -268,6 +277,9 @@ impl Controller {
             ctrl.setup_shadow_doorbells()?;
         }
         *lock(&ctrl.shared.qids) = vec![false; ctrl.io_queues as usize];
+        let caps = (ctrl.identify.aerl(), ctrl.identify.oaes());
+        let _ = ctrl.shared.aer_caps.set(caps);
+        ctrl.shared.start_events(caps.0, caps.1, false);
         log::info!(
             "controller up: {} (serial {}, firmware {}), {} I/O queues, {} bytes per command",
             ctrl.identify.model(),
@@ -473,6 +485,34 @@ impl Controller {
             .shared
             .admin(Command::abort(sqid, cid), None, "Abort")?;
         Ok(c.result & 1 == 0)
+    }
+
+    /// The asynchronous events the controller reported since the last
+    /// call, oldest first (SMART/health warnings such as a temperature
+    /// threshold crossed, namespace attribute changes, error log entries).
+    /// The driver keeps Asynchronous Event Requests outstanding
+    /// ([`Config::async_events`]) and sends a new one for each event; this
+    /// call collects what completed, without waiting for events (it may
+    /// wait for an admin command another thread is running). Events that
+    /// arrived while another admin command ran are kept for it too.
+    pub fn poll_events(&self) -> Result<Vec<AsyncEvent>, Error> {
+        self.shared.poll_events()
+    }
+
+    /// Set Features: sets feature `fid` to `value` (Command Dword 11) and
+    /// returns the completion's dword 0.
+    pub fn set_features(&self, fid: u8, value: u32) -> Result<u32, Error> {
+        self.shared
+            .admin(Command::set_features(fid, value), None, "Set Features")
+            .map(|c| c.result)
+    }
+
+    /// Get Features: the current value of feature `fid` (the completion's
+    /// dword 0).
+    pub fn get_features(&self, fid: u8) -> Result<u32, Error> {
+        self.shared
+            .admin(Command::get_features(fid), None, "Get Features")
+            .map(|c| c.result)
     }
 
     /// Largest transfer of one command in bytes (from MDTS; 1 MiB when the

@@ -21,6 +21,8 @@ pub(super) struct Admin {
     pub(super) sq: SubmissionQueue,
     pub(super) cq: CompletionQueue,
     pub(super) next_cid: u16,
+    /// Asynchronous Event Requests outstanding and events collected.
+    pub(super) events: super::events::Events,
 }
 
 /// State shared by the controller and its queue pairs.
@@ -55,6 +57,8 @@ pub(crate) struct Shared {
     /// Completions that belonged to no outstanding command (wrong command
     /// ID or generation, wrong SQ ID, impossible SQ head), on any queue.
     pub(super) device_errors: std::sync::atomic::AtomicU64,
+    /// The controller's AERL and OAES (Identify), once known.
+    pub(super) aer_caps: std::sync::OnceLock<(u8, u32)>,
     /// How many times the device was stopped ([`Shared::quiesce`]).
     pub(super) stops: std::sync::atomic::AtomicU64,
     /// Shadow doorbell and EventIdx pages, once configured.
@@ -291,6 +295,12 @@ impl Shared {
         self.set_disabled(true);
     }
 
+    /// Counts a completion that belonged to no command outstanding.
+    pub(super) fn count_device_error(&self) {
+        self.device_errors
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// Whether the controller is dead (see [`Error::Dead`]).
     #[inline]
     pub(crate) fn is_dead(&self) -> bool {
@@ -423,7 +433,8 @@ impl Shared {
         }
         let mut a = lock(&self.admin);
         let cid = a.next_cid;
-        a.next_cid = a.next_cid.wrapping_add(1);
+        // The IDs from AER_CID_BASE up are the event requests'.
+        a.next_cid = a.next_cid.wrapping_add(1) % super::events::AER_CID_BASE;
         cmd.set_cid(cid);
         if let Some(iova) = data {
             cmd.set_data(DataPtr::Prp {
@@ -442,13 +453,14 @@ impl Shared {
             if let Some(c) = a.cq.pop() {
                 let head_ok = a.sq.advance_head(c.sq_head);
                 a.cq.ring(&*self.regs);
-                if c.cid != cid || c.sq_id != 0 || !head_ok {
+                if super::events::is_aer(c.cid) && c.sq_id == 0 && head_ok {
+                    a.on_event(&c, &*self.regs);
+                } else if c.cid != cid || c.sq_id != 0 || !head_ok {
                     // Not this command's: a device error. Nothing else is
                     // outstanding on the admin queue, so nothing is
                     // completed by it; the command keeps waiting (and is
                     // recovered by the admin timeout if it never comes).
-                    self.device_errors
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    self.count_device_error();
                     log::warn!(
                         "admin queue: completion for command {} (SQ {}, SQ head {}) \
                          while command {cid} is outstanding: ignored",
@@ -546,6 +558,8 @@ impl Shared {
             let mut a = lock(&self.admin);
             a.sq.reset();
             a.cq.reset();
+            // The controller dropped its event requests with the queues.
+            a.events.outstanding = 0;
             let r = &self.regs;
             r.write32(offset::AQA, Aqa::new(a.sq.entries(), a.cq.entries()).0);
             r.write64(offset::ASQ, a.sq.iova().raw());
@@ -612,7 +626,11 @@ impl Shared {
                 "Set Features (Number of Queues)",
                 true,
             )?;
-            self.configure_dbbuf()
+            self.configure_dbbuf()?;
+            if let Some(&(aerl, oaes)) = self.aer_caps.get() {
+                self.start_events(aerl, oaes, true);
+            }
+            Ok(())
         });
         self.state.fetch_add(GENERATION, SeqCst);
         if r.is_err() {

@@ -80,6 +80,16 @@ impl IdentifyController {
     pub fn acl(&self) -> u8 {
         self.0[258]
     }
+    /// Asynchronous Event Request Limit (0-based): how many requests the
+    /// controller keeps outstanding at once, minus one.
+    pub fn aerl(&self) -> u8 {
+        self.0[259]
+    }
+    /// Optional Asynchronous Events Supported (bit 8: namespace attribute
+    /// notices, bit 9: firmware activation notices).
+    pub fn oaes(&self) -> u32 {
+        u32::from_le_bytes([self.0[92], self.0[93], self.0[94], self.0[95]])
+    }
     /// Submission Queue Entry Size: required (3:0) and maximum (7:4), log2.
     pub fn sqes(&self) -> u8 {
         self.0[512]

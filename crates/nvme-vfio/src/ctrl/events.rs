@@ -1,0 +1,216 @@
+//! Asynchronous events: the controller keeps Asynchronous Event Requests
+//! outstanding on the admin queue and completes one when something happens
+//! (a SMART/health warning, a namespace attribute change, an error log
+//! entry); the driver collects the events for the application, which
+//! drains them with [`Controller::poll_events`](super::Controller::poll_events),
+//! and sends a new request for each one that completed.
+//!
+//! The requests carry command IDs of their own ([`AER_CIDS`]), which no
+//! other admin command uses, so a completion is known for an event by its
+//! ID alone.
+
+use std::collections::VecDeque;
+
+use super::shared::{Admin, Shared};
+use crate::nvme::cmd::{admin, feature, Command, Completion};
+use crate::nvme::regs::Registers;
+use crate::Error;
+
+/// The first of the command IDs reserved for Asynchronous Event Requests.
+pub(super) const AER_CID_BASE: u16 = 0xfff0;
+/// How many command IDs are reserved for them (and so the most requests
+/// kept outstanding).
+pub(super) const AER_CIDS: u16 = 16;
+/// The most requests kept outstanding (fewer if the controller's AERL says
+/// so).
+const AER_MAX: u16 = 4;
+/// Events kept for the application at most; older ones are dropped (and
+/// logged).
+const EVENTS_KEPT: usize = 256;
+
+/// What kind of event the controller reported (Asynchronous Event Type).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum AsyncEventKind {
+    /// An error status (the Error Information log has the entry).
+    Error,
+    /// A SMART / Health status warning (critical warning bits, such as a
+    /// temperature threshold crossed or spare capacity low).
+    SmartHealth,
+    /// A notice (namespace attributes changed, firmware activation, ...).
+    Notice,
+    /// A status specific to an I/O command set.
+    IoCommandSet,
+    /// Vendor specific.
+    Vendor,
+    /// A type this driver does not know.
+    Other(u8),
+}
+
+/// One asynchronous event, as the controller reported it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AsyncEvent {
+    /// The kind of event.
+    pub kind: AsyncEventKind,
+    /// Asynchronous Event Information: which event of the kind (for
+    /// SMART/Health: 0 reliability, 1 temperature threshold, 2 spare below
+    /// threshold; for notices: 0 namespace attribute changed, 1 firmware
+    /// activation starting, ...).
+    pub info: u8,
+    /// The log page that has the details (reading it, without Retain
+    /// Asynchronous Event, lets the controller report the event again).
+    pub log_page: u8,
+}
+
+impl AsyncEvent {
+    /// The event in an Asynchronous Event Request's completion dword 0.
+    pub fn from_dword0(dw0: u32) -> Self {
+        let kind = match dw0 & 7 {
+            0 => AsyncEventKind::Error,
+            1 => AsyncEventKind::SmartHealth,
+            2 => AsyncEventKind::Notice,
+            6 => AsyncEventKind::IoCommandSet,
+            7 => AsyncEventKind::Vendor,
+            t => AsyncEventKind::Other(t as u8),
+        };
+        Self {
+            kind,
+            info: (dw0 >> 8) as u8,
+            log_page: (dw0 >> 16) as u8,
+        }
+    }
+}
+
+/// The event state of the admin queue (under its lock).
+#[derive(Debug, Default)]
+pub(super) struct Events {
+    /// How many requests to keep outstanding (0: events off).
+    pub(super) limit: u16,
+    /// Reserved command IDs in flight, one bit each.
+    pub(super) outstanding: u16,
+    /// Events not taken by the application yet.
+    pub(super) queue: VecDeque<AsyncEvent>,
+}
+
+/// Whether `cid` is one of the reserved Asynchronous Event Request IDs.
+#[inline]
+pub(super) fn is_aer(cid: u16) -> bool {
+    cid >= AER_CID_BASE
+}
+
+impl Admin {
+    /// Handles the completion of an Asynchronous Event Request: its event
+    /// is queued for the application (a failed request, such as one the
+    /// controller aborted, is not an event), and a new request takes its
+    /// place.
+    pub(super) fn on_event(&mut self, c: &Completion, regs: &dyn Registers) {
+        let bit = 1u16 << (c.cid - AER_CID_BASE);
+        if self.events.outstanding & bit == 0 {
+            log::warn!(
+                "admin queue: completion for event request {:#x}, not outstanding",
+                c.cid
+            );
+            return;
+        }
+        self.events.outstanding &= !bit;
+        if c.status().is_success() {
+            let e = AsyncEvent::from_dword0(c.result);
+            log::info!("controller event: {e:?}");
+            if self.events.queue.len() >= EVENTS_KEPT {
+                let old = self.events.queue.pop_front();
+                log::warn!("asynchronous event dropped (the application did not take it): {old:?}");
+            }
+            self.events.queue.push_back(e);
+        } else {
+            log::debug!("event request ended with {}", c.status());
+        }
+        self.refill_events(regs);
+    }
+
+    /// Sends Asynchronous Event Requests until `limit` are outstanding.
+    pub(super) fn refill_events(&mut self, regs: &dyn Registers) {
+        let mut sent = false;
+        while (self.events.outstanding.count_ones() as u16) < self.events.limit {
+            let free = (!self.events.outstanding).trailing_zeros() as u16;
+            if free >= AER_CIDS {
+                break;
+            }
+            self.events.outstanding |= 1 << free;
+            let mut cmd = Command::new(admin::ASYNC_EVENT, 0);
+            cmd.set_cid(AER_CID_BASE + free);
+            // Room: at most AER_MAX requests and one command are
+            // outstanding on a queue of more entries.
+            self.sq.push(&cmd);
+            sent = true;
+        }
+        if sent {
+            self.sq.ring(regs);
+        }
+    }
+
+    /// Takes every completion posted on the admin queue while no admin
+    /// command is outstanding (the caller holds the admin lock): events, or
+    /// stray completions, which are device errors.
+    pub(super) fn drain_events(&mut self, shared: &Shared) {
+        let mut seen = false;
+        let mut budget = self.cq.entries();
+        while budget > 0 {
+            let Some(c) = self.cq.pop() else { break };
+            budget -= 1;
+            seen = true;
+            let head_ok = self.sq.advance_head(c.sq_head);
+            if is_aer(c.cid) && c.sq_id == 0 && head_ok {
+                self.on_event(&c, &*shared.regs);
+            } else {
+                shared.count_device_error();
+                log::warn!(
+                    "admin queue: completion for command {:#x} (SQ {}, SQ head {}) \\
+                     with no command outstanding: ignored",
+                    c.cid,
+                    c.sq_id,
+                    c.sq_head
+                );
+            }
+        }
+        if seen {
+            self.cq.ring(&*shared.regs);
+        }
+    }
+}
+
+impl Shared {
+    /// Turns asynchronous events on (after bring-up and after every reset):
+    /// enables the SMART/health warnings and the notices the controller
+    /// supports (Asynchronous Event Configuration) and sends the requests.
+    /// Events are optional: a controller that refuses the configuration
+    /// still gets its requests.
+    pub(super) fn start_events(&self, aerl: u8, oaes: u32, by_reset: bool) {
+        if !self.config.async_events {
+            return;
+        }
+        let aec = 0xff | (oaes & (1 << 8 | 1 << 9));
+        if let Err(e) = self.admin_raw(
+            Command::set_features(feature::ASYNC_EVENT_CONFIG, aec),
+            None,
+            "Set Features (Asynchronous Event Configuration)",
+            by_reset,
+        ) {
+            log::warn!("asynchronous event configuration: {e}");
+        }
+        let mut a = super::shared::lock(&self.admin);
+        a.events.limit = (u16::from(aerl) + 1).min(AER_MAX);
+        a.refill_events(&*self.regs);
+    }
+
+    /// The events reported since the last call, oldest first.
+    pub(super) fn poll_events(&self) -> Result<Vec<AsyncEvent>, Error> {
+        let mut a = super::shared::lock(&self.admin);
+        if self.is_disabled() {
+            return Err(self.stopped_error());
+        }
+        if !self.is_resetting() {
+            a.drain_events(self);
+        }
+        Ok(a.events.queue.drain(..).collect())
+    }
+}
