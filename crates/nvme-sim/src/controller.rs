@@ -81,6 +81,8 @@ pub(crate) struct Shared {
     pub(crate) release_held: AtomicBool,
     pub(crate) stop: AtomicBool,
     pub(crate) stats: Counters,
+    /// Interrupt vectors, once the driver asked for them.
+    pub(crate) irqs: std::sync::OnceLock<Arc<crate::irq::SimInterrupts>>,
     /// CC.EN 1 -> 0 is not acted on (a fault).
     pub(crate) ignore_disable: AtomicBool,
     /// Function level resets do nothing (a fault).
@@ -112,6 +114,7 @@ impl Shared {
             release_held: AtomicBool::new(false),
             stop: AtomicBool::new(false),
             stats: Counters::default(),
+            irqs: std::sync::OnceLock::new(),
             ignore_disable: AtomicBool::new(false),
             ignore_flr: AtomicBool::new(false),
             bus_master: AtomicBool::new(true),
@@ -250,6 +253,19 @@ impl SimController {
             shared,
             worker: Some(worker),
         })
+    }
+
+    /// The controller's interrupt vectors (`vectors` eventfds, created on
+    /// the first call; later calls return the same ones): from now on a
+    /// completion posted to a queue created with interrupts enabled
+    /// signals its vector. For the driver's interrupt mode
+    /// (`Controller::with_interrupts`).
+    pub fn interrupts(&self, vectors: usize) -> Result<Arc<crate::irq::SimInterrupts>, Error> {
+        if let Some(i) = self.shared.irqs.get() {
+            return Ok(i.clone());
+        }
+        let i = Arc::new(crate::irq::SimInterrupts::new(vectors)?);
+        Ok(self.shared.irqs.get_or_init(|| i).clone())
     }
 
     /// BAR0, for the driver.

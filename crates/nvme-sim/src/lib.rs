@@ -83,6 +83,7 @@ mod controller;
 mod device;
 mod fault;
 mod iommu;
+mod irq;
 mod regs;
 mod storage;
 
@@ -90,6 +91,7 @@ pub use config::{Config, NamespaceConfig};
 pub use controller::{SimController, Stats};
 pub use fault::{CqeCorruption, FaultAction, FaultRule, Match};
 pub use iommu::{IommuConfig, Mapping, SimIommu};
+pub use irq::SimInterrupts;
 
 /// Why the software controller could not do what was asked.
 #[derive(Debug, thiserror::Error)]

@@ -372,3 +372,68 @@ fn a_smart_temperature_event_reaches_the_application() {
     }
     assert!(ctrl.poll_events().unwrap().is_empty());
 }
+
+/// Interrupt mode: a caller asleep in `wait` on the queue's interrupt
+/// (nvme-sim's eventfd vectors) is woken by completions, and a command the
+/// device never completes (it raises no interrupt) is still detected by
+/// time: `wait` sleeps no longer than the next timeout check, and the
+/// request comes back within its timeout plus 20 ms.
+#[test]
+fn in_interrupt_mode_a_stuck_command_times_out_by_time() {
+    let timeout = Duration::from_millis(200);
+    let sim = SimController::new(Config::default()).unwrap();
+    let space = DmaSpace::new(sim.iommu().clone(), SpaceConfig { hugepages: false });
+    let driver = DriverConfig {
+        space: SpaceConfig { hugepages: false },
+        io_queues: 2,
+        io_timeout: timeout,
+        ..DriverConfig::default()
+    };
+    let irqs = sim.interrupts(3).unwrap();
+    // SAFETY: the registers, the IOMMU under the DMA space, the PCI
+    // function and the interrupt vectors all belong to `sim`.
+    let ctrl = unsafe {
+        Controller::with_interrupts(
+            sim.registers(),
+            space,
+            driver,
+            Some(sim.pci_function()),
+            Box::new(irqs),
+        )
+    }
+    .unwrap();
+    let ns = ctrl.namespace(1).unwrap();
+    let mut qp = ctrl.queue_pair(QueueConfig::default()).unwrap();
+    // Woken by the interrupt of an ordinary completion.
+    qp.submit(Io::read(&ns, 0, vec![0u8; 512]))
+        .map_err(|(e, _)| e)
+        .unwrap();
+    let mut done = Vec::new();
+    let t = Instant::now();
+    while done.is_empty() {
+        qp.wait(&mut done, Duration::from_secs(5));
+        assert!(t.elapsed() < Duration::from_secs(5));
+    }
+    assert!(done[0].result.is_ok());
+    assert!(qp.interrupts() > 0, "woken by the queue's interrupt");
+    // A lost command: no interrupt ever comes for it.
+    sim.inject(FaultRule::next(Match::io(), FaultAction::Drop));
+    qp.submit(Io::read(&ns, 0, vec![0u8; 512]).tag(5))
+        .map_err(|(e, _)| e)
+        .unwrap();
+    let start = Instant::now();
+    let mut done = Vec::new();
+    while done.is_empty() {
+        // One long sleep, as an event loop would.
+        qp.wait(&mut done, Duration::from_secs(30));
+        assert!(start.elapsed() < Duration::from_secs(5), "no timeout");
+    }
+    let after = start.elapsed();
+    assert_eq!(done[0].tag, 5);
+    assert!(done[0].result.is_err(), "{:?}", done[0].result);
+    assert!(after >= timeout, "fired early, after {after:?}");
+    assert!(
+        after <= timeout + Duration::from_millis(20),
+        "detected after {after:?}"
+    );
+}

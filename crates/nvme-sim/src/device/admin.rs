@@ -109,7 +109,9 @@ impl Device {
         }
         // Head doorbell writes before the queue existed went nowhere.
         self.sh.regs.clear_doorbell(qid, true);
-        self.cqs[qid as usize] = Some(Cq::new(base, size));
+        let mut cq = Cq::new(base, size);
+        cq.vector = (cmd.cdw11 & 2 != 0).then_some(iv as u16);
+        self.cqs[qid as usize] = Some(cq);
         log::debug!("created CQ {qid}: {size} entries at {base}");
         ok(0)
     }

@@ -433,6 +433,8 @@ impl Device {
         self.cqs[0] = Some(Cq::new(blk_dma::Iova::new(acq), acqs));
         if let Some(cq) = self.cqs[0].as_mut() {
             cq.sqs = 1;
+            // The admin queue's interrupts are always on, on vector 0.
+            cq.vector = Some(0);
         }
         self.sq_ids = vec![0];
         // Commands that survived the reset run `after` this enable.

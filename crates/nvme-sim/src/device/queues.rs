@@ -54,6 +54,8 @@ pub(crate) struct Cq {
     pub(crate) backlog: VecDeque<(Completion, bool)>,
     /// Submission queues completing here.
     pub(crate) sqs: u32,
+    /// The interrupt vector signalled for new entries, if enabled.
+    pub(crate) vector: Option<u16>,
 }
 
 impl Cq {
@@ -66,6 +68,7 @@ impl Cq {
             phase: true,
             backlog: VecDeque::new(),
             sqs: 0,
+            vector: None,
         }
     }
 
@@ -242,7 +245,19 @@ impl Device {
             }
             moved = true;
         }
+        if moved {
+            self.interrupt(cqid);
+        }
         moved
+    }
+
+    /// Signals CQ `cqid`'s interrupt vector, if it has one enabled and the
+    /// driver asked for interrupts.
+    fn interrupt(&self, cqid: u16) {
+        let vector = self.cqs.get(cqid as usize).and_then(|c| c.as_ref()?.vector);
+        if let (Some(v), Some(irqs)) = (vector, self.sh.irqs.get()) {
+            irqs.signal(v);
+        }
     }
 
     /// Posts a completion for command `cid` of SQ `sqid`, carrying the SQ's
@@ -301,6 +316,8 @@ impl Device {
             if !write_entry(&self.sh.iommu, cq, &cqe, flip) {
                 log::warn!("CQE write to CQ {cqid} refused by the IOMMU; raising CSTS.CFS");
                 self.fatal();
+            } else {
+                self.interrupt(cqid);
             }
         }
         // Commands held back on this CQ count every completion posted.

@@ -47,3 +47,48 @@ impl PciFunction for crate::vfio::Device {
         Ok(self.reset()?)
     }
 }
+
+/// A controller's interrupts, delivered through eventfds: vector `v`
+/// signals eventfd `v` (vector 0 the admin queue, vector `q` I/O queue
+/// `q`). MSI-X through VFIO ([`vfio::Msix`](crate::vfio::Msix)) or a
+/// device model's.
+pub trait Interrupts: Send + Sync + core::fmt::Debug {
+    /// How many vectors there are.
+    fn vectors(&self) -> usize;
+
+    /// The eventfd of `vector`, to poll or epoll on.
+    fn eventfd(&self, vector: usize) -> Option<std::os::fd::BorrowedFd<'_>>;
+
+    /// How many times `vector` fired since the last call (0 if none);
+    /// never blocks.
+    fn take_count(&self, vector: usize) -> std::io::Result<u64>;
+}
+
+impl Interrupts for crate::vfio::Msix {
+    fn vectors(&self) -> usize {
+        self.len()
+    }
+
+    fn eventfd(&self, vector: usize) -> Option<std::os::fd::BorrowedFd<'_>> {
+        crate::vfio::Msix::eventfd(self, vector)
+    }
+
+    fn take_count(&self, vector: usize) -> std::io::Result<u64> {
+        crate::vfio::Msix::take_count(self, vector)
+    }
+}
+
+/// Shared vectors: the device model (or its tests) keeps a handle too.
+impl<T: Interrupts + ?Sized> Interrupts for std::sync::Arc<T> {
+    fn vectors(&self) -> usize {
+        (**self).vectors()
+    }
+
+    fn eventfd(&self, vector: usize) -> Option<std::os::fd::BorrowedFd<'_>> {
+        (**self).eventfd(vector)
+    }
+
+    fn take_count(&self, vector: usize) -> std::io::Result<u64> {
+        (**self).take_count(vector)
+    }
+}

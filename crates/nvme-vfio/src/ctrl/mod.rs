@@ -32,7 +32,7 @@ use crate::Error;
 
 pub use cmb::CmbBuf;
 pub use events::{AsyncEvent, AsyncEventKind};
-pub use function::PciFunction;
+pub use function::{Interrupts, PciFunction};
 pub use io::{Done, Io, IoBuf, Op};
 pub use pool::{DmaDescPool, DESC_PAGE};
 pub use qpair::{QueueConfig, QueuePair};
@@ -157,7 +157,7 @@ impl Controller {
                     "interrupt mode needs at least 2 MSI-X vectors",
                 ));
             }
-            Some(dev.enable_msix(n)?)
+            Some(Box::new(dev.enable_msix(n)?) as Box<dyn Interrupts>)
         } else {
             None
         };
@@ -204,10 +204,37 @@ impl Controller {
     ) -> Result<Self, Error> {
         if config.interrupts {
             return Err(Error::Unsupported(
-                "interrupt mode needs a VFIO device (Controller::open)",
+                "interrupt mode needs interrupt vectors (Controller::open or Controller::with_interrupts)",
             ));
         }
         Self::build(regs, space, config, function, None)
+    }
+
+    /// [`with_backend`](Self::with_backend) in interrupt mode: `irqs` are
+    /// the controller's interrupt vectors (vector 0 for the admin queue,
+    /// vector `q` for I/O queue `q`), which [`QueuePair::wait`] sleeps on.
+    ///
+    /// # Safety
+    ///
+    /// As for [`with_backend`](Self::with_backend); and `irqs` are the
+    /// vectors of that controller.
+    pub unsafe fn with_interrupts(
+        regs: Arc<dyn Registers>,
+        space: Arc<DmaSpace>,
+        config: Config,
+        function: Option<Arc<dyn PciFunction>>,
+        irqs: Box<dyn Interrupts>,
+    ) -> Result<Self, Error> {
+        if irqs.vectors() < 2 {
+            return Err(Error::Unsupported(
+                "interrupt mode needs at least 2 vectors",
+            ));
+        }
+        let config = Config {
+            interrupts: true,
+            ..config
+        };
+        Self::build(regs, space, config, function, Some(irqs))
     }
 
     fn build(
@@ -215,7 +242,7 @@ impl Controller {
         space: Arc<DmaSpace>,
         config: Config,
         function: Option<Arc<dyn PciFunction>>,
-        msix: Option<crate::vfio::Msix>,
+        msix: Option<Box<dyn Interrupts>>,
     ) -> Result<Self, Error> {
         let cap_raw = regs.read64(offset::CAP);
         if cap_raw == u64::MAX {

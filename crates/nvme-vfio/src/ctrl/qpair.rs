@@ -232,7 +232,7 @@ impl QueuePair {
         }
         // Interrupt mode: vector `qid` (vector 0 stays with the admin queue).
         let irq = match &shared.msix {
-            Some(m) if (qid as usize) < m.len() => Some(qid),
+            Some(m) if (qid as usize) < m.vectors() => Some(qid),
             Some(_) => return Err(Error::NoQueues { max: qid - 1 }),
             None => None,
         };

@@ -45,7 +45,7 @@ pub(crate) struct Shared {
     pub(super) state: std::sync::atomic::AtomicU64,
     pub(super) config: Config,
     /// MSI-X vectors in interrupt mode: vector `qid` serves I/O queue `qid`.
-    pub(crate) msix: Option<crate::vfio::Msix>,
+    pub(crate) msix: Option<Box<dyn super::Interrupts>>,
     /// The PCI function, to stop DMA when the controller does not stop
     /// (and, for VFIO, what keeps the device and its BAR mapping open).
     pub(super) function: Option<Arc<dyn super::PciFunction>>,
