@@ -26,8 +26,14 @@ use nvme_vfio::nvme::identify::IdentifyNamespace;
 
 /// Transfers larger than this show a progress line on a terminal.
 const PROGRESS_ABOVE: u64 = 4 << 20;
-/// Bytes per command issued by read and write.
-const CHUNK: usize = 1 << 20;
+/// Bytes per blocking call of read and write: what one queue pair takes at
+/// once on this controller (32 commands of its maximum transfer; the
+/// calls take any length, in waves, but progress moves per call), at most
+/// 4 MiB.
+fn chunk_len(ctrl: &Controller, block_size: u64) -> usize {
+    let per_call = (ctrl.max_transfer() * 32).clamp(block_size, 4 << 20);
+    (per_call / block_size * block_size) as usize
+}
 
 #[derive(Parser)]
 #[command(
@@ -476,10 +482,11 @@ fn read(a: &ReadArgs) -> Result<(), Fail> {
         None => Box::new(std::io::stdout().lock()),
     };
     let mut qp = ctrl.queue_pair(QueueConfig::default())?;
-    let mut buf = ctrl.dma_alloc(CHUNK)?;
+    let chunk = chunk_len(&ctrl, bs);
+    let mut buf = ctrl.dma_alloc(chunk)?;
     let mut done = 0u64;
     while done < bytes {
-        let n = (bytes - done).min(CHUNK as u64) as usize;
+        let n = (bytes - done).min(chunk as u64) as usize;
         qp.read(&ns, a.lba + done / bs, &mut buf.as_mut_slice()[..n])?;
         out.write_all(&buf.as_slice()[..n])?;
         done += n as u64;
@@ -521,9 +528,10 @@ fn write(a: &WriteArgs) -> Result<(), Fail> {
     check_range(&ns, a.lba, (data.len() / bs) as u64)?;
     let mut qp = ctrl.queue_pair(QueueConfig::default())?;
     let total = data.len() as u64;
-    for (i, chunk) in data.chunks(CHUNK).enumerate() {
-        qp.write(&ns, a.lba + (i * CHUNK / bs) as u64, chunk, false)?;
-        progress(((i * CHUNK) + chunk.len()) as u64, total);
+    let per_call = chunk_len(&ctrl, bs as u64);
+    for (i, chunk) in data.chunks(per_call).enumerate() {
+        qp.write(&ns, a.lba + (i * per_call / bs) as u64, chunk, false)?;
+        progress(((i * per_call) + chunk.len()) as u64, total);
     }
     qp.flush_cache(&ns)?;
     eprintln!(

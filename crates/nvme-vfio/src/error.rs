@@ -97,6 +97,33 @@ pub enum Error {
         /// Commands that can still be submitted.
         free: usize,
     },
+    /// The request needs more commands (of the controller's maximum
+    /// transfer) than the queue pair can ever have in flight: waiting for
+    /// completions does not help. Submit at most `max` bytes per request
+    /// (the blocking calls take any length: they run such a request in
+    /// waves).
+    #[error(
+        "request of {len} bytes is larger than this queue pair can take at once ({max} bytes)"
+    )]
+    TooLarge {
+        /// The request's length in bytes.
+        len: u64,
+        /// The largest request the queue pair takes.
+        max: u64,
+    },
+    /// A blocking transfer run in waves failed in the wave at `lba`
+    /// (`blocks` long): the blocks before it were transferred, it and the
+    /// ones after it may not have been.
+    #[error("transfer failed at LBA {lba} (+{blocks} blocks): {source}")]
+    At {
+        /// The first block of the wave that failed.
+        lba: u64,
+        /// The wave's length in blocks.
+        blocks: u64,
+        /// What failed.
+        #[source]
+        source: Box<Error>,
+    },
     /// The request is invalid (detected before anything is submitted).
     #[error("invalid request: {0}")]
     Invalid(String),

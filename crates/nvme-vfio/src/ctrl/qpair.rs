@@ -971,6 +971,14 @@ impl QueuePair {
         let total: u64 = segs.iter().map(|s| s.len).sum();
         let chunk = (self.max_transfer / ns.block_size()).max(1) * ns.block_size();
         let children = total.div_ceil(chunk) as usize;
+        // What always fits an idle queue pair: a command slot and a
+        // descriptor page (at most one per command) per command.
+        let max = chunk * self.slots.len().min(self.pool.total()) as u64;
+        if children > self.slots.len() {
+            // Waiting for completions would not help: the request needs
+            // more commands than the queue pair ever has in flight.
+            return Err((Error::TooLarge { len: total, max }, buf));
+        }
         if children > self.free_cids.len() {
             return Err((
                 Error::QueueFull {
@@ -1064,13 +1072,31 @@ impl QueuePair {
             }
             let (_, buf, _) = self.reqs[req as usize].take();
             self.free_reqs.push(req);
+            // Out of descriptor pages: waiting helps unless the request
+            // needs more than the pool has.
+            let e = match e {
+                Error::Dptr(crate::nvme::DptrError::DescPoolEmpty)
+                    if children > self.pool.total() =>
+                {
+                    Error::TooLarge { len: total, max }
+                }
+                Error::Dptr(crate::nvme::DptrError::DescPoolEmpty) => Error::QueueFull {
+                    needed: children,
+                    free: self.free_cids.len(),
+                },
+                e => e,
+            };
             return Err((e, buf));
         }
         self.unrung = true;
         Ok(())
     }
 
-    /// Runs one request to completion (the blocking calls).
+    /// Runs one request to completion (the blocking calls), of any length:
+    /// a request longer than one wave (as many commands of the maximum
+    /// transfer as the queue pair has command slots and descriptor pages)
+    /// runs as consecutive waves, in order; an error names the LBA range
+    /// of the wave that failed.
     pub(super) fn run_blocking(
         &mut self,
         op: Op,
@@ -1078,9 +1104,41 @@ impl QueuePair {
         lba: u64,
         segs: &[HostSeg],
     ) -> Result<(), Error> {
-        self.submit_request(op, ns, lba, segs, IoBuf::Raw, Tag::Blocking)
-            .map_err(|(e, _)| e)?;
-        self.wait_blocking()
+        let total: u64 = segs.iter().map(|s| s.len).sum();
+        let bs = ns.block_size();
+        let chunk = (self.max_transfer / bs).max(1) * bs;
+        // A command needs at most one descriptor page (the maximum
+        // transfer is at most 1 MiB: 256 PRP entries; unregistered memory
+        // is one coalesced range). Other requests may hold slots and pages.
+        let wave = |qp: &Self| chunk * qp.free_cids.len().min(qp.pool.available()).max(1) as u64;
+        if total <= wave(self) || total % bs != 0 {
+            // One request (or one the validation refuses as it is).
+            self.submit_request(op, ns, lba, segs, IoBuf::Raw, Tag::Blocking)
+                .map_err(|(e, _)| e)?;
+            return self.wait_blocking();
+        }
+        super::blocking::check_range(ns, lba, total / bs)?;
+        let mut parts: Vec<HostSeg> = Vec::new();
+        let mut done = 0u64;
+        while done < total {
+            let n = wave(self).min(total - done);
+            parts.clear();
+            slice_segments(segs, done, n, &mut parts);
+            let at = lba + done / bs;
+            let r = self
+                .submit_request(op, ns, at, &parts, IoBuf::Raw, Tag::Blocking)
+                .map_err(|(e, _)| e)
+                .and_then(|()| self.wait_blocking());
+            if let Err(e) = r {
+                return Err(Error::At {
+                    lba: at,
+                    blocks: n / bs,
+                    source: Box::new(e),
+                });
+            }
+            done += n;
+        }
+        Ok(())
     }
 
     /// Polls until the blocking request completes, keeping other completions
@@ -1164,6 +1222,25 @@ impl Tag {
 #[inline(never)]
 fn grow(out: &mut Vec<Done>) {
     out.reserve(out.capacity().max(16));
+}
+
+/// Appends to `out` the segments covering bytes `[off, off + len)` of the
+/// concatenation of `segs`.
+fn slice_segments(segs: &[HostSeg], off: u64, len: u64, out: &mut Vec<HostSeg>) {
+    let (mut skip, mut want) = (off, len);
+    for s in segs {
+        if want == 0 {
+            break;
+        }
+        if skip >= s.len {
+            skip -= s.len;
+            continue;
+        }
+        let n = (s.len - skip).min(want);
+        out.push(HostSeg::new(HostAddr::new(s.addr.raw() + skip as usize), n));
+        want -= n;
+        skip = 0;
+    }
 }
 
 /// Whether `op` writes, its FUA bit, its name in errors and its direction.
