@@ -112,6 +112,22 @@ rm -f "$image"
 run_scenario nvme-driver cli --no-bind
 run_scenario low-memlock - --memlock 64
 
+# A controller with an MDTS of 1 (8 KiB per command): requests of any
+# length through the blocking calls (vm_ctrl's small-mdts test only).
+echo "-- scenario small-mdts"
+start=$(date +%s)
+status=0
+ctrl_bin=${bins[2]}
+scripts/vm/run.sh --mdts 1 --image-size 80M --env NVME_VM_SCENARIO=small-mdts \
+    --env NVME_VM_REQUIRE=1 -- "$ctrl_bin" --test-threads=1 --exact \
+    any_length_on_a_controller_with_a_small_mdts || status=$?
+echo "-- scenario small-mdts: exit $status, $(($(date +%s) - start)) s"
+if [ "$status" = 0 ]; then
+    passed=$((passed + 1))
+else
+    failed=$((failed + 1))
+fi
+
 # nvme-bench in the VM, side by side with the kernel's driver and fio: a
 # smoke run (2 s per workload) that checks every figure is produced.
 echo "-- nvme-bench smoke: scripts/bench-vm.sh --smoke"

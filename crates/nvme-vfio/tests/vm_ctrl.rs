@@ -640,6 +640,34 @@ fn a_temperature_threshold_event_reaches_the_application() {
     qp.read(&ns, 0, &mut b).unwrap();
 }
 
+/// On a controller with an MDTS of 1 (8 KiB per command; the VM's
+/// `small-mdts` scenario), blocking writes and reads of 1 MiB and 64 MiB
+/// work (in waves) and the data reads back.
+#[test]
+fn any_length_on_a_controller_with_a_small_mdts() {
+    if std::env::var("NVME_VM_SCENARIO").as_deref() != Ok("small-mdts") {
+        eprintln!("skipped: needs the VM's small-mdts scenario (QEMU mdts=1)");
+        return;
+    }
+    assert_eq!(
+        std::env::var("VM_GUEST").as_deref(),
+        Ok("1"),
+        "the small-mdts scenario runs in the VM"
+    );
+    let _g = DEVICE.lock().unwrap_or_else(|e| e.into_inner());
+    let ctrl = Controller::open(NVME, Config::default()).expect("bring-up");
+    assert_eq!(ctrl.max_transfer(), 8192);
+    let ns = ctrl.namespace(1).unwrap();
+    let mut qp = ctrl.queue_pair(QueueConfig::default()).unwrap();
+    for len in [1usize << 20, 64 << 20] {
+        let data = pattern(len as u64, len);
+        qp.write(&ns, 8, &data, false).unwrap();
+        let mut back = vec![0u8; len];
+        qp.read(&ns, 8, &mut back).unwrap();
+        assert!(back == data, "{len} bytes");
+    }
+}
+
 #[test]
 fn controller_memory_buffer_as_data_buffer() {
     if !in_vm() {
