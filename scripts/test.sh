@@ -7,7 +7,8 @@
 # QEMU with an emulated NVMe controller behind an emulated IOMMU (scripts/vm)
 # and run the VFIO, DMA-memory and driver test binaries inside it, in three scenarios:
 # the controller on vfio-pci, left on the kernel's nvme driver, and a low
-# RLIMIT_MEMLOCK; then a smoke run of nvme-bench against the kernel's driver
+# RLIMIT_MEMLOCK; then the large-transfer test on a controller with an
+# MDTS of 1; then a smoke run of nvme-bench against the kernel's driver
 # with fio in one more boot (scripts/bench-vm.sh --smoke).
 #
 # The VM tests need root (they install QEMU with apt-get on first use). Where
