@@ -188,17 +188,31 @@ struct SimFunction {
     shared: Arc<Shared>,
 }
 
+impl SimFunction {
+    /// Config space of a removed device does not answer.
+    fn present(&self) -> Result<(), nvme_vfio::Error> {
+        if self.shared.regs.removed.load(Ordering::Acquire) {
+            Err(nvme_vfio::Error::DeviceLost)
+        } else {
+            Ok(())
+        }
+    }
+}
+
 impl PciFunction for SimFunction {
     fn set_bus_master(&self, enable: bool) -> Result<(), nvme_vfio::Error> {
+        self.present()?;
         self.shared.set_bus_master(enable);
         Ok(())
     }
 
     fn bus_master(&self) -> Result<bool, nvme_vfio::Error> {
+        self.present()?;
         Ok(self.shared.bus_master.load(Ordering::Acquire))
     }
 
     fn function_reset(&self) -> Result<bool, nvme_vfio::Error> {
+        self.present()?;
         self.shared.function_reset();
         Ok(true)
     }
@@ -266,6 +280,16 @@ impl SimController {
         }
         let i = Arc::new(crate::irq::SimInterrupts::new(vectors)?);
         Ok(self.shared.irqs.get_or_init(|| i).clone())
+    }
+
+    /// Surprise removal: the device leaves the bus. Its registers read all
+    /// ones and drop writes, its config space does not answer (the PCI
+    /// function's calls fail), and it does no more DMA (what it held is
+    /// lost with it).
+    pub fn surprise_remove(&self) {
+        self.shared.set_bus_master(false);
+        self.shared.regs.removed.store(true, Ordering::Release);
+        self.shared.regs.kick();
     }
 
     /// BAR0, for the driver.

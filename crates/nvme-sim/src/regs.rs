@@ -43,6 +43,8 @@ pub(crate) struct RegisterFile {
     doorbells: Box<[AtomicU32]>,
     /// CC values in the order they were written, for the worker.
     cc_events: Mutex<VecDeque<u32>>,
+    /// The device was removed: reads return all ones, writes go nowhere.
+    pub(crate) removed: std::sync::atomic::AtomicBool,
     /// Bumped by every write that gives the worker something to do.
     kicks: AtomicU64,
     /// The worker, to unpark.
@@ -67,6 +69,7 @@ impl RegisterFile {
             acq: AtomicU64::new(0),
             doorbells: (0..n).map(|_| AtomicU32::new(0)).collect(),
             cc_events: Mutex::new(VecDeque::new()),
+            removed: std::sync::atomic::AtomicBool::new(false),
             kicks: AtomicU64::new(0),
             worker: OnceLock::new(),
             inline: OnceLock::new(),
@@ -203,7 +206,9 @@ impl RegisterFile {
 
     /// Whether `len` bytes at `off` are an aligned access inside BAR0.
     fn in_bar(&self, off: u64, len: u64) -> bool {
-        off % 4 == 0
+        // A removed device answers nothing (reads all ones, drops writes).
+        !self.removed.load(Ordering::Acquire)
+            && off % 4 == 0
             && off
                 .checked_add(len)
                 .is_some_and(|end| end <= self.bar_len())
@@ -302,6 +307,9 @@ impl Registers for RegisterFile {
     }
 
     fn read64(&self, off: u64) -> u64 {
+        if self.removed.load(Ordering::Acquire) {
+            return u64::MAX;
+        }
         match off {
             offset::CAP => self.cap,
             offset::ASQ => self.asq(),
@@ -312,6 +320,9 @@ impl Registers for RegisterFile {
     }
 
     fn write64(&self, off: u64, value: u64) {
+        if self.removed.load(Ordering::Acquire) {
+            return;
+        }
         match off {
             offset::ASQ => self.asq.store(value, Ordering::Release),
             offset::ACQ => self.acq.store(value, Ordering::Release),

@@ -437,3 +437,59 @@ fn in_interrupt_mode_a_stuck_command_times_out_by_time() {
         "detected after {after:?}"
     );
 }
+
+/// Surprise removal: the device leaves the bus (registers read all ones,
+/// configuration space does not answer, no more DMA). Within the timeout
+/// check period every request in flight fails with `DeviceLost` and its
+/// buffer comes back (the device cannot reach it any more), every later
+/// call fails the same way at once, and dropping everything does not hang.
+#[test]
+fn a_device_that_leaves_the_bus_fails_everything_with_device_lost() {
+    let (sim, ctrl) = open(Config::default(), Duration::from_secs(30));
+    let ns = ctrl.namespace(1).unwrap();
+    let mut qp = ctrl.queue_pair(QueueConfig::default()).unwrap();
+    sim.inject(FaultRule::next(
+        Match::io(),
+        FaultAction::Delay(Duration::from_secs(2)),
+    ));
+    qp.submit(Io::read(&ns, 0, ctrl.dma_alloc(4096).unwrap()).tag(3))
+        .map_err(|(e, _)| e)
+        .unwrap();
+    qp.flush();
+    std::thread::sleep(Duration::from_millis(20));
+    let start = Instant::now();
+    sim.surprise_remove();
+    let done = wait_all_within(&mut qp, 1, Duration::from_millis(500));
+    assert!(
+        start.elapsed() < Duration::from_millis(300),
+        "{:?}",
+        start.elapsed()
+    );
+    assert_eq!(done[0].tag, 3);
+    assert!(
+        matches!(done[0].result, Err(Error::DeviceLost)),
+        "{:?}",
+        done[0].result
+    );
+    assert_eq!(done[0].buf.len(), 4096, "the buffer comes back");
+    let (e, _) = qp.submit(Io::read(&ns, 0, vec![0u8; 512])).unwrap_err();
+    assert!(matches!(e, Error::DeviceLost), "{e}");
+    let mut b = vec![0u8; 512];
+    assert!(matches!(qp.read(&ns, 0, &mut b), Err(Error::DeviceLost)));
+    assert!(matches!(ctrl.smart_log(), Err(Error::DeviceLost)));
+    assert!(matches!(ctrl.reset(), Err(Error::DeviceLost)));
+    let t = Instant::now();
+    drop(qp);
+    drop(ctrl);
+    assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+}
+
+fn wait_all_within(qp: &mut nvme_vfio::ctrl::QueuePair, n: usize, d: Duration) -> Vec<Done> {
+    let mut done = Vec::new();
+    let start = Instant::now();
+    while done.len() < n {
+        qp.poll(&mut done);
+        assert!(start.elapsed() < d, "not completed within {d:?}");
+    }
+    done
+}

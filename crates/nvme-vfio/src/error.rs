@@ -51,10 +51,14 @@ pub enum Error {
         /// What the driver was doing.
         during: &'static str,
     },
-    /// Registers read as all ones: the device is gone (removed, or its
-    /// function reset underneath the driver).
-    #[error("device not responding (registers read all ones)")]
-    DeviceGone,
+    /// The device is gone: its registers read as all ones (surprise
+    /// removal, a link down, or its function reset underneath the driver).
+    /// When its configuration space does not answer either, the driver
+    /// takes it as absent, unable to do DMA: requests in flight fail with
+    /// this error and their buffers come back, and every later call fails
+    /// the same way.
+    #[error("device lost (registers read all ones)")]
+    DeviceLost,
     /// A command completed with an error status.
     #[error("{what} failed: {status}")]
     Command {

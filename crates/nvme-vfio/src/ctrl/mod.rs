@@ -246,7 +246,7 @@ impl Controller {
     ) -> Result<Self, Error> {
         let cap_raw = regs.read64(offset::CAP);
         if cap_raw == u64::MAX {
-            return Err(Error::DeviceGone);
+            return Err(Error::DeviceLost);
         }
         let cap = Cap(cap_raw);
         if cap.css() & 1 == 0 {
@@ -617,7 +617,7 @@ fn stop_left_running(
         loop {
             let csts = regs.read32(offset::CSTS);
             if csts == u32::MAX {
-                return Err(Error::DeviceGone);
+                return Err(Error::DeviceLost);
             }
             if regs::Csts(csts).ready() {
                 if start.elapsed() > limit {

@@ -591,9 +591,12 @@ impl QueuePair {
             if self.shared.is_dead() {
                 self.quarantine_inflight(out);
             } else {
-                let closed = self.shared.is_closed();
+                let e = self.shared.stopped_error();
+                let (closed, lost) = (matches!(e, Error::Closed), matches!(e, Error::DeviceLost));
                 self.fail_inflight(out, |_| {
-                    if closed {
+                    if lost {
+                        Error::DeviceLost
+                    } else if closed {
                         Error::Closed
                     } else {
                         Error::Disabled

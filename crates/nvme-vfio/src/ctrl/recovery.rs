@@ -33,6 +33,13 @@ impl QueuePair {
             self.generation = generation;
             return Err(Error::Dead);
         }
+        if self.shared.is_lost() {
+            // The device left the bus: no DMA is possible, and there are no
+            // queues to create.
+            self.fail_inflight(out, |_| Error::DeviceLost);
+            self.generation = generation;
+            return Err(Error::DeviceLost);
+        }
         if self.cleaned != generation {
             self.device_error = false;
             self.fail_inflight(out, |_| Error::Reset);
@@ -63,7 +70,7 @@ impl QueuePair {
                 );
                 self.retry_at = now + RECREATE_RETRY_MS;
                 Err(match e {
-                    Error::Dead | Error::Closed | Error::Reset => e,
+                    Error::Dead | Error::Closed | Error::Reset | Error::DeviceLost => e,
                     _ => Error::QueueUnavailable { qid: self.qid },
                 })
             }
@@ -117,7 +124,15 @@ impl QueuePair {
             }
         }
         self.next_check = next;
-        let fatal = self.shared.csts().map(|c| c.fatal()).unwrap_or(true);
+        let csts = self.shared.csts();
+        if matches!(csts, Err(Error::DeviceLost)) {
+            // Registers read all ones: the reset finds out whether the
+            // device is gone (then every request fails with DeviceLost).
+            log::error!("queue {}: CSTS reads all ones", self.qid);
+            self.reset_and_recover(out);
+            return;
+        }
+        let fatal = csts.map(|c| c.fatal()).unwrap_or(true);
         if !fatal && !any_late {
             return;
         }
@@ -202,9 +217,11 @@ impl QueuePair {
             return;
         }
         let ms = self.shared.config.io_timeout.as_millis() as u64;
-        let closed = self.shared.is_closed();
+        let (closed, lost) = (self.shared.is_closed(), self.shared.is_lost());
         self.fail_inflight(out, |what| {
-            if closed {
+            if lost {
+                Error::DeviceLost
+            } else if closed {
                 Error::Closed
             } else {
                 Error::Timeout { what, ms }

@@ -107,8 +107,11 @@ const DEAD: u64 = 4;
 /// [`Shared::state`]: the controller was closed (its `Controller` dropped):
 /// shut down, stopped, and never enabled again.
 const CLOSED: u64 = 8;
+/// [`Shared::state`]: the device is gone (registers and configuration
+/// space do not answer): no DMA is possible, nothing is tried any more.
+const LOST: u64 = 16;
 /// [`Shared::state`]: one reset generation.
-const GENERATION: u64 = 16;
+const GENERATION: u64 = 32;
 
 /// The two pages of Doorbell Buffer Config.
 #[derive(Debug)]
@@ -170,7 +173,7 @@ impl Shared {
     pub(super) fn csts(&self) -> Result<Csts, Error> {
         let v = self.regs.read32(offset::CSTS);
         if v == u32::MAX {
-            return Err(Error::DeviceGone);
+            return Err(Error::DeviceLost);
         }
         Ok(Csts(v))
     }
@@ -244,9 +247,15 @@ impl Shared {
         let Some(f) = &self.function else {
             return disabled.map_err(|_| self.mark_dead("no access to its PCI function"));
         };
+        let registers_gone = matches!(disabled, Err(Error::DeviceLost));
         let bme_off = match f.set_bus_master(false).and_then(|()| f.bus_master()) {
             Ok(on) => !on,
             Err(e) => {
+                if registers_gone {
+                    // Neither its registers nor its configuration space
+                    // answer: the device has left the bus.
+                    return Err(self.mark_lost());
+                }
                 log::error!("clearing bus mastering: {e}");
                 false
             }
@@ -271,6 +280,24 @@ impl Shared {
         } else {
             "bus mastering could not be cleared"
         }))
+    }
+
+    /// Marks the device lost (see [`Error::DeviceLost`]); returns that
+    /// error.
+    #[cold]
+    pub(super) fn mark_lost(&self) -> Error {
+        use std::sync::atomic::Ordering::SeqCst;
+        log::error!(
+            "the device is gone (registers and configuration space do not answer): \
+             requests in flight fail, and it takes no more commands"
+        );
+        self.state.fetch_or(LOST | DISABLED, SeqCst);
+        Error::DeviceLost
+    }
+
+    /// Whether the device is lost (see [`Error::DeviceLost`]).
+    pub(crate) fn is_lost(&self) -> bool {
+        self.state.load(std::sync::atomic::Ordering::SeqCst) & LOST != 0
     }
 
     /// Marks the controller dead (see [`Error::Dead`]); returns that error.
@@ -313,6 +340,8 @@ impl Shared {
         let state = self.state.load(std::sync::atomic::Ordering::SeqCst);
         if state & DEAD != 0 {
             Error::Dead
+        } else if state & LOST != 0 {
+            Error::DeviceLost
         } else if state & CLOSED != 0 {
             Error::Closed
         } else {
@@ -515,6 +544,9 @@ impl Shared {
                         // the caller must not get it back.
                         return Err(Error::Dead);
                     }
+                    if self.is_lost() {
+                        return Err(Error::DeviceLost);
+                    }
                     return Err(if fatal {
                         Error::ControllerFatal { during: what }
                     } else {
@@ -547,7 +579,7 @@ impl Shared {
     /// Disables, programs the admin queues and CC, turns bus mastering
     /// on, enables.
     pub(super) fn enable(&self) -> Result<(), Error> {
-        if self.is_dead() || self.is_closed() {
+        if self.is_dead() || self.is_closed() || self.is_lost() {
             return Err(self.stopped_error());
         }
         self.disable()?;
@@ -590,7 +622,7 @@ impl Shared {
     /// and recreate their queues, failing what they had in flight.
     pub(crate) fn reset(&self) -> Result<(), Error> {
         use std::sync::atomic::Ordering::SeqCst;
-        if self.is_dead() || self.is_closed() {
+        if self.is_dead() || self.is_closed() || self.is_lost() {
             return Err(self.stopped_error());
         }
         if self.state.fetch_or(RESETTING, SeqCst) & RESETTING != 0 {
