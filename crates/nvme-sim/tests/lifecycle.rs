@@ -493,3 +493,63 @@ fn wait_all_within(qp: &mut nvme_vfio::ctrl::QueuePair, n: usize, d: Duration) -
     }
     done
 }
+
+/// An event loop waits on the queue pair's interrupt eventfd: it becomes
+/// readable when completions are posted; clearing it, then polling,
+/// collects them; with nothing in flight it stays quiet.
+#[test]
+fn an_event_loop_waits_on_the_interrupt_fd() {
+    let sim = SimController::new(Config::default()).unwrap();
+    let space = DmaSpace::new(sim.iommu().clone(), SpaceConfig { hugepages: false });
+    let driver = DriverConfig {
+        space: SpaceConfig { hugepages: false },
+        io_queues: 2,
+        ..DriverConfig::default()
+    };
+    let irqs = sim.interrupts(3).unwrap();
+    // SAFETY: the registers, the IOMMU under the DMA space, the PCI
+    // function and the interrupt vectors all belong to `sim`.
+    let ctrl = unsafe {
+        Controller::with_interrupts(
+            sim.registers(),
+            space,
+            driver,
+            Some(sim.pci_function()),
+            Box::new(irqs),
+        )
+    }
+    .unwrap();
+    let ns = ctrl.namespace(1).unwrap();
+    let mut qp = ctrl.queue_pair(QueueConfig::default()).unwrap();
+    let readable = |qp: &nvme_vfio::ctrl::QueuePair, ms: i32| {
+        let fd = qp.interrupt_fd().expect("interrupt mode");
+        let mut pfd = libc::pollfd {
+            fd: std::os::fd::AsRawFd::as_raw_fd(&fd),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd for the duration of the call.
+        unsafe { libc::poll(&mut pfd, 1, ms) == 1 }
+    };
+    assert!(!readable(&qp, 50), "quiet with nothing in flight");
+    for round in 0..3u64 {
+        for i in 0..4 {
+            qp.submit(Io::read(&ns, i, vec![0u8; 512]).tag(round * 10 + i))
+                .map_err(|(e, _)| e)
+                .unwrap();
+        }
+        qp.flush();
+        let mut done = Vec::new();
+        while done.len() < 4 {
+            assert!(readable(&qp, 2000), "round {round}: woken");
+            assert!(qp.clear_interrupt() > 0);
+            qp.poll(&mut done);
+        }
+        assert!(done.iter().all(|d| d.result.is_ok()));
+        // A completion posted between the last clear and the last poll
+        // left it readable; once cleared with nothing in flight it is
+        // quiet.
+        qp.clear_interrupt();
+        assert!(!readable(&qp, 20), "round {round}: cleared");
+    }
+}

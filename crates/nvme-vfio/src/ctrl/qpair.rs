@@ -545,6 +545,37 @@ impl QueuePair {
         self.interrupts
     }
 
+    /// The eventfd of this queue pair's completion queue interrupt
+    /// (interrupt mode; `None` when polled), for an event loop (epoll,
+    /// mio, tokio's `AsyncFd`) to wait on instead of [`wait`](Self::wait).
+    ///
+    /// The rules: the fd becomes readable when the controller posts
+    /// completions; when it is, call [`clear_interrupt`](Self::clear_interrupt)
+    /// first and [`poll`](Self::poll) after, so that a completion posted
+    /// in between makes the fd readable again instead of being missed.
+    /// Requests submitted stay in the submission ring until the next
+    /// `poll` or [`flush`](Self::flush): flush before going back to sleep.
+    /// A command the device never completes raises no interrupt: call
+    /// `poll` at least every so often (say each 100 ms) while requests are
+    /// in flight, so that timeouts are checked.
+    pub fn interrupt_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        let v = self.irq?;
+        self.shared.msix.as_ref()?.eventfd(v as usize)
+    }
+
+    /// Resets the interrupt eventfd after it became readable (reading
+    /// its counter, counted in [`interrupts`](Self::interrupts)); see
+    /// [`interrupt_fd`](Self::interrupt_fd). Returns how many interrupts
+    /// it had gathered (0 in polled mode).
+    pub fn clear_interrupt(&mut self) -> u64 {
+        let n = match (self.irq, &self.shared.msix) {
+            (Some(v), Some(msix)) => msix.take_count(v as usize).unwrap_or(0),
+            _ => 0,
+        };
+        self.interrupts += n;
+        n
+    }
+
     fn reap(&mut self, out: &mut Vec<Done>) {
         if !self.shared.accepts_io(self.generation) && !self.reap_stopped(out) {
             return;
