@@ -381,27 +381,7 @@ fn a_smart_temperature_event_reaches_the_application() {
 #[test]
 fn in_interrupt_mode_a_stuck_command_times_out_by_time() {
     let timeout = Duration::from_millis(200);
-    let sim = SimController::new(Config::default()).unwrap();
-    let space = DmaSpace::new(sim.iommu().clone(), SpaceConfig { hugepages: false });
-    let driver = DriverConfig {
-        space: SpaceConfig { hugepages: false },
-        io_queues: 2,
-        io_timeout: timeout,
-        ..DriverConfig::default()
-    };
-    let irqs = sim.interrupts(3).unwrap();
-    // SAFETY: the registers, the IOMMU under the DMA space, the PCI
-    // function and the interrupt vectors all belong to `sim`.
-    let ctrl = unsafe {
-        Controller::with_interrupts(
-            sim.registers(),
-            space,
-            driver,
-            Some(sim.pci_function()),
-            Box::new(irqs),
-        )
-    }
-    .unwrap();
+    let (sim, ctrl) = open_with_interrupts(timeout);
     let ns = ctrl.namespace(1).unwrap();
     let mut qp = ctrl.queue_pair(QueueConfig::default()).unwrap();
     // Woken by the interrupt of an ordinary completion.
@@ -499,26 +479,7 @@ fn wait_all_within(qp: &mut nvme_vfio::ctrl::QueuePair, n: usize, d: Duration) -
 /// collects them; with nothing in flight it stays quiet.
 #[test]
 fn an_event_loop_waits_on_the_interrupt_fd() {
-    let sim = SimController::new(Config::default()).unwrap();
-    let space = DmaSpace::new(sim.iommu().clone(), SpaceConfig { hugepages: false });
-    let driver = DriverConfig {
-        space: SpaceConfig { hugepages: false },
-        io_queues: 2,
-        ..DriverConfig::default()
-    };
-    let irqs = sim.interrupts(3).unwrap();
-    // SAFETY: the registers, the IOMMU under the DMA space, the PCI
-    // function and the interrupt vectors all belong to `sim`.
-    let ctrl = unsafe {
-        Controller::with_interrupts(
-            sim.registers(),
-            space,
-            driver,
-            Some(sim.pci_function()),
-            Box::new(irqs),
-        )
-    }
-    .unwrap();
+    let (_sim, ctrl) = open_with_interrupts(Duration::from_secs(30));
     let ns = ctrl.namespace(1).unwrap();
     let mut qp = ctrl.queue_pair(QueueConfig::default()).unwrap();
     let readable = |qp: &nvme_vfio::ctrl::QueuePair, ms: i32| {
@@ -552,4 +513,31 @@ fn an_event_loop_waits_on_the_interrupt_fd() {
         qp.clear_interrupt();
         assert!(!readable(&qp, 20), "round {round}: cleared");
     }
+}
+
+/// The driver over the model in interrupt mode (the model's eventfd
+/// vectors).
+fn open_with_interrupts(io_timeout: Duration) -> (SimController, Controller) {
+    let sim = SimController::new(Config::default()).unwrap();
+    let space = DmaSpace::new(sim.iommu().clone(), SpaceConfig { hugepages: false });
+    let driver = DriverConfig {
+        space: SpaceConfig { hugepages: false },
+        io_queues: 2,
+        io_timeout,
+        ..DriverConfig::default()
+    };
+    let irqs = sim.interrupts(3).unwrap();
+    // SAFETY: the registers, the IOMMU under the DMA space, the PCI
+    // function and the interrupt vectors all belong to `sim`.
+    let ctrl = unsafe {
+        Controller::with_interrupts(
+            sim.registers(),
+            space,
+            driver,
+            Some(sim.pci_function()),
+            Box::new(irqs),
+        )
+    }
+    .unwrap();
+    (sim, ctrl)
 }

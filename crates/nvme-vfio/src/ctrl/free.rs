@@ -1,9 +1,11 @@
 //! The free command slots of a queue pair, oldest first.
 
-/// A FIFO of free slot indices with room for every slot: a slot freed now
-/// is handed out again only after every slot freed before it, so a command
-/// ID (slot index and generation) comes back as late as possible. No
-/// allocation after creation; indices wrap with a power-of-two mask.
+/// A FIFO of free slot indices with room for every slot. Slots are handed
+/// out in order, so the slots taken since a position are the entries from
+/// it to the head ([`taken_at`](Self::taken_at)): how a doorbell batch
+/// finds the commands to stamp. (Command IDs are not slot indices: see
+/// `CommandIds`.) No allocation after creation; indices wrap with a
+/// power-of-two mask.
 #[derive(Debug)]
 pub(super) struct FreeSlots {
     ring: Box<[u16]>,

@@ -147,10 +147,10 @@ pub struct QueuePair {
     pub(super) max_transfer: u64,
     /// SGL data blocks may start at any byte (SGLS = 01b).
     pub(super) sgl_any_alignment: bool,
-    /// Indexed by the command ID's index bits ([`Slot::cid`]).
+    /// Command slots; [`cids`](Self::cids) maps a command ID to one.
     pub(super) slots: Vec<Slot>,
-    /// Free slots, oldest first: a slot is reused only after every other
-    /// free one, so a command ID comes back as late as possible.
+    /// Free slots, in the order they are handed out (doorbell batches
+    /// find the slots to stamp by position).
     pub(super) free_cids: super::free::FreeSlots,
     /// Command IDs in flight, by the slot they are in (see
     /// [`CommandIds`](super::cids::CommandIds)).
@@ -317,8 +317,8 @@ impl QueuePair {
     }
 
     /// Completions this queue pair received that belonged to no command in
-    /// flight (a command ID not outstanding or of an earlier generation,
-    /// another queue's SQ ID, an impossible SQ head): device errors, each
+    /// flight (a command ID not outstanding, another queue's SQ ID, an
+    /// impossible SQ head): device errors, each
     /// of which made the driver reset the controller.
     pub fn device_errors(&self) -> u64 {
         self.device_errors
@@ -650,8 +650,8 @@ impl QueuePair {
             budget -= 1;
             seen = true;
             // Everything in the entry is the device's word: it completes a
-            // request only if it names a command in flight, of this
-            // generation, on this queue, with a possible SQ head.
+            // request only if it names a command in flight on this queue,
+            // with a possible SQ head.
             let head_ok = self.sq.advance_head(c.sq_head);
             // Not in flight: an index past every slot.
             let cid = self.cids.slot_or_none(c.cid);
@@ -690,7 +690,7 @@ impl QueuePair {
         } else if !head_ok {
             "with an impossible SQ head"
         } else {
-            "for no command in flight (unknown, finished or of an earlier generation)"
+            "for no command in flight (unknown, or already finished)"
         };
         log::warn!(
             "queue {}: device error: completion {why} (command ID {:#06x}, SQ {}, SQ head {}); \
