@@ -180,3 +180,35 @@ fn slow_admin_command_during_a_reset() {
         "admin {admin_r:?}; reset {reset_r:?} took {reset_took:?}; then io {io:?}/{io2:?}, admin {adm:?}"
     );
 }
+
+/// An admin command whose controller then cannot be stopped (it ignores
+/// CC.EN = 0 and the driver has no PCI function): the call fails with
+/// `Dead`, and its data buffer is quarantined, never back in the pool (the
+/// next buffer of its size lands elsewhere).
+#[test]
+fn an_admin_data_buffer_is_quarantined_when_the_controller_dies() {
+    let (sim, ctrl) = open(
+        Config::default().timeout_500ms(1),
+        false,
+        Duration::from_millis(300),
+    );
+    // Where the next 4 KiB pool buffer goes (first fit): the Identify
+    // data buffer's place.
+    let probe = ctrl.dma_alloc(4096).unwrap();
+    let probe_iova = probe.iova();
+    drop(probe);
+    sim.inject(FaultRule::next(
+        Match::admin().opcode(admin::IDENTIFY),
+        FaultAction::Drop,
+    ));
+    sim.set_ignore_disable(true);
+    let e = ctrl.identify_namespace(1).unwrap_err();
+    assert!(matches!(e, Error::Dead), "{e}");
+    let again = ctrl.dma_alloc(4096).unwrap();
+    assert_ne!(
+        again.iova(),
+        probe_iova,
+        "the admin buffer went back to the pool"
+    );
+    assert!(matches!(ctrl.smart_log(), Err(Error::Dead)));
+}
