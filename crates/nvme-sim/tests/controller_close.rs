@@ -191,3 +191,35 @@ fn drop_queue_pair_with_a_stuck_command() {
         );
     }
 }
+
+/// A queue pair whose completion queue the controller refuses to delete
+/// leaks its rings (the controller may still write that queue) instead of
+/// handing the memory back to the pool.
+#[test]
+fn rings_of_queues_that_could_not_be_deleted_are_not_reused() {
+    use nvme_vfio::nvme::cmd::{admin, Status};
+    let (sim, ctrl) = open(Config::default(), Duration::from_secs(5), true);
+    // Where the queue pair's memory will start (first fit).
+    let probe = ctrl.dma_alloc(4096).unwrap();
+    let probe_iova = probe.iova();
+    drop(probe);
+    let qp = ctrl.queue_pair(QueueConfig::default()).unwrap();
+    sim.inject(FaultRule::next(
+        Match::admin().opcode(admin::DELETE_CQ),
+        FaultAction::Status(Status::new(0, 0x02, true)),
+    ));
+    drop(qp);
+    let again = ctrl.dma_alloc(4096).unwrap();
+    assert_ne!(
+        again.iova(),
+        probe_iova,
+        "the queue pair's memory went back to the pool"
+    );
+    // A queue pair whose queues were deleted gives its memory back.
+    drop(again);
+    let probe = ctrl.dma_alloc(4096).unwrap();
+    let probe_iova = probe.iova();
+    drop(probe);
+    drop(ctrl.queue_pair(QueueConfig::default()).unwrap());
+    assert_eq!(ctrl.dma_alloc(4096).unwrap().iova(), probe_iova);
+}

@@ -220,6 +220,9 @@ impl QueuePair {
             .depth
             .clamp(2, shared.cap.max_queue_entries().clamp(2, 65535) as u16);
         let (sq_db, cq_db) = shared.doorbells(qid);
+        // Everything that can fail to allocate comes before the queues
+        // exist on the controller.
+        let pool = DmaDescPool::new(&shared.space, config.desc_pages.max(2))?;
         let mut cq = CompletionQueue::new(&shared.space, entries, cq_db)?;
         let mut sq = SubmissionQueue::new(&shared.space, entries, sq_db)?;
         if let Some(db) = shared.dbbuf.get() {
@@ -246,11 +249,20 @@ impl QueuePair {
             None,
             "Create I/O Submission Queue",
         ) {
-            let _ = shared.admin(
-                Command::delete_queue(false, qid),
-                None,
-                "Delete I/O Completion Queue",
-            );
+            let generation = shared.generation();
+            let deleted = shared
+                .admin(
+                    Command::delete_queue(false, qid),
+                    None,
+                    "Delete I/O Completion Queue",
+                )
+                .is_ok();
+            if !deleted && generation == shared.generation() && !shared.is_disabled() {
+                // The controller may still have the completion queue and
+                // write its ring: leak it.
+                log::error!("queue {qid}: the CQ could not be deleted; leaking its ring");
+                core::mem::forget(cq);
+            }
             return Err(e);
         }
         let id = ctrl.identify();
@@ -264,7 +276,7 @@ impl QueuePair {
             // DmaState (unmapped once, in `finish_slot`), on memory a request
             // owns or borrows until it completes.
             mapper: unsafe { VfioMapper::new(shared.space.clone()) },
-            pool: ManuallyDrop::new(DmaDescPool::new(&shared.space, config.desc_pages.max(2))?),
+            pool: ManuallyDrop::new(pool),
             policy: Policy {
                 io_sgls: config.sgl && id.sgl_supported(),
                 sgl_threshold: config.sgl_threshold,
@@ -1323,6 +1335,7 @@ impl Drop for QueuePair {
         let mut sink = Vec::new();
         self.reap(&mut sink);
         let mut sq_deleted = false;
+        let mut cq_deleted = false;
         if self.shared.accepts_io(self.generation) {
             match self.shared.admin(
                 Command::delete_queue(true, self.qid),
@@ -1373,15 +1386,28 @@ impl Drop for QueuePair {
                 }
             }
         } else if sq_deleted && self.shared.accepts_io(self.generation) {
-            if let Err(e) = self.shared.admin(
+            match self.shared.admin(
                 Command::delete_queue(false, self.qid),
                 None,
                 "Delete I/O Completion Queue",
             ) {
-                log::warn!("deleting CQ {}: {e}", self.qid);
+                Ok(_) => cq_deleted = true,
+                Err(e) => log::warn!("deleting CQ {}: {e}", self.qid),
             }
         }
         self.shared.remove_publisher(&self.publishing);
+        // The queues are gone from the controller if deleted, or if a reset
+        // or a stop (which the device acknowledged) took them.
+        let queues_gone = (sq_deleted && cq_deleted)
+            || self.generation != self.shared.generation()
+            || self.shared.is_disabled();
+        if !queues_gone && !self.shared.is_dead() {
+            log::error!(
+                "queue {}: its queues could not be deleted; leaking their rings",
+                self.qid
+            );
+            return;
+        }
         if self.quarantined > 0 || self.shared.is_dead() {
             // The device may still fetch from the submission ring, write
             // the completion ring and read descriptor pages: leak them (and
