@@ -93,6 +93,10 @@ pub(crate) struct Shared {
     /// The device, for the PCI function's resets (gone once the controller
     /// is dropped).
     device: OnceLock<Weak<Mutex<Device>>>,
+    /// The device request eventfd, once the driver asked for it.
+    request: OnceLock<std::fs::File>,
+    /// What the device was like when the driver let go of it.
+    released: Mutex<Option<Released>>,
 }
 
 impl Shared {
@@ -119,6 +123,8 @@ impl Shared {
             ignore_flr: AtomicBool::new(false),
             bus_master: AtomicBool::new(true),
             device: OnceLock::new(),
+            request: OnceLock::new(),
+            released: Mutex::new(None),
         }))
     }
 
@@ -199,6 +205,16 @@ impl SimFunction {
     }
 }
 
+/// The device's state when the driver let go of it
+/// ([`SimController::released`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Released {
+    /// Bus Master Enable was set: the device could still have done DMA.
+    pub bus_master: bool,
+    /// CSTS.RDY was set: the controller was still enabled.
+    pub ready: bool,
+}
+
 impl PciFunction for SimFunction {
     fn set_bus_master(&self, enable: bool) -> Result<(), nvme_vfio::Error> {
         self.present()?;
@@ -215,6 +231,46 @@ impl PciFunction for SimFunction {
         self.present()?;
         self.shared.function_reset();
         Ok(true)
+    }
+
+    fn request_notifier(&self) -> Result<Option<std::os::fd::OwnedFd>, nvme_vfio::Error> {
+        self.present()?;
+        let fd = match self.shared.request.get() {
+            Some(f) => f,
+            None => {
+                // SAFETY: eventfd(2) with no pointer arguments; the result
+                // is a new descriptor or -1.
+                let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+                if fd < 0 {
+                    return Err(nvme_vfio::Error::Unsupported("eventfd creation failed"));
+                }
+                // SAFETY: `fd` is new and owned by nothing else.
+                let f = std::fs::File::from(unsafe {
+                    <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd)
+                });
+                self.shared.request.get_or_init(|| f)
+            }
+        };
+        let dup = fd
+            .try_clone()
+            .map_err(|_| nvme_vfio::Error::Unsupported("eventfd duplication failed"))?;
+        Ok(Some(dup.into()))
+    }
+
+    fn release(&self) {
+        let state = Released {
+            bus_master: self.shared.bus_master.load(Ordering::Acquire),
+            ready: self.shared.regs.read32(nvme_vfio::nvme::regs::offset::CSTS) & 1 != 0,
+        };
+        log::debug!("the driver let go of the device: {state:?}");
+        *self
+            .shared
+            .released
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(state);
+        // Gone from the driver's view: registers read all ones.
+        self.shared.regs.removed.store(true, Ordering::Release);
+        self.shared.regs.kick();
     }
 }
 
@@ -290,6 +346,29 @@ impl SimController {
         self.shared.set_bus_master(false);
         self.shared.regs.removed.store(true, Ordering::Release);
         self.shared.regs.kick();
+    }
+
+    /// The device's owner asks for it back, as the kernel does through
+    /// VFIO's device request interrupt before a hot unplug: signals the
+    /// eventfd the driver got from the PCI function's
+    /// `request_notifier`. Returns whether the driver had asked for one.
+    pub fn request_removal(&self) -> bool {
+        let Some(f) = self.shared.request.get() else {
+            return false;
+        };
+        use std::io::Write;
+        (&*f).write_all(&1u64.to_ne_bytes()).is_ok()
+    }
+
+    /// The device's state when the driver let go of it (its PCI
+    /// function's `release`), or `None` if it has not. After the release
+    /// the registers read all ones.
+    pub fn released(&self) -> Option<Released> {
+        *self
+            .shared
+            .released
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
     }
 
     /// BAR0, for the driver.

@@ -88,7 +88,7 @@ mod regs;
 mod storage;
 
 pub use config::{Config, NamespaceConfig};
-pub use controller::{SimController, Stats};
+pub use controller::{Released, SimController, Stats};
 pub use fault::{CqeCorruption, FaultAction, FaultRule, Match};
 pub use iommu::{IommuConfig, Mapping, SimIommu};
 pub use irq::SimInterrupts;

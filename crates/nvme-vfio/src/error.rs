@@ -57,7 +57,7 @@ pub enum Error {
     /// takes it as absent, unable to do DMA: requests in flight fail with
     /// this error and their buffers come back, and every later call fails
     /// the same way.
-    #[error("device lost (registers read all ones)")]
+    #[error("device lost (removed, or its registers read all ones)")]
     DeviceLost,
     /// A command completed with an error status.
     #[error("{what} failed: {status}")]

@@ -27,6 +27,27 @@ pub trait PciFunction: Send + Sync + core::fmt::Debug {
     /// a reset the controller is disabled (CC.EN = 0) and bus mastering is
     /// off.
     fn function_reset(&self) -> Result<bool, Error>;
+
+    /// An eventfd that becomes readable when the device's owner asks for
+    /// the device back (VFIO's device request interrupt: the kernel is
+    /// hot unplugging it, or unbinding it from vfio-pci). The driver
+    /// waits on it in a thread of its own and, when it fires, stops the
+    /// controller, fails every request with
+    /// [`Error::DeviceLost`](crate::Error::DeviceLost) (their memory back
+    /// once the device is stopped) and calls [`release`](Self::release).
+    /// Asked for once, at bring-up. `Ok(None)` (the default): there is no
+    /// such notice, and a removed device is only noticed when its
+    /// registers read all ones.
+    fn request_notifier(&self) -> Result<Option<std::os::fd::OwnedFd>, Error> {
+        Ok(None)
+    }
+
+    /// Lets go of the device after the driver stopped it (see
+    /// [`request_notifier`](Self::request_notifier)): the process must
+    /// hold nothing that keeps the device (file descriptors, BAR
+    /// mappings), while the controller's registers stay safe to access
+    /// (reading all ones). Called at most once. The default does nothing.
+    fn release(&self) {}
 }
 
 impl PciFunction for crate::vfio::Device {
@@ -45,6 +66,44 @@ impl PciFunction for crate::vfio::Device {
 
     fn function_reset(&self) -> Result<bool, Error> {
         Ok(self.reset()?)
+    }
+}
+
+/// The PCI function of a controller opened by address
+/// ([`Controller::open`](super::Controller::open)): the VFIO device and
+/// its BAR 0 mapping, which are let go of together when the kernel asks
+/// for the device back.
+#[derive(Debug)]
+pub(super) struct VfioFunction {
+    pub(super) device: std::sync::Arc<crate::vfio::Device>,
+    pub(super) bar: std::sync::Arc<crate::vfio::Bar>,
+}
+
+impl PciFunction for VfioFunction {
+    fn set_bus_master(&self, enable: bool) -> Result<(), Error> {
+        self.device.set_bus_master(enable)
+    }
+
+    fn bus_master(&self) -> Result<bool, Error> {
+        PciFunction::bus_master(&*self.device)
+    }
+
+    fn function_reset(&self) -> Result<bool, Error> {
+        self.device.function_reset()
+    }
+
+    fn request_notifier(&self) -> Result<Option<std::os::fd::OwnedFd>, Error> {
+        Ok(self.device.request_notifier()?)
+    }
+
+    fn release(&self) {
+        // The BAR first: its mapping keeps the device file open too.
+        if let Err(e) = self.bar.release() {
+            log::error!("releasing BAR 0: {e}");
+        }
+        if let Err(e) = self.device.release() {
+            log::error!("releasing the device file: {e}");
+        }
     }
 }
 

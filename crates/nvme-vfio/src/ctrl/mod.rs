@@ -17,6 +17,7 @@ mod pool;
 mod qpair;
 mod recovery;
 mod shared;
+mod unplug;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -162,7 +163,11 @@ impl Controller {
             None
         };
         let want_cmb = config.cmb;
-        let mut ctrl = Self::build(bar, space.clone(), config, Some(dev.clone()), msix)?;
+        let function = Arc::new(function::VfioFunction {
+            device: dev.clone(),
+            bar: bar.clone(),
+        });
+        let mut ctrl = Self::build(bar, space.clone(), config, Some(function), msix)?;
         if want_cmb && ctrl.shared.cap.cmb_supported() {
             if let Some(cmb) = cmb::Cmb::enable(&dev, &*ctrl.shared.regs, &space)? {
                 ctrl.shared
@@ -290,7 +295,9 @@ impl Controller {
             aer_caps: std::sync::OnceLock::new(),
             stops: std::sync::atomic::AtomicU64::new(0),
             dbbuf: std::mem::ManuallyDrop::new(std::sync::OnceLock::new()),
+            watcher: Mutex::new(None),
         });
+        watch_removal(&shared);
         shared.enable()?;
         let mut ctrl = Controller {
             shared,
@@ -595,6 +602,26 @@ impl Controller {
         })?;
         q[i] = true;
         Ok(i as u16 + 1)
+    }
+}
+
+/// Starts the thread that waits for the device's owner to ask for it back
+/// (see [`unplug`]), when the PCI function has such a notice.
+fn watch_removal(shared: &Arc<shared::Shared>) {
+    let Some(f) = &shared.function else { return };
+    match f.request_notifier() {
+        Ok(Some(fd)) => match unplug::Watcher::start(Arc::downgrade(shared), fd) {
+            Ok(w) => *lock(&shared.watcher) = Some(w),
+            Err(e) => log::warn!(
+                "cannot start the thread waiting for device removal: {e}; \
+                 a removal is noticed only when the device stops answering"
+            ),
+        },
+        Ok(None) => {}
+        Err(e) => log::warn!(
+            "device request interrupt unavailable: {e}; \
+             a removal is noticed only when the device stops answering"
+        ),
     }
 }
 

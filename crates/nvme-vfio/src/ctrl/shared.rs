@@ -63,10 +63,14 @@ pub(crate) struct Shared {
     pub(super) stops: std::sync::atomic::AtomicU64,
     /// Shadow doorbell and EventIdx pages, once configured.
     pub(crate) dbbuf: ManuallyDrop<std::sync::OnceLock<DbBuf>>,
+    /// The thread waiting for the device's owner to ask for it back.
+    pub(super) watcher: Mutex<Option<super::unplug::Watcher>>,
 }
 
 impl Drop for Shared {
     fn drop(&mut self) {
+        // Stopped first: it may only ever act on a live controller.
+        drop(self.watcher.get_mut().map(Option::take).unwrap_or(None));
         if self.is_dead() {
             log::error!(
                 "leaking the admin rings and shadow doorbell pages: the controller could not be stopped"
@@ -295,6 +299,49 @@ impl Shared {
         Error::DeviceLost
     }
 
+    /// The device's owner asked for it back (hot unplug): stops the
+    /// controller as a reset does (queue pairs publish nothing; then
+    /// [`quiesce`](Self::quiesce)), marks it lost, so that requests in
+    /// flight fail with [`Error::DeviceLost`] (with their buffers, the
+    /// device being stopped) and nothing is tried any more, wakes queue
+    /// pairs asleep on interrupts, and lets go of the device. Run by the
+    /// [`unplug`](super::unplug) watcher.
+    pub(super) fn release_device(&self) {
+        use std::sync::atomic::Ordering::SeqCst;
+        log::error!(
+            "the device is being removed (its owner asked for it back): stopping it; \
+             requests fail with DeviceLost"
+        );
+        // A reset in progress on another thread finishes first.
+        while self.state.fetch_or(RESETTING, SeqCst) & RESETTING != 0 {
+            std::thread::sleep(Duration::from_micros(100));
+        }
+        // Lost from now on: nothing enables the controller again and
+        // waiting admin calls end with DeviceLost. DISABLED only once the
+        // device is stopped: that is what lets queue pairs hand buffers
+        // back.
+        let stopped = self.state.fetch_or(LOST, SeqCst) & (DISABLED | CLOSED) == DISABLED | CLOSED;
+        self.wait_publishers();
+        if !self.is_dead() && !stopped {
+            if let Err(e) = self.quiesce() {
+                log::error!("stopping the controller for its removal: {e}");
+            }
+        }
+        self.set_disabled(true);
+        if let Some(f) = &self.function {
+            f.release();
+        }
+        self.state.fetch_and(!RESETTING, SeqCst);
+        if let Some(irqs) = &self.msix {
+            for v in 0..irqs.vectors() {
+                if let Some(fd) = irqs.eventfd(v) {
+                    super::unplug::signal(fd);
+                }
+            }
+        }
+        log::warn!("the device was let go of");
+    }
+
     /// Whether the device is lost (see [`Error::DeviceLost`]).
     pub(crate) fn is_lost(&self) -> bool {
         self.state.load(std::sync::atomic::Ordering::SeqCst) & LOST != 0
@@ -368,7 +415,7 @@ impl Shared {
         }
         self.state.fetch_or(CLOSED, SeqCst);
         self.wait_publishers();
-        if !self.is_dead() {
+        if !self.is_dead() && !self.is_lost() {
             if !self.is_disabled() {
                 shutdown();
             }
@@ -516,6 +563,8 @@ impl Shared {
                     self.wait_stopped_since(stops);
                     return Err(if self.is_dead() {
                         Error::Dead
+                    } else if self.is_lost() {
+                        Error::DeviceLost
                     } else {
                         Error::Reset
                     });

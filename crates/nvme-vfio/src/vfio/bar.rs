@@ -28,8 +28,10 @@ struct Area {
 /// # Invariant
 ///
 /// Every area's `ptr` is the start of a live, readable and writable mapping
-/// of `len` bytes that this `Bar` created and alone unmaps (on drop); the
-/// areas lie within `[0, size)` of the BAR and do not overlap. Device
+/// of `len` bytes that this `Bar` created and alone unmaps (on drop): of
+/// the device, or, once [`released`](Bar::release), of anonymous memory
+/// that reads all ones; the areas lie within `[0, size)` of the BAR and do
+/// not overlap. Device
 /// registers are only touched through volatile accesses, never as Rust
 /// references.
 #[derive(Debug)]
@@ -225,6 +227,46 @@ impl Bar {
     }
 }
 
+impl Bar {
+    /// Lets go of the device's memory while the `Bar` may still be in use
+    /// (by other threads too): each area is replaced, in place and at
+    /// once, by anonymous memory filled with ones. Reads then return all
+    /// ones (what a device that left the bus returns), writes go nowhere,
+    /// and the mapping no longer keeps the device open. For a device the
+    /// kernel asks back (see
+    /// [`Device::request_notifier`](super::Device::request_notifier)).
+    pub fn release(&self) -> Result<(), VfioError> {
+        for area in &self.areas {
+            let fresh = mmap(None, area.len, 0).map_err(VfioError::Release)?;
+            // SAFETY: `fresh` is a new private mapping of `area.len`
+            // bytes, not yet visible to anyone else.
+            unsafe { ptr::write_bytes(fresh.as_ptr(), 0xff, area.len) };
+            // SAFETY: moves the new mapping onto the area's addresses,
+            // which the kernel unmaps and replaces in one step (under the
+            // address space's lock: a concurrent access sees the old or
+            // the new memory, never a hole). The area stays a live
+            // read-write mapping of `len` bytes owned by this `Bar`
+            // (invariant); no Rust reference points into it.
+            let moved = unsafe {
+                libc::mremap(
+                    fresh.as_ptr().cast(),
+                    area.len,
+                    area.len,
+                    libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED,
+                    area.ptr.as_ptr().cast::<libc::c_void>(),
+                )
+            };
+            if moved == libc::MAP_FAILED {
+                let e = io::Error::last_os_error();
+                // SAFETY: `fresh` is still ours and unused.
+                unsafe { libc::munmap(fresh.as_ptr().cast(), area.len) };
+                return Err(VfioError::Release(e));
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Drop for Bar {
     fn drop(&mut self) {
         for area in &self.areas {
@@ -291,6 +333,23 @@ mod tests {
         assert_eq!(fault(bar.read64(4)), BarFault::Misaligned);
         let msg = bar.read32(0x2000).unwrap_err().to_string();
         assert!(msg.contains("BAR 0") && msg.contains("0x2000"), "{msg}");
+    }
+
+    #[test]
+    fn a_released_bar_reads_all_ones_and_stays_mapped() {
+        let bar = Bar::anonymous(0x4000, &[(0, 0x1000), (0x3000, 0x1000)]).unwrap();
+        bar.write32(0x10, 7).unwrap();
+        bar.write32(0x3004, 9).unwrap();
+        let before: Vec<_> = bar.areas.iter().map(|a| a.ptr).collect();
+        bar.release().unwrap();
+        assert_eq!(bar.read32(0x10).unwrap(), u32::MAX);
+        assert_eq!(bar.read32(0x3004).unwrap(), u32::MAX);
+        assert_eq!(bar.read64(0x3ff8).unwrap(), u64::MAX);
+        // Writes go to the replacement memory, at the same addresses.
+        bar.write32(0x10, 1).unwrap();
+        assert_eq!(bar.read32(0x10).unwrap(), 1);
+        let after: Vec<_> = bar.areas.iter().map(|a| a.ptr).collect();
+        assert_eq!(before, after);
     }
 
     #[test]

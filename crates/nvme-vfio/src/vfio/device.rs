@@ -4,6 +4,7 @@
 use std::fs::File;
 use std::io;
 use std::mem::size_of;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
@@ -270,6 +271,55 @@ impl Device {
     /// Enables MSI-X vectors `0..count`, each signalling an eventfd.
     pub fn enable_msix(&self, count: u32) -> Result<Msix, VfioError> {
         Msix::enable(Arc::clone(&self.file), count)
+    }
+
+    /// Arms the device request interrupt (`VFIO_PCI_REQ_IRQ_INDEX`): the
+    /// returned eventfd becomes readable when the kernel asks for the
+    /// device back (it is being hot unplugged, or unbound from vfio-pci).
+    /// The kernel waits until every user has let go of the device: its
+    /// file closed and its BARs unmapped (see [`release`](Self::release)
+    /// and [`Bar::release`]), asking again every 10 seconds or so.
+    /// `Ok(None)` if the device has no such interrupt.
+    pub fn request_notifier(&self) -> Result<Option<OwnedFd>, VfioError> {
+        let info = sys::device_get_irq_info(&self.file, b::VFIO_PCI_REQ_IRQ_INDEX)
+            .map_err(VfioError::ioctl("VFIO_DEVICE_GET_IRQ_INFO"))?;
+        if info.count == 0 || info.flags & b::VFIO_IRQ_INFO_EVENTFD == 0 {
+            return Ok(None);
+        }
+        let fd = OwnedFd::from(super::irq::eventfd().map_err(VfioError::Eventfd)?);
+        sys::device_set_irqs_eventfd(
+            &self.file,
+            b::VFIO_PCI_REQ_IRQ_INDEX,
+            &[std::os::fd::AsFd::as_fd(&fd)],
+        )
+        .map_err(VfioError::ioctl("VFIO_DEVICE_SET_IRQS"))?;
+        Ok(Some(fd))
+    }
+
+    /// Lets go of the device while this `Device` (and [`Msix`] vectors
+    /// obtained from it) may still be in use: the device's file
+    /// descriptor is replaced, in place, by one of `/dev/null`, so the
+    /// kernel sees the device closed once BAR mappings are released too
+    /// ([`Bar::release`]). From then on config space accesses, resets and
+    /// interrupt settings fail; nothing reaches the device. For a device
+    /// the kernel asks back ([`request_notifier`](Self::request_notifier)),
+    /// once the driver has stopped it.
+    pub fn release(&self) -> Result<(), VfioError> {
+        let null = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/null")
+            .map_err(VfioError::Release)?;
+        // SAFETY: both descriptors are open and owned (`null` here, the
+        // device's by `self.file`); dup3 atomically makes the device's
+        // number refer to /dev/null, which `self.file` then owns and
+        // closes as before. No Rust object relies on what the number
+        // referred to, only on it being open.
+        let r = unsafe { libc::dup3(null.as_raw_fd(), self.file.as_raw_fd(), libc::O_CLOEXEC) };
+        if r < 0 {
+            return Err(VfioError::Release(io::Error::last_os_error()));
+        }
+        Ok(())
     }
 }
 

@@ -251,6 +251,10 @@ pub enum VfioError {
     /// Creating an eventfd failed.
     #[error("eventfd creation failed")]
     Eventfd(#[source] io::Error),
+    /// Letting go of the device (replacing its file descriptor, or its
+    /// BAR mappings) failed.
+    #[error("releasing the device failed")]
+    Release(#[source] io::Error),
 }
 
 impl VfioError {

@@ -36,6 +36,8 @@ pub(crate) struct Device {
     pub(crate) msix_vectors: u32,
     pub(crate) msix_enabled: u32,
     pub(crate) resets: u32,
+    /// Whether the device request interrupt has an eventfd.
+    pub(crate) req_armed: bool,
 }
 
 /// A fake IOMMU group.
@@ -155,6 +157,7 @@ pub(crate) fn install_nvme(name: &str, group: u32) {
                 msix_vectors: 16,
                 msix_enabled: 0,
                 resets: 0,
+                req_armed: false,
             },
         );
     });
@@ -416,6 +419,7 @@ pub(crate) fn device_get_irq_info(device: &File, index: u32) -> io::Result<b::vf
         let count = match index {
             b::VFIO_PCI_INTX_IRQ_INDEX => 1,
             b::VFIO_PCI_MSIX_IRQ_INDEX => d.msix_vectors,
+            b::VFIO_PCI_REQ_IRQ_INDEX => 1,
             i if i < b::VFIO_PCI_NUM_IRQS => 0,
             _ => return Err(errno(libc::EINVAL)),
         };
@@ -435,6 +439,10 @@ pub(crate) fn device_set_irqs_eventfd(
 ) -> io::Result<()> {
     with(|k| {
         let d = k.device(device)?;
+        if index == b::VFIO_PCI_REQ_IRQ_INDEX && eventfds.len() == 1 {
+            d.req_armed = true;
+            return Ok(());
+        }
         if index != b::VFIO_PCI_MSIX_IRQ_INDEX || eventfds.len() > d.msix_vectors as usize {
             return Err(errno(libc::EINVAL));
         }

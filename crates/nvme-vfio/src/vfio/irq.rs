@@ -109,7 +109,7 @@ impl Drop for Msix {
 }
 
 /// A new non-blocking, close-on-exec eventfd.
-fn eventfd() -> io::Result<File> {
+pub(crate) fn eventfd() -> io::Result<File> {
     // SAFETY: eventfd takes no pointers; it returns a new fd or -1.
     let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
     if fd < 0 {

@@ -57,5 +57,6 @@ pub use device::{
 pub use error::{BarFault, GroupMembers, VfioError};
 pub use group::{group_path, Group};
 pub use info::RegionInfo;
+pub(crate) use irq::eventfd;
 pub use irq::Msix;
 pub use pci::{GroupMember, PciAddress, Sysfs};

@@ -349,6 +349,31 @@ fn msix_and_reset() {
     assert!(!dev.reset().unwrap());
 }
 
+/// The device request interrupt gets an eventfd; releasing the device
+/// replaces its file in place: the `Device` stays usable as a value, but
+/// nothing reaches the device any more (config space, resets, interrupts).
+#[test]
+fn request_notifier_and_release() {
+    let t = system();
+    let dev = open(&t, NVME).unwrap();
+    let msix = dev.enable_msix(2).unwrap();
+    let fd = dev
+        .request_notifier()
+        .unwrap()
+        .expect("vfio-pci has the interrupt");
+    assert!(fake::with(|k| k.devices[NVME].req_armed));
+    assert!(dev.config_u16(0).is_ok());
+    dev.release().unwrap();
+    assert!(dev.config_u16(0).is_err(), "config space no longer reached");
+    assert!(dev.reset().is_err());
+    assert!(dev.enable_msix(1).is_err());
+    assert!(dev.request_notifier().is_err());
+    // Dropping what was obtained from the device still works.
+    drop(msix);
+    drop(fd);
+    drop(dev);
+}
+
 #[test]
 fn container_and_bar_are_send_and_sync() {
     fn check<T: Send + Sync>() {}
