@@ -8,7 +8,8 @@
 # and run the VFIO, DMA-memory and driver test binaries inside it, in three scenarios:
 # the controller on vfio-pci, left on the kernel's nvme driver, and a low
 # RLIMIT_MEMLOCK; then the large-transfer test on a controller with an
-# MDTS of 1; then a smoke run of nvme-bench against the kernel's driver
+# MDTS of 1; then the hot unplug of a controller nvme-bench is running on;
+# then a smoke run of nvme-bench against the kernel's driver
 # with fio in one more boot (scripts/bench-vm.sh --smoke).
 #
 # The VM tests need root (they install QEMU with apt-get on first use). Where
@@ -123,6 +124,25 @@ scripts/vm/run.sh --mdts 1 --image-size 80M --env NVME_VM_SCENARIO=small-mdts \
     --env NVME_VM_REQUIRE=1 -- "$ctrl_bin" --test-threads=1 --exact \
     any_length_on_a_controller_with_a_small_mdts || status=$?
 echo "-- scenario small-mdts: exit $status, $(($(date +%s) - start)) s"
+if [ "$status" = 0 ]; then
+    passed=$((passed + 1))
+else
+    failed=$((failed + 1))
+fi
+
+# Hot unplug: nvme-bench runs on a controller behind a PCIe root port while
+# QEMU unplugs it (QMP device_del); it must end with a clear error within a
+# second of the kernel's device request, and the guest finish the unplug.
+echo "-- scenario hot-unplug"
+start=$(date +%s)
+status=0
+cargo build --release --quiet -p nvme-bench
+unplug_bin=$(cargo test -p nvme-vfio --test vm_unplug --no-run 2>&1 |
+    sed -n "s/.*(\(.*vm_unplug-[^)]*\)).*/\1/p" | tail -n 1)
+scripts/vm/run.sh --hotplug --env NVME_VM_SCENARIO=hot-unplug \
+    --env NVME_BENCH=target/release/nvme-bench -- "$unplug_bin" --test-threads=1 --nocapture ||
+    status=$?
+echo "-- scenario hot-unplug: exit $status, $(($(date +%s) - start)) s"
 if [ "$status" = 0 ]; then
     passed=$((passed + 1))
 else

@@ -174,6 +174,11 @@ mount_host_root() {
             mount -t tmpfs tmpfs /host/tmp
             ;;
     esac
+    # run.sh --hotplug: the directory the command and the host talk through.
+    if [ "$VM_HOTPLUG" = 1 ]; then
+        mkdir -p /host/tmp/vm-ctl
+        mount --bind /out/ctl /host/tmp/vm-ctl || fail_setup "cannot bind the control directory"
+    fi
 }
 
 # Run the command inside the host root. Its exit status is returned.
@@ -204,7 +209,7 @@ main() {
     mount_out_share
     [ -r /out/config.sh ] || fail_setup "no config.sh in the output share"
     # Defaults, overridden by config.sh.
-    VM_BIND=1 VM_MEMLOCK=unlimited VM_DROP_IPC_LOCK=0 VM_CWD=/ VM_NAMESPACES=1 VM_DEV_TIMEOUT=60
+    VM_BIND=1 VM_MEMLOCK=unlimited VM_DROP_IPC_LOCK=0 VM_CWD=/ VM_NAMESPACES=1 VM_DEV_TIMEOUT=60 VM_HOTPLUG=0
     # config.sh is written by run.sh; its `set --` sets the command's argv.
     # shellcheck source=/dev/null
     . /out/config.sh

@@ -60,6 +60,13 @@ Options (environment variable in brackets):
                       [VM_PREFILL]
   --no-bind           leave the NVMe function on the kernel nvme driver.
                       [VM_NO_BIND=1]
+  --hotplug           put the NVMe controller behind a PCIe root port (hot
+                      pluggable) and let the command ask for its hot unplug:
+                      it writes the QEMU device id (nvme0) into
+                      $VM_CTL/unplug; the host then sends device_del over
+                      QMP and writes $VM_CTL/unplugged: "ok" once QEMU
+                      reports the device deleted, else "error: ...".
+                      Needs python3 on the host. [VM_HOTPLUG=1]
   --memlock KB        RLIMIT_MEMLOCK of the command (default unlimited). A
                       value also drops CAP_IPC_LOCK from the command, since
                       root would otherwise bypass the limit. [VM_MEMLOCK]
@@ -125,6 +132,7 @@ parse_options() {
     MDTS=${VM_MDTS:-}
     PREFILL=${VM_PREFILL:-}
     NO_BIND=${VM_NO_BIND:-0}
+    HOTPLUG=${VM_HOTPLUG:-0}
     MEMLOCK=${VM_MEMLOCK:-}
     KEEP_IPC_LOCK=${VM_KEEP_IPC_LOCK:-0}
     TIMEOUT=${VM_TIMEOUT:-600}
@@ -165,6 +173,7 @@ parse_options() {
             --mdts) MDTS=$val ;;
             --prefill) PREFILL=$val ;;
             --no-bind) NO_BIND=1 ;;
+            --hotplug) HOTPLUG=1 ;;
             --memlock) MEMLOCK=$val ;;
             --keep-ipc-lock) KEEP_IPC_LOCK=1 ;;
             --env) EXTRA_ENV+=("$val") ;;
@@ -209,6 +218,9 @@ validate_options() {
         die "--mdts must be 0..255, not '$MDTS'"
     fi
     [[ "$AW_BITS" == 39 || "$AW_BITS" == 48 ]] || die "--aw-bits must be 39 or 48, not '$AW_BITS'"
+    if [[ "$HOTPLUG" == 1 ]] && ! command -v python3 >/dev/null; then
+        die "--hotplug needs python3 on the host (QMP client)"
+    fi
     [[ -z "$MEMLOCK" || "$MEMLOCK" == unlimited ]] || is_uint "$MEMLOCK" ||
         die "--memlock must be a number of KiB or 'unlimited', not '$MEMLOCK'"
     if ! is_uint "$TIMEOUT" || ((TIMEOUT == 0)); then
@@ -585,6 +597,7 @@ write_guest_config() {
         echo "VM_MEMLOCK=$memlock"
         echo "VM_DROP_IPC_LOCK=$drop"
         echo "VM_NAMESPACES=$NAMESPACES"
+        echo "VM_HOTPLUG=$HOTPLUG"
         echo "VM_CWD=$(sh_quote "$PWD")"
         printf 'set --'
         for arg in "${COMMAND[@]}"; do
@@ -605,6 +618,8 @@ write_guest_config() {
         for name in "${names[@]}"; do
             echo "export $name=$(sh_quote "${!name}")"
         done
+        # The control directory of --hotplug, as the command sees it.
+        [[ "$HOTPLUG" != 1 ]] || echo "export VM_CTL=/tmp/vm-ctl"
         local e
         for e in "${EXTRA_ENV[@]}"; do
             if [[ "$e" == *=* ]]; then
@@ -642,6 +657,16 @@ build_qemu_args() {
         ((QUEUES < 64)) || ctrl+=",msix_qsize=$((QUEUES + 1))"
     fi
     [[ -z "$MDTS" ]] || ctrl+=",mdts=$MDTS"
+    if [[ "$HOTPLUG" == 1 ]]; then
+        # A root port the controller can be unplugged from, and the monitor
+        # the host asks for the unplug through (scripts/vm/unplug-agent.py).
+        # shellcheck disable=SC2054 # commas belong to QEMU's syntax
+        QEMU_ARGS+=(
+            -device pcie-root-port,id=rp0,chassis=1,slot=1
+            -qmp "unix:$(qemu_escape "$RUN_DIR/qmp.sock"),server=on,wait=off"
+        )
+        ctrl+=",bus=rp0"
+    fi
     QEMU_ARGS+=(-device "$ctrl")
     local i
     for ((i = 1; i <= NAMESPACES; i++)); do
@@ -672,6 +697,11 @@ stop_vm_on_signal() {
 }
 
 cleanup_run() {
+    if [[ -n "${AGENT_PID:-}" ]]; then
+        kill "$AGENT_PID" 2>/dev/null || true
+        wait "$AGENT_PID" 2>/dev/null || true
+        AGENT_PID=""
+    fi
     if [[ -n "${TAIL_PID:-}" ]]; then
         kill "$TAIL_PID" 2>/dev/null || true
         wait "$TAIL_PID" 2>/dev/null || true
@@ -691,6 +721,7 @@ run_vm() {
     trap cleanup_run EXIT
     local out="$RUN_DIR/out" log="$RUN_DIR/console.log" qerr="$RUN_DIR/qemu.stderr"
     mkdir -p "$out"
+    [[ "$HOTPLUG" != 1 ]] || mkdir -p "$out/ctl"
     prepare_images
     write_guest_config "$out"
     build_qemu_args "$out" "$log"
@@ -715,6 +746,11 @@ run_vm() {
     # timeout(1) runs QEMU in its own process group.
     timeout --kill-after=10 "$TIMEOUT" qemu-system-x86_64 "${QEMU_ARGS[@]}" </dev/null >"$qerr" 2>&1 &
     VM_PID=$!
+    if [[ "$HOTPLUG" == 1 ]]; then
+        python3 "$SCRIPT_DIR/unplug-agent.py" "$RUN_DIR/qmp.sock" "$out/ctl" \
+            2>>"$RUN_DIR/agent.log" &
+        AGENT_PID=$!
+    fi
     trap stop_vm_on_signal INT TERM HUP
     wait "$VM_PID" || qemu_status=$?
     VM_PID=""

@@ -268,7 +268,13 @@ impl Shared {
             Ok(true) => self.wait_ready(false, "function reset").is_ok(),
             Ok(false) => false,
             Err(e) => {
-                log::error!("function level reset: {e}");
+                if disabled.is_ok() {
+                    // Not needed: the controller acknowledged CC.EN = 0
+                    // (the kernel refuses it while it removes the device).
+                    log::info!("function level reset: {e}");
+                } else {
+                    log::error!("function level reset: {e}");
+                }
                 false
             }
         };
