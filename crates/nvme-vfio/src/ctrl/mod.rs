@@ -266,6 +266,34 @@ impl Controller {
                 "4 KiB memory pages not supported (CAP.MPSMIN)",
             ));
         };
+        // Every register the driver uses, and the admin queue's doorbells,
+        // must be reachable: no access may fail later (I/O queues are
+        // limited to the doorbells that are, see `negotiate_queues`).
+        let stride = cap.doorbell_stride();
+        let needed = [
+            (offset::CAP, 8),
+            (offset::VS, 4),
+            (offset::CC, 4),
+            (offset::CSTS, 4),
+            (offset::AQA, 4),
+            (offset::ASQ, 8),
+            (offset::ACQ, 8),
+            (regs::sq_tail_doorbell(0, stride), 4),
+            (regs::cq_head_doorbell(0, stride), 4),
+        ];
+        let cmb_regs = [(offset::CMBLOC, 4), (offset::CMBSZ, 4), (cmb::CMBMSC, 8)];
+        let needed = needed.iter().chain(
+            cap.cmb_supported()
+                .then_some(&cmb_regs)
+                .into_iter()
+                .flatten(),
+        );
+        if let Some(&(at, _)) = needed.clone().find(|&&(at, w)| !regs.reaches(at, w)) {
+            log::error!("BAR 0 does not reach register {at:#x}");
+            return Err(Error::Unsupported(
+                "BAR 0 does not cover the controller's registers and admin doorbells",
+            ));
+        }
         stop_left_running(&*regs, cap, function.as_deref())?;
         let entries = ADMIN_ENTRIES.min(cap.max_queue_entries().min(4096) as u16);
         let (sq_db, cq_db) = (
@@ -347,7 +375,29 @@ impl Controller {
         )?;
         let sq = (c.result & 0xffff) + 1;
         let cq = (c.result >> 16) + 1;
-        Ok(sq.min(cq).min(want + 1) as u16)
+        let granted = sq.min(cq).min(want + 1) as u16;
+        // Only queues whose doorbells BAR 0 reaches (a large doorbell
+        // stride in a small BAR leaves some out).
+        let stride = self.shared.cap.doorbell_stride();
+        let regs = &self.shared.regs;
+        let usable = (1..=granted)
+            .take_while(|&q| {
+                regs.reaches(regs::sq_tail_doorbell(q, stride), 4)
+                    && regs.reaches(regs::cq_head_doorbell(q, stride), 4)
+            })
+            .count() as u16;
+        if usable < granted {
+            log::warn!(
+                "the controller grants {granted} I/O queues, but BAR 0 reaches the doorbells \
+                 of {usable} only"
+            );
+        }
+        if usable == 0 {
+            return Err(Error::Unsupported(
+                "BAR 0 does not reach the doorbells of any I/O queue",
+            ));
+        }
+        Ok(usable)
     }
 
     /// Allocates the shadow doorbell pages and configures them.

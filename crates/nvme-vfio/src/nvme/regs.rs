@@ -257,6 +257,14 @@ pub trait Registers: Send + Sync {
     fn read64(&self, offset: u64) -> u64;
     /// Writes the 64-bit register at `offset` (low dword first).
     fn write64(&self, offset: u64, value: u64);
+    /// Whether a `width`-byte access at `offset` reaches the device (in
+    /// bounds and mapped). The driver checks every register and doorbell
+    /// it will use at bring-up, so that no later access can fail. The
+    /// default: every access does.
+    fn reaches(&self, offset: u64, width: u8) -> bool {
+        let _ = (offset, width);
+        true
+    }
 }
 
 impl Registers for crate::vfio::Bar {
@@ -279,6 +287,9 @@ impl Registers for crate::vfio::Bar {
         if let Err(e) = crate::vfio::Bar::write64(self, offset, value) {
             log::error!("BAR write at {offset:#x} dropped: {e}");
         }
+    }
+    fn reaches(&self, offset: u64, width: u8) -> bool {
+        crate::vfio::Bar::reaches(self, offset, width)
     }
 }
 

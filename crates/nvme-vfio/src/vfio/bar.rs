@@ -175,6 +175,12 @@ impl Bar {
         Ok(ptr)
     }
 
+    /// Whether a `width`-byte access at `offset` is possible: in bounds,
+    /// naturally aligned, inside one mapped area.
+    pub fn reaches(&self, offset: u64, width: u8) -> bool {
+        matches!(width, 4 | 8) && self.reg(offset, width).is_ok()
+    }
+
     /// Reads the 32-bit register at `offset`.
     pub fn read32(&self, offset: u64) -> Result<u32, VfioError> {
         let ptr = self.reg(offset, 4)?.cast::<u32>();
@@ -363,6 +369,9 @@ mod tests {
         );
         assert_eq!(fault(bar.read32(0x1000)), BarFault::NotMapped);
         assert_eq!(fault(bar.read32(0x2ffc)), BarFault::NotMapped);
+        assert!(bar.reaches(0xffc, 4) && bar.reaches(0x3000, 8));
+        assert!(!bar.reaches(0x1000, 4) && !bar.reaches(0xffc, 8) && !bar.reaches(0x4000, 4));
+        assert!(!bar.reaches(0x3001, 4), "misaligned");
         // An 8-byte access straddling the end of an area is refused too.
         let bar = Bar::anonymous(0x4000, &[(0, 0x1004)]).unwrap();
         assert_eq!(fault(bar.read64(0x1000)), BarFault::NotMapped);
