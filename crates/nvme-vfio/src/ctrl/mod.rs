@@ -12,6 +12,7 @@ mod cmb;
 mod events;
 mod free;
 mod function;
+mod inflight;
 mod io;
 mod pool;
 mod qpair;

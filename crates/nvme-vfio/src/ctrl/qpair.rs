@@ -16,14 +16,14 @@ use std::mem::ManuallyDrop;
 use std::sync::Arc;
 use std::time::Instant;
 
-use blk_dma::{Direction, DmaState, HostAddr, HostSeg};
+use blk_dma::{Direction, HostAddr, HostSeg};
 
+use super::inflight::{Inflight, Pending, Slot, Tag};
 use super::io::{Done, Io, IoBuf, Op};
 use super::pool::DmaDescPool;
 use super::{Controller, Namespace, Shared};
 use crate::mem::VfioMapper;
 use crate::nvme::cmd::Command;
-use crate::nvme::desc::DescList;
 use crate::nvme::dptr::{self, Policy, QueueKind, Setup};
 use crate::nvme::queue::{CompletionQueue, SubmissionQueue};
 use crate::nvme::spec::DataPtr;
@@ -63,75 +63,6 @@ impl Default for QueueConfig {
 /// read); a check comes sooner when a command's timeout is due sooner.
 pub(super) const CHECK_PERIOD_MS: u64 = 100;
 
-/// One command in flight: its request and what to undo at completion.
-#[derive(Debug)]
-pub(super) struct Slot {
-    /// The command ID of the command in flight in this slot, or
-    /// [`FREE`](Self::FREE) (no 16-bit ID): a completion matches with one
-    /// comparison.
-    pub(super) live: u32,
-    pub(super) req: u32,
-    /// When the command was published to the device (its doorbell
-    /// batch), in [`clock::now_ms`](super::clock::now_ms) milliseconds.
-    pub(super) stamp: u64,
-    pub(super) state: DmaState,
-    pub(super) list: DescList,
-}
-
-impl Slot {
-    /// [`live`](Self::live) of a slot with no command in flight.
-    pub(super) const FREE: u32 = 1 << 16;
-
-    /// Whether a command is in flight in this slot.
-    #[inline(always)]
-    pub(super) fn busy(&self) -> bool {
-        self.live != Self::FREE
-    }
-}
-
-/// One request in flight: it completes when its last command does.
-#[derive(Debug)]
-pub(super) struct Pending {
-    pub(super) buf: IoBuf,
-    pub(super) tag: u64,
-    /// The blocking call's request (its result goes to `blocking_done`).
-    pub(super) blocking: bool,
-    /// The request's memory is the caller's borrow (a blocking read or
-    /// write): it goes back when the call returns, whatever happens.
-    pub(super) borrowed: bool,
-    pub(super) remaining: u32,
-    /// The request's error (boxed: errors are rare, and the request moves
-    /// on every completion).
-    pub(super) error: Option<Box<Error>>,
-    pub(super) what: &'static str,
-}
-
-impl Pending {
-    /// A free entry.
-    const FREE: Pending = Pending {
-        buf: IoBuf::Raw,
-        tag: 0,
-        blocking: false,
-        borrowed: false,
-        remaining: 0,
-        error: None,
-        what: "",
-    };
-
-    /// Frees the entry; returns its tag, buffer and error.
-    #[inline]
-    fn take(&mut self) -> (u64, IoBuf, Option<Box<Error>>) {
-        self.remaining = 0;
-        self.blocking = false;
-        self.borrowed = false;
-        (
-            self.tag,
-            core::mem::replace(&mut self.buf, IoBuf::Raw),
-            self.error.take(),
-        )
-    }
-}
-
 /// An I/O submission/completion queue pair.
 #[derive(Debug)]
 pub struct QueuePair {
@@ -147,30 +78,15 @@ pub struct QueuePair {
     pub(super) max_transfer: u64,
     /// SGL data blocks may start at any byte (SGLS = 01b).
     pub(super) sgl_any_alignment: bool,
-    /// Command slots; [`cids`](Self::cids) maps a command ID to one.
-    pub(super) slots: Vec<Slot>,
-    /// Free slots, in the order they are handed out (doorbell batches
-    /// find the slots to stamp by position).
-    pub(super) free_cids: super::free::FreeSlots,
-    /// Command IDs in flight, by the slot they are in (see
-    /// [`CommandIds`](super::cids::CommandIds)).
-    pub(super) cids: super::cids::CommandIds,
+    /// Command slots, command IDs and requests in flight.
+    pub(super) inflight: Inflight,
     /// Completions that matched no command in flight, on this queue pair.
     pub(super) device_errors: u64,
     /// A device error was seen: reset the controller before trusting the
     /// queues again.
     pub(super) device_error: bool,
-    /// Slots whose commands were quarantined: the controller could not be
-    /// stopped, so they are never reused.
-    pub(super) quarantined: usize,
-    /// Requests by index; a free entry has `remaining == 0`.
-    pub(super) reqs: Vec<Pending>,
-    pub(super) free_reqs: Vec<u32>,
     /// Commands written since the last tail doorbell.
     pub(super) unrung: bool,
-    /// The free-slot position up to which taken slots were stamped by a
-    /// doorbell ([`FreeSlots::take_position`](super::free::FreeSlots)).
-    pub(super) stamped: u32,
     /// When to look for timed-out commands next (clock milliseconds).
     pub(super) next_check: u64,
     /// Segments of the command being built (capacity reused).
@@ -179,7 +95,6 @@ pub struct QueuePair {
     pub(super) taken: Vec<u16>,
     /// Completions collected while a blocking call waited.
     pub(super) stash: Vec<Done>,
-    pub(super) blocking_done: Option<Result<(), Error>>,
     /// The MSI-X vector of the completion queue, in interrupt mode.
     pub(super) irq: Option<u16>,
     /// The controller reset generation the queues were created in.
@@ -283,32 +198,14 @@ impl QueuePair {
             },
             max_transfer: ctrl.max_transfer(),
             sgl_any_alignment: config.sgl && id.sgls() & 0x3 == 0x1,
-            slots: (0..depth)
-                .map(|_| Slot {
-                    live: Slot::FREE,
-                    req: 0,
-                    stamp: 0,
-                    state: DmaState::with_capacity(8),
-                    list: DescList::new(),
-                })
-                .collect(),
-            free_cids: super::free::FreeSlots::new(depth),
-            cids: super::cids::CommandIds::new(),
+            inflight: Inflight::new(depth),
             device_errors: 0,
             device_error: false,
-            quarantined: 0,
-            // Requests 0..depth are handed out by `free_reqs`; request
-            // depth + cid belongs to the one-command request on command
-            // `cid` (the fast path needs no allocation of its own).
-            reqs: (0..2 * depth).map(|_| Pending::FREE).collect(),
-            free_reqs: (0..depth as u32).rev().collect(),
             unrung: false,
-            stamped: 0,
             next_check: 0,
             scratch: Vec::with_capacity(16),
             taken: Vec::with_capacity(depth),
             stash: Vec::with_capacity(depth),
-            blocking_done: None,
             irq,
             interrupts: 0,
             generation: shared.generation(),
@@ -325,7 +222,7 @@ impl QueuePair {
 
     /// Commands in flight.
     pub fn inflight(&self) -> usize {
-        self.slots.len() - self.free_cids.len() - self.quarantined
+        self.inflight.count()
     }
 
     /// Completions this queue pair received that belonged to no command in
@@ -338,7 +235,7 @@ impl QueuePair {
 
     /// Most commands that can be in flight at once.
     pub fn depth(&self) -> usize {
-        self.slots.len()
+        self.inflight.depth()
     }
 
     /// Submits `io`. Its buffer belongs to the request until it comes back
@@ -460,17 +357,7 @@ impl QueuePair {
     /// the order the free-slot FIFO handed them out.
     #[inline(always)]
     fn stamp_batch(&mut self, now: u64) {
-        let end = self.free_cids.take_position();
-        let mut p = self.stamped;
-        while p != end {
-            let cid = self.free_cids.taken_at(p) as usize;
-            debug_assert!(cid < self.slots.len());
-            // SAFETY: the free-slot FIFO holds slot indices only (below
-            // `slots.len()`, see `build` and `finish_slot`).
-            unsafe { self.slots.get_unchecked_mut(cid).stamp = now };
-            p = p.wrapping_add(1);
-        }
-        self.stamped = end;
+        self.inflight.stamp_published(now);
         // A command published into an idle queue may be due before the
         // next check.
         self.next_check = self
@@ -531,6 +418,21 @@ impl QueuePair {
                 _ => std::hint::spin_loop(),
             }
         }
+    }
+
+    /// Empties both rings and their shadow doorbells, once nothing is in
+    /// flight and the controller no longer has the queues (after a reset):
+    /// the queues are created again from the start of the rings, and
+    /// commands written but not published are forgotten.
+    pub(super) fn reset_rings(&mut self) {
+        debug_assert_eq!(self.inflight(), 0);
+        self.sq.reset();
+        self.cq.reset();
+        for shadow in [self.sq.shadow(), self.cq.shadow()].into_iter().flatten() {
+            shadow.clear();
+        }
+        self.unrung = false;
+        self.inflight.restart_stamps();
     }
 
     /// Recovers if the controller was reset since the queues were created.
@@ -665,21 +567,21 @@ impl QueuePair {
             // request only if it names a command in flight on this queue,
             // with a possible SQ head.
             let head_ok = self.sq.advance_head(c.sq_head);
-            // Not in flight: an index past every slot.
-            let cid = self.cids.slot_or_none(c.cid);
-            match self.slots.get(cid) {
-                Some(s) if s.live == u32::from(c.cid) && c.sq_id == self.qid && head_ok => {}
-                _ => {
-                    self.bad_completion(&c, head_ok);
-                    continue;
-                }
-            }
+            let found = match c.sq_id == self.qid && head_ok {
+                true => self.inflight.lookup(c.cid),
+                false => None,
+            };
+            let Some(cid) = found else {
+                self.bad_completion(&c, head_ok);
+                continue;
+            };
             let req = self.finish_slot(cid);
             let status = c.status();
             if !status.is_success() {
-                self.record_status(req, status);
+                self.inflight
+                    .fail(req, |what| Error::Command { what, status });
             }
-            self.finish_child(req, out);
+            self.inflight.finish_child(req, out);
         }
         if seen {
             self.cq.ring(&*self.shared.regs);
@@ -714,98 +616,11 @@ impl QueuePair {
         );
     }
 
-    /// Undoes a finished command's mappings and frees its ID; returns its
-    /// request.
+    /// Undoes a finished command's mappings and frees its slot and ID;
+    /// returns its request.
     #[inline(always)]
     pub(super) fn finish_slot(&mut self, cid: usize) -> u32 {
-        let s = &mut self.slots[cid];
-        // SAFETY: a slot's pages come from this queue pair's pool; its
-        // command completed, was never published, or the device stopped.
-        unsafe { s.list.release(&mut *self.pool) };
-        s.state.unmap(&self.mapper);
-        // Every caller finishes a slot with a command in flight.
-        debug_assert!(s.busy());
-        self.cids.release(s.live as u16);
-        s.live = Slot::FREE;
-        self.free_cids.push(cid as u16);
-        s.req
-    }
-
-    /// Records a failed command's status as its request's error (the first
-    /// error of a request wins).
-    #[cold]
-    fn record_status(&mut self, req: u32, status: crate::nvme::cmd::Status) {
-        if let Some(p) = self.reqs.get_mut(req as usize) {
-            if p.remaining > 0 && p.error.is_none() {
-                p.error = Some(Box::new(Error::Command {
-                    what: p.what,
-                    status,
-                }));
-            }
-        }
-    }
-
-    /// Counts one command of request `req` done; completes the request when
-    /// it was the last.
-    #[inline(always)]
-    pub(super) fn finish_child(&mut self, req: u32, out: &mut Vec<Done>) {
-        let Some(p) = self.reqs.get_mut(req as usize) else {
-            return;
-        };
-        match p.remaining {
-            0 => return,
-            1 => {}
-            _ => {
-                p.remaining -= 1;
-                return;
-            }
-        }
-        if p.error.is_some() || p.blocking {
-            return self.finish_request_rare(req, out);
-        }
-        if out.len() == out.capacity() {
-            grow(out);
-        }
-        p.remaining = 0;
-        let len = out.len();
-        // Built in place, field by field, so that only the buffer and the
-        // tag are copied (the result's error payload is not).
-        let dst = out.spare_capacity_mut().as_mut_ptr().cast::<Done>();
-        // SAFETY: `len < capacity` (checked above), so `dst` is the
-        // allocated, unused element past the length, which no reference
-        // covers; every field is written before the length covers it. The
-        // buffer is moved: copied out of the entry, which then gets
-        // `IoBuf::Raw` without dropping the moved value.
-        unsafe {
-            core::ptr::addr_of_mut!((*dst).tag).write(p.tag);
-            core::ptr::copy_nonoverlapping(&p.buf, core::ptr::addr_of_mut!((*dst).buf), 1);
-            core::ptr::write(&mut p.buf, IoBuf::Raw);
-            core::ptr::addr_of_mut!((*dst).result).write(Ok(()));
-            out.set_len(len + 1);
-        }
-        if (req as usize) < self.slots.len() {
-            self.free_reqs.push(req);
-        }
-    }
-
-    /// [`finish_child`](Self::finish_child) for a request that failed or
-    /// is the blocking call's.
-    #[inline(never)]
-    fn finish_request_rare(&mut self, req: u32, out: &mut Vec<Done>) {
-        let blocking = self.reqs[req as usize].blocking;
-        let (tag, buf, error) = self.reqs[req as usize].take();
-        if (req as usize) < self.slots.len() {
-            self.free_reqs.push(req);
-        }
-        let result = match error {
-            Some(e) => Err(*e),
-            None => Ok(()),
-        };
-        if blocking {
-            self.blocking_done = Some(result);
-        } else {
-            out.push(Done { tag, buf, result });
-        }
+        self.inflight.finish(cid, &mut self.pool, &self.mapper)
     }
 
     /// Checks a request and returns its length in blocks.
@@ -862,8 +677,7 @@ impl QueuePair {
         if !self.fast_path_fits(ns, lba, &seg) {
             return None;
         }
-        let cid = self.free_cids.peek()?;
-        let slot = self.slots.get(cid as usize)?;
+        let (cid, slot) = self.inflight.peek_free()?;
         let dp = dptr::map_cached(
             seg,
             &self.mapper,
@@ -892,31 +706,8 @@ impl QueuePair {
         buf: IoBuf,
         tag: Tag,
     ) {
-        debug_assert_eq!(self.free_cids.peek(), Some(cid));
-        self.free_cids.take_peeked();
-        let req = self.slots.len() + cid as usize;
         let (write, fua, what, _) = op_parts(op);
-        debug_assert!((cid as usize) < self.slots.len() && req < self.reqs.len());
-        let id = self.cids.take(cid);
-        // SAFETY: both callers found command `cid` in `slots`, and `reqs`
-        // holds two entries per slot (see `build`), so `req` is in it too.
-        // Unchecked, so that no panic path has to keep the buffer to drop.
-        let (slot, p) = unsafe {
-            (
-                self.slots.get_unchecked_mut(cid as usize),
-                self.reqs.get_unchecked_mut(req),
-            )
-        };
-        slot.live = u32::from(id);
-        slot.req = req as u32;
-        // The entry is free, so it holds IoBuf::Raw, which needs no drop.
-        debug_assert!(p.remaining == 0 && matches!(p.buf, IoBuf::Raw));
-        // SAFETY: overwrites IoBuf::Raw (nothing to drop) with the buffer.
-        unsafe { core::ptr::write(&mut p.buf, buf) };
-        (p.tag, p.blocking) = tag.parts();
-        p.borrowed = p.blocking;
-        p.remaining = 1;
-        p.what = what;
+        let id = self.inflight.start_one(cid, buf, tag, what);
         let blocks = len >> ns.block_size().trailing_zeros();
         let mut cmd = Command::rw(write, ns.id(), lba, blocks as u32, fua);
         cmd.set_cid(id);
@@ -943,7 +734,7 @@ impl QueuePair {
                 .checked_add(seg.len >> bs.trailing_zeros())
                 .is_some_and(|end| end <= ns.blocks())
             && aligned
-            && !self.free_cids.is_empty()
+            && self.inflight.free_slots() != 0
             && self.shared.accepts_io(self.generation)
     }
 
@@ -960,12 +751,9 @@ impl QueuePair {
         buf: IoBuf,
         tag: Tag,
     ) -> Result<(), (Error, IoBuf)> {
-        let Some(cid) = self.free_cids.peek() else {
-            // fast_path_fits saw a free command ID.
-            return Err((Error::QueueFull { needed: 1, free: 0 }, buf));
-        };
         let (.., dir) = op_parts(op);
-        let Some(slot) = self.slots.get_mut(cid as usize) else {
+        let Some((cid, slot)) = self.inflight.peek_free_mut() else {
+            // fast_path_fits saw a free slot.
             return Err((Error::QueueFull { needed: 1, free: 0 }, buf));
         };
         let setup = Setup {
@@ -1019,34 +807,27 @@ impl QueuePair {
         let children = total.div_ceil(chunk) as usize;
         // What always fits an idle queue pair: a command slot and a
         // descriptor page (at most one per command) per command.
-        let max = chunk * self.slots.len().min(self.pool.total()) as u64;
-        if children > self.slots.len() {
+        let max = chunk * self.inflight.depth().min(self.pool.total()) as u64;
+        if children > self.inflight.depth() {
             // Waiting for completions would not help: the request needs
             // more commands than the queue pair ever has in flight.
             return Err((Error::TooLarge { len: total, max }, buf));
         }
-        if children > self.free_cids.len() {
+        if children > self.inflight.free_slots() {
             return Err((
                 Error::QueueFull {
                     needed: children,
-                    free: self.free_cids.len(),
+                    free: self.inflight.free_slots(),
                 },
                 buf,
             ));
         }
-        let Some(req) = self.free_reqs.pop() else {
-            return Err((Error::QueueFull { needed: 1, free: 0 }, buf));
-        };
         let (write, fua, what, dir) = op_parts(op);
-        let (tag, blocking) = tag.parts();
-        self.reqs[req as usize] = Pending {
-            buf,
-            tag,
-            blocking,
-            borrowed: blocking,
-            remaining: children as u32,
-            error: None,
-            what,
+        let borrowed = matches!(tag, Tag::Blocking);
+        let pending = Pending::new(buf, tag, borrowed, children as u32, what);
+        let req = match self.inflight.start_request(pending) {
+            Ok(req) => req,
+            Err(buf) => return Err((Error::QueueFull { needed: 1, free: 0 }, buf)),
         };
         self.taken.clear();
         let (mut i, mut off, mut lba) = (0usize, 0u64, lba);
@@ -1067,7 +848,8 @@ impl QueuePair {
                 }
             }
             let blocks = (chunk - want) / ns.block_size();
-            let cid = match self.free_cids.pop() {
+            let page = self.shared.page;
+            let (cid, slot) = match self.inflight.pop() {
                 Some(c) => c,
                 None => {
                     failure = Some(Error::QueueFull {
@@ -1077,8 +859,6 @@ impl QueuePair {
                     break;
                 }
             };
-            let slot = &mut self.slots[cid as usize];
-            let page = self.shared.page;
             match map_into(
                 slot,
                 &self.scratch,
@@ -1089,20 +869,17 @@ impl QueuePair {
                 page,
             ) {
                 Ok(dp) => {
-                    let id = self.cids.take(cid);
-                    let slot = &mut self.slots[cid as usize];
+                    let id = self.inflight.assign(cid, req);
                     let mut cmd = Command::rw(write, ns.id(), lba, blocks as u32, fua);
                     cmd.set_cid(id);
                     cmd.set_data(dp);
-                    slot.live = u32::from(id);
-                    slot.req = req;
                     // Room is guaranteed: in-flight commands never exceed
                     // the ring size minus one.
                     self.sq.push(&cmd);
                     self.taken.push(cid);
                 }
                 Err(e) => {
-                    self.free_cids.unpop(cid);
+                    self.inflight.unpop(cid);
                     failure = Some(e.into());
                     break;
                 }
@@ -1116,8 +893,7 @@ impl QueuePair {
                 let cid = self.taken[k] as usize;
                 self.finish_slot(cid);
             }
-            let (_, buf, _) = self.reqs[req as usize].take();
-            self.free_reqs.push(req);
+            let buf = self.inflight.cancel(req);
             // Out of descriptor pages: waiting helps unless the request
             // needs more than the pool has.
             let e = match e {
@@ -1128,7 +904,7 @@ impl QueuePair {
                 }
                 Error::Dptr(crate::nvme::DptrError::DescPoolEmpty) => Error::QueueFull {
                     needed: children,
-                    free: self.free_cids.len(),
+                    free: self.inflight.free_slots(),
                 },
                 e => e,
             };
@@ -1156,7 +932,8 @@ impl QueuePair {
         // A command needs at most one descriptor page (the maximum
         // transfer is at most 1 MiB: 256 PRP entries; unregistered memory
         // is one coalesced range). Other requests may hold slots and pages.
-        let wave = |qp: &Self| chunk * qp.free_cids.len().min(qp.pool.available()).max(1) as u64;
+        let wave =
+            |qp: &Self| chunk * qp.inflight.free_slots().min(qp.pool.available()).max(1) as u64;
         if total <= wave(self) || total % bs != 0 {
             // One request (or one the validation refuses as it is).
             self.submit_request(op, ns, lba, segs, IoBuf::Raw, Tag::Blocking)
@@ -1194,7 +971,7 @@ impl QueuePair {
         let mut stash = std::mem::take(&mut self.stash);
         let r = loop {
             self.reap(&mut stash);
-            if let Some(r) = self.blocking_done.take() {
+            if let Some(r) = self.inflight.take_blocking() {
                 break r;
             }
             std::hint::spin_loop();
@@ -1212,62 +989,26 @@ impl QueuePair {
         if self.shared.is_disabled() {
             return Err(self.shared.stopped_error());
         }
-        if self.free_cids.is_empty() || self.free_reqs.is_empty() {
+        if self.inflight.free_slots() == 0 || !self.inflight.has_free_request() {
             return Err(Error::QueueFull { needed: 1, free: 0 });
         }
-        let (Some(cid), Some(req)) = (self.free_cids.pop(), self.free_reqs.pop()) else {
+        // No caller memory: a data buffer of the driver's own (the
+        // Deallocate ranges) is leaked by the caller if the controller
+        // dies.
+        let pending = Pending::new(IoBuf::Raw, Tag::Blocking, false, 1, what);
+        let Ok(req) = self.inflight.start_request(pending) else {
             return Err(Error::QueueFull { needed: 1, free: 0 });
         };
-        self.reqs[req as usize] = Pending {
-            buf: IoBuf::Raw,
-            tag: 0,
-            blocking: true,
-            // No caller memory: a data buffer of the driver's own (the
-            // Deallocate ranges) is leaked by the caller if the controller
-            // dies.
-            borrowed: false,
-            remaining: 1,
-            error: None,
-            what,
+        let Some((cid, _)) = self.inflight.pop() else {
+            self.inflight.cancel(req);
+            return Err(Error::QueueFull { needed: 1, free: 0 });
         };
-        let id = self.cids.take(cid);
-        let slot = &mut self.slots[cid as usize];
-        slot.live = u32::from(id);
-        slot.req = req;
+        let id = self.inflight.assign(cid, req);
         cmd.set_cid(id);
         self.sq.push(&cmd);
         self.unrung = true;
         self.wait_blocking()
     }
-}
-
-/// Whose a request is: a caller's, with its tag, or the blocking call's
-/// (tracked apart from every tag a caller can choose).
-#[derive(Clone, Copy, Debug)]
-pub(super) enum Tag {
-    /// Completes into [`Done::tag`].
-    Caller(u64),
-    /// Completes into the queue pair's blocking result.
-    Blocking,
-}
-
-impl Tag {
-    /// The tag to store and whether the request is the blocking call's.
-    #[inline(always)]
-    fn parts(self) -> (u64, bool) {
-        match self {
-            Tag::Caller(t) => (t, false),
-            Tag::Blocking => (0, true),
-        }
-    }
-}
-
-/// Makes room for more completions in `out` (out of line: `out` is
-/// normally reused with room to spare).
-#[cold]
-#[inline(never)]
-fn grow(out: &mut Vec<Done>) {
-    out.reserve(out.capacity().max(16));
 }
 
 /// Appends to `out` the segments covering bytes `[off, off + len)` of the
@@ -1408,7 +1149,7 @@ impl Drop for QueuePair {
             );
             return;
         }
-        if self.quarantined > 0 || self.shared.is_dead() {
+        if self.inflight.quarantined() > 0 || self.shared.is_dead() {
             // The device may still fetch from the submission ring, write
             // the completion ring and read descriptor pages: leak them (and
             // keep the queue ID, which the dead controller never gives out

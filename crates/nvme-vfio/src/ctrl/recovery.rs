@@ -6,7 +6,7 @@
 use std::time::Instant;
 
 use super::io::Done;
-use super::qpair::{QueuePair, Slot, CHECK_PERIOD_MS};
+use super::qpair::{QueuePair, CHECK_PERIOD_MS};
 
 /// Least time between two attempts to create a queue pair's queues again
 /// after a reset, in milliseconds.
@@ -43,13 +43,7 @@ impl QueuePair {
         if self.cleaned != generation {
             self.device_error = false;
             self.fail_inflight(out, |_| Error::Reset);
-            self.sq.reset();
-            self.cq.reset();
-            for shadow in [self.sq.shadow(), self.cq.shadow()].into_iter().flatten() {
-                shadow.clear();
-            }
-            self.unrung = false;
-            self.stamped = self.free_cids.take_position();
+            self.reset_rings();
             self.cleaned = generation;
             self.retry_at = 0;
         }
@@ -113,16 +107,9 @@ impl QueuePair {
         let limit_ms = limit.as_millis() as u64;
         // Commands were stamped when their doorbell was written; the next
         // check comes when the oldest is due, or after the check period.
-        let mut next = now + CHECK_PERIOD_MS.min(limit_ms.max(1));
-        let mut any_late = false;
-        for s in self.slots.iter().filter(|s| s.busy()) {
-            let due = s.stamp + limit_ms;
-            if now > due {
-                any_late = true;
-            } else {
-                next = next.min(due + 1);
-            }
-        }
+        let (any_late, next) =
+            self.inflight
+                .due(now, limit_ms, now + CHECK_PERIOD_MS.min(limit_ms.max(1)));
         self.next_check = next;
         let csts = self.shared.csts();
         if matches!(csts, Err(Error::DeviceLost)) {
@@ -136,53 +123,41 @@ impl QueuePair {
         if !fatal && !any_late {
             return;
         }
-        let late = |s: &Slot| s.busy() && now > s.stamp + limit_ms;
         if !fatal {
-            for cid in 0..self.slots.len() {
-                if late(&self.slots[cid]) {
-                    // The command ID the command went out with (index and
-                    // generation).
-                    let id = self.slots[cid].live as u16;
-                    match self
-                        .shared
-                        .admin(Command::abort(self.qid, id), None, "Abort")
-                    {
-                        Ok(_) => {
-                            log::warn!("queue {}: aborting command {cid} after {limit:?}", self.qid)
-                        }
-                        Err(e) => {
-                            log::warn!("queue {}: abort of command {cid} failed: {e}", self.qid)
-                        }
-                    }
+            let late: Vec<(usize, u16)> = self
+                .inflight
+                .late(now, limit_ms)
+                .filter_map(|cid| Some((cid, self.inflight.live_id(cid)?)))
+                .collect();
+            for (slot, id) in late {
+                let q = self.qid;
+                match self.shared.admin(Command::abort(q, id), None, "Abort") {
+                    Ok(_) => log::warn!(
+                        "queue {q}: aborting command {id:#06x} (slot {slot}) after {limit:?}"
+                    ),
+                    Err(e) => log::warn!("queue {q}: abort of command {id:#06x} failed: {e}"),
                 }
             }
             // Give the aborts a moment to complete the commands.
             let grace = Instant::now();
-            while self.slots.iter().any(late) && grace.elapsed() < std::time::Duration::from_secs(1)
-            {
+            let any_late = |qp: &Self| qp.inflight.late(now, limit_ms).next().is_some();
+            while any_late(self) && grace.elapsed() < std::time::Duration::from_secs(1) {
                 self.drain_completions(out);
                 std::hint::spin_loop();
             }
-            if !self.slots.iter().any(late) {
+            if !any_late(self) {
                 return;
             }
         }
-        // Mark the late requests so they complete with Timeout, then reset.
-        let ms = limit.as_millis() as u64;
-        for cid in 0..self.slots.len() {
-            if fatal || late(&self.slots[cid]) {
-                let req = self.slots[cid].req as usize;
-                if let Some(p) = self.reqs.get_mut(req) {
-                    if p.remaining > 0 && p.error.is_none() && self.slots[cid].busy() {
-                        p.error = Some(Box::new(if fatal {
-                            Error::ControllerFatal { during: p.what }
-                        } else {
-                            Error::Timeout { what: p.what, ms }
-                        }));
-                    }
-                }
+        // Mark the late requests (all of them, after a fatal status) so
+        // they complete with Timeout, then reset.
+        self.inflight.fail_late(now, limit_ms, fatal, |what| {
+            if fatal {
+                Error::ControllerFatal { during: what }
+            } else {
+                Error::Timeout { what, ms: limit_ms }
             }
-        }
+        });
         self.reset_and_recover(out);
     }
 
@@ -229,53 +204,16 @@ impl QueuePair {
         });
     }
 
-    /// The controller could not be stopped: every request in flight
-    /// completes with [`Error::Dead`] and without its buffer, which is
-    /// leaked with its command's mappings and descriptor pages (the device
-    /// may still read or write all of them). Their slots are never reused.
+    /// The controller could not be stopped: what is in flight is
+    /// quarantined (see [`Inflight::quarantine_all`]), after the commands
+    /// whose own completion is already posted complete as usual.
     ///
-    /// A blocking call's request holds memory the caller lent for the
-    /// call, which goes back to the caller when the call returns: that
-    /// cannot be made safe, so the process is aborted.
+    /// [`Inflight::quarantine_all`]: super::inflight::Inflight::quarantine_all
     #[cold]
     pub(super) fn quarantine_inflight(&mut self, out: &mut Vec<Done>) {
-        // Commands whose own completion is already posted are done: they
-        // complete as usual.
         self.drain_completions(out);
         self.device_error = false;
-        for cid in 0..self.slots.len() {
-            let s = &mut self.slots[cid];
-            if !s.busy() {
-                continue;
-            }
-            s.live = Slot::FREE;
-            // Kept mapped, and the IOVA space kept allocated: nothing else
-            // may ever be mapped where the device may still write.
-            core::mem::forget(core::mem::take(&mut s.state));
-            // The descriptor pages are dropped from the list without going
-            // back to the pool (which is leaked with the rings).
-            s.list = Default::default();
-            self.quarantined += 1;
-            let req = s.req;
-            let Some(p) = self.reqs.get_mut(req as usize) else {
-                continue;
-            };
-            if p.remaining == 0 {
-                continue;
-            }
-            if p.borrowed {
-                log::error!(
-                    "queue {}: the controller cannot be stopped while a blocking call's \
-                     command is in flight on memory the caller lent; aborting the process \
-                     rather than handing that memory back",
-                    self.qid
-                );
-                std::process::abort();
-            }
-            core::mem::forget(core::mem::replace(&mut p.buf, super::io::IoBuf::Raw));
-            p.error = Some(Box::new(Error::Dead));
-            self.finish_child(req, out);
-        }
+        self.inflight.quarantine_all(self.qid, out);
     }
 
     /// Completes every request in flight with the error `make` builds from
@@ -287,18 +225,8 @@ impl QueuePair {
         make: impl Fn(&'static str) -> Error,
     ) {
         debug_assert!(!self.shared.is_dead());
-        for cid in 0..self.slots.len() {
-            if !self.slots[cid].busy() {
-                continue;
-            }
-            let req = self.finish_slot(cid);
-            if let Some(p) = self.reqs.get_mut(req as usize) {
-                if p.remaining > 0 && p.error.is_none() {
-                    p.error = Some(Box::new(make(p.what)));
-                }
-            }
-            self.finish_child(req, out);
-        }
+        self.inflight
+            .fail_all(&mut self.pool, &self.mapper, out, make);
     }
 
     /// Recovers if the controller was reset since the queues were created;
