@@ -5,6 +5,7 @@
 //! program the admin queues, write CC, enable (wait for CSTS.RDY = 1). Every
 //! wait is bounded by CAP.TO and checks CSTS.CFS.
 
+mod asyncio;
 mod blocking;
 mod cids;
 mod clock;
@@ -12,6 +13,7 @@ mod cmb;
 mod events;
 mod free;
 mod function;
+mod group;
 mod inflight;
 mod io;
 mod pool;
@@ -32,9 +34,11 @@ use crate::nvme::regs::{self, offset, Cap, Cc, Registers, Shutdown, ShutdownStat
 use crate::nvme::spec::PageSize;
 use crate::Error;
 
+pub use asyncio::{AsyncQueuePair, IoFuture};
 pub use cmb::CmbBuf;
 pub use events::{AsyncEvent, AsyncEventKind};
 pub use function::{Interrupts, PciFunction};
+pub use group::PollGroup;
 pub use io::{Done, Io, IoBuf, Op};
 pub use pool::{DmaDescPool, DESC_PAGE};
 pub use qpair::{QueueConfig, QueuePair};

@@ -500,10 +500,32 @@ impl QueuePair {
         // One clock read per poll: the doorbell's stamp and the timeout
         // check.
         let now = super::clock::now_ms();
+        let entries = u32::from(self.cq.entries());
+        self.reap_at(out, now, entries);
+    }
+
+    /// [`poll`](Self::poll) for a poll group: the time read once for the
+    /// group, and at most `budget` completions taken.
+    pub(super) fn poll_at(&mut self, out: &mut Vec<Done>, now: u64, budget: u32) -> usize {
+        let before = out.len();
+        out.append(&mut self.stash);
+        if !self.shared.accepts_io(self.generation) && !self.reap_stopped(out) {
+            return out.len() - before;
+        }
+        if self.unrung || self.inflight() != 0 {
+            self.reap_at(out, now, budget.min(u32::from(self.cq.entries())));
+        }
+        out.len() - before
+    }
+
+    /// The rest of [`reap`](Self::reap), at time `now`, taking at most
+    /// `budget` completions.
+    #[inline(always)]
+    fn reap_at(&mut self, out: &mut Vec<Done>, now: u64, budget: u32) {
         if self.unrung {
             self.publish(now);
         }
-        self.drain_completions(out);
+        self.drain(out, budget);
         if self.device_error {
             self.device_error = false;
             self.reset_and_recover(out);
@@ -555,10 +577,17 @@ impl QueuePair {
     /// Takes every posted completion, with one head doorbell write; returns
     /// whether there was any.
     pub(super) fn drain_completions(&mut self, out: &mut Vec<Done>) -> bool {
-        let mut seen = false;
         // At most one ring's worth per call: a device that keeps posting
         // entries (ignoring the head doorbell) cannot hold the caller here.
-        let mut budget = self.cq.entries();
+        let entries = u32::from(self.cq.entries());
+        self.drain(out, entries)
+    }
+
+    /// [`drain_completions`](Self::drain_completions), taking at most
+    /// `budget` completions.
+    #[inline(always)]
+    fn drain(&mut self, out: &mut Vec<Done>, mut budget: u32) -> bool {
+        let mut seen = false;
         while budget > 0 {
             let Some(c) = self.cq.pop() else { break };
             budget -= 1;
