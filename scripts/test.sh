@@ -36,6 +36,11 @@ cli=target/release/examples/nvme-cli
 scripts/cli-test.sh "$cli" sim
 
 echo
+echo "== embedding examples against nvme-sim (async-tokio in interrupt mode, busy-poll)"
+cargo run --quiet -p nvme-vfio --example async-tokio
+cargo run --quiet --release -p nvme-vfio --example busy-poll -- sim 2 128
+
+echo
 echo "== VM tests (scripts/vm)"
 if [ "${NVME_SKIP_VM:-0}" = 1 ]; then
     echo "SKIPPED: VM tests (NVME_SKIP_VM=1)"
