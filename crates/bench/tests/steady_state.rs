@@ -1,7 +1,8 @@
 //! The benchmark loop and the driver in steady state (polled, nvme-sim in
 //! inline null mode, so the device runs on the I/O thread and nothing else
 //! is at work) make no heap allocation and no system call per I/O, and
-//! publish one submission doorbell per batch.
+//! publish one submission doorbell per batch; so does asynchronous I/O
+//! (a future per request, `AsyncQueuePair`) driven by a minimal executor.
 //!
 //! Shown differentially: runs of N1 and N2 I/Os on the same controller make
 //! exactly as many allocations and system calls (setup and teardown are the
@@ -14,7 +15,12 @@ use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 use std::time::Duration;
 
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker};
+
 use nvme_bench::perf::{run, Options, Progress, Rw, SimOptions, Stop, Target};
+use nvme_vfio::ctrl::{AsyncQueuePair, Io, IoBuf, IoFuture, Namespace, QueueConfig};
+use std::future::Future;
 
 struct Counting;
 
@@ -157,19 +163,21 @@ struct Counts {
     by_number: [u64; 512],
 }
 
-#[test]
-fn steady_state_allocates_nothing_and_makes_no_system_call_per_io() {
-    let sim = SimOptions {
-        null: true,
-        inline: true,
-        spin: Duration::ZERO,
-        ..SimOptions::default()
-    };
-    let target = Target::sim(&sim, 1).unwrap();
-    // Warm up once: first-use allocations (thread-locals, the stdout lock,
-    // lazily sized vectors) are not the steady state.
-    run(&target, &options(32, 1000), &Progress::default()).unwrap();
+/// The tests count process-wide: one at a time, setup included.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
+/// Runs `workload(state, n)` for N1 and N2 I/Os at queue depths 32, 128
+/// and 1 on a thread whose system calls are counted, with a state made by
+/// `setup(qd)` on that thread before (and a first run of 1,000 I/Os), and
+/// checks that the two runs of each depth made as many heap allocations
+/// and system calls, and `max_doorbells(qd)` SQ doorbells per I/O at most.
+/// `workload` returns the I/Os done and the SQ doorbells per I/O.
+fn check_steady_state<S>(
+    what: &str,
+    setup: impl Fn(u16) -> Result<S, String> + Sync,
+    workload: impl Fn(&mut S, u64) -> Result<(u64, f64), String> + Sync,
+    max_doorbells: impl Fn(u16) -> f64,
+) {
     let listener = AtomicI32::new(-1);
     let stop = AtomicBool::new(false);
     let (n1, n2) = (5_000u64, 55_000u64);
@@ -185,24 +193,34 @@ fn steady_state_allocates_nothing_and_makes_no_system_call_per_io() {
             }
             // Nothing the measured windows keep may grow the heap between
             // them: room for every result is made first.
+            // The counters work: they see one allocation and one system
+            // call made on purpose.
+            let (a0, s0) = (ALLOCATIONS.load(Ordering::Relaxed), syscalls_total());
+            drop(std::hint::black_box(Vec::<u8>::with_capacity(64)));
+            // SAFETY: getppid takes no arguments and cannot fail.
+            std::hint::black_box(unsafe { libc::getppid() });
+            if ALLOCATIONS.load(Ordering::Relaxed) == a0 || syscalls_total() == s0 {
+                return Err("the allocation and system call counters see nothing".into());
+            }
             let mut out = Vec::with_capacity(6);
+            let mut state = None;
             for (qd, n) in [(32, n1), (32, n2), (128, n1), (128, n2), (1, n1), (1, n2)] {
                 if n == n1 {
                     // A first run of each depth inside the filter: the
                     // first run on a new thread, or with larger buffers,
                     // makes first-use system calls (heap growth) of its own.
-                    run(&target, &options(qd, 1000), &Progress::default())
-                        .map_err(|e| e.to_string())?;
+                    state = None;
+                    let s = state.insert(setup(qd)?);
+                    workload(s, 1000)?;
                 }
+                let Some(st) = state.as_mut() else {
+                    return Err("no state".into());
+                };
                 let (a0, s0) = (ALLOCATIONS.load(Ordering::Relaxed), syscalls_total());
                 let before = syscalls_snapshot();
-                let (ios, sq_doorbells_per_io) = {
-                    let report = run(&target, &options(qd, n), &Progress::default())
-                        .map_err(|e| e.to_string())?;
-                    // Dropped inside the window: every run leaves the heap
-                    // as it found it.
-                    (report.result.ios, report.result.sq_doorbells_per_io)
-                };
+                // Everything the run allocates is dropped inside the
+                // window: every run leaves the heap as it found it.
+                let (ios, sq_doorbells_per_io) = workload(st, n)?;
                 let after = syscalls_snapshot();
                 out.push(Counts {
                     qd,
@@ -226,17 +244,12 @@ fn steady_state_allocates_nothing_and_makes_no_system_call_per_io() {
     for pair in counts.chunks(2) {
         let (a, b) = (&pair[0], &pair[1]);
         let qd = a.qd;
-        assert_eq!(a.ios, n1);
-        assert_eq!(b.ios, n2);
-        // The counters see the run's setup: they work.
-        assert!(
-            a.syscalls > 0 && a.allocations > 0,
-            "qd {qd}: nothing counted"
-        );
+        assert_eq!(a.ios, n1, "{what}");
+        assert_eq!(b.ios, n2, "{what}");
         assert_eq!(
             a.allocations,
             b.allocations,
-            "qd {qd}: {} more I/Os made {} more heap allocations",
+            "{what}, qd {qd}: {} more I/Os made {} more heap allocations",
             n2 - n1,
             b.allocations as i64 - a.allocations as i64
         );
@@ -251,15 +264,123 @@ fn steady_state_allocates_nothing_and_makes_no_system_call_per_io() {
         assert_eq!(
             a.syscalls,
             b.syscalls,
-            "qd {qd}: {} more I/Os made more system calls (number, extra): {extra:?}",
+            "{what}, qd {qd}: {} more I/Os made more system calls (number, extra): {extra:?}",
             n2 - n1
         );
-        // One submission doorbell per batch: with the device inline every
-        // batch is the whole queue depth.
         let per_io = b.sq_doorbells_per_io;
         assert!(
-            per_io <= 1.0 / qd as f64 + 0.001,
-            "qd {qd}: {per_io} SQ doorbells per I/O"
+            per_io <= max_doorbells(qd),
+            "{what}, qd {qd}: {per_io} SQ doorbells per I/O"
         );
     }
+}
+
+fn inline_null_sim() -> Target {
+    let sim = SimOptions {
+        null: true,
+        inline: true,
+        spin: Duration::ZERO,
+        ..SimOptions::default()
+    };
+    Target::sim(&sim, 1).unwrap()
+}
+
+#[test]
+fn steady_state_allocates_nothing_and_makes_no_system_call_per_io() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let target = inline_null_sim();
+    // Warm up once: first-use allocations (thread-locals, the stdout lock,
+    // lazily sized vectors) are not the steady state.
+    run(&target, &options(32, 1000), &Progress::default()).unwrap();
+    check_steady_state(
+        "nvme-bench's loop",
+        Ok,
+        |&mut qd, n| {
+            let report =
+                run(&target, &options(qd, n), &Progress::default()).map_err(|e| e.to_string())?;
+            Ok((report.result.ios, report.result.sq_doorbells_per_io))
+        },
+        // One submission doorbell per batch: with the device inline every
+        // batch is the whole queue depth.
+        |qd| 1.0 / qd as f64 + 0.001,
+    );
+}
+
+/// `qd` reads kept in flight as futures (`AsyncQueuePair`) by a minimal
+/// executor, until `n` have completed; returns `n` and the SQ doorbells
+/// per I/O. The queue pair, its buffers and the table of futures are
+/// made before the window and dropped after it.
+fn async_reads(
+    aq: &AsyncQueuePair,
+    ns: &Namespace,
+    futs: &mut Vec<Option<IoFuture>>,
+    bufs: &mut Vec<IoBuf>,
+    qd: usize,
+    n: u64,
+) -> Result<u64, String> {
+    let mut cx = Context::from_waker(Waker::noop());
+    let mut submitted = 0u64;
+    let mut done = 0u64;
+    futs.clear();
+    for k in 0..qd {
+        let buf = bufs.pop().ok_or("no buffer")?;
+        let f = aq
+            .submit(Io::read(ns, k as u64 * 8, buf))
+            .map_err(|(e, _)| e.to_string())?;
+        futs.push(Some(f));
+        submitted += 1;
+    }
+    while done < n {
+        for (k, slot) in futs.iter_mut().enumerate() {
+            let Some(f) = slot.as_mut() else { continue };
+            if let Poll::Ready((buf, r)) = Pin::new(f).poll(&mut cx) {
+                r.map_err(|e| e.to_string())?;
+                done += 1;
+                *slot = if submitted < n {
+                    submitted += 1;
+                    let io = Io::read(ns, k as u64 * 8, buf);
+                    Some(aq.submit(io).map_err(|(e, _)| e.to_string())?)
+                } else {
+                    bufs.push(buf);
+                    None
+                };
+            }
+        }
+        aq.poll();
+    }
+    Ok(done)
+}
+
+#[test]
+fn async_io_allocates_nothing_and_makes_no_system_call_per_io() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let target = inline_null_sim();
+    let ctrl = target.controller();
+    let ns = ctrl.namespace(1).unwrap();
+    check_steady_state(
+        "async I/O",
+        |qd| {
+            let qp = ctrl
+                .queue_pair(QueueConfig {
+                    depth: qd + 1,
+                    ..Default::default()
+                })
+                .map_err(|e| e.to_string())?;
+            let qd = usize::from(qd);
+            let bufs: Vec<IoBuf> = (0..qd)
+                .map(|_| ctrl.dma_alloc(4096).map(IoBuf::from))
+                .collect::<Result<_, _>>()
+                .map_err(|e| e.to_string())?;
+            Ok((AsyncQueuePair::new(qp), Vec::with_capacity(qd), bufs, qd))
+        },
+        |(aq, futs, bufs, qd), n| {
+            let (d0, _) = aq.doorbell_stats();
+            let ios = async_reads(aq, &ns, futs, bufs, *qd, n)?;
+            let (d1, _) = aq.doorbell_stats();
+            Ok((ios, (d1 - d0) as f64 / ios as f64))
+        },
+        // A doorbell per poll round at most (the futures polled in a round
+        // publish once).
+        |_| 1.0 + 0.001,
+    );
 }

@@ -195,6 +195,12 @@ impl AsyncQueuePair {
         self.state.borrow_mut().qp.flush();
     }
 
+    /// Submission doorbell publications so far, and how many of them
+    /// wrote the MMIO doorbell (see [`QueuePair::doorbell_stats`]).
+    pub fn doorbell_stats(&self) -> (u64, u64) {
+        self.state.borrow().qp.doorbell_stats()
+    }
+
     /// Requests in flight (their commands).
     pub fn inflight(&self) -> usize {
         self.state.borrow().qp.inflight()
