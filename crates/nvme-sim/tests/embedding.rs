@@ -188,7 +188,7 @@ fn a_poll_group_over_two_controllers() {
         let mut seen = Vec::new();
         let start = Instant::now();
         while seen.len() < 32 {
-            let n = group.poll(5, |m, d| {
+            let n = group.poll(5, |m, _, d| {
                 assert_eq!((d.tag >> 32) as usize, m, "reported with its member");
                 assert!(d.result.is_ok());
                 seen.push(m);
@@ -213,12 +213,12 @@ fn a_poll_group_over_two_controllers() {
     std::thread::sleep(Duration::from_millis(50));
     let mut order = Vec::new();
     while order.len() < 4 {
-        group.poll(1, |m, _| order.push(m));
+        group.poll(1, |m, _, _| order.push(m));
     }
     order.sort();
     assert_eq!(order, [0, 1, 2, 3], "one each before anyone's second");
     while group.inflight() > 0 {
-        group.poll(64, |_, _| {});
+        group.poll(64, |_, _, _| {});
     }
     // A stuck command on controller `a`'s member 0 times out (200 ms).
     sim_a.inject(FaultRule::next(Match::io(), FaultAction::Drop));
@@ -231,7 +231,7 @@ fn a_poll_group_over_two_controllers() {
     let start = Instant::now();
     let mut failed = None;
     while failed.is_none() {
-        group.poll(64, |m, d| {
+        group.poll(64, |m, _, d| {
             if d.tag == 77 {
                 failed = Some((m, d.result));
             }

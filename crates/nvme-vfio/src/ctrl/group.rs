@@ -25,7 +25,7 @@
 //! }
 //! let mut done = 0;
 //! while done < 2 {
-//!     done += group.poll(64, |member, d| {
+//!     done += group.poll(64, |member, _qp, d| {
 //!         assert!(member < 2 && d.result.is_ok());
 //!     });
 //! }
@@ -97,9 +97,14 @@ impl PollGroup {
 
     /// Publishes what each member has queued and collects at most `budget`
     /// completions (at least one member is always polled), handing each to
-    /// `on_done` with its member number; returns how many there were.
+    /// `on_done` with its member number and the member itself (to submit
+    /// the next request right there); returns how many there were.
     /// Timeouts of every member are checked against one clock reading.
-    pub fn poll(&mut self, budget: usize, mut on_done: impl FnMut(usize, Done)) -> usize {
+    pub fn poll(
+        &mut self,
+        budget: usize,
+        mut on_done: impl FnMut(usize, &mut QueuePair, Done),
+    ) -> usize {
         let n = self.members.len();
         if n == 0 {
             return 0;
@@ -115,7 +120,7 @@ impl PollGroup {
             };
             let got = qp.poll_at(&mut self.scratch, now, left.min(u32::MAX as usize) as u32);
             for d in self.scratch.drain(..) {
-                on_done(i, d);
+                on_done(i, qp, d);
             }
             total += got;
             left = left.saturating_sub(got);
