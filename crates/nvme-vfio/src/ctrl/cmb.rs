@@ -8,6 +8,7 @@ use core::ptr::NonNull;
 use std::sync::{Arc, Mutex};
 
 use blk_dma::{HostAddr, HostSeg, Iova};
+use vm_memory::VolatileSlice;
 
 use crate::mem::{DmaSpace, RangeAllocator, Registration};
 use crate::nvme::regs::{offset, Registers};
@@ -182,12 +183,14 @@ impl CmbBuf {
         if at.checked_add(src.len()).is_none_or(|e| e > self.len) {
             return Err(Error::Invalid("copy past the end of the CMB buffer".into()));
         }
-        let p = self.ptr();
-        for (i, b) in src.iter().enumerate() {
-            // SAFETY: at + i < len: inside this buffer's part of the
-            // mapping; MMIO is written volatile, byte by byte.
-            unsafe { p.add(at + i).write_volatile(*b) };
-        }
+        // SAFETY: `at + src.len() <= len` (checked): inside this buffer's
+        // part of the CMB mapping, which lives as long as `self`; the
+        // device memory is only ever accessed through volatile slices or
+        // by address, never as a Rust reference.
+        let dst = unsafe { VolatileSlice::new(self.ptr().add(at), src.len()) };
+        // Whole words (a memcpy for more than 8 bytes), not a byte per
+        // MMIO transaction.
+        dst.copy_from(src);
         Ok(())
     }
 
@@ -196,11 +199,9 @@ impl CmbBuf {
         if at.checked_add(dst.len()).is_none_or(|e| e > self.len) {
             return Err(Error::Invalid("copy past the end of the CMB buffer".into()));
         }
-        let p = self.ptr();
-        for (i, b) in dst.iter_mut().enumerate() {
-            // SAFETY: as in `write`, reading.
-            *b = unsafe { p.add(at + i).read_volatile() };
-        }
+        // SAFETY: as in `write`, reading.
+        let src = unsafe { VolatileSlice::new(self.ptr().add(at), dst.len()) };
+        src.copy_to(dst);
         Ok(())
     }
 }
