@@ -65,6 +65,71 @@ fn every_workload_and_buffer_kind_runs_its_exact_count() {
     }
 }
 
+/// Fewer threads than queue pairs: each thread polls its queue pairs as
+/// one poll group. Every queue pair does its share of the exact count,
+/// time-bound runs end on time, verify mode checks every block, and more
+/// threads than queue pairs (or interrupts with poll groups) are refused.
+#[test]
+fn fewer_threads_than_queue_pairs_poll_groups() {
+    let t = sim(64 << 20, 512);
+    for (queues, threads) in [(4, 1), (4, 2), (3, 2)] {
+        let o = Options {
+            queues,
+            threads,
+            verify: true,
+            ..opts(Rw::Randrw, 4001)
+        };
+        let r = run(&t, &o, &Progress::default())
+            .unwrap_or_else(|e| panic!("{queues} queues, {threads} threads: {e}"));
+        assert_eq!(r.result.ios, 4001);
+        assert_eq!(r.result.errors, 0);
+        assert_eq!(r.workload.threads, threads);
+        assert_eq!(r.queues.len(), queues as usize);
+        let mut qids: Vec<u16> = r.queues.iter().map(|q| q.qid).collect();
+        qids.sort();
+        qids.dedup();
+        assert_eq!(
+            qids.len(),
+            queues as usize,
+            "distinct queue pairs: {qids:?}"
+        );
+        for q in &r.queues {
+            let share = 4001 / queues as u64;
+            assert!(q.ios >= share && q.ios <= share + 1, "{q:?}");
+        }
+        let v = r.verify.expect("verify summary");
+        assert!(v.mismatch.is_none());
+        assert!(v.blocks_checked > 0);
+    }
+    let o = Options {
+        queues: 2,
+        threads: 1,
+        stop: Stop::Time(Duration::from_millis(300)),
+        ..opts(Rw::Randread, 0)
+    };
+    let start = std::time::Instant::now();
+    let r = run(&t, &o, &Progress::default()).unwrap();
+    assert!(r.result.ios > 0);
+    assert!(start.elapsed() < Duration::from_secs(5));
+    for (queues, threads, interrupts) in [(2, 3, false), (2, 1, true)] {
+        let o = Options {
+            queues,
+            threads,
+            interrupts,
+            ..opts(Rw::Randread, 100)
+        };
+        match run(&t, &o, &Progress::default()) {
+            Err(Error::Input(m)) => {
+                assert!(m.contains("--threads") || m.contains("--interrupts"), "{m}")
+            }
+            other => panic!(
+                "{queues} queues, {threads} threads: {:?}",
+                other.map(|_| ())
+            ),
+        }
+    }
+}
+
 #[test]
 fn the_mix_sets_the_share_of_reads() {
     let t = sim(64 << 20, 4096);

@@ -50,9 +50,13 @@ struct Cli {
     /// Requests in flight per queue.
     #[arg(long, default_value_t = 32)]
     qd: u16,
-    /// Queue pairs, one thread each.
+    /// Queue pairs (one thread each, unless --threads says fewer).
     #[arg(long, default_value_t = 1)]
     queues: u16,
+    /// Threads running the queue pairs (default: one per queue pair); with
+    /// fewer, each thread polls its queue pairs as one poll group.
+    #[arg(long)]
+    threads: Option<u16>,
     /// Run time (10, 10s, 500ms, 2m).
     #[arg(long, value_parser = parse_duration, conflicts_with = "ios")]
     time: Option<Duration>,
@@ -106,6 +110,7 @@ fn options(cli: &Cli) -> Options {
         bs: cli.bs,
         qd: cli.qd,
         queues: cli.queues,
+        threads: cli.threads.unwrap_or(0),
         stop: match (cli.ios, cli.time) {
             (Some(n), _) => Stop::Ios(n),
             (None, Some(t)) => Stop::Time(t),
@@ -270,8 +275,13 @@ fn print_text(r: &Report) {
         Rw::Randrw => format!("randrw {}% reads", w.mix),
         other => format!("{other:?}").to_lowercase(),
     };
+    let threads = if w.threads < w.queues {
+        format!(" on {} thread(s) (poll groups)", w.threads)
+    } else {
+        String::new()
+    };
     println!(
-        "  {rw}, bs {}, qd {} x {} queue(s), {} buffers, SGL {}, {mode}{}",
+        "  {rw}, bs {}, qd {} x {} queue(s){threads}, {} buffers, SGL {}, {mode}{}",
         w.bs,
         w.qd,
         w.queues,

@@ -1,6 +1,7 @@
-//! The engine: one thread per queue pair, each keeping `qd` requests in
-//! flight and recording their latencies; the results merged into a
-//! [`Report`].
+//! The engine: one thread per queue pair (or fewer threads, each polling
+//! its queue pairs as one poll group), each queue pair keeping `qd`
+//! requests in flight and recording their latencies; the results merged
+//! into a [`Report`].
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Barrier;
@@ -8,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use blk_dma::{HostAddr, HostSeg};
 use hdrhistogram::Histogram;
-use nvme_vfio::ctrl::{Done, Io, IoBuf, Namespace, Op, QueueConfig, QueuePair};
+use nvme_vfio::ctrl::{Done, Io, IoBuf, Namespace, Op, PollGroup, QueueConfig, QueuePair};
 use nvme_vfio::mem::{DmaBuf, Registration};
 use nvme_vfio::nvme::dptr::DEFAULT_SGL_THRESHOLD;
 
@@ -67,6 +68,8 @@ struct Ctx<'a> {
     qcfg: QueueConfig,
     run_id: u32,
     progress: &'a Progress,
+    /// Threads running the queue pairs.
+    threads: usize,
     /// Set when a queue fails: the others stop.
     abort: AtomicBool,
     start: Barrier,
@@ -113,6 +116,18 @@ pub fn run(target: &Target, o: &Options, progress: &Progress) -> Result<Report, 
     }
     if o.stop == Stop::Ios(0) {
         return input("--ios must be at least 1".into());
+    }
+    let threads = if o.threads == 0 { o.queues } else { o.threads };
+    if threads > o.queues {
+        return input(format!(
+            "--threads {threads} is more than --queues {} (one queue pair per thread at most)",
+            o.queues
+        ));
+    }
+    if threads < o.queues && o.interrupts {
+        return input(
+            "--interrupts needs a thread per queue pair (--threads below --queues polls)".into(),
+        );
     }
     if o.interrupts && target.sim_controller().is_some() {
         return input("--interrupts needs a VFIO device (nvme-sim raises no interrupts)".into());
@@ -196,18 +211,25 @@ pub fn run(target: &Target, o: &Options, progress: &Progress) -> Result<Report, 
         qcfg,
         run_id: run_id(o.seed),
         progress,
+        threads: threads as usize,
         abort: AtomicBool::new(false),
-        start: Barrier::new(o.queues as usize),
-        end: Barrier::new(o.queues as usize),
+        start: Barrier::new(threads as usize),
+        end: Barrier::new(threads as usize),
         inline_nanos: [AtomicU64::new(0), AtomicU64::new(0)],
     };
-    let results: Vec<Result<Option<QueueResult>, Error>> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..o.queues as usize)
-            .map(|q| {
+    let results: Vec<Result<Vec<QueueResult>, Error>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads as usize)
+            .map(|t| {
                 let ctx = &ctx;
                 std::thread::Builder::new()
-                    .name(format!("nvme-bench-q{q}"))
-                    .spawn_scoped(s, move || queue_main(ctx, q))
+                    .name(format!("nvme-bench-t{t}"))
+                    .spawn_scoped(s, move || {
+                        if ctx.threads == ctx.o.queues as usize {
+                            queue_main(ctx, t).map(|r| r.into_iter().collect())
+                        } else {
+                            group_main(ctx, t)
+                        }
+                    })
             })
             .collect();
         handles
@@ -224,9 +246,7 @@ pub fn run(target: &Target, o: &Options, progress: &Progress) -> Result<Report, 
     });
     let mut queues = Vec::new();
     for r in results {
-        if let Some(q) = r? {
-            queues.push(q);
-        }
+        queues.extend(r?);
     }
     Ok(merge(&ctx, queues))
 }
@@ -268,7 +288,7 @@ fn queue_main(ctx: &Ctx<'_>, q: usize) -> Result<Option<QueueResult>, Error> {
     if q == 0 {
         ctx.inline_nanos[0].store(inline_nanos(ctx.target), Ordering::Relaxed);
     }
-    let db0 = w.qp.doorbell_stats();
+    let db0 = w.doorbell_stats();
     let cpu0 = thread_cpu();
     let t0 = Instant::now();
     let r = if ctx.abort.load(Ordering::Relaxed) {
@@ -278,7 +298,7 @@ fn queue_main(ctx: &Ctx<'_>, q: usize) -> Result<Option<QueueResult>, Error> {
     };
     let elapsed = t0.elapsed();
     let cpu = thread_cpu().saturating_sub(cpu0);
-    let db1 = w.qp.doorbell_stats();
+    let db1 = w.doorbell_stats();
     if r.is_err() {
         ctx.abort.store(true, Ordering::Relaxed);
     }
@@ -291,7 +311,7 @@ fn queue_main(ctx: &Ctx<'_>, q: usize) -> Result<Option<QueueResult>, Error> {
         w.phase(Mode::Check)?;
     }
     Ok(Some(QueueResult {
-        qid: w.qp.qid(),
+        qid: w.qid(),
         hist: std::mem::replace(&mut w.hist, new_histogram()),
         reads: w.reads,
         writes: w.writes,
@@ -305,6 +325,166 @@ fn queue_main(ctx: &Ctx<'_>, q: usize) -> Result<Option<QueueResult>, Error> {
         cpu,
         doorbells: (db1.0 - db0.0, db1.1 - db0.1),
     }))
+}
+
+/// A thread running the queue pairs `t, t + threads, ...` as one poll
+/// group.
+fn group_main(ctx: &Ctx<'_>, t: usize) -> Result<Vec<QueueResult>, Error> {
+    // Declared before the group: dropped after it (the queue pairs wait
+    // for what is in flight before the buffers go).
+    let mut workers = Vec::new();
+    let mut group = PollGroup::new();
+    let setup = (t..ctx.o.queues as usize)
+        .step_by(ctx.threads)
+        .try_for_each(|q| {
+            let mut w = Worker::new(ctx, q)?;
+            if let Some(qp) = w.qp.take() {
+                group.add(qp);
+            }
+            workers.push(w);
+            Ok::<(), Error>(())
+        })
+        .and_then(|()| {
+            if ctx.o.verify && !ctx.o.rw.writes() {
+                group_phase(&mut workers, &mut group, Mode::Fill)?;
+            }
+            Ok(())
+        });
+    if setup.is_err() {
+        ctx.abort.store(true, Ordering::Relaxed);
+    }
+    ctx.start.wait();
+    if let Err(e) = setup {
+        ctx.end.wait();
+        return Err(e);
+    }
+    if t == 0 {
+        ctx.inline_nanos[0].store(inline_nanos(ctx.target), Ordering::Relaxed);
+    }
+    let stats = |g: &mut PollGroup| -> Vec<(u64, u64)> {
+        g.iter_mut().map(|(_, qp)| qp.doorbell_stats()).collect()
+    };
+    let db0 = stats(&mut group);
+    let cpu0 = thread_cpu();
+    let t0 = Instant::now();
+    let r = if ctx.abort.load(Ordering::Relaxed) {
+        Ok(())
+    } else {
+        group_phase(&mut workers, &mut group, Mode::Work)
+    };
+    let elapsed = t0.elapsed();
+    let cpu = thread_cpu().saturating_sub(cpu0);
+    let db1 = stats(&mut group);
+    if r.is_err() {
+        ctx.abort.store(true, Ordering::Relaxed);
+    }
+    ctx.end.wait();
+    if t == 0 {
+        ctx.inline_nanos[1].store(inline_nanos(ctx.target), Ordering::Relaxed);
+    }
+    r?;
+    if ctx.o.verify
+        && workers
+            .iter()
+            .all(|w| w.error.is_none() && w.mismatch.is_none())
+    {
+        group_phase(&mut workers, &mut group, Mode::Check)?;
+    }
+    // The thread's CPU time, shared out between its queue pairs by I/Os.
+    let ios: u64 = workers
+        .iter()
+        .map(|w| w.reads + w.writes)
+        .sum::<u64>()
+        .max(1);
+    let qids: Vec<u16> = group.iter_mut().map(|(_, qp)| qp.qid()).collect();
+    Ok(workers
+        .iter_mut()
+        .enumerate()
+        .map(|(i, w)| {
+            let share = (w.reads + w.writes) as f64 / ios as f64;
+            let (a, b) = (db0.get(i).copied(), db1.get(i).copied());
+            let (a, b) = (a.unwrap_or_default(), b.unwrap_or_default());
+            QueueResult {
+                qid: qids.get(i).copied().unwrap_or(0),
+                hist: std::mem::replace(&mut w.hist, new_histogram()),
+                reads: w.reads,
+                writes: w.writes,
+                bytes: w.bytes,
+                errors: w.errors,
+                error: w.error.take(),
+                mismatch: w.mismatch.take(),
+                checked: w.checked,
+                written: w.written,
+                elapsed,
+                cpu: cpu.mul_f64(share),
+                doorbells: (b.0 - a.0, b.1 - a.1),
+            }
+        })
+        .collect())
+}
+
+/// [`Worker::phase`] for the queue pairs of one poll group (member `i` is
+/// worker `i`'s): each keeps its requests in flight; the group is polled
+/// once per round.
+fn group_phase(workers: &mut [Worker<'_>], group: &mut PollGroup, mode: Mode) -> Result<(), Error> {
+    let o = workers.first().map(|w| w.ctx.o);
+    let Some(o) = o else { return Ok(()) };
+    let limit = match (mode, o.stop) {
+        (Mode::Work, Stop::Time(d)) => Some(d),
+        _ => None,
+    };
+    for w in workers.iter_mut() {
+        w.begin(mode);
+    }
+    let budget = workers.len() * o.qd as usize;
+    let t0 = Instant::now();
+    let mut now = t0;
+    let mut idle = 0u32;
+    loop {
+        for (i, w) in workers.iter_mut().enumerate() {
+            if !w.stopping {
+                let Some(qp) = group.get_mut(i) else { continue };
+                w.refill(qp, now)?;
+            }
+        }
+        if workers
+            .iter()
+            .all(|w| w.inflight() == 0 && (w.stopping || !w.more()))
+        {
+            return Ok(());
+        }
+        let at = Instant::now();
+        let (mut n, mut bytes) = (0u64, 0u64);
+        group.poll(budget, |i, _, d| {
+            if let Some(w) = workers.get_mut(i) {
+                n += 1;
+                bytes += w.complete(d, at);
+            }
+        });
+        if n > 0 {
+            now = at;
+            idle = 0;
+            if mode == Mode::Work {
+                let p = workers[0].ctx.progress;
+                p.ios.fetch_add(n, Ordering::Relaxed);
+                p.bytes.fetch_add(bytes, Ordering::Relaxed);
+            }
+        } else {
+            idle += 1;
+            if idle < CLOCK_EVERY {
+                continue;
+            }
+            idle = 0;
+            now = Instant::now();
+        }
+        let all =
+            limit.is_some_and(|d| now - t0 >= d) || workers[0].ctx.abort.load(Ordering::Relaxed);
+        for w in workers.iter_mut() {
+            if all || w.error.is_some() || w.mismatch.is_some() {
+                w.stopping = true;
+            }
+        }
+    }
 }
 
 fn merge(ctx: &Ctx<'_>, queues: Vec<QueueResult>) -> Report {
@@ -373,6 +553,7 @@ fn merge(ctx: &Ctx<'_>, queues: Vec<QueueResult>) -> Report {
             bs: o.bs,
             qd: o.qd,
             queues: o.queues,
+            threads: ctx.threads as u16,
             time_s,
             ios,
             nsid: o.nsid,
@@ -535,8 +716,8 @@ fn submit_owned<B: Into<IoBuf>>(
 /// One queue pair's engine.
 struct Worker<'a> {
     // Declared first: dropped (waiting for what is in flight) before the
-    // buffers.
-    qp: QueuePair,
+    // buffers. Out while its thread polls it in a poll group.
+    qp: Option<QueuePair>,
     bufs: Bufs,
     ctx: &'a Ctx<'a>,
     ns: Namespace,
@@ -646,7 +827,7 @@ impl<'a> Worker<'a> {
         let verify_len = if o.verify { share as usize } else { 0 };
         let now = Instant::now();
         Ok(Self {
-            qp,
+            qp: Some(qp),
             bufs,
             ctx,
             ns: ctx.ns.clone(),
@@ -688,6 +869,25 @@ impl<'a> Worker<'a> {
         self.slots.len() - self.free.len()
     }
 
+    /// The queue pair's doorbell statistics (zeros while it is in a poll
+    /// group).
+    fn doorbell_stats(&self) -> (u64, u64) {
+        self.qp.as_ref().map_or((0, 0), QueuePair::doorbell_stats)
+    }
+
+    /// The queue pair's ID (0 while it is in a poll group).
+    fn qid(&self) -> u16 {
+        self.qp.as_ref().map_or(0, QueuePair::qid)
+    }
+
+    /// Starts phase `mode`.
+    fn begin(&mut self, mode: Mode) {
+        self.mode = mode;
+        self.cursor = 0;
+        self.issued = 0;
+        self.stopping = false;
+    }
+
     /// Whether the phase has more requests to issue.
     fn more(&self) -> bool {
         match self.mode {
@@ -699,10 +899,17 @@ impl<'a> Worker<'a> {
     /// Runs one phase until its requests are issued (or time is up, or a
     /// request failed) and everything in flight has completed.
     fn phase(&mut self, mode: Mode) -> Result<(), Error> {
-        self.mode = mode;
-        self.cursor = 0;
-        self.issued = 0;
-        self.stopping = false;
+        let Some(mut qp) = self.qp.take() else {
+            return Err(Error::Input("the queue pair is in a poll group".into()));
+        };
+        let r = self.phase_on(&mut qp, mode);
+        self.qp = Some(qp);
+        r
+    }
+
+    /// [`phase`](Self::phase) on `qp`, this worker's queue pair.
+    fn phase_on(&mut self, qp: &mut QueuePair, mode: Mode) -> Result<(), Error> {
+        self.begin(mode);
         let limit = match (mode, self.ctx.o.stop) {
             (Mode::Work, Stop::Time(d)) => Some(d),
             _ => None,
@@ -714,7 +921,7 @@ impl<'a> Worker<'a> {
         let mut done = std::mem::take(&mut self.done);
         let r = loop {
             if !self.stopping {
-                if let Err(e) = self.refill(now) {
+                if let Err(e) = self.refill(qp, now) {
                     break Err(e);
                 }
             }
@@ -722,9 +929,9 @@ impl<'a> Worker<'a> {
                 break Ok(());
             }
             let n = if interrupts {
-                self.qp.wait(&mut done, Duration::from_millis(100))
+                qp.wait(&mut done, Duration::from_millis(100))
             } else {
-                self.qp.poll(&mut done)
+                qp.poll(&mut done)
             };
             if n > 0 || interrupts {
                 now = Instant::now();
@@ -759,7 +966,7 @@ impl<'a> Worker<'a> {
     }
 
     /// Submits requests into the free slots.
-    fn refill(&mut self, now: Instant) -> Result<(), Error> {
+    fn refill(&mut self, qp: &mut QueuePair, now: Instant) -> Result<(), Error> {
         while self.more() {
             let Some(slot) = self.free.pop() else {
                 return Ok(());
@@ -768,7 +975,7 @@ impl<'a> Worker<'a> {
                 self.free.push(slot);
                 return Ok(());
             };
-            self.submit(slot, k, write, now)?;
+            self.submit(qp, slot, k, write, now)?;
         }
         Ok(())
     }
@@ -850,7 +1057,14 @@ impl<'a> Worker<'a> {
         }
     }
 
-    fn submit(&mut self, slot: usize, k: u64, write: bool, now: Instant) -> Result<(), Error> {
+    fn submit(
+        &mut self,
+        qp: &mut QueuePair,
+        slot: usize,
+        k: u64,
+        write: bool,
+        now: Instant,
+    ) -> Result<(), Error> {
         let o = self.ctx.o;
         let lba = self.lba(k);
         let mut seq = 0;
@@ -875,30 +1089,18 @@ impl<'a> Worker<'a> {
         };
         let tag = slot as u64;
         let r = match &mut self.bufs {
-            Bufs::Pool(v) => submit_owned(
-                &mut self.qp,
-                &self.ns,
-                lba,
-                write,
-                tag,
-                &mut v[slot],
-                |b| match b {
+            Bufs::Pool(v) => {
+                submit_owned(qp, &self.ns, lba, write, tag, &mut v[slot], |b| match b {
                     IoBuf::Dma(b) => Some(b),
                     _ => None,
-                },
-            ),
-            Bufs::User(v) => submit_owned(
-                &mut self.qp,
-                &self.ns,
-                lba,
-                write,
-                tag,
-                &mut v[slot],
-                |b| match b {
+                })
+            }
+            Bufs::User(v) => {
+                submit_owned(qp, &self.ns, lba, write, tag, &mut v[slot], |b| match b {
                     IoBuf::Vec(b) => Some(b),
                     _ => None,
-                },
-            ),
+                })
+            }
             Bufs::Registered(m) => {
                 let bs = o.bs as usize;
                 let seg = HostSeg::new(HostAddr::new(m.ptr as usize + slot * bs), o.bs);
@@ -906,7 +1108,7 @@ impl<'a> Worker<'a> {
                 // outlives the queue pair, which waits for every request
                 // before it goes) and are not touched until the
                 // completion tagged `slot` comes back from `poll`.
-                unsafe { self.qp.submit_raw(op, &self.ns, lba, &[seg], tag) }
+                unsafe { qp.submit_raw(op, &self.ns, lba, &[seg], tag) }
             }
         };
         if let Err(e) = r {

@@ -78,8 +78,12 @@ pub struct Options {
     pub bs: u64,
     /// Requests kept in flight per queue.
     pub qd: u16,
-    /// Queue pairs, one thread each.
+    /// Queue pairs.
     pub queues: u16,
+    /// Threads running the queue pairs: 0 (or `queues`) for one thread per
+    /// queue pair; fewer share the queue pairs out, each thread polling
+    /// its own as one poll group.
+    pub threads: u16,
     /// End of the measured phase.
     pub stop: Stop,
     /// Namespace ID.
@@ -110,6 +114,7 @@ impl Default for Options {
             bs: 4096,
             qd: 32,
             queues: 1,
+            threads: 0,
             stop: Stop::Time(Duration::from_secs(10)),
             nsid: 1,
             offset: 0,

@@ -45,8 +45,11 @@ pub struct WorkloadInfo {
     pub bs: u64,
     /// Requests in flight per queue.
     pub qd: u16,
-    /// Queue pairs (threads).
+    /// Queue pairs.
     pub queues: u16,
+    /// Threads running them (each polling its queue pairs as one poll
+    /// group when fewer than the queue pairs).
+    pub threads: u16,
     /// Requested run time in seconds, if time-bound.
     pub time_s: Option<f64>,
     /// Requested I/O count, if count-bound.
