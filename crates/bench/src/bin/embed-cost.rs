@@ -28,6 +28,7 @@ use nvme_vfio::ctrl::{
 const MEMBERS: usize = 4;
 const GROUP_QD: usize = 32;
 
+#[allow(clippy::large_enum_variant)]
 enum Setup {
     Group(PollGroup),
     Each(Vec<QueuePair>),
@@ -59,13 +60,17 @@ fn measured(setup: &mut Setup, ctrl: &Controller, ns: &Namespace, qd: usize, n: 
             for m in 0..MEMBERS {
                 let q = g.get_mut(m).expect("member");
                 for k in 0..qd as u64 {
-                    q.submit(read(ns, k, buf(k))).ok().expect("submit");
+                    q.submit(read(ns, k, buf(k)))
+                        .map_err(|(e, _)| e)
+                        .expect("submit");
                 }
             }
             while completed < n {
                 g.poll(MEMBERS * qd, |_, q, d| {
                     completed += 1;
-                    q.submit(read(ns, d.tag, d.buf)).ok().expect("submit");
+                    q.submit(read(ns, d.tag, d.buf))
+                        .map_err(|(e, _)| e)
+                        .expect("submit");
                 });
             }
             while g.inflight() > 0 {
@@ -75,7 +80,9 @@ fn measured(setup: &mut Setup, ctrl: &Controller, ns: &Namespace, qd: usize, n: 
         Setup::Each(qps) => {
             for q in qps.iter_mut() {
                 for k in 0..qd as u64 {
-                    q.submit(read(ns, k, buf(k))).ok().expect("submit");
+                    q.submit(read(ns, k, buf(k)))
+                        .map_err(|(e, _)| e)
+                        .expect("submit");
                 }
             }
             while completed < n {
@@ -83,7 +90,9 @@ fn measured(setup: &mut Setup, ctrl: &Controller, ns: &Namespace, qd: usize, n: 
                     q.poll(&mut done);
                     for d in done.drain(..) {
                         completed += 1;
-                        q.submit(read(ns, d.tag, d.buf)).ok().expect("submit");
+                        q.submit(read(ns, d.tag, d.buf))
+                            .map_err(|(e, _)| e)
+                            .expect("submit");
                     }
                 }
             }
@@ -97,7 +106,13 @@ fn measured(setup: &mut Setup, ctrl: &Controller, ns: &Namespace, qd: usize, n: 
         Setup::Async(aq) => {
             let mut cx = Context::from_waker(Waker::noop());
             let mut futs: Vec<Option<_>> = (0..qd as u64)
-                .map(|k| Some(aq.submit(read(ns, k, buf(k))).ok().expect("submit")))
+                .map(|k| {
+                    Some(
+                        aq.submit(read(ns, k, buf(k)))
+                            .map_err(|(e, _)| e)
+                            .expect("submit"),
+                    )
+                })
                 .collect();
             let mut submitted = qd as u64;
             let mut live = qd;
@@ -109,7 +124,11 @@ fn measured(setup: &mut Setup, ctrl: &Controller, ns: &Namespace, qd: usize, n: 
                         completed += 1;
                         *slot = if submitted < n {
                             submitted += 1;
-                            Some(aq.submit(read(ns, submitted, b)).ok().expect("submit"))
+                            Some(
+                                aq.submit(read(ns, submitted, b))
+                                    .map_err(|(e, _)| e)
+                                    .expect("submit"),
+                            )
                         } else {
                             live -= 1;
                             None
@@ -121,7 +140,9 @@ fn measured(setup: &mut Setup, ctrl: &Controller, ns: &Namespace, qd: usize, n: 
         }
         Setup::Sync(q) => {
             for k in 0..qd as u64 {
-                q.submit(read(ns, k, buf(k))).ok().expect("submit");
+                q.submit(read(ns, k, buf(k)))
+                    .map_err(|(e, _)| e)
+                    .expect("submit");
             }
             let mut submitted = qd as u64;
             while completed < n {
@@ -129,7 +150,9 @@ fn measured(setup: &mut Setup, ctrl: &Controller, ns: &Namespace, qd: usize, n: 
                 for d in done.drain(..) {
                     completed += 1;
                     if submitted < n {
-                        q.submit(read(ns, submitted, d.buf)).ok().expect("submit");
+                        q.submit(read(ns, submitted, d.buf))
+                            .map_err(|(e, _)| e)
+                            .expect("submit");
                         submitted += 1;
                     }
                 }

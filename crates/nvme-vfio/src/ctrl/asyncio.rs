@@ -1,60 +1,5 @@
-//! Asynchronous I/O for any executor: a future per request.
-//!
-//! [`AsyncQueuePair`] wraps a [`QueuePair`] for one thread (it is not
-//! `Send`: a thread-per-core executor, tokio's `LocalSet`, or a loop of
-//! one's own). [`submit`](AsyncQueuePair::submit) queues a request and
-//! returns an [`IoFuture`] that resolves to the buffer and the result, as
-//! [`Done`] does. Completions are collected by
-//! [`poll`](AsyncQueuePair::poll), which wakes the futures they finish:
-//! someone must call it, in a loop that busy-polls, or when the queue
-//! pair's interrupt eventfd ([`interrupt_fd`](AsyncQueuePair::interrupt_fd))
-//! becomes readable and at least every 100 ms while requests are in
-//! flight (timeouts are checked there). A future polled while its command
-//! is not yet published publishes what is queued (one doorbell for all).
-//!
-//! In steady state nothing is allocated and no system call is made per
-//! request: the per-request state lives in a table sized to the queue
-//! depth, and futures share it by reference count.
-//!
-//! Dropping an [`IoFuture`] does not cancel its request (the device may
-//! be using the buffer): the buffer is dropped when the request completes.
-//!
-//! ```
-//! # use nvme_sim::{Config, SimController};
-//! # use nvme_vfio::ctrl::{Controller, QueueConfig};
-//! # use nvme_vfio::mem::{DmaSpace, SpaceConfig};
-//! # let sim = SimController::new(Config::default()).unwrap();
-//! # let space = DmaSpace::new(sim.iommu().clone(), SpaceConfig { hugepages: false });
-//! # let config = nvme_vfio::ctrl::Config { space: SpaceConfig { hugepages: false }, ..Default::default() };
-//! # // SAFETY: the registers, IOMMU and PCI function all belong to `sim`.
-//! # let ctrl = unsafe { Controller::with_backend(sim.registers(), space, config, Some(sim.pci_function())) }?;
-//! use std::future::Future;
-//! use std::task::{Context, Poll, Waker};
-//! use nvme_vfio::ctrl::{AsyncQueuePair, Io};
-//!
-//! /// The smallest executor: polls the future, then the queue pair.
-//! fn block_on<F: Future>(aq: &AsyncQueuePair, f: F) -> F::Output {
-//!     let mut f = std::pin::pin!(f);
-//!     let mut cx = Context::from_waker(Waker::noop());
-//!     loop {
-//!         if let Poll::Ready(v) = f.as_mut().poll(&mut cx) {
-//!             return v;
-//!         }
-//!         aq.poll();
-//!     }
-//! }
-//!
-//! let ns = ctrl.namespace(1)?;
-//! let aq = AsyncQueuePair::new(ctrl.queue_pair(QueueConfig::default())?);
-//! let write = aq.submit(Io::write(&ns, 0, vec![7u8; 4096])).map_err(|(e, _)| e)?;
-//! let (_, written) = block_on(&aq, write);
-//! written?;
-//! let read = aq.submit(Io::read(&ns, 0, vec![0u8; 4096])).map_err(|(e, _)| e)?;
-//! let (buf, read) = block_on(&aq, read);
-//! read?;
-//! assert_eq!(buf.as_slice(), &[7u8; 4096][..]);
-//! # Ok::<(), nvme_vfio::Error>(())
-//! ```
+//! Asynchronous I/O for any executor: a future per request (see
+//! [`AsyncQueuePair`]).
 
 use std::cell::RefCell;
 use std::future::Future;
@@ -93,7 +38,64 @@ struct State {
     wake: Vec<Waker>,
 }
 
-/// A queue pair whose requests are futures (see the [module](self)).
+/// A queue pair whose requests are futures: asynchronous I/O for any
+/// executor.
+///
+/// [`AsyncQueuePair`] wraps a [`QueuePair`] for one thread (it is not
+/// `Send`: a thread-per-core executor, tokio's `LocalSet`, or a loop of
+/// one's own). [`submit`](AsyncQueuePair::submit) queues a request and
+/// returns an [`IoFuture`] that resolves to the buffer and the result, as
+/// [`Done`] does. Completions are collected by
+/// [`poll`](AsyncQueuePair::poll), which wakes the futures they finish:
+/// someone must call it, in a loop that busy-polls, or when the queue
+/// pair's interrupt eventfd ([`interrupt_fd`](AsyncQueuePair::interrupt_fd))
+/// becomes readable and at least every 100 ms while requests are in
+/// flight (timeouts are checked there). A future polled while its command
+/// is not yet published publishes what is queued (one doorbell for all).
+///
+/// In steady state nothing is allocated and no system call is made per
+/// request: the per-request state lives in a table sized to the queue
+/// depth, and futures share it by reference count.
+///
+/// Dropping an [`IoFuture`] does not cancel its request (the device may
+/// be using the buffer): the buffer is dropped when the request completes.
+///
+/// ```
+/// # use nvme_sim::{Config, SimController};
+/// # use nvme_vfio::ctrl::{Controller, QueueConfig};
+/// # use nvme_vfio::mem::{DmaSpace, SpaceConfig};
+/// # let sim = SimController::new(Config::default()).unwrap();
+/// # let space = DmaSpace::new(sim.iommu().clone(), SpaceConfig { hugepages: false });
+/// # let config = nvme_vfio::ctrl::Config { space: SpaceConfig { hugepages: false }, ..Default::default() };
+/// # // SAFETY: the registers, IOMMU and PCI function all belong to `sim`.
+/// # let ctrl = unsafe { Controller::with_backend(sim.registers(), space, config, Some(sim.pci_function())) }?;
+/// use std::future::Future;
+/// use std::task::{Context, Poll, Waker};
+/// use nvme_vfio::ctrl::{AsyncQueuePair, Io};
+///
+/// /// The smallest executor: polls the future, then the queue pair.
+/// fn block_on<F: Future>(aq: &AsyncQueuePair, f: F) -> F::Output {
+///     let mut f = std::pin::pin!(f);
+///     let mut cx = Context::from_waker(Waker::noop());
+///     loop {
+///         if let Poll::Ready(v) = f.as_mut().poll(&mut cx) {
+///             return v;
+///         }
+///         aq.poll();
+///     }
+/// }
+///
+/// let ns = ctrl.namespace(1)?;
+/// let aq = AsyncQueuePair::new(ctrl.queue_pair(QueueConfig::default())?);
+/// let write = aq.submit(Io::write(&ns, 0, vec![7u8; 4096])).map_err(|(e, _)| e)?;
+/// let (_, written) = block_on(&aq, write);
+/// written?;
+/// let read = aq.submit(Io::read(&ns, 0, vec![0u8; 4096])).map_err(|(e, _)| e)?;
+/// let (buf, read) = block_on(&aq, read);
+/// read?;
+/// assert_eq!(buf.as_slice(), &[7u8; 4096][..]);
+/// # Ok::<(), nvme_vfio::Error>(())
+/// ```
 #[derive(Debug)]
 pub struct AsyncQueuePair {
     state: Rc<RefCell<State>>,

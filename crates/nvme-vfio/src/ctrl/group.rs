@@ -1,41 +1,43 @@
-//! Poll groups: one object that polls many queue pairs (of one controller
-//! or several) from one thread, as SPDK's `spdk_nvme_poll_group` does.
-//!
-//! A [`PollGroup`] owns its queue pairs. Each [`poll`](PollGroup::poll)
-//! reads the clock once for all of them (the doorbell stamps and the
-//! timeout checks of every member use it), takes at most a budget of
-//! completions, and starts where the previous call stopped, so a busy
-//! queue pair cannot starve the others.
-//!
-//! ```
-//! # use nvme_sim::{Config, SimController};
-//! # use nvme_vfio::ctrl::{Controller, Io, PollGroup, QueueConfig};
-//! # use nvme_vfio::mem::{DmaSpace, SpaceConfig};
-//! # let sim = SimController::new(Config::default()).unwrap();
-//! # let space = DmaSpace::new(sim.iommu().clone(), SpaceConfig { hugepages: false });
-//! # let config = nvme_vfio::ctrl::Config { space: SpaceConfig { hugepages: false }, ..Default::default() };
-//! # // SAFETY: the registers, IOMMU and PCI function all belong to `sim`.
-//! # let ctrl = unsafe { Controller::with_backend(sim.registers(), space, config, Some(sim.pci_function())) }?;
-//! let ns = ctrl.namespace(1)?;
-//! let mut group = PollGroup::new();
-//! for _ in 0..2 {
-//!     let mut qp = ctrl.queue_pair(QueueConfig::default())?;
-//!     qp.submit(Io::read(&ns, 0, vec![0u8; 4096]).tag(1)).map_err(|(e, _)| e)?;
-//!     group.add(qp);
-//! }
-//! let mut done = 0;
-//! while done < 2 {
-//!     done += group.poll(64, |member, _qp, d| {
-//!         assert!(member < 2 && d.result.is_ok());
-//!     });
-//! }
-//! # Ok::<(), nvme_vfio::Error>(())
-//! ```
+//! Poll groups: many queue pairs polled from one thread (see
+//! [`PollGroup`]).
 
 use super::io::Done;
 use super::QueuePair;
 
-/// Queue pairs polled together (see the [module](self)).
+/// A poll group: one object that polls many queue pairs (of one
+/// controller or several) from one thread, as SPDK's
+/// `spdk_nvme_poll_group` does.
+///
+/// A [`PollGroup`] owns its queue pairs. Each [`poll`](PollGroup::poll)
+/// reads the clock once for all of them (the doorbell stamps and the
+/// timeout checks of every member use it), takes at most a budget of
+/// completions, and starts where the previous call stopped, so a busy
+/// queue pair cannot starve the others.
+///
+/// ```
+/// # use nvme_sim::{Config, SimController};
+/// # use nvme_vfio::ctrl::{Controller, Io, PollGroup, QueueConfig};
+/// # use nvme_vfio::mem::{DmaSpace, SpaceConfig};
+/// # let sim = SimController::new(Config::default()).unwrap();
+/// # let space = DmaSpace::new(sim.iommu().clone(), SpaceConfig { hugepages: false });
+/// # let config = nvme_vfio::ctrl::Config { space: SpaceConfig { hugepages: false }, ..Default::default() };
+/// # // SAFETY: the registers, IOMMU and PCI function all belong to `sim`.
+/// # let ctrl = unsafe { Controller::with_backend(sim.registers(), space, config, Some(sim.pci_function())) }?;
+/// let ns = ctrl.namespace(1)?;
+/// let mut group = PollGroup::new();
+/// for _ in 0..2 {
+///     let mut qp = ctrl.queue_pair(QueueConfig::default())?;
+///     qp.submit(Io::read(&ns, 0, vec![0u8; 4096]).tag(1)).map_err(|(e, _)| e)?;
+///     group.add(qp);
+/// }
+/// let mut done = 0;
+/// while done < 2 {
+///     done += group.poll(64, |member, _qp, d| {
+///         assert!(member < 2 && d.result.is_ok());
+///     });
+/// }
+/// # Ok::<(), nvme_vfio::Error>(())
+/// ```
 #[derive(Debug, Default)]
 pub struct PollGroup {
     members: Vec<Option<QueuePair>>,
