@@ -29,6 +29,19 @@ pub(super) fn reads_error_log(cmd: &Command) -> bool {
     cmd.opcode() == admin::GET_LOG_PAGE && cmd.cdw10 as u8 == log_page::ERROR
 }
 
+/// The newest entry (by error count, whatever the order of the log) for
+/// command `cid` of submission queue `sqid`.
+fn newest_for(
+    entries: impl IntoIterator<Item = ErrorLogEntry>,
+    sqid: u16,
+    cid: u16,
+) -> Option<ErrorLogEntry> {
+    entries
+        .into_iter()
+        .filter(|e| e.is_for(sqid, cid))
+        .max_by_key(|e| e.error_count)
+}
+
 impl Shared {
     /// The newest entries of the Error Information log that are in use, at
     /// most as many as the controller keeps (Identify ELPE + 1) and 64.
@@ -47,12 +60,12 @@ impl Shared {
 
     /// The newest entry (by error count) for command `cid` of submission
     /// queue `sqid`, if the controller's log holds one.
-    pub(super) fn error_log_for(&self, sqid: u16, cid: u16) -> Result<Option<ErrorLogEntry>, Error> {
-        Ok(self
-            .read_error_log(MAX_ENTRIES)?
-            .into_iter()
-            .filter(|e| e.is_for(sqid, cid))
-            .max_by_key(|e| e.error_count))
+    pub(super) fn error_log_for(
+        &self,
+        sqid: u16,
+        cid: u16,
+    ) -> Result<Option<ErrorLogEntry>, Error> {
+        Ok(newest_for(self.read_error_log(MAX_ENTRIES)?, sqid, cid))
     }
 
     /// Attaches to `e`, a failed command's error whose status has the More
@@ -78,9 +91,7 @@ impl Shared {
                 Ok(true)
             }
             None => {
-                log::debug!(
-                    "no error log entry for command {cid:#06x} of SQ {sqid} ({status})"
-                );
+                log::debug!("no error log entry for command {cid:#06x} of SQ {sqid} ({status})");
                 Ok(false)
             }
         }
@@ -128,5 +139,49 @@ impl Controller {
     /// ```
     pub fn attach_error_log(&self, e: &mut Error) -> Result<bool, Error> {
         self.shared.attach_error_log(e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_newest_entry_of_the_command_is_chosen() {
+        let e = |error_count, sqid, cid| ErrorLogEntry {
+            error_count,
+            sqid,
+            cid,
+            ..Default::default()
+        };
+        // An older entry of the same IDs (the ID was reused) after the
+        // newer one, entries of other commands, an unused entry.
+        let log = [
+            e(7, 1, 5),
+            e(9, 1, 5),
+            e(8, 1, 6),
+            e(10, 2, 5),
+            e(0, 1, 5),
+            e(3, 1, 5),
+        ];
+        assert_eq!(newest_for(log, 1, 5).map(|x| x.error_count), Some(9));
+        assert_eq!(newest_for(log, 2, 5).map(|x| x.error_count), Some(10));
+        assert_eq!(newest_for(log, 0, 5), None);
+        assert_eq!(newest_for(log, 1, 7), None);
+    }
+
+    #[test]
+    fn only_reads_of_the_error_log_are_recognised() {
+        assert!(reads_error_log(&Command::get_log_page(
+            log_page::ERROR,
+            u32::MAX,
+            64
+        )));
+        assert!(!reads_error_log(&Command::get_log_page(
+            log_page::SMART,
+            u32::MAX,
+            512
+        )));
+        assert!(!reads_error_log(&Command::get_features(log_page::ERROR)));
     }
 }

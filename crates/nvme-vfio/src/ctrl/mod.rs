@@ -349,7 +349,10 @@ impl Controller {
         let caps = (ctrl.identify.aerl(), ctrl.identify.oaes());
         let _ = ctrl.shared.aer_caps.set(caps);
         // ELPE (byte 262, 0's based): Error Information log entries kept.
-        let _ = ctrl.shared.error_log_entries.set(ctrl.identify.0[262] as usize + 1);
+        let _ = ctrl
+            .shared
+            .error_log_entries
+            .set(ctrl.identify.0[262] as usize + 1);
         ctrl.shared.start_events(caps.0, caps.1, false);
         log::info!(
             "controller up: {} (serial {}, firmware {}), {} I/O queues, {} bytes per command",

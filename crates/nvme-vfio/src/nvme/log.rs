@@ -242,16 +242,27 @@ impl fmt::Display for ErrorLogEntry {
             write!(f, ", LBA {} ({:#x})", self.lba, self.lba)?;
         }
         if let Some((byte, bit)) = self.parameter() {
-            write!(f, ", field in error at byte {byte} bit {bit} of the command")?;
+            write!(
+                f,
+                ", field in error at byte {byte} bit {bit} of the command"
+            )?;
         }
         if self.command_specific != 0 {
-            write!(f, ", command specific information {:#x}", self.command_specific)?;
+            write!(
+                f,
+                ", command specific information {:#x}",
+                self.command_specific
+            )?;
         }
         if self.trtype != 0 {
             write!(f, ", transport type {}", self.trtype)?;
         }
         if self.vendor_log_page != 0 {
-            write!(f, ", vendor details in log page {:#04x}", self.vendor_log_page)?;
+            write!(
+                f,
+                ", vendor details in log page {:#04x}",
+                self.vendor_log_page
+            )?;
         }
         Ok(())
     }

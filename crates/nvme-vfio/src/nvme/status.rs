@@ -462,7 +462,10 @@ mod tests {
     #[test]
     fn fields_and_flags() {
         let s = Status::new(1, 0xbc, true).with_more(true).with_crd(2);
-        assert_eq!((s.sct(), s.sc(), s.dnr(), s.more(), s.crd()), (1, 0xbc, true, true, 2));
+        assert_eq!(
+            (s.sct(), s.sc(), s.dnr(), s.more(), s.crd()),
+            (1, 0xbc, true, true, 2)
+        );
         assert_eq!(s.0, 0x01bc | 1 << 14 | 1 << 13 | 2 << 11);
         let s = s.with_more(false).with_dnr(false).with_crd(0);
         assert_eq!(s, Status::new(1, 0xbc, false));
@@ -488,7 +491,10 @@ mod tests {
         assert_eq!(Status::new(3, 0x50, false).name(), "Reserved");
         assert_eq!(Status::new(7, 0x01, false).name(), "Vendor Specific");
         assert_eq!(Status::new(0, 0xc5, false).name(), "Vendor Specific");
-        assert_eq!(Status::new(5, 0x01, false).name(), "Reserved Status Code Type");
+        assert_eq!(
+            Status::new(5, 0x01, false).name(),
+            "Reserved Status Code Type"
+        );
         assert!(Status::new(7, 0, false).is_vendor_specific());
         assert!(!Status::new(2, 0x81, false).is_vendor_specific());
     }
