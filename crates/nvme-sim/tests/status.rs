@@ -80,9 +80,8 @@ fn a_read_failing_with_more_carries_the_entry_naming_the_failed_lba() {
             format!(
                 "Read failed: Unrecovered Read Error (SCT 0x2, SC 0x81, do not retry, more info \
                  in the error log): the read data could not be recovered from the media; error \
-                 log entry {} (SQ {sqid}, command {cid:#06x}, opcode 0x02): Unrecovered Read \
-                 Error (SCT 0x2, SC 0x81, do not retry, more info in the error log), namespace \
-                 1, LBA {bad} ({bad:#x})",
+                 log entry {} (SQ {sqid}, command {cid:#06x}, opcode 0x02): namespace 1, LBA \
+                 {bad} ({bad:#x})",
                 entry.error_count
             )
         );

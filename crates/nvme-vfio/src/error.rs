@@ -181,7 +181,9 @@ pub enum Error {
 
 /// The message of [`Error::Command`]: `Read failed: Unrecovered Read Error
 /// (SCT 0x2, SC 0x81, do not retry, more info in the error log): the read
-/// data could not be recovered from the media; error log entry 7 (...)`.
+/// data could not be recovered from the media; error log entry 7 (SQ 1,
+/// command 0x0012, opcode 0x02): namespace 1, LBA 4099 (0x1003)`, the
+/// entry last.
 struct CommandFailure<'a> {
     what: &'static str,
     status: Status,
@@ -200,7 +202,7 @@ impl core::fmt::Display for CommandFailure<'_> {
             self.status.message_for(kind)
         )?;
         if let Some(e) = self.log {
-            write!(f, "; error log {e}")?;
+            write!(f, "; error log {}", e.display_after(self.status))?;
         }
         Ok(())
     }

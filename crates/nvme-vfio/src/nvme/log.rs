@@ -222,10 +222,29 @@ impl ErrorLogEntry {
     }
 }
 
-/// `entry 7 (SQ 1, command 0x0012, Read): namespace 1, LBA 4099 (0x1003)`:
-/// the fields that apply.
+/// `entry 7 (SQ 1, command 0x0012, opcode 0x02): Unrecovered Read Error
+/// (SCT 0x2, SC 0x81, ...), namespace 1, LBA 4099 (0x1003)`: the fields
+/// that apply.
 impl fmt::Display for ErrorLogEntry {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.write(f, None)
+    }
+}
+
+impl ErrorLogEntry {
+    /// The entry as displayed after the error of the command it is about,
+    /// whose status was `failed`: without its status if it is the same.
+    pub(crate) fn display_after(&self, failed: Status) -> impl fmt::Display + '_ {
+        struct After<'a>(&'a ErrorLogEntry, Status);
+        impl fmt::Display for After<'_> {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                self.0.write(f, Some(self.1))
+            }
+        }
+        After(self, failed)
+    }
+
+    fn write(&self, f: &mut fmt::Formatter<'_>, failed: Option<Status>) -> fmt::Result {
         write!(f, "entry {}", self.error_count)?;
         if self.sqid != 0xffff {
             write!(f, " (SQ {}, command {:#06x}", self.sqid, self.cid)?;
@@ -234,33 +253,43 @@ impl fmt::Display for ErrorLogEntry {
             }
             f.write_str(")")?;
         }
-        let kind = super::status::CommandKind::of_queue(self.sqid);
-        write!(f, ": {}", self.status().display_for(kind))?;
+        // ": " before the first field, ", " before the others.
+        let mut sep = ": ";
+        if failed != Some(self.status()) {
+            let kind = super::status::CommandKind::of_queue(self.sqid);
+            write!(f, "{sep}{}", self.status().display_for(kind))?;
+            sep = ", ";
+        }
         if let Some(ns) = self.namespace() {
-            write!(f, ", namespace {ns}, LBA {} ({:#x})", self.lba, self.lba)?;
+            write!(f, "{sep}namespace {ns}, LBA {} ({:#x})", self.lba, self.lba)?;
+            sep = ", ";
         } else if self.lba != 0 {
-            write!(f, ", LBA {} ({:#x})", self.lba, self.lba)?;
+            write!(f, "{sep}LBA {} ({:#x})", self.lba, self.lba)?;
+            sep = ", ";
         }
         if let Some((byte, bit)) = self.parameter() {
             write!(
                 f,
-                ", field in error at byte {byte} bit {bit} of the command"
+                "{sep}field in error at byte {byte} bit {bit} of the command"
             )?;
+            sep = ", ";
         }
         if self.command_specific != 0 {
             write!(
                 f,
-                ", command specific information {:#x}",
+                "{sep}command specific information {:#x}",
                 self.command_specific
             )?;
+            sep = ", ";
         }
         if self.trtype != 0 {
-            write!(f, ", transport type {}", self.trtype)?;
+            write!(f, "{sep}transport type {}", self.trtype)?;
+            sep = ", ";
         }
         if self.vendor_log_page != 0 {
             write!(
                 f,
-                ", vendor details in log page {:#04x}",
+                "{sep}vendor details in log page {:#04x}",
                 self.vendor_log_page
             )?;
         }
@@ -342,6 +371,16 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(g.to_string(), "entry 1: Internal Error (SCT 0x0, SC 0x06)");
+        // After the command's own error: its status is not repeated.
+        assert_eq!(
+            e.display_after(Status::new(1, 0x82, true)).to_string(),
+            "entry 9 (SQ 0, command 0x0005): field in error at byte 40 bit 3 of the command"
+        );
+        assert_eq!(
+            e.display_after(Status::new(1, 0x82, false)).to_string(),
+            e.to_string(),
+            "another status is shown"
+        );
         assert!(!ErrorLogEntry::default().is_for(0, 0), "an unused entry");
     }
 }
