@@ -93,6 +93,52 @@ fn a_read_failing_with_more_carries_the_entry_naming_the_failed_lba() {
 }
 
 #[test]
+fn every_blocking_call_attaches_the_entry() {
+    let (sim, ctrl) = bring_up();
+    let ns = ctrl.namespace(1).unwrap();
+    // Four slots: a 1 MiB read runs in waves of three 128 KiB commands.
+    let mut qp = ctrl
+        .queue_pair(QueueConfig {
+            depth: 4,
+            ..QueueConfig::default()
+        })
+        .unwrap();
+    let mut big = vec![0u8; 1 << 20];
+    sim.inject(FaultRule::nth(
+        Match::io().opcode(io::READ),
+        4,
+        FaultAction::Logged {
+            status: Status::new(2, 0x81, false),
+            detail: ErrorDetail::at_lba(800),
+        },
+    ));
+    let e = qp.read(&ns, 0, &mut big).unwrap_err();
+    assert!(matches!(e, Error::At { lba: 768, .. }), "{e}");
+    assert_eq!(e.error_log().map(|l| l.lba), Some(800), "{e}");
+    assert!(e.status().unwrap().more());
+    assert!(
+        e.to_string().starts_with(
+            "transfer failed at LBA 768 (+768 blocks): Read failed: Unrecovered Read Error"
+        ),
+        "{e}"
+    );
+    // A command without data (Write Zeroes).
+    sim.inject(FaultRule::next(
+        Match::io().opcode(io::WRITE_ZEROES),
+        FaultAction::Logged {
+            status: Status::new(1, 0x82, true),
+            detail: ErrorDetail::at_lba(70),
+        },
+    ));
+    let e = qp.write_zeroes(&ns, 64, 16).unwrap_err();
+    let (status, sqid, cid, log) = parts(&e);
+    assert_eq!(status.name(), "Attempted Write to Read Only Range");
+    let entry = log.expect("the entry is attached");
+    assert_eq!((entry.sqid, entry.cid, entry.lba), (sqid, cid, 70));
+    assert_eq!(entry.opcode, io::WRITE_ZEROES);
+}
+
+#[test]
 fn an_admin_command_failing_with_more_carries_its_entry() {
     let (sim, ctrl) = bring_up();
     sim.inject(FaultRule::next(
