@@ -13,7 +13,12 @@
 //!
 //! The device `sim` is an in-process nvme-sim controller (one namespace of
 //! 64 MiB in 512-byte blocks, nothing kept after the command): for trying
-//! the tool without a disk, and for its tests.
+//! the tool without a disk, and for its tests. With `NVME_SIM_READ_ERROR=LBA`
+//! its first Read fails with Unrecovered Read Error and an error log entry
+//! naming LBA (to see how a failed command is reported).
+//!
+//! A command that fails with the More bit set is reported with the
+//! controller's Error Information log entry for it, on a line of its own.
 
 use std::fmt::Write as _;
 use std::io::{IsTerminal, Read, Write};
@@ -148,7 +153,7 @@ impl From<nvme_vfio::Error> for Fail {
         match e {
             nvme_vfio::Error::Invalid(m) => Fail::Input(m),
             nvme_vfio::Error::NoNamespace { .. } => Fail::Input(e.to_string()),
-            e => Fail::Device(e.to_string()),
+            e => Fail::Device(device_message(&e)),
         }
     }
 }
@@ -215,6 +220,18 @@ fn open_sim(config: Config) -> Result<Device, Fail> {
     use nvme_vfio::mem::{DmaSpace, SpaceConfig};
     let sim = nvme_sim::SimController::new(nvme_sim::Config::default())
         .map_err(|e| Fail::Device(e.to_string()))?;
+    if let Ok(lba) = std::env::var("NVME_SIM_READ_ERROR") {
+        let lba = lba
+            .parse()
+            .map_err(|_| Fail::Input(format!("NVME_SIM_READ_ERROR={lba}: not an LBA")))?;
+        sim.inject(nvme_sim::FaultRule::next(
+            nvme_sim::Match::io().opcode(nvme_vfio::nvme::cmd::io::READ),
+            nvme_sim::FaultAction::Logged {
+                status: nvme_vfio::nvme::cmd::Status::new(2, 0x81, true),
+                detail: nvme_sim::ErrorDetail::at_lba(lba),
+            },
+        ));
+    }
     let space = DmaSpace::new(sim.iommu().clone(), SpaceConfig { hugepages: false });
     let config = Config {
         space: SpaceConfig { hugepages: false },
@@ -590,4 +607,17 @@ fn smart_log(ctrl: &Controller, json: bool) -> Result<(), Fail> {
         }
     }
     Ok(())
+}
+
+/// The message of a device error: a failed command's error log entry (the
+/// end of its message, `; error log entry ...`) on a line of its own.
+fn device_message(e: &nvme_vfio::Error) -> String {
+    let text = e.to_string();
+    if e.error_log().is_none() {
+        return text;
+    }
+    match text.rsplit_once("; error log entry ") {
+        Some((head, entry)) => format!("{head}\n  error log entry {entry}"),
+        None => text,
+    }
 }

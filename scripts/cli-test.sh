@@ -111,6 +111,8 @@ elif [ "$scenario" = sim ]; then
     expect "read past the end" 2 "past the end of namespace 1" -- "$cli" read $dev -n 1 --lba 131070 --blocks 8 -o "$work/x"
     expect "write past the end" 2 "past the end of namespace 1" -- "$cli" write $dev -n 1 --lba 131071 -i "$work/data" --yes
     expect "inactive namespace" 2 "namespace 7 is not active" -- "$cli" id-ns $dev -n 7
+    expect "a failed read names its status" 1 "^nvme-cli: Read failed: Unrecovered Read Error (SCT 0x2, SC 0x81, do not retry, more info in the error log): the read data could not be recovered from the media$" -- env NVME_SIM_READ_ERROR=100 "$cli" read $dev -n 1 --lba 96 --blocks 8 -o "$work/x"
+    expect "a failed read prints its error log entry" 1 "^  error log entry 1 (SQ 1, command 0x[0-9a-f]*, opcode 0x02): namespace 1, LBA 100 (0x64)$" -- env NVME_SIM_READ_ERROR=100 "$cli" read $dev -n 1 --lba 96 --blocks 8 -o "$work/x"
     expect "read without a length" 2 "give --blocks or --size" -- "$cli" read $dev -n 1 --lba 0
     expect "read size not a multiple" 2 "not a multiple of the 512-byte block size" -- "$cli" read $dev -n 1 --lba 0 --size 1000
     expect "flush" 0 "success" -- "$cli" flush $dev -n 1

@@ -4,11 +4,17 @@
 //!
 //! ```
 //! use std::time::Duration;
-//! use nvme_sim::{FaultAction, FaultRule, Match};
+//! use nvme_sim::{ErrorDetail, FaultAction, FaultRule, Match};
 //! use nvme_vfio::nvme::cmd::{io, Status};
 //!
 //! // The 3rd I/O command from now fails with Unrecovered Read Error, DNR.
 //! let a = FaultRule::nth(Match::io(), 3, FaultAction::Status(Status::new(2, 0x81, true)));
+//! // The next Read fails the same way, with More: the Error Information log
+//! // entry names LBA 1000 as the first that failed.
+//! let e = FaultRule::next(
+//!     Match::io().opcode(io::READ),
+//!     FaultAction::Logged { status: Status::new(2, 0x81, true), detail: ErrorDetail::at_lba(1000) },
+//! );
 //! // The next Write on submission queue 1 never completes.
 //! let b = FaultRule::next(Match::io().opcode(io::WRITE).sqid(1), FaultAction::Drop);
 //! // One I/O command in ten is delayed by 5 ms (with the controller's seed).
@@ -18,7 +24,7 @@
 //!     Match::io().opcode(io::READ),
 //!     FaultAction::Duplicate { after: Duration::from_millis(10), redo_data: true },
 //! );
-//! # let _ = (a, b, c, d);
+//! # let _ = (a, b, c, d, e);
 //! ```
 
 use std::time::Duration;
@@ -95,8 +101,20 @@ impl Match {
 /// What happens to a command a rule picked.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FaultAction {
-    /// Complete without executing, with this status (carrying DNR or not).
+    /// Complete without executing, with this status (carrying DNR, More and
+    /// CRD as given). An error status also adds an entry for the command to
+    /// the Error Information log (as every failed command does), with the
+    /// command's starting LBA for a Read or Write.
     Status(Status),
+    /// Complete without executing, with `status` and its More bit set, and
+    /// add an entry for the command to the Error Information log with
+    /// `detail`: what a controller with more to say about a failure does.
+    Logged {
+        /// The completion's status (the More bit is set on it).
+        status: Status,
+        /// What the log entry says beyond the command's IDs and status.
+        detail: ErrorDetail,
+    },
     /// Never complete (the command is lost inside the controller; an Abort
     /// or a controller reset gets rid of it).
     Drop,
@@ -175,6 +193,36 @@ pub enum FaultAction {
         /// The value of every byte written.
         byte: u8,
     },
+}
+
+/// The fields of an Error Information log entry that a
+/// [`FaultAction::Logged`] sets; the entry's error count, SQ ID, status,
+/// namespace and opcode are the command's.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ErrorDetail {
+    /// The first LBA that failed (`None`: the command's starting LBA for a
+    /// Read or Write, 0 for other commands).
+    pub lba: Option<u64>,
+    /// The byte (0 to 63) and bit (0 to 7) of the command that holds the
+    /// field in error (`None`: not applicable).
+    pub parameter: Option<(u8, u8)>,
+    /// Command Specific Information.
+    pub command_specific: u64,
+    /// The command ID the entry names instead of the command's own: a
+    /// controller that logs the wrong command.
+    pub cid: Option<u16>,
+}
+
+impl ErrorDetail {
+    /// An entry naming `lba` as the first LBA that failed.
+    pub const fn at_lba(lba: u64) -> Self {
+        Self {
+            lba: Some(lba),
+            parameter: None,
+            command_specific: 0,
+            cid: None,
+        }
+    }
 }
 
 /// A completion entry field a [`FaultAction::Corrupt`] alters.

@@ -11,9 +11,11 @@
 //!   SGLs with the strict device-side walker of [`nvme_vfio::nvme::walk`],
 //!   moves data to and from RAM-backed namespaces and posts completions
 //!   with the phase tag.
-//! - [`FaultRule`]: fault injection per command (error status, dropped,
-//!   delayed or out-of-order completions, CSTS.CFS), plus never-ready and
-//!   fatal-status switches on the controller.
+//! - [`FaultRule`]: fault injection per command (error status, with the
+//!   More bit and an Error Information log entry of the caller's choosing
+//!   ([`FaultAction::Logged`]), dropped, delayed or out-of-order
+//!   completions, CSTS.CFS), plus never-ready and fatal-status switches on
+//!   the controller.
 //! - A misbehaving device, for hardening the driver against devices that
 //!   write memory it has given back: duplicate completions that move their
 //!   data again ([`FaultAction::Duplicate`]), commands that outlive a
@@ -89,7 +91,7 @@ mod storage;
 
 pub use config::{Config, NamespaceConfig};
 pub use controller::{Released, SimController, Stats};
-pub use fault::{CqeCorruption, FaultAction, FaultRule, Match};
+pub use fault::{CqeCorruption, ErrorDetail, FaultAction, FaultRule, Match};
 pub use iommu::{IommuConfig, Mapping, SimIommu};
 pub use irq::SimInterrupts;
 

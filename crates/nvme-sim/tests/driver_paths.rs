@@ -178,7 +178,9 @@ fn an_error_status_comes_back_typed() {
         ));
         let e = qp.write(&ns, 0, &[1u8; 512], false).unwrap_err();
         match e {
-            Error::Command { what, status: s } => {
+            Error::Command {
+                what, status: s, ..
+            } => {
                 assert_eq!(what, "Write");
                 assert_eq!(
                     (s.sct(), s.sc(), s.dnr()),

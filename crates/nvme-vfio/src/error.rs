@@ -2,7 +2,8 @@
 
 use blk_dma::MapError;
 
-use crate::nvme::cmd::Status;
+use crate::nvme::log::ErrorLogEntry;
+use crate::nvme::status::{CommandKind, Status};
 use crate::nvme::DptrError;
 use crate::vfio::VfioError;
 
@@ -60,12 +61,26 @@ pub enum Error {
     #[error("device lost (removed, or its registers read all ones)")]
     DeviceLost,
     /// A command completed with an error status.
-    #[error("{what} failed: {status}")]
+    ///
+    /// When the status has the More bit set, the controller's Error
+    /// Information log entry for the command is attached (`log`) by the
+    /// admin commands and the blocking I/O calls; a request completed by
+    /// [`QueuePair::poll`](crate::ctrl::QueuePair::poll) comes back without
+    /// it, which [`Controller::attach_error_log`](crate::ctrl::Controller::attach_error_log)
+    /// fetches afterwards.
+    #[error("{}", CommandFailure { what, status: *status, sqid: *sqid, log: log.as_deref() })]
     Command {
         /// The command.
         what: &'static str,
         /// Its completion status.
         status: Status,
+        /// The submission queue it was submitted to (0: the admin queue).
+        sqid: u16,
+        /// Its command ID, as the error log names it (IDs are reused:
+        /// match entries soon after the failure).
+        cid: u16,
+        /// The Error Information log entry for the command, when fetched.
+        log: Option<Box<ErrorLogEntry>>,
     },
     /// The controller lacks something the driver needs.
     #[error("unsupported controller: {0}")]
@@ -162,4 +177,65 @@ pub enum Error {
         /// The queue ID.
         qid: u16,
     },
+}
+
+/// The message of [`Error::Command`]: `Read failed: Unrecovered Read Error
+/// (SCT 0x2, SC 0x81, do not retry, more info in the error log): the read
+/// data could not be recovered from the media; error log entry 7 (SQ 1,
+/// command 0x0012, opcode 0x02): namespace 1, LBA 4099 (0x1003)`, the
+/// entry last.
+struct CommandFailure<'a> {
+    what: &'static str,
+    status: Status,
+    sqid: u16,
+    log: Option<&'a ErrorLogEntry>,
+}
+
+impl core::fmt::Display for CommandFailure<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        let kind = CommandKind::of_queue(self.sqid);
+        write!(
+            f,
+            "{} failed: {}: {}",
+            self.what,
+            self.status.display_for(kind),
+            self.status.message_for(kind)
+        )?;
+        if let Some(e) = self.log {
+            write!(f, "; error log {}", e.display_after(self.status))?;
+        }
+        Ok(())
+    }
+}
+
+impl Error {
+    /// The completion status of a failed command ([`Error::Command`], also
+    /// inside [`Error::At`]).
+    pub fn status(&self) -> Option<Status> {
+        match self {
+            Error::Command { status, .. } => Some(*status),
+            Error::At { source, .. } => source.status(),
+            _ => None,
+        }
+    }
+
+    /// The Error Information log entry attached to a failed command's
+    /// error (also inside [`Error::At`]).
+    pub fn error_log(&self) -> Option<&ErrorLogEntry> {
+        match self {
+            Error::Command { log, .. } => log.as_deref(),
+            Error::At { source, .. } => source.error_log(),
+            _ => None,
+        }
+    }
+
+    /// The failed command's error ([`Error::Command`], also inside
+    /// [`Error::At`]), to attach its error log entry to.
+    pub(crate) fn command_mut(&mut self) -> Option<&mut Error> {
+        match self {
+            Error::Command { .. } => Some(self),
+            Error::At { source, .. } => source.command_mut(),
+            _ => None,
+        }
+    }
 }

@@ -524,6 +524,12 @@ impl Device {
                 }
                 return self.post(sqid, cid, s, 0);
             }
+            FaultAction::Logged { status, detail } => {
+                let s = status.with_more(true);
+                log::debug!("fault: cid {cid} on SQ {sqid} completes with {s}, logged");
+                self.log_error_detail(sqid, &cmd, s, &detail);
+                return self.post(sqid, cid, s, 0);
+            }
             FaultAction::Fatal => {
                 log::debug!("fault: CSTS.CFS at cid {cid} on SQ {sqid}");
                 return self.fatal();
@@ -707,6 +713,18 @@ impl Device {
 
     /// Records a failed command in the Error Information log.
     fn log_error(&mut self, sqid: u16, cmd: &Command, status: Status) {
+        self.log_error_detail(sqid, cmd, status, &crate::fault::ErrorDetail::default());
+    }
+
+    /// Records a failed command in the Error Information log, newest first,
+    /// with `detail`.
+    fn log_error_detail(
+        &mut self,
+        sqid: u16,
+        cmd: &Command,
+        status: Status,
+        detail: &crate::fault::ErrorDetail,
+    ) {
         self.error_count += 1;
         let rw = matches!(
             cmd.opcode(),
@@ -715,10 +733,22 @@ impl Device {
         let e = ErrorLogEntry {
             error_count: self.error_count,
             sqid,
-            cid: cmd.cid(),
+            cid: detail.cid.unwrap_or(cmd.cid()),
             status: status.0 << 1,
+            parameter_location: match detail.parameter {
+                Some((byte, bit)) => ErrorLogEntry::parameter_at(byte, bit),
+                None => nvme_vfio::nvme::log::NO_PARAMETER,
+            },
             nsid: cmd.nsid,
-            lba: if sqid != 0 && rw { cmd.slba() } else { 0 },
+            lba: detail
+                .lba
+                .unwrap_or(if sqid != 0 && rw { cmd.slba() } else { 0 }),
+            command_specific: detail.command_specific,
+            // The NVM command set; log page version 1: CSI and opcode valid.
+            csi: 0,
+            opcode: cmd.opcode(),
+            version: 1,
+            ..Default::default()
         };
         self.errors.push_front(e);
         self.errors.truncate(ERROR_LOG_ENTRIES);

@@ -10,6 +10,7 @@ mod blocking;
 mod cids;
 mod clock;
 mod cmb;
+mod errlog;
 mod events;
 mod free;
 mod function;
@@ -326,6 +327,7 @@ impl Controller {
             cmbmsc: std::sync::atomic::AtomicU64::new(0),
             device_errors: std::sync::atomic::AtomicU64::new(0),
             aer_caps: std::sync::OnceLock::new(),
+            error_log_entries: std::sync::OnceLock::new(),
             stops: std::sync::atomic::AtomicU64::new(0),
             dbbuf: std::mem::ManuallyDrop::new(std::sync::OnceLock::new()),
             watcher: Mutex::new(None),
@@ -346,6 +348,11 @@ impl Controller {
         *lock(&ctrl.shared.qids) = vec![false; ctrl.io_queues as usize];
         let caps = (ctrl.identify.aerl(), ctrl.identify.oaes());
         let _ = ctrl.shared.aer_caps.set(caps);
+        // ELPE (byte 262, 0's based): Error Information log entries kept.
+        let _ = ctrl
+            .shared
+            .error_log_entries
+            .set(ctrl.identify.0[262] as usize + 1);
         ctrl.shared.start_events(caps.0, caps.1, false);
         log::info!(
             "controller up: {} (serial {}, firmware {}), {} I/O queues, {} bytes per command",

@@ -369,6 +369,12 @@ impl QueuePair {
     /// `out` (with one head doorbell write for the batch). Returns how many
     /// were added. Commands past the I/O timeout stop the controller, and
     /// every request in flight then completes with an error.
+    ///
+    /// A failed command's [`Error::Command`] comes back without its Error
+    /// Information log entry (polling never waits for an admin command):
+    /// when its status has the More bit set,
+    /// [`Controller::attach_error_log`](super::Controller::attach_error_log)
+    /// fetches it.
     pub fn poll(&mut self, out: &mut Vec<Done>) -> usize {
         let before = out.len();
         out.append(&mut self.stash);
@@ -605,10 +611,17 @@ impl QueuePair {
                 continue;
             };
             let req = self.finish_slot(cid);
-            let status = c.status();
-            if !status.is_success() {
-                self.inflight
-                    .fail(req, |what| Error::Command { what, status });
+            if !c.status().is_success() {
+                // From the entry, which the loop keeps in memory: no value
+                // stays live past the slot's release for this.
+                let sqid = self.qid;
+                self.inflight.fail(req, |what| Error::Command {
+                    what,
+                    status: c.status(),
+                    sqid,
+                    cid: c.cid,
+                    log: None,
+                });
             }
             self.inflight.finish_child(req, out);
         }
@@ -995,10 +1008,11 @@ impl QueuePair {
 
     /// Polls until the blocking request completes, keeping other completions
     /// for the next [`poll`](Self::poll). Never returns while the device may
-    /// still access the request's memory.
+    /// still access the request's memory. A failed command whose status has
+    /// the More bit set gets its error log entry attached.
     fn wait_blocking(&mut self) -> Result<(), Error> {
         let mut stash = std::mem::take(&mut self.stash);
-        let r = loop {
+        let mut r = loop {
             self.reap(&mut stash);
             if let Some(r) = self.inflight.take_blocking() {
                 break r;
@@ -1006,6 +1020,9 @@ impl QueuePair {
             std::hint::spin_loop();
         };
         self.stash = stash;
+        if let Err(e) = &mut r {
+            self.shared.attach_error_log_quietly(e);
+        }
         r
     }
 

@@ -59,6 +59,9 @@ pub(crate) struct Shared {
     pub(super) device_errors: std::sync::atomic::AtomicU64,
     /// The controller's AERL and OAES (Identify), once known.
     pub(super) aer_caps: std::sync::OnceLock<(u8, u32)>,
+    /// Error Information log entries the controller keeps (ELPE + 1),
+    /// once known.
+    pub(super) error_log_entries: std::sync::OnceLock<usize>,
     /// How many times the device was stopped ([`Shared::quiesce`]).
     pub(super) stops: std::sync::atomic::AtomicU64,
     /// Shadow doorbell and EventIdx pages, once configured.
@@ -458,7 +461,8 @@ impl Shared {
     }
 
     /// Runs one admin command to completion, with `data` (a 4 KiB-aligned
-    /// DMA buffer) as its PRP1 if given.
+    /// DMA buffer) as its PRP1 if given. A failure whose status has the
+    /// More bit set comes back with its error log entry attached.
     pub(crate) fn admin(
         &self,
         cmd: Command,
@@ -468,7 +472,13 @@ impl Shared {
         if self.is_resetting() {
             return Err(Error::Reset);
         }
-        self.admin_raw(cmd, data, what, false)
+        let mut r = self.admin_raw(cmd, data, what, false);
+        if let Err(e) = &mut r {
+            if !super::errlog::reads_error_log(&cmd) {
+                self.attach_error_log_quietly(e);
+            }
+        }
+        r
     }
 
     /// Runs an admin command that returns data into a new `len`-byte DMA
@@ -555,7 +565,13 @@ impl Shared {
                 } else {
                     let status = c.status();
                     if !status.is_success() {
-                        return Err(Error::Command { what, status });
+                        return Err(Error::Command {
+                            what,
+                            status,
+                            sqid: 0,
+                            cid,
+                            log: None,
+                        });
                     }
                     return Ok(c);
                 }

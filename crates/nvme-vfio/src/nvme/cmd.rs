@@ -1,11 +1,13 @@
-//! Submission and completion queue entries (NVMe Base 2.0, 4.2 and 4.6) and
-//! the completion status as a typed value.
+//! Submission and completion queue entries (NVMe Base 2.0, 4.2 and 4.6);
+//! the completion status is decoded in [`status`](super::status).
 
 use core::fmt;
 
 use blk_dma::Iova;
 
 use super::spec::{DataPtr, Psdt};
+
+pub use super::status::{CommandKind, Status};
 
 /// Admin command opcodes.
 pub mod admin {
@@ -329,112 +331,6 @@ impl Completion {
     /// The status, without the phase tag.
     pub const fn status(&self) -> Status {
         Status(self.status >> 1)
-    }
-}
-
-/// A completion's status field (bits 15:1 of the CQE's dword 3): status code
-/// type (SCT), status code (SC), more (M) and do not retry (DNR).
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub struct Status(pub u16);
-
-impl Status {
-    /// Successful completion.
-    pub const SUCCESS: Status = Status(0);
-
-    /// A status of type `sct` and code `sc`, with `dnr`.
-    pub const fn new(sct: u8, sc: u8, dnr: bool) -> Self {
-        Status(sc as u16 | ((sct as u16 & 0x7) << 8) | (dnr as u16) << 14)
-    }
-
-    /// Status Code.
-    pub const fn sc(self) -> u8 {
-        self.0 as u8
-    }
-
-    /// Status Code Type: 0 generic, 1 command specific, 2 media and data
-    /// integrity, 3 path related, 7 vendor specific.
-    pub const fn sct(self) -> u8 {
-        ((self.0 >> 8) & 0x7) as u8
-    }
-
-    /// Do Not Retry: the same command would fail again.
-    pub const fn dnr(self) -> bool {
-        self.0 & (1 << 14) != 0
-    }
-
-    /// More: more status in the Error Information log page.
-    pub const fn more(self) -> bool {
-        self.0 & (1 << 13) != 0
-    }
-
-    /// Whether the command succeeded.
-    pub const fn is_success(self) -> bool {
-        self.sct() == 0 && self.sc() == 0
-    }
-
-    /// The specification's name for this status.
-    pub const fn name(self) -> &'static str {
-        match (self.sct(), self.sc()) {
-            (0, 0x00) => "Successful Completion",
-            (0, 0x01) => "Invalid Command Opcode",
-            (0, 0x02) => "Invalid Field in Command",
-            (0, 0x03) => "Command ID Conflict",
-            (0, 0x04) => "Data Transfer Error",
-            (0, 0x05) => "Commands Aborted due to Power Loss Notification",
-            (0, 0x06) => "Internal Error",
-            (0, 0x07) => "Command Abort Requested",
-            (0, 0x08) => "Command Aborted due to SQ Deletion",
-            (0, 0x0b) => "Invalid Namespace or Format",
-            (0, 0x0d) => "Invalid SGL Segment Descriptor",
-            (0, 0x0e) => "Invalid Number of SGL Descriptors",
-            (0, 0x0f) => "Data SGL Length Invalid",
-            (0, 0x11) => "SGL Descriptor Type Invalid",
-            (0, 0x13) => "PRP Offset Invalid",
-            (0, 0x80) => "LBA Out of Range",
-            (0, 0x81) => "Capacity Exceeded",
-            (0, 0x82) => "Namespace Not Ready",
-            (1, 0x00) => "Completion Queue Invalid",
-            (1, 0x01) => "Invalid Queue Identifier",
-            (1, 0x02) => "Invalid Queue Size",
-            (1, 0x03) => "Abort Command Limit Exceeded",
-            (1, 0x08) => "Invalid Interrupt Vector",
-            (1, 0x09) => "Invalid Log Page",
-            (1, 0x0c) => "Invalid Queue Deletion",
-            (1, 0x0d) => "Feature Identifier Not Saveable",
-            (2, 0x80) => "Write Fault",
-            (2, 0x81) => "Unrecovered Read Error",
-            (2, 0x86) => "Access Denied",
-            (_, _) => "Unknown Status",
-        }
-    }
-}
-
-impl fmt::Debug for Status {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "Status {{ sct: {}, sc: {:#04x} ({}), dnr: {} }}",
-            self.sct(),
-            self.sc(),
-            self.name(),
-            self.dnr()
-        )
-    }
-}
-
-impl fmt::Display for Status {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{} (SCT {:#x}, SC {:#04x}",
-            self.name(),
-            self.sct(),
-            self.sc()
-        )?;
-        if self.dnr() {
-            f.write_str(", do not retry")?;
-        }
-        f.write_str(")")
     }
 }
 

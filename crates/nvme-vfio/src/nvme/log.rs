@@ -1,6 +1,10 @@
 //! Log pages: SMART / Health Information and Error Information (NVMe Base
 //! 2.0, 5.16.1.2 and 5.16.1.3).
 
+use core::fmt;
+
+use super::status::Status;
+
 /// Bytes of the SMART / Health Information log page.
 pub const SMART_LEN: usize = 512;
 /// Bytes of one Error Information log entry.
@@ -101,22 +105,43 @@ impl SmartLog {
     }
 }
 
-/// One Error Information log entry.
+/// One Error Information log entry (NVMe Base 2.1, Figure 208).
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
 pub struct ErrorLogEntry {
     /// Error Count: unique, increasing; 0 marks an unused entry.
     pub error_count: u64,
-    /// Submission Queue ID of the failed command.
+    /// Submission Queue ID of the failed command (FFFFh: none).
     pub sqid: u16,
-    /// Command ID of the failed command.
+    /// Command ID of the failed command (FFFFh: none).
     pub cid: u16,
     /// Status field of its completion (phase tag in bit 0).
     pub status: u16,
-    /// Namespace of the failed command.
-    pub nsid: u32,
-    /// First LBA that failed.
+    /// Parameter Error Location: the byte (7:0) and bit (10:8) of the
+    /// command that holds the field in error (FFFFh: not applicable).
+    pub parameter_location: u16,
+    /// First LBA that failed, if applicable.
     pub lba: u64,
+    /// Namespace of the failed command (0 or FFFFFFFFh: none).
+    pub nsid: u32,
+    /// Vendor Specific Information Available: the log page with vendor
+    /// specific details (0: none).
+    pub vendor_log_page: u8,
+    /// Transport Type of a transport error (0: not transport related).
+    pub trtype: u8,
+    /// Command Set Indicator of the failed command (log page version 1).
+    pub csi: u8,
+    /// Opcode of the failed command (log page version 1).
+    pub opcode: u8,
+    /// Command Specific Information.
+    pub command_specific: u64,
+    /// Transport Type Specific Information.
+    pub transport_specific: u16,
+    /// Log Page Version: 1 when `csi` and `opcode` are valid.
+    pub version: u8,
 }
+
+/// [`ErrorLogEntry::parameter_location`] when no field is in error.
+pub const NO_PARAMETER: u16 = 0xffff;
 
 impl ErrorLogEntry {
     /// Decodes one entry.
@@ -129,8 +154,16 @@ impl ErrorLogEntry {
             sqid: le16(b, 8),
             cid: le16(b, 10),
             status: le16(b, 12),
+            parameter_location: le16(b, 14),
             lba: le64(b, 16),
             nsid: u32::from_le_bytes([b[24], b[25], b[26], b[27]]),
+            vendor_log_page: b[28],
+            trtype: b[29],
+            csi: b[30],
+            opcode: b[31],
+            command_specific: le64(b, 32),
+            transport_specific: le16(b, 40),
+            version: b[63],
         })
     }
 
@@ -141,9 +174,126 @@ impl ErrorLogEntry {
         b[8..10].copy_from_slice(&self.sqid.to_le_bytes());
         b[10..12].copy_from_slice(&self.cid.to_le_bytes());
         b[12..14].copy_from_slice(&self.status.to_le_bytes());
+        b[14..16].copy_from_slice(&self.parameter_location.to_le_bytes());
         b[16..24].copy_from_slice(&self.lba.to_le_bytes());
         b[24..28].copy_from_slice(&self.nsid.to_le_bytes());
+        b[28] = self.vendor_log_page;
+        b[29] = self.trtype;
+        b[30] = self.csi;
+        b[31] = self.opcode;
+        b[32..40].copy_from_slice(&self.command_specific.to_le_bytes());
+        b[40..42].copy_from_slice(&self.transport_specific.to_le_bytes());
+        b[63] = self.version;
         b
+    }
+
+    /// The completion status the entry records (without the phase tag).
+    pub const fn status(&self) -> Status {
+        Status(self.status >> 1)
+    }
+
+    /// Whether the entry is about command `cid` of submission queue `sqid`.
+    pub const fn is_for(&self, sqid: u16, cid: u16) -> bool {
+        self.error_count != 0 && self.sqid == sqid && self.cid == cid
+    }
+
+    /// The namespace, if the entry names one.
+    pub const fn namespace(&self) -> Option<u32> {
+        match self.nsid {
+            0 | u32::MAX => None,
+            n => Some(n),
+        }
+    }
+
+    /// The byte (0 to 63) and bit (0 to 7) of the command that holds the
+    /// field in error, if the entry names one.
+    pub const fn parameter(&self) -> Option<(u8, u8)> {
+        let p = self.parameter_location;
+        if p == NO_PARAMETER || p & 0xff > 63 {
+            return None;
+        }
+        Some((p as u8, ((p >> 8) & 0x7) as u8))
+    }
+
+    /// The parameter error location for byte `byte` and bit `bit` of a
+    /// command (for device models).
+    pub const fn parameter_at(byte: u8, bit: u8) -> u16 {
+        byte as u16 | ((bit as u16 & 0x7) << 8)
+    }
+}
+
+/// `entry 7 (SQ 1, command 0x0012, opcode 0x02): Unrecovered Read Error
+/// (SCT 0x2, SC 0x81, ...), namespace 1, LBA 4099 (0x1003)`: the fields
+/// that apply.
+impl fmt::Display for ErrorLogEntry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.write(f, None)
+    }
+}
+
+impl ErrorLogEntry {
+    /// The entry as displayed after the error of the command it is about,
+    /// whose status was `failed`: without its status if it is the same.
+    pub(crate) fn display_after(&self, failed: Status) -> impl fmt::Display + '_ {
+        struct After<'a>(&'a ErrorLogEntry, Status);
+        impl fmt::Display for After<'_> {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                self.0.write(f, Some(self.1))
+            }
+        }
+        After(self, failed)
+    }
+
+    fn write(&self, f: &mut fmt::Formatter<'_>, failed: Option<Status>) -> fmt::Result {
+        write!(f, "entry {}", self.error_count)?;
+        if self.sqid != 0xffff {
+            write!(f, " (SQ {}, command {:#06x}", self.sqid, self.cid)?;
+            if self.version >= 1 {
+                write!(f, ", opcode {:#04x}", self.opcode)?;
+            }
+            f.write_str(")")?;
+        }
+        // ": " before the first field, ", " before the others.
+        let mut sep = ": ";
+        if failed != Some(self.status()) {
+            let kind = super::status::CommandKind::of_queue(self.sqid);
+            write!(f, "{sep}{}", self.status().display_for(kind))?;
+            sep = ", ";
+        }
+        if let Some(ns) = self.namespace() {
+            write!(f, "{sep}namespace {ns}, LBA {} ({:#x})", self.lba, self.lba)?;
+            sep = ", ";
+        } else if self.lba != 0 {
+            write!(f, "{sep}LBA {} ({:#x})", self.lba, self.lba)?;
+            sep = ", ";
+        }
+        if let Some((byte, bit)) = self.parameter() {
+            write!(
+                f,
+                "{sep}field in error at byte {byte} bit {bit} of the command"
+            )?;
+            sep = ", ";
+        }
+        if self.command_specific != 0 {
+            write!(
+                f,
+                "{sep}command specific information {:#x}",
+                self.command_specific
+            )?;
+            sep = ", ";
+        }
+        if self.trtype != 0 {
+            write!(f, "{sep}transport type {}", self.trtype)?;
+            sep = ", ";
+        }
+        if self.vendor_log_page != 0 {
+            write!(
+                f,
+                "{sep}vendor details in log page {:#04x}",
+                self.vendor_log_page
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -166,11 +316,71 @@ mod tests {
             error_count: 3,
             sqid: 1,
             cid: 42,
-            status: 0x4281,
+            status: Status::new(2, 0x81, true).with_more(true).0 << 1 | 1,
+            parameter_location: NO_PARAMETER,
             nsid: 1,
             lba: 1 << 40,
+            vendor_log_page: 0xc0,
+            trtype: 0,
+            csi: 0,
+            opcode: 0x02,
+            command_specific: 0x1234,
+            transport_specific: 7,
+            version: 1,
         };
         assert_eq!(ErrorLogEntry::parse(&e.to_bytes()), Some(e));
         assert_eq!(ErrorLogEntry::parse(&[0u8; 10]), None);
+        assert_eq!(e.status(), Status::new(2, 0x81, true).with_more(true));
+        assert!(e.is_for(1, 42) && !e.is_for(1, 43) && !e.is_for(2, 42));
+        assert_eq!(e.parameter(), None);
+        assert_eq!(
+            e.to_string(),
+            "entry 3 (SQ 1, command 0x002a, opcode 0x02): Unrecovered Read Error \
+             (SCT 0x2, SC 0x81, do not retry, more info in the error log), namespace 1, \
+             LBA 1099511627776 (0x10000000000), command specific information 0x1234, \
+             vendor details in log page 0xc0"
+        );
+    }
+
+    #[test]
+    fn the_fields_of_an_entry_that_apply() {
+        // Byte 40 (CDW10), bit 3; an admin command; no namespace.
+        let e = ErrorLogEntry {
+            error_count: 9,
+            sqid: 0,
+            cid: 5,
+            status: Status::new(1, 0x82, true).0 << 1,
+            parameter_location: ErrorLogEntry::parameter_at(40, 3),
+            nsid: u32::MAX,
+            ..Default::default()
+        };
+        assert_eq!(e.parameter(), Some((40, 3)));
+        assert_eq!(e.namespace(), None);
+        assert_eq!(
+            e.to_string(),
+            "entry 9 (SQ 0, command 0x0005): I/O Command Set Specific (SCT 0x1, SC 0x82, \
+             do not retry), field in error at byte 40 bit 3 of the command"
+        );
+        // Not about one command.
+        let g = ErrorLogEntry {
+            error_count: 1,
+            sqid: 0xffff,
+            cid: 0xffff,
+            status: Status::new(0, 0x06, false).0 << 1,
+            parameter_location: NO_PARAMETER,
+            ..Default::default()
+        };
+        assert_eq!(g.to_string(), "entry 1: Internal Error (SCT 0x0, SC 0x06)");
+        // After the command's own error: its status is not repeated.
+        assert_eq!(
+            e.display_after(Status::new(1, 0x82, true)).to_string(),
+            "entry 9 (SQ 0, command 0x0005): field in error at byte 40 bit 3 of the command"
+        );
+        assert_eq!(
+            e.display_after(Status::new(1, 0x82, false)).to_string(),
+            e.to_string(),
+            "another status is shown"
+        );
+        assert!(!ErrorLogEntry::default().is_for(0, 0), "an unused entry");
     }
 }

@@ -12,6 +12,7 @@ pub mod queue;
 pub mod regs;
 pub mod sgl;
 pub mod spec;
+pub mod status;
 pub mod walk;
 
 pub use error::DptrError;
