@@ -246,3 +246,15 @@ fn a_poll_group_over_two_controllers() {
     assert_eq!(group.len(), 3);
     drop(qp);
 }
+
+/// Only a VFIO container's DMA space takes more devices: a device model's
+/// is refused with a reason, before any device is looked up.
+#[test]
+fn opening_into_a_space_that_is_no_vfio_container_is_refused() {
+    let (_sim, ctrl) = open();
+    match Controller::open_in("0000:01:00.0", ctrl.space(), Default::default()) {
+        Err(Error::Invalid(m)) => assert!(m.contains("VFIO container"), "{m}"),
+        other => panic!("{:?}", other.map(|_| ())),
+    }
+    assert!(ctrl.space().container().is_none());
+}

@@ -20,8 +20,11 @@ use nvme_bench::perf::{
 #[command(group(clap::ArgGroup::new("target").required(true).args(["device", "sim"])))]
 struct Cli {
     /// PCI address of a controller bound to vfio-pci (e.g. 0000:01:00.0).
+    /// Repeat for several controllers: they share one DMA space (VFIO
+    /// container) and run the workload at once, each reported, then the
+    /// total.
     #[arg(long)]
-    device: Option<String>,
+    device: Vec<String>,
     /// Run against nvme-sim, the in-process software controller.
     #[arg(long)]
     sim: bool,
@@ -141,45 +144,59 @@ fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let cli = Cli::parse();
     let opts = options(&cli);
-    let target = if let Some(dev) = &cli.device {
-        Target::device(dev, cli.queues, cli.interrupts)
-    } else {
-        let sim = SimOptions {
-            size: cli.sim_size,
-            block_size: cli.sim_block_size,
-            null: cli.sim_null,
-            inline: cli.sim_inline,
-            ..SimOptions::default()
-        };
-        Target::sim(&sim, cli.queues)
-    };
-    let target = match target {
+    let targets = match open_targets(&cli) {
         Ok(t) => t,
         Err(e) => {
             eprintln!("nvme-bench: {e}");
             return ExitCode::from(exit_status(&e));
         }
     };
+    if targets.len() > 1 && cli.plot.is_some() {
+        eprintln!("nvme-bench: --plot takes one device");
+        return ExitCode::from(2);
+    }
     let show = !cli.no_progress && (cli.progress || std::io::stderr().is_terminal());
+    // One progress for all devices: the line shows the total.
     let progress = Progress::default();
     let finished = std::sync::atomic::AtomicBool::new(false);
-    let result = std::thread::scope(|s| {
+    let results: Vec<Result<Report, perf::Error>> = std::thread::scope(|s| {
         if show {
             s.spawn(|| show_progress(&progress, &finished));
         }
-        let r = perf::run(&target, &opts, &progress);
+        let runs: Vec<_> = targets
+            .iter()
+            .map(|t| {
+                let (opts, progress) = (&opts, &progress);
+                s.spawn(move || perf::run(t, opts, progress))
+            })
+            .collect();
+        let r = runs
+            .into_iter()
+            .map(|h| {
+                h.join().unwrap_or_else(|_| {
+                    Err(perf::Error::Memory(std::io::Error::other("a run panicked")))
+                })
+            })
+            .collect();
         finished.store(true, std::sync::atomic::Ordering::Relaxed);
         r
     });
-    let report = match result {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("nvme-bench: {e}");
-            return ExitCode::from(exit_status(&e));
+    let mut reports = Vec::new();
+    for r in results {
+        match r {
+            Ok(r) => reports.push(r),
+            Err(e) => {
+                eprintln!("nvme-bench: {e}");
+                return ExitCode::from(exit_status(&e));
+            }
         }
-    };
+    }
     if cli.json {
-        match serde_json::to_string_pretty(&report) {
+        let j = match reports.as_slice() {
+            [one] => serde_json::to_string_pretty(one),
+            all => serde_json::to_string_pretty(all),
+        };
+        match j {
             Ok(j) => println!("{j}"),
             Err(e) => {
                 eprintln!("nvme-bench: JSON: {e}");
@@ -187,28 +204,64 @@ fn main() -> ExitCode {
             }
         }
     } else {
-        print_text(&report);
+        for r in &reports {
+            print_text(r);
+        }
+        if reports.len() > 1 {
+            let iops: f64 = reports.iter().map(|r| r.result.iops).sum();
+            let mib: f64 = reports.iter().map(|r| r.result.mib_per_s).sum();
+            println!(
+                "total over {} devices: IOPS {}  bandwidth {mib:.1} MiB/s",
+                reports.len(),
+                group(iops)
+            );
+        }
     }
-    if let Some(path) = &cli.plot {
-        if let Err(e) = std::fs::write(path, perf::svg(&report)) {
+    if let (Some(path), [report]) = (&cli.plot, reports.as_slice()) {
+        if let Err(e) = std::fs::write(path, perf::svg(report)) {
             eprintln!("nvme-bench: writing {}: {e}", path.display());
             return ExitCode::from(1);
         }
     }
     let mut failed = false;
-    if let Some(e) = &report.result.error {
-        eprintln!("nvme-bench: I/O error: {e}");
-        failed = true;
-    }
-    if let Some(m) = report.verify.as_ref().and_then(|v| v.mismatch.as_ref()) {
-        eprintln!("nvme-bench: verify failed: {m}");
-        failed = true;
+    for report in &reports {
+        let name = &report.target.name;
+        if let Some(e) = &report.result.error {
+            eprintln!("nvme-bench: {name}: I/O error: {e}");
+            failed = true;
+        }
+        if let Some(m) = report.verify.as_ref().and_then(|v| v.mismatch.as_ref()) {
+            eprintln!("nvme-bench: {name}: verify failed: {m}");
+            failed = true;
+        }
     }
     if failed {
         ExitCode::from(1)
     } else {
         ExitCode::SUCCESS
     }
+}
+
+/// The targets: nvme-sim, or each --device (the first opened with a DMA
+/// space of its own, the others into it).
+fn open_targets(cli: &Cli) -> Result<Vec<Target>, perf::Error> {
+    let Some((first, rest)) = cli.device.split_first() else {
+        let sim = SimOptions {
+            size: cli.sim_size,
+            block_size: cli.sim_block_size,
+            null: cli.sim_null,
+            inline: cli.sim_inline,
+            ..SimOptions::default()
+        };
+        return Ok(vec![Target::sim(&sim, cli.queues)?]);
+    };
+    let first = Target::device(first, cli.queues, cli.interrupts)?;
+    let space = first.controller().space().clone();
+    let mut targets = vec![first];
+    for dev in rest {
+        targets.push(Target::device_in(dev, cli.queues, cli.interrupts, &space)?);
+    }
+    Ok(targets)
 }
 
 fn show_progress(p: &Progress, finished: &std::sync::atomic::AtomicBool) {

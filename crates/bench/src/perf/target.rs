@@ -95,6 +95,30 @@ impl Target {
         ))
     }
 
+    /// Opens the controller at `addr` into `space`, the DMA space of a
+    /// controller opened before (one VFIO container for both: see
+    /// [`Controller::open_in`]).
+    pub fn device_in(
+        addr: &str,
+        queues: u16,
+        interrupts: bool,
+        space: &std::sync::Arc<nvme_vfio::mem::DmaSpace>,
+    ) -> Result<Self, Error> {
+        let config = Config {
+            io_queues: queues.max(1),
+            interrupts,
+            ..Config::default()
+        };
+        let ctrl = Controller::open_in(addr, space, config)?;
+        Ok(Self::new(
+            ctrl,
+            None,
+            "device",
+            addr.to_string(),
+            interrupts,
+        ))
+    }
+
     /// Starts nvme-sim with one namespace and brings the driver up on it.
     pub fn sim(o: &SimOptions, queues: u16) -> Result<Self, Error> {
         if o.block_size != 512 && o.block_size != 4096 {

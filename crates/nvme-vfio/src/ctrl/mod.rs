@@ -151,12 +151,39 @@ impl Controller {
     /// Opens the controller at PCI address `addr` (`0000:01:00.0` or
     /// `01:00.0`), bound to vfio-pci, and brings it up.
     pub fn open(addr: &str, config: Config) -> Result<Self, Error> {
-        let dev = Arc::new(crate::vfio::Device::open(addr)?);
+        let dev = crate::vfio::Device::open(addr)?;
+        let space = DmaSpace::for_container(dev.container().clone(), config.space);
+        Self::open_device(dev, space, config)
+    }
+
+    /// Opens the controller at `addr` into `space`, the DMA space of
+    /// controllers opened before (see [`space`](Self::space)): its IOMMU
+    /// group joins their VFIO container, so memory allocated from or
+    /// registered with `space` is usable with all of them, at the same
+    /// addresses. `config.space` is not used (the space is). Fails if
+    /// `space` is not a VFIO container's, or the kernel refuses the group
+    /// in it (a different IOMMU, or reserved regions that clash with
+    /// existing mappings).
+    pub fn open_in(addr: &str, space: &Arc<DmaSpace>, config: Config) -> Result<Self, Error> {
+        let Some(container) = space.container() else {
+            return Err(Error::Invalid(
+                "the DMA space is not a VFIO container's (Controller::open makes one)".into(),
+            ));
+        };
+        let dev = crate::vfio::Device::open_in(container, addr.parse()?)?;
+        Self::open_device(dev, space.clone(), config)
+    }
+
+    fn open_device(
+        dev: crate::vfio::Device,
+        space: Arc<DmaSpace>,
+        config: Config,
+    ) -> Result<Self, Error> {
+        let dev = Arc::new(dev);
         // Registers only: bus mastering comes on once the controller is
         // known stopped and its queues are set up (Shared::enable).
         dev.enable_memory_space()?;
         let bar = Arc::new(dev.map_bar(0)?);
-        let space = DmaSpace::new(dev.container().clone(), config.space);
         let msix = if config.interrupts {
             let n = dev.msix_vectors()?.min(config.io_queues as u32 + 1);
             if n < 2 {

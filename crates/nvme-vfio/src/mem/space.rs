@@ -50,6 +50,9 @@ struct SlabEntry {
 /// I/O path.
 pub struct DmaSpace {
     iommu: Arc<dyn DmaMap + Send + Sync>,
+    /// The VFIO container behind `iommu`, when it is one: more devices
+    /// can be opened into it ([`Controller::open_in`](crate::ctrl::Controller::open_in)).
+    container: Option<Arc<crate::vfio::Container>>,
     granule: u64,
     config: SpaceConfig,
     iova: Mutex<RangeAllocator>,
@@ -80,6 +83,28 @@ impl DmaSpace {
     /// The first granule of IOVA space is never handed out, so a zero PRP
     /// or SGL address can never be valid data.
     pub fn new(iommu: Arc<dyn DmaMap + Send + Sync>, config: SpaceConfig) -> Arc<Self> {
+        Self::build(iommu, None, config)
+    }
+
+    /// A DMA space over a VFIO container's IOMMU. Several devices can
+    /// share it: their groups attached to the same container, memory
+    /// allocated or registered once is reachable by all of them at the
+    /// same IOVAs (see
+    /// [`Controller::open_in`](crate::ctrl::Controller::open_in)).
+    pub fn for_container(container: Arc<crate::vfio::Container>, config: SpaceConfig) -> Arc<Self> {
+        Self::build(container.clone(), Some(container), config)
+    }
+
+    /// The VFIO container behind the space, if it is one.
+    pub fn container(&self) -> Option<&Arc<crate::vfio::Container>> {
+        self.container.as_ref()
+    }
+
+    fn build(
+        iommu: Arc<dyn DmaMap + Send + Sync>,
+        container: Option<Arc<crate::vfio::Container>>,
+        config: SpaceConfig,
+    ) -> Arc<Self> {
         let info = iommu.iommu_info();
         let g = info.min_page_size();
         let mut iova = RangeAllocator::new();
@@ -91,6 +116,7 @@ impl DmaSpace {
         Arc::new(Self {
             granule: g,
             iommu,
+            container,
             config,
             iova: Mutex::new(iova),
             regions: Mutex::new(Vec::new()),
