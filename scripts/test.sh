@@ -9,6 +9,7 @@
 # the controller on vfio-pci, left on the kernel's nvme driver, and a low
 # RLIMIT_MEMLOCK; then the large-transfer test on a controller with an
 # MDTS of 1; then the hot unplug of a controller nvme-bench is running on;
+# then two controllers sharing one DMA space;
 # then a smoke run of nvme-bench against the kernel's driver
 # with fio in one more boot (scripts/bench-vm.sh --smoke).
 #
@@ -58,9 +59,13 @@ scripts/vm/selftest.sh
 
 # Test binaries that run inside the guest.
 bins=()
-for t in vm_vfio vm_mem vm_ctrl; do
-    bin=$(cargo test -p nvme-vfio --test "$t" --no-run 2>&1 |
-        sed -n "s/.*(\(.*$t-[^)]*\)).*/\1/p" | tail -n 1)
+# test_binary NAME: the path of nvme-vfio's integration test binary NAME.
+test_binary() {
+    cargo test -p nvme-vfio --test "$1" --no-run 2>&1 |
+        sed -n "s/.*(\(.*$1-[^)]*\)).*/\1/p" | tail -n 1
+}
+for t in vm_vfio vm_mem vm_ctrl vm_unplug vm_multi; do
+    bin=$(test_binary "$t")
     if [ -z "$bin" ] || [ ! -x "$bin" ]; then
         echo "cannot find the $t test binary" >&2
         exit 1
@@ -84,7 +89,7 @@ run_scenario() {
         sh -c 'cli=$1 cs=$2; shift 2
             for b in "$@"; do "$b" --test-threads=1 || exit 1; done
             [ -z "$cs" ] || scripts/cli-test.sh "$cli" "$cs"' \
-        vm-tests "$cli" "$cli_scenario" "${bins[@]}" ||
+        vm-tests "$cli" "$cli_scenario" "${bins[@]:0:3}" ||
         status=$?
     echo "-- scenario $name: exit $status, $(($(date +%s) - start)) s"
     if [ "$status" = 0 ]; then
@@ -119,40 +124,43 @@ rm -f "$image"
 run_scenario nvme-driver cli --no-bind
 run_scenario low-memlock - --memlock 64
 
+# run_single NAME BINARY RUN.SH-OPTIONS... -- TEST-ARGS...: one test binary
+# in a boot of its own, in scenario NAME.
+run_single() {
+    local name=$1 bin=$2 start status=0 opts=()
+    shift 2
+    while [ "$1" != -- ]; do
+        opts+=("$1")
+        shift
+    done
+    shift
+    echo "-- scenario $name"
+    start=$(date +%s)
+    scripts/vm/run.sh "${opts[@]}" --env NVME_VM_SCENARIO="$name" --env NVME_VM_REQUIRE=1 \
+        --env NVME_BENCH=target/release/nvme-bench -- "$bin" --test-threads=1 "$@" ||
+        status=$?
+    echo "-- scenario $name: exit $status, $(($(date +%s) - start)) s"
+    if [ "$status" = 0 ]; then
+        passed=$((passed + 1))
+    else
+        failed=$((failed + 1))
+    fi
+}
+cargo build --release --quiet -p nvme-bench
+
 # A controller with an MDTS of 1 (8 KiB per command): requests of any
 # length through the blocking calls (vm_ctrl's small-mdts test only).
-echo "-- scenario small-mdts"
-start=$(date +%s)
-status=0
-ctrl_bin=${bins[2]}
-scripts/vm/run.sh --mdts 1 --image-size 80M --env NVME_VM_SCENARIO=small-mdts \
-    --env NVME_VM_REQUIRE=1 -- "$ctrl_bin" --test-threads=1 --exact \
-    any_length_on_a_controller_with_a_small_mdts || status=$?
-echo "-- scenario small-mdts: exit $status, $(($(date +%s) - start)) s"
-if [ "$status" = 0 ]; then
-    passed=$((passed + 1))
-else
-    failed=$((failed + 1))
-fi
+run_single small-mdts "${bins[2]}" --mdts 1 --image-size 80M -- \
+    --exact any_length_on_a_controller_with_a_small_mdts
 
 # Hot unplug: nvme-bench runs on a controller behind a PCIe root port while
 # QEMU unplugs it (QMP device_del); it must end with a clear error within a
 # second of the kernel's device request, and the guest finish the unplug.
-echo "-- scenario hot-unplug"
-start=$(date +%s)
-status=0
-cargo build --release --quiet -p nvme-bench
-unplug_bin=$(cargo test -p nvme-vfio --test vm_unplug --no-run 2>&1 |
-    sed -n "s/.*(\(.*vm_unplug-[^)]*\)).*/\1/p" | tail -n 1)
-scripts/vm/run.sh --hotplug --env NVME_VM_SCENARIO=hot-unplug \
-    --env NVME_BENCH=target/release/nvme-bench -- "$unplug_bin" --test-threads=1 --nocapture ||
-    status=$?
-echo "-- scenario hot-unplug: exit $status, $(($(date +%s) - start)) s"
-if [ "$status" = 0 ]; then
-    passed=$((passed + 1))
-else
-    failed=$((failed + 1))
-fi
+run_single hot-unplug "${bins[3]}" --hotplug -- --nocapture
+
+# Two controllers in one DMA space: one registered buffer used by both,
+# and nvme-bench on both at once.
+run_single two-controllers "${bins[4]}" --controllers 2 --image-size 64M --
 
 # nvme-bench in the VM, side by side with the kernel's driver and fio: a
 # smoke run (2 s per workload) that checks every figure is produced.

@@ -51,6 +51,9 @@ Options (environment variable in brackets):
                       Default 256M. [VM_IMAGE_SIZE]
   --lba-size 512|4096 logical and physical block size. Default 512. [VM_LBA_SIZE]
   --namespaces N      number of namespaces (1..32). Default 1. [VM_NAMESPACES]
+  --controllers N     NVMe controllers (1..4). Default 1. Controllers 2..N
+                      (ids nvme1...) have one namespace each, on a temporary
+                      image of the first namespace's size. [VM_CONTROLLERS]
   --cmb-mb N          controller memory buffer size in MiB (0 = none).
                       [VM_CMB_MB]
   --queues N          max I/O queue pairs (QEMU max_ioqpairs). [VM_QUEUES]
@@ -127,6 +130,7 @@ parse_options() {
     IMAGE_SIZE=${VM_IMAGE_SIZE:-}
     LBA_SIZE=${VM_LBA_SIZE:-512}
     NAMESPACES=${VM_NAMESPACES:-1}
+    CONTROLLERS=${VM_CONTROLLERS:-1}
     CMB_MB=${VM_CMB_MB:-0}
     QUEUES=${VM_QUEUES:-}
     MDTS=${VM_MDTS:-}
@@ -154,7 +158,7 @@ parse_options() {
                 ;;
         esac
         case "$opt" in
-            --image | --image-size | --lba-size | --namespaces | --cmb-mb | \
+            --image | --image-size | --lba-size | --namespaces | --controllers | --cmb-mb | \
                 --queues | --mdts | --prefill | --memlock | --timeout | \
                 --console-log | --env | --aw-bits)
                 (($# >= 2)) || die "option $opt needs a value"
@@ -168,6 +172,7 @@ parse_options() {
             --image-size) IMAGE_SIZE=$val ;;
             --lba-size) LBA_SIZE=$val ;;
             --namespaces) NAMESPACES=$val ;;
+            --controllers) CONTROLLERS=$val ;;
             --cmb-mb) CMB_MB=$val ;;
             --queues) QUEUES=$val ;;
             --mdts) MDTS=$val ;;
@@ -209,6 +214,12 @@ validate_options() {
     [[ "$LBA_SIZE" == 512 || "$LBA_SIZE" == 4096 ]] || die "--lba-size must be 512 or 4096, not '$LBA_SIZE'"
     if ! is_uint "$NAMESPACES" || ((NAMESPACES < 1 || NAMESPACES > 32)); then
         die "--namespaces must be 1..32, not '$NAMESPACES'"
+    fi
+    if ! is_uint "$CONTROLLERS" || ((CONTROLLERS < 1 || CONTROLLERS > 4)); then
+        die "--controllers must be 1..4, not '$CONTROLLERS'"
+    fi
+    if ((CONTROLLERS > 1)) && [[ "$HOTPLUG" == 1 || "$NO_BIND" == 1 ]]; then
+        die "--controllers takes neither --hotplug nor --no-bind"
     fi
     is_uint "$CMB_MB" || die "--cmb-mb must be a number of MiB, not '$CMB_MB'"
     if [[ -n "$QUEUES" ]] && { ! is_uint "$QUEUES" || ((QUEUES < 1)); }; then
@@ -673,6 +684,17 @@ build_qemu_args() {
         QEMU_ARGS+=(
             -drive "file=$(qemu_escape "${IMAGE_PATHS[i - 1]}"),if=none,id=ns$i,format=raw"
             -device "nvme-ns,drive=ns$i,bus=nvme0,nsid=$i,logical_block_size=$LBA_SIZE,physical_block_size=$LBA_SIZE"
+        )
+    done
+    # More controllers, one namespace each on a temporary image.
+    local c size
+    size=$(stat -c %s "${IMAGE_PATHS[0]}")
+    for ((c = 1; c < CONTROLLERS; c++)); do
+        truncate -s "$size" "$RUN_DIR/c$c.img" || die "cannot create $RUN_DIR/c$c.img"
+        QEMU_ARGS+=(
+            -device "nvme,id=nvme$c,serial=vmnvme$c"
+            -drive "file=$(qemu_escape "$RUN_DIR/c$c.img"),if=none,id=c${c}ns1,format=raw"
+            -device "nvme-ns,drive=c${c}ns1,bus=nvme$c,nsid=1,logical_block_size=$LBA_SIZE,physical_block_size=$LBA_SIZE"
         )
     done
 }
