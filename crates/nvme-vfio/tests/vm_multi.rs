@@ -36,7 +36,9 @@ fn pattern(seed: u64, len: usize) -> Vec<u8> {
 
 fn scenario() -> bool {
     if std::env::var("NVME_VM_SCENARIO").as_deref() != Ok("two-controllers") {
-        eprintln!("skipped: needs the VM's two-controllers scenario (scripts/vm/run.sh --controllers 2)");
+        eprintln!(
+            "skipped: needs the VM's two-controllers scenario (scripts/vm/run.sh --controllers 2)"
+        );
         return false;
     }
     true

@@ -102,6 +102,33 @@ pub enum Op {
 }
 
 /// An I/O request: the buffer moves in with it and comes back in [`Done`].
+///
+/// ```
+/// # use nvme_sim::{Config as SimConfig, SimController};
+/// # use nvme_vfio::ctrl::{Config, Controller};
+/// # use nvme_vfio::mem::{DmaSpace, SpaceConfig};
+/// # let sim = SimController::new(SimConfig::default()).unwrap();
+/// # let space = DmaSpace::new(sim.iommu().clone(), SpaceConfig { hugepages: false });
+/// # let config = Config { space: SpaceConfig { hugepages: false }, ..Config::default() };
+/// # // SAFETY: the registers, IOMMU and PCI function all belong to `sim`.
+/// # let ctrl = unsafe { Controller::with_backend(sim.registers(), space, config, Some(sim.pci_function())) }?;
+/// # use nvme_vfio::ctrl::{Io, IoBuf, QueueConfig};
+/// let ns = ctrl.namespace(1)?;
+/// let mut qp = ctrl.queue_pair(QueueConfig::default())?;
+/// // A write of the first 1024 bytes of a DMA buffer, with Force Unit
+/// // Access, tagged 42.
+/// let io = Io::write(&ns, 16, ctrl.dma_alloc(4096)?).with_len(1024).fua().tag(42);
+/// qp.submit(io).map_err(|(e, _)| e)?;
+/// let mut done = Vec::new();
+/// while done.is_empty() {
+///     qp.poll(&mut done);
+/// }
+/// let d = done.pop().unwrap();
+/// assert_eq!(d.tag, 42);
+/// assert!(matches!(d.buf, IoBuf::Dma(_)));
+/// d.result?;
+/// # Ok::<(), nvme_vfio::Error>(())
+/// ```
 #[derive(Debug)]
 pub struct Io {
     pub(crate) op: Op,

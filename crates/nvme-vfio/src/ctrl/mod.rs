@@ -131,6 +131,30 @@ impl Namespace {
 }
 
 /// An NVMe controller.
+///
+/// Opened by PCI address ([`open`](Self::open), or [`open_in`](Self::open_in)
+/// to share another controller's DMA space), or over any backend
+/// ([`with_backend`](Self::with_backend)); closed for good when dropped.
+///
+/// ```
+/// # use nvme_sim::{Config as SimConfig, SimController};
+/// # use nvme_vfio::ctrl::{Config, Controller};
+/// # use nvme_vfio::mem::{DmaSpace, SpaceConfig};
+/// # let sim = SimController::new(SimConfig::default()).unwrap();
+/// # let space = DmaSpace::new(sim.iommu().clone(), SpaceConfig { hugepages: false });
+/// # let config = Config { space: SpaceConfig { hugepages: false }, ..Config::default() };
+/// # // SAFETY: the registers, IOMMU and PCI function all belong to `sim`.
+/// # let ctrl = unsafe { Controller::with_backend(sim.registers(), space, config, Some(sim.pci_function())) }?;
+/// println!("{} ({} I/O queues, {} bytes per command)", ctrl.identify().model(),
+///     ctrl.io_queues(), ctrl.max_transfer());
+/// for nsid in ctrl.active_namespaces()? {
+///     let ns = ctrl.namespace(nsid)?;
+///     println!("namespace {nsid}: {} blocks of {} bytes", ns.blocks(), ns.block_size());
+/// }
+/// let health = ctrl.smart_log()?;
+/// # let _ = health;
+/// # Ok::<(), nvme_vfio::Error>(())
+/// ```
 pub struct Controller {
     shared: Arc<Shared>,
     identify: IdentifyController,

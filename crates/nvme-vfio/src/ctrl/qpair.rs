@@ -64,6 +64,42 @@ impl Default for QueueConfig {
 pub(super) const CHECK_PERIOD_MS: u64 = 100;
 
 /// An I/O submission/completion queue pair.
+///
+/// One per thread (`Send`, not `Sync`): requests are queued with
+/// [`submit`](Self::submit), published with one doorbell per batch, and
+/// collected with [`poll`](Self::poll) (or [`wait`](Self::wait)); the
+/// blocking calls ([`read`](Self::read), [`write`](Self::write), ...) run
+/// on the same machinery.
+///
+/// ```
+/// # use nvme_sim::{Config as SimConfig, SimController};
+/// # use nvme_vfio::ctrl::{Config, Controller};
+/// # use nvme_vfio::mem::{DmaSpace, SpaceConfig};
+/// # let sim = SimController::new(SimConfig::default()).unwrap();
+/// # let space = DmaSpace::new(sim.iommu().clone(), SpaceConfig { hugepages: false });
+/// # let config = Config { space: SpaceConfig { hugepages: false }, ..Config::default() };
+/// # // SAFETY: the registers, IOMMU and PCI function all belong to `sim`.
+/// # let ctrl = unsafe { Controller::with_backend(sim.registers(), space, config, Some(sim.pci_function())) }?;
+/// # use nvme_vfio::ctrl::{Io, QueueConfig};
+/// let ns = ctrl.namespace(1)?;
+/// let mut qp = ctrl.queue_pair(QueueConfig { depth: 64, ..Default::default() })?;
+/// // Keep 32 reads in flight, 1000 in all.
+/// let mut done = Vec::new();
+/// let (mut submitted, mut completed) = (0u64, 0u64);
+/// while completed < 1000 {
+///     while submitted < 1000 && qp.inflight() < 32 {
+///         let io = Io::read(&ns, submitted % 512 * 8, ctrl.dma_alloc(4096)?);
+///         qp.submit(io.tag(submitted)).map_err(|(e, _)| e)?;
+///         submitted += 1;
+///     }
+///     qp.poll(&mut done);
+///     for d in done.drain(..) {
+///         d.result?;
+///         completed += 1;
+///     }
+/// }
+/// # Ok::<(), nvme_vfio::Error>(())
+/// ```
 #[derive(Debug)]
 pub struct QueuePair {
     pub(super) shared: Arc<Shared>,

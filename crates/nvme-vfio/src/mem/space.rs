@@ -48,6 +48,34 @@ struct SlabEntry {
 /// The DMA address space of one IOMMU domain. Shared (`Arc`) by every
 /// queue pair; each takes a [`VfioMapper`](super::VfioMapper) handle for its
 /// I/O path.
+///
+/// ```
+/// # use nvme_sim::{Config as SimConfig, SimController};
+/// # use nvme_vfio::ctrl::{Config, Controller};
+/// # use nvme_vfio::mem::{DmaSpace, SpaceConfig};
+/// # let sim = SimController::new(SimConfig::default()).unwrap();
+/// # let space = DmaSpace::new(sim.iommu().clone(), SpaceConfig { hugepages: false });
+/// # let config = Config { space: SpaceConfig { hugepages: false }, ..Config::default() };
+/// # // SAFETY: the registers, IOMMU and PCI function all belong to `sim`.
+/// # let ctrl = unsafe { Controller::with_backend(sim.registers(), space, config, Some(sim.pci_function())) }?;
+/// # use nvme_vfio::ctrl::QueueConfig;
+/// let space = ctrl.space();
+/// // A DMA buffer: memory mapped for the device once, from a slab.
+/// let mut buf = space.alloc(8192)?;
+/// buf.as_mut_slice().fill(1);
+/// // The application's own memory, registered once: requests on it are
+/// // translated, never mapped per I/O.
+/// let mut mine = vec![0u8; 1 << 20];
+/// // SAFETY: `mine` stays allocated, and is not freed or moved, until
+/// // the registration is dropped (before it, below).
+/// let reg = unsafe { space.register(mine.as_mut_ptr(), mine.len()) }?;
+/// let ns = ctrl.namespace(1)?;
+/// let mut qp = ctrl.queue_pair(QueueConfig::default())?;
+/// qp.read(&ns, 0, &mut mine[..65536])?;
+/// drop(qp);
+/// drop(reg);
+/// # Ok::<(), nvme_vfio::Error>(())
+/// ```
 pub struct DmaSpace {
     iommu: Arc<dyn DmaMap + Send + Sync>,
     /// The VFIO container behind `iommu`, when it is one: more devices
