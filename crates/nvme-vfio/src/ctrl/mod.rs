@@ -17,6 +17,7 @@ mod function;
 mod group;
 mod inflight;
 mod io;
+mod passthru;
 mod pool;
 mod qpair;
 mod recovery;

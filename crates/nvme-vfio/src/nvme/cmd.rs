@@ -33,6 +33,8 @@ pub mod admin {
     pub const ASYNC_EVENT: u8 = 0x0c;
     /// Doorbell Buffer Config.
     pub const DOORBELL_BUFFER_CONFIG: u8 = 0x7c;
+    /// Format NVM.
+    pub const FORMAT_NVM: u8 = 0x80;
 }
 
 /// NVM command set I/O opcodes.
@@ -77,6 +79,8 @@ pub mod log_page {
     pub const ERROR: u8 = 0x01;
     /// SMART / Health Information.
     pub const SMART: u8 = 0x02;
+    /// Firmware Slot Information.
+    pub const FIRMWARE_SLOT: u8 = 0x03;
 }
 
 /// A 64-byte submission queue entry.

@@ -384,3 +384,66 @@ mod tests {
         assert!(!ErrorLogEntry::default().is_for(0, 0), "an unused entry");
     }
 }
+
+/// The Firmware Slot Information log page (LID 03h).
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct FirmwareSlotLog {
+    /// The slot (1 to 7) the running firmware came from (AFI bits 2:0).
+    pub active_slot: u8,
+    /// The slot activated at the next controller reset, if one is set (AFI
+    /// bits 6:4).
+    pub next_slot: Option<u8>,
+    /// The firmware revision in each of slots 1 to 7 (`None`: empty).
+    pub revisions: [Option<String>; 7],
+}
+
+impl FirmwareSlotLog {
+    /// Parses the log; bytes missing at the end read as zero.
+    pub fn parse(b: &[u8]) -> Self {
+        let afi = b.first().copied().unwrap_or(0);
+        let next = (afi >> 4) & 0x7;
+        let mut revisions: [Option<String>; 7] = Default::default();
+        for (i, r) in revisions.iter_mut().enumerate() {
+            let at = 8 + 8 * i;
+            let Some(raw) = b.get(at..at + 8) else { break };
+            if raw.iter().any(|&c| c != 0) {
+                let text: String = raw
+                    .iter()
+                    .map(|&c| {
+                        if c.is_ascii_graphic() || c == b' ' {
+                            c as char
+                        } else {
+                            '.'
+                        }
+                    })
+                    .collect();
+                *r = Some(text.trim_end().to_string());
+            }
+        }
+        FirmwareSlotLog {
+            active_slot: afi & 0x7,
+            next_slot: (next != 0).then_some(next),
+            revisions,
+        }
+    }
+}
+
+#[cfg(test)]
+mod firmware_tests {
+    use super::FirmwareSlotLog;
+
+    #[test]
+    fn firmware_slot_log_parses() {
+        let mut b = vec![0u8; 512];
+        b[0] = 0x21;
+        b[8..16].copy_from_slice(b"1.0     ");
+        b[16..24].copy_from_slice(b"2.0-rc\x01 ");
+        let l = FirmwareSlotLog::parse(&b);
+        assert_eq!(l.active_slot, 1);
+        assert_eq!(l.next_slot, Some(2));
+        assert_eq!(l.revisions[0].as_deref(), Some("1.0"));
+        assert_eq!(l.revisions[1].as_deref(), Some("2.0-rc."));
+        assert!(l.revisions[2..].iter().all(Option::is_none));
+        assert_eq!(FirmwareSlotLog::parse(&[]), FirmwareSlotLog::default());
+    }
+}
