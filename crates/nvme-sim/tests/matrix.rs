@@ -285,10 +285,8 @@ fn check_blocking(ctx: &Ctx, qp: &mut QueuePair, ns: &Namespace) {
 }
 
 /// A blocking transfer larger than the queue pair's depth times the
-/// maximum transfer (the call runs in waves), on a queue pair of a small
-/// depth of its own.
-fn check_beyond_depth(ctx: &Ctx, ns: &Namespace) {
-    let mut qp = ctx.queue_pair_of(ctx.shape.depth.min(4));
+/// maximum transfer: the call runs in waves.
+fn check_beyond_depth(ctx: &Ctx, qp: &mut QueuePair, ns: &Namespace) {
     let mt = ctx.ctrl.max_transfer() as usize;
     let bs = ns.block_size() as usize;
     let len = (qp.depth() + 1) * mt + bs;
@@ -296,8 +294,12 @@ fn check_beyond_depth(ctx: &Ctx, ns: &Namespace) {
         len as u64 <= ns.bytes(),
         "namespace too small for the check"
     );
-    write_read_compare(ctx, &mut qp, ns, 0, &pattern(5, len));
+    write_read_compare(ctx, qp, ns, 0, &pattern(5, len));
 }
+
+/// Bytes a transfer over the depth times the maximum transfer may take
+/// (the deepest queue pairs get a shallower one for the check).
+const BEYOND_DEPTH_MAX: u64 = 32 << 20;
 
 /// Asynchronous writes then reads, one block each in pool memory, with
 /// the queue pair full: one more is refused with `QueueFull`; everything
@@ -628,6 +630,9 @@ fn run(shape: Shape) {
             check_blocking(&ctx, &mut qp, ns);
         }
         let ns = &namespaces[0];
+        if (qp.depth() as u64 + 1) * ctx.ctrl.max_transfer() <= BEYOND_DEPTH_MAX {
+            check_beyond_depth(&ctx, &mut qp, ns);
+        }
         check_async_full_depth(&ctx, &mut qp, ns);
         check_flush(&ctx, &mut qp, ns);
         check_zeroes_and_deallocate(&ctx, &mut qp, ns);
@@ -635,7 +640,9 @@ fn run(shape: Shape) {
         check_timeout(&ctx, &mut qp, ns);
         check_attach(&ctx, &mut qp);
     }
-    check_beyond_depth(&ctx, &namespaces[0]);
+    // A queue pair of 4 entries too (the only one on a controller of one
+    // I/O queue, now that the other is gone).
+    check_beyond_depth(&ctx, &mut ctx.queue_pair_of(4), &namespaces[0]);
     assert_eq!(
         ctx.sim.iommu().fault_count(),
         0,
