@@ -8,9 +8,10 @@
 # and run the VFIO, DMA-memory and driver test binaries inside it, in three scenarios:
 # the controller on vfio-pci, left on the kernel's nvme driver, and a low
 # RLIMIT_MEMLOCK; then the large-transfer test on a controller with an
-# MDTS of 1; then the hot unplug of a controller nvme-bench is running on;
-# then a smoke run of nvme-bench against the kernel's driver
-# with fio in one more boot (scripts/bench-vm.sh --smoke).
+# MDTS of 1; then a controller of another shape (one I/O queue pair, three
+# namespaces of 4 KiB blocks, MDTS 5); then the hot unplug of a controller
+# nvme-bench is running on; then a smoke run of nvme-bench against the
+# kernel's driver with fio in one more boot (scripts/bench-vm.sh --smoke).
 #
 # The VM tests need root (they install QEMU with apt-get on first use). Where
 # they cannot run, they are skipped with the reason printed, never passed.
@@ -129,6 +130,21 @@ scripts/vm/run.sh --mdts 1 --image-size 80M --env NVME_VM_SCENARIO=small-mdts \
     --env NVME_VM_REQUIRE=1 -- "$ctrl_bin" --test-threads=1 --exact \
     any_length_on_a_controller_with_a_small_mdts || status=$?
 echo "-- scenario small-mdts: exit $status, $(($(date +%s) - start)) s"
+if [ "$status" = 0 ]; then
+    passed=$((passed + 1))
+else
+    failed=$((failed + 1))
+fi
+
+# A controller of another shape: one I/O queue pair, three namespaces of
+# 4 KiB blocks, MDTS 5 (vm_ctrl's shapes test only).
+echo "-- scenario shapes"
+start=$(date +%s)
+status=0
+scripts/vm/run.sh --queues 1 --namespaces 3 --lba-size 4096 --mdts 5 --image-size 64M \
+    --env NVME_VM_SCENARIO=shapes --env NVME_VM_REQUIRE=1 -- "$ctrl_bin" --test-threads=1 \
+    --exact the_shapes_scenario_controller || status=$?
+echo "-- scenario shapes: exit $status, $(($(date +%s) - start)) s"
 if [ "$status" = 0 ]; then
     passed=$((passed + 1))
 else
