@@ -23,7 +23,9 @@ impl QueuePair {
     /// of the block size) and waits. `buf` may be any memory: a
     /// [`DmaBuf`](crate::mem::DmaBuf)'s slice or registered memory is
     /// translated, other memory is mapped for the duration of the command
-    /// (one coalesced IOVA range).
+    /// (one coalesced IOVA range); memory the controller cannot be pointed
+    /// at (not dword aligned, without byte-aligned SGLs) is copied through
+    /// a DMA buffer.
     pub fn read(&mut self, ns: &Namespace, lba: u64, buf: &mut [u8]) -> Result<(), Error> {
         // From the mutable borrow: the device writes through this address.
         let seg = HostSeg::from_mut_slice(buf);
