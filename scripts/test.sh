@@ -8,10 +8,11 @@
 # and run the VFIO, DMA-memory and driver test binaries inside it, in three scenarios:
 # the controller on vfio-pci, left on the kernel's nvme driver, and a low
 # RLIMIT_MEMLOCK; then the large-transfer test on a controller with an
-# MDTS of 1; then the hot unplug of a controller nvme-bench is running on;
-# then two controllers sharing one DMA space;
-# then a smoke run of nvme-bench against the kernel's driver
-# with fio in one more boot (scripts/bench-vm.sh --smoke).
+# MDTS of 1; then a controller of another shape (one I/O queue pair, three
+# namespaces of 4 KiB blocks, MDTS 5); then the hot unplug of a controller
+# nvme-bench is running on; then two controllers sharing one DMA space;
+# then a smoke run of nvme-bench against the kernel's driver with fio in one
+# more boot (scripts/bench-vm.sh --smoke).
 #
 # The VM tests need root (they install QEMU with apt-get on first use). Where
 # they cannot run, they are skipped with the reason printed, never passed.
@@ -152,6 +153,11 @@ cargo build --release --quiet -p nvme-bench
 # length through the blocking calls (vm_ctrl's small-mdts test only).
 run_single small-mdts "${bins[2]}" --mdts 1 --image-size 80M -- \
     --exact any_length_on_a_controller_with_a_small_mdts
+
+# A controller of another shape: one I/O queue pair, three namespaces of
+# 4 KiB blocks, MDTS 5 (vm_ctrl's shapes test only).
+run_single shapes "${bins[2]}" --queues 1 --namespaces 3 --lba-size 4096 --mdts 5 \
+    --image-size 64M -- --exact the_shapes_scenario_controller
 
 # Hot unplug: nvme-bench runs on a controller behind a PCIe root port while
 # QEMU unplugs it (QMP device_del); it must end with a clear error within a

@@ -17,6 +17,13 @@ pub struct NamespaceConfig {
     /// Only reported in Identify: the model transfers no metadata, so this
     /// serves to test that a driver refuses such formats.
     pub metadata: u16,
+    /// The namespace ID (0: its position in [`Config::namespaces`] plus
+    /// one).
+    pub nsid: u32,
+    /// Whether the namespace is attached (active) from the start. A
+    /// detached one is an inactive ID until
+    /// [`SimController::attach_namespace`](crate::SimController::attach_namespace).
+    pub attached: bool,
 }
 
 impl NamespaceConfig {
@@ -26,7 +33,22 @@ impl NamespaceConfig {
             blocks,
             block_size,
             metadata: 0,
+            nsid: 0,
+            attached: true,
         }
+    }
+
+    /// The same namespace, with namespace ID `nsid`.
+    pub const fn with_id(mut self, nsid: u32) -> Self {
+        self.nsid = nsid;
+        self
+    }
+
+    /// The same namespace, detached at first (see
+    /// [`attached`](Self::attached)).
+    pub const fn detached(mut self) -> Self {
+        self.attached = false;
+        self
     }
 
     /// The same namespace, reporting `bytes` of metadata per block in its
@@ -76,8 +98,25 @@ pub struct Config {
     pub mdts: u8,
     /// Whether I/O commands may use SGLs (Identify SGLS).
     pub sgl: bool,
-    /// The namespaces, with IDs 1, 2, ... in this order.
+    /// With [`sgl`](Self::sgl): whether Bit Bucket descriptors are
+    /// supported (Identify SGLS bit 16): a Read discards the bytes they
+    /// describe.
+    pub sgl_bit_bucket: bool,
+    /// The namespaces, with IDs 1, 2, ... in this order unless they name
+    /// their own ([`NamespaceConfig::nsid`]).
     pub namespaces: Vec<NamespaceConfig>,
+    /// Identify NN, the largest namespace ID (0: the largest ID among
+    /// [`namespaces`](Self::namespaces)). IDs up to it with no attached
+    /// namespace are inactive.
+    pub max_nsid: u32,
+    /// Whether Doorbell Buffer Config (shadow doorbells) is supported
+    /// (Identify OACS bit 8).
+    pub doorbell_buffer_config: bool,
+    /// Whether Write Zeroes is supported (Identify ONCS bit 3).
+    pub write_zeroes: bool,
+    /// Whether Dataset Management (deallocate) is supported (Identify
+    /// ONCS bit 2).
+    pub dataset_management: bool,
     /// Null mode: I/O commands are checked (namespace, LBA range, MDTS,
     /// PSDT) and complete successfully without walking their data pointer
     /// or moving data; for measuring the driver's own overhead.
@@ -119,7 +158,12 @@ impl Default for Config {
             max_io_queues: 64,
             mdts: 5,
             sgl: true,
+            sgl_bit_bucket: false,
             namespaces: vec![NamespaceConfig::new(128 << 10, 512)],
+            max_nsid: 0,
+            doorbell_buffer_config: true,
+            write_zeroes: true,
+            dataset_management: true,
             null: false,
             serial: "SIM0001".into(),
             volatile_write_cache: true,
@@ -131,7 +175,8 @@ impl Default for Config {
 }
 
 impl Config {
-    /// Replaces the namespaces: IDs 1, 2, ... in this order.
+    /// Replaces the namespaces: IDs 1, 2, ... in this order, unless they
+    /// name their own.
     pub fn namespaces(mut self, namespaces: &[NamespaceConfig]) -> Self {
         self.namespaces = namespaces.to_vec();
         self
@@ -146,6 +191,49 @@ impl Config {
     /// Sets SGL support.
     pub fn sgl(mut self, on: bool) -> Self {
         self.sgl = on;
+        self
+    }
+
+    /// Sets Bit Bucket descriptor support (with SGLs).
+    pub fn sgl_bit_bucket(mut self, on: bool) -> Self {
+        self.sgl_bit_bucket = on;
+        self
+    }
+
+    /// Sets Identify NN (see [`max_nsid`](Self::max_nsid)).
+    pub fn max_nsid(mut self, nn: u32) -> Self {
+        self.max_nsid = nn;
+        self
+    }
+
+    /// Sets Doorbell Buffer Config support.
+    pub fn doorbell_buffer_config(mut self, on: bool) -> Self {
+        self.doorbell_buffer_config = on;
+        self
+    }
+
+    /// Sets whether a volatile write cache is present.
+    pub fn volatile_write_cache(mut self, on: bool) -> Self {
+        self.volatile_write_cache = on;
+        self
+    }
+
+    /// Sets Write Zeroes support.
+    pub fn write_zeroes(mut self, on: bool) -> Self {
+        self.write_zeroes = on;
+        self
+    }
+
+    /// Sets Dataset Management support.
+    pub fn dataset_management(mut self, on: bool) -> Self {
+        self.dataset_management = on;
+        self
+    }
+
+    /// Sets CAP.MPSMIN and CAP.MPSMAX (pages of `2^(12 + n)` bytes).
+    pub fn page_sizes(mut self, mps_min: u8, mps_max: u8) -> Self {
+        self.mps_min = mps_min;
+        self.mps_max = mps_max;
         self
     }
 
@@ -243,6 +331,15 @@ impl Config {
         if !self.contiguous_queues_required {
             return bad("only physically contiguous queues are modelled");
         }
+        let ids = self.namespace_ids();
+        for (i, &id) in ids.iter().enumerate() {
+            if id == 0 || id == u32::MAX || ids[..i].contains(&id) {
+                return bad("namespace IDs must be unique, 1 to FFFFFFFEh");
+            }
+        }
+        if self.max_nsid != 0 && ids.iter().any(|&id| id > self.max_nsid) {
+            return bad("a namespace ID is above max_nsid");
+        }
         for ns in &self.namespaces {
             if ns.block_size != 512 && ns.block_size != 4096 {
                 return bad("namespace block size must be 512 or 4096");
@@ -252,6 +349,24 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// The namespace IDs, in the order of [`namespaces`](Self::namespaces).
+    pub fn namespace_ids(&self) -> Vec<u32> {
+        let id = |(i, n): (usize, &NamespaceConfig)| match n.nsid {
+            0 => i as u32 + 1,
+            id => id,
+        };
+        self.namespaces.iter().enumerate().map(id).collect()
+    }
+
+    /// Identify NN: [`max_nsid`](Self::max_nsid), or the largest namespace
+    /// ID.
+    pub fn nn(&self) -> u32 {
+        match self.max_nsid {
+            0 => self.namespace_ids().into_iter().max().unwrap_or(0),
+            nn => nn,
+        }
     }
 
     /// The largest transfer in bytes (`None`: no limit).

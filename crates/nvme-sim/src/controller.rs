@@ -106,9 +106,10 @@ impl Shared {
         Ok(Arc::new(Self {
             iommu: iommu.unwrap_or_else(|| Arc::new(SimIommu::new(config.iommu.clone()))),
             namespaces: config
-                .namespaces
-                .iter()
-                .map(|&n| Namespace::new(n))
+                .namespace_ids()
+                .into_iter()
+                .zip(&config.namespaces)
+                .map(|(id, &n)| Namespace::new(id, n))
                 .collect(),
             regs: Arc::new(regs),
             config,
@@ -507,14 +508,57 @@ impl SimController {
         self.shared.namespaces.iter().map(Namespace::resident).sum()
     }
 
-    /// Namespace `nsid`'s size in blocks and block size, if it exists.
+    /// Namespace `nsid`'s size in blocks and block size, if it exists
+    /// (attached or not).
     pub fn namespace(&self, nsid: u32) -> Option<(u64, u32)> {
         self.ns(nsid).map(|n| (n.blocks, n.block_size))
     }
 
+    /// Attaches namespace `nsid` (configured detached, or detached since):
+    /// its ID becomes active, it is added to the Changed Namespace List
+    /// log page, and a Namespace Attribute Changed event is reported (see
+    /// [`detach_namespace`](Self::detach_namespace)). Attaching an
+    /// attached namespace changes nothing.
+    pub fn attach_namespace(&self, nsid: u32) -> Result<(), Error> {
+        self.set_attached(nsid, true)
+    }
+
+    /// Detaches namespace `nsid`: its ID becomes inactive (commands to it
+    /// fail with Invalid Namespace or Format; its blocks are kept for a
+    /// later attach), and the change is reported as for
+    /// [`attach_namespace`](Self::attach_namespace).
+    ///
+    /// The event is an Asynchronous Event Request completing with a notice
+    /// (type 2), Namespace Attribute Changed (information 0), log page
+    /// 04h, if the host enabled such notices (Asynchronous Event
+    /// Configuration bit 8); once reported, further ones are masked until
+    /// the host reads the Changed Namespace List log page (without Retain
+    /// Asynchronous Event), as the specification has it, and what changed
+    /// meanwhile is in that log.
+    pub fn detach_namespace(&self, nsid: u32) -> Result<(), Error> {
+        self.set_attached(nsid, false)
+    }
+
+    fn set_attached(&self, nsid: u32, on: bool) -> Result<(), Error> {
+        let ns = self.ns(nsid).ok_or(Error::NoNamespace { nsid })?;
+        self.shared.with_device(|d| {
+            if ns.set_attached(on) != on {
+                log::debug!(
+                    "namespace {nsid} {}",
+                    if on { "attached" } else { "detached" }
+                );
+                if let Some(d) = d {
+                    d.namespace_changed(nsid);
+                }
+            }
+        });
+        self.shared.regs.kick();
+        Ok(())
+    }
+
+    /// Namespace `nsid`, attached or not.
     fn ns(&self, nsid: u32) -> Option<&Namespace> {
-        let i = usize::try_from(nsid).ok()?.checked_sub(1)?;
-        self.shared.namespaces.get(i)
+        self.shared.namespaces.iter().find(|n| n.id == nsid)
     }
 
     /// The byte offset of `len` bytes at block `lba` of namespace `nsid`.

@@ -11,6 +11,13 @@
 //!   SGLs with the strict device-side walker of [`nvme_vfio::nvme::walk`],
 //!   moves data to and from RAM-backed namespaces and posts completions
 //!   with the phase tag.
+//! - [`Config`]: the controller's shape, as real disks differ: doorbell
+//!   stride, queue sizes, CAP.TO and the time to become ready, memory page
+//!   sizes, SGL support (none, without or with Bit Buckets), MDTS, I/O
+//!   queues granted, namespaces (block sizes, IDs with gaps, attached later
+//!   with [`SimController::attach_namespace`] and its notice), and optional
+//!   features (shadow doorbells, volatile write cache, Write Zeroes,
+//!   Dataset Management) present or not.
 //! - [`FaultRule`]: fault injection per command (error status, with the
 //!   More bit and an Error Information log entry of the caller's choosing
 //!   ([`FaultAction::Logged`]), dropped, delayed or out-of-order

@@ -3,6 +3,7 @@
 //! Unwritten and deallocated blocks read as zeroes.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use crate::config::NamespaceConfig;
@@ -13,6 +14,10 @@ const CHUNK: u64 = 64 << 10;
 /// One namespace's blocks.
 #[derive(Debug)]
 pub(crate) struct Namespace {
+    /// The namespace ID.
+    pub(crate) id: u32,
+    /// Attached (an active namespace ID); changes at run time.
+    attached: AtomicBool,
     pub(crate) blocks: u64,
     pub(crate) block_size: u32,
     pub(crate) metadata: u16,
@@ -20,13 +25,26 @@ pub(crate) struct Namespace {
 }
 
 impl Namespace {
-    pub(crate) fn new(c: NamespaceConfig) -> Self {
+    /// Namespace `id` as `c` describes it.
+    pub(crate) fn new(id: u32, c: NamespaceConfig) -> Self {
         Self {
+            id,
+            attached: AtomicBool::new(c.attached),
             blocks: c.blocks,
             block_size: c.block_size,
             metadata: c.metadata,
             chunks: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Whether the namespace is attached.
+    pub(crate) fn attached(&self) -> bool {
+        self.attached.load(Ordering::Acquire)
+    }
+
+    /// Attaches or detaches it; returns whether it was attached.
+    pub(crate) fn set_attached(&self, on: bool) -> bool {
+        self.attached.swap(on, Ordering::AcqRel)
     }
 
     fn chunks(&self) -> MutexGuard<'_, HashMap<u64, Box<[u8]>>> {
@@ -117,7 +135,7 @@ mod tests {
     #[test]
     #[cfg_attr(miri, ignore)]
     fn sparse_reads_writes_and_zeroing() {
-        let ns = Namespace::new(NamespaceConfig::new(1 << 30, 4096));
+        let ns = Namespace::new(1, NamespaceConfig::new(1 << 30, 4096));
         assert_eq!(ns.bytes(), 1 << 42);
         assert!(ns.contains((1 << 30) - 2, 2));
         assert!(!ns.contains((1 << 30) - 2, 3));

@@ -149,10 +149,18 @@ fn bad_requests_are_refused_before_submission() {
         invalid(qp.write(&ns, 0, &buf[..0], false).unwrap_err()),
         "zero length"
     );
-    assert!(
-        invalid(qp.write(&ns, 0, &buf[1..513], false).unwrap_err()),
-        "not dword aligned"
-    );
+    // SAFETY: the request is refused (asserted), so nothing reads the
+    // memory after the call.
+    let r = unsafe {
+        qp.submit_raw(
+            Op::Write { fua: false },
+            &ns,
+            0,
+            &[blk_dma::HostSeg::from_slice(&buf[1..513])],
+            0,
+        )
+    };
+    assert!(invalid(r.unwrap_err()), "not dword aligned");
     assert!(invalid(qp.write_zeroes(&ns, 1000, 100).unwrap_err()));
     // The refused buffer comes back with an async refusal.
     let (e, io) = qp.submit(Io::read(&ns, 5000, vec![0u8; 512])).unwrap_err();
@@ -164,6 +172,13 @@ fn bad_requests_are_refused_before_submission() {
         "nothing was submitted"
     );
     assert_eq!(sim.stats().read_commands, before.read_commands);
+    // A blocking call copies memory PRPs cannot point at through a DMA
+    // buffer instead.
+    let odd: Vec<u8> = (0..513).map(|i| i as u8).collect();
+    qp.write(&ns, 0, &odd[1..], false).unwrap();
+    let mut stored = vec![0u8; 512];
+    sim.read_blocks(1, 0, &mut stored).unwrap();
+    assert!(stored[..] == odd[1..]);
 }
 
 #[test]

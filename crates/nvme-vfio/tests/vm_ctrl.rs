@@ -668,6 +668,120 @@ fn any_length_on_a_controller_with_a_small_mdts() {
     }
 }
 
+/// QEMU's controller in the VM's `shapes` scenario (one I/O queue pair,
+/// three namespaces of 4 KiB blocks, MDTS 5): the driver sees that shape.
+/// One queue pair, and a second fails with `NoQueues`; each namespace
+/// reads back what was written to it (and only that); transfers of 4 KiB
+/// blocks only; over MDTS and over the queue depth times MDTS, plain and
+/// vectored (pieces that do not meet at page boundaries, through PRPs,
+/// which copies them through a DMA buffer, and through SGLs).
+#[test]
+fn the_shapes_scenario_controller() {
+    if std::env::var("NVME_VM_SCENARIO").as_deref() != Ok("shapes") {
+        eprintln!(
+            "skipped: needs the VM's shapes scenario (QEMU max_ioqpairs=1, mdts=5, \
+             three namespaces of 4 KiB blocks)"
+        );
+        return;
+    }
+    assert_eq!(
+        std::env::var("VM_GUEST").as_deref(),
+        Ok("1"),
+        "the shapes scenario runs in the VM"
+    );
+    let _g = DEVICE.lock().unwrap_or_else(|e| e.into_inner());
+    let config = Config {
+        io_queues: 4,
+        ..Config::default()
+    };
+    let ctrl = Controller::open(NVME, config).expect("bring-up");
+    assert_eq!(ctrl.io_queues(), 1, "one I/O queue pair granted");
+    assert_eq!(ctrl.identify().mdts(), 5);
+    assert_eq!(ctrl.max_transfer(), 128 << 10);
+    assert_eq!(ctrl.active_namespaces().unwrap(), vec![1, 2, 3]);
+    let expected: u64 = std::env::var("NVME_VM_NS_BYTES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(64 << 20);
+    let namespaces: Vec<_> = (1..=3).map(|id| ctrl.namespace(id).unwrap()).collect();
+    for ns in &namespaces {
+        assert_eq!(ns.block_size(), 4096, "namespace {}", ns.id());
+        assert_eq!(ns.bytes(), expected, "namespace {}", ns.id());
+    }
+    assert!(matches!(
+        ctrl.namespace(4),
+        Err(Error::NoNamespace { nsid: 4 })
+    ));
+    for sgl in [false, true] {
+        let mut qp = ctrl
+            .queue_pair(QueueConfig {
+                sgl,
+                ..QueueConfig::default()
+            })
+            .unwrap();
+        match ctrl.queue_pair(QueueConfig::default()) {
+            Err(Error::NoQueues { max: 1 }) => {}
+            r => panic!("a second queue pair: {:?}", r.map(|q| q.qid())),
+        }
+        // Each namespace holds its own data.
+        let seed = |ns: u32| u64::from(ns) * 10 + sgl as u64;
+        for ns in &namespaces {
+            qp.write(ns, 100, &pattern(seed(ns.id()), 8192), false)
+                .unwrap();
+        }
+        for ns in &namespaces {
+            let mut back = vec![0u8; 8192];
+            qp.read(ns, 100, &mut back).unwrap();
+            assert!(
+                back == pattern(seed(ns.id()), 8192),
+                "namespace {}",
+                ns.id()
+            );
+        }
+        // Whole 4 KiB blocks only.
+        let mut half = vec![0u8; 512];
+        assert!(matches!(
+            qp.read(&namespaces[0], 0, &mut half),
+            Err(Error::Invalid(_))
+        ));
+        // Over MDTS (several commands) and over the depth times MDTS (in
+        // waves), on the last namespace.
+        let ns = &namespaces[2];
+        let over = (qp.depth() as u64 + 2) * ctrl.max_transfer();
+        for len in [3 * ctrl.max_transfer() + 4096, over] {
+            let data = pattern(len + sgl as u64, len as usize);
+            qp.write(ns, 1000, &data, false).unwrap();
+            let mut back = vec![0u8; len as usize];
+            qp.read(ns, 1000, &mut back).unwrap();
+            assert!(back == data, "{len} bytes, sgl {sgl}");
+        }
+        // Vectored: pieces of 1000, 5000 and 2192 bytes at addresses that
+        // are not page aligned.
+        let data = pattern(77 + sgl as u64, 8192);
+        let mut mem = vec![0u8; 8192 + 64];
+        let (a, rest) = mem[16..].split_at_mut(1000);
+        let (b, rest) = rest[16..].split_at_mut(5000);
+        let c = &mut rest[16..16 + 2192];
+        a.copy_from_slice(&data[..1000]);
+        b.copy_from_slice(&data[1000..6000]);
+        c.copy_from_slice(&data[6000..]);
+        qp.write_vectored(ns, 50, &[a, b, c], false).unwrap();
+        let mut back = vec![0u8; 8192];
+        qp.read(ns, 50, &mut back).unwrap();
+        assert!(back == data, "vectored write, sgl {sgl}");
+        let mut other = vec![0u8; 8192 + 128];
+        let (a, rest) = other[32..].split_at_mut(2192);
+        let (b, rest) = rest[32..].split_at_mut(1000);
+        let c = &mut rest[32..32 + 5000];
+        qp.read_vectored(ns, 50, &mut [&mut *a, &mut *b, &mut *c])
+            .unwrap();
+        assert!(
+            [&a[..], &b[..], &c[..]].concat() == data,
+            "vectored read, sgl {sgl}"
+        );
+    }
+}
+
 #[test]
 fn controller_memory_buffer_as_data_buffer() {
     if !in_vm() {

@@ -24,6 +24,10 @@ const ASYNC_EVENT_CONFIG: u8 = 0x0b;
 pub(crate) const TEMPERATURE_K: u16 = 310;
 /// SMART critical warning and AEC bit: temperature.
 const WARN_TEMPERATURE: u8 = 1 << 1;
+/// AEC bit: Namespace Attribute Notices.
+const AEC_NAMESPACE_NOTICES: u32 = 1 << 8;
+/// Changed Namespace List entries (the log page's 4 KiB).
+const CHANGED_NAMESPACES_MAX: usize = 1024;
 
 /// Default of a plain feature (Temperature Threshold: 343 K).
 fn plain_default(fid: u8) -> u32 {
@@ -54,7 +58,9 @@ impl Device {
             admin::DELETE_CQ => self.delete_cq(cmd),
             admin::ABORT => self.abort(cmd),
             admin::ASYNC_EVENT => self.async_event(cmd),
-            admin::DOORBELL_BUFFER_CONFIG => self.doorbell_buffer_config(cmd),
+            admin::DOORBELL_BUFFER_CONFIG if self.sh.config.doorbell_buffer_config => {
+                self.doorbell_buffer_config(cmd)
+            }
             _ => fail(invalid(sc::INVALID_OPCODE)),
         }
     }
@@ -332,6 +338,42 @@ impl Device {
             }
             None => self.pending_events.push(result),
         }
+    }
+
+    /// Namespace `nsid` was attached or detached: it goes into the Changed
+    /// Namespace List, and a Namespace Attribute Changed notice is
+    /// reported if the host enabled those and none is reported and not yet
+    /// cleared (by reading the log page).
+    pub(crate) fn namespace_changed(&mut self, nsid: u32) {
+        let list = &mut self.changed_namespaces;
+        if !list.contains(&nsid) && list.first() != Some(&u32::MAX) {
+            if list.len() == CHANGED_NAMESPACES_MAX {
+                // More changes than the log holds: FFFFFFFFh alone.
+                *list = vec![u32::MAX];
+            } else {
+                list.push(nsid);
+            }
+        }
+        let aec = self.features.get(&ASYNC_EVENT_CONFIG).copied().unwrap_or(0);
+        if aec & AEC_NAMESPACE_NOTICES == 0 || self.namespace_notice_masked {
+            return;
+        }
+        self.namespace_notice_masked = true;
+        // Notice, Namespace Attribute Changed, log page 04h.
+        let event = 2 | super::info::CHANGED_NAMESPACE_LOG << 16;
+        if self.active() {
+            self.report_event(event);
+        } else {
+            // No completion can be posted now: the next request takes it.
+            self.pending_events.push(event);
+        }
+    }
+
+    /// The Changed Namespace List log page was read (without Retain
+    /// Asynchronous Event): it starts empty, and the notice is unmasked.
+    pub(super) fn changed_namespaces_read(&mut self) {
+        self.changed_namespaces.clear();
+        self.namespace_notice_masked = false;
     }
 
     fn async_event(&mut self, cmd: &Command) -> Outcome {

@@ -13,8 +13,18 @@ use crate::regs::VERSION_1_4;
 const MAX_LOG_TRANSFER: u64 = 1 << 20;
 /// OACS bit 8: Doorbell Buffer Config.
 const OACS_DBBC: u16 = 1 << 8;
-/// ONCS bit 2: Dataset Management; bit 3: Write Zeroes.
-const ONCS_DSM_WZ: u16 = (1 << 2) | (1 << 3);
+/// ONCS bit 2: Dataset Management.
+const ONCS_DSM: u16 = 1 << 2;
+/// ONCS bit 3: Write Zeroes.
+const ONCS_WZ: u16 = 1 << 3;
+/// OAES bit 8: Namespace Attribute Notices.
+const OAES_NAMESPACE_NOTICES: u32 = 1 << 8;
+/// SGLS bit 16: Bit Bucket descriptors supported.
+const SGLS_BIT_BUCKET: u32 = 1 << 16;
+/// Log page: Changed Namespace List.
+pub(crate) const CHANGED_NAMESPACE_LOG: u32 = 0x04;
+/// Get Log Page dword 10 bit 15: Retain Asynchronous Event.
+const RAE: u32 = 1 << 15;
 /// Abort Command Limit (0-based): 4 concurrent Aborts.
 const ACL: u8 = 3;
 /// SGLS: SGLs supported for NVM commands, no alignment requirement.
@@ -33,20 +43,27 @@ impl Device {
         // No PCI vendor: this is no PCI device.
         id.set_identity(0, &c.serial, "nvme-sim", env!("CARGO_PKG_VERSION"));
         id.set_limits(c.mdts, 0, VERSION_1_4);
+        fn flag<T: Default>(on: bool, bits: T) -> T {
+            if on {
+                bits
+            } else {
+                T::default()
+            }
+        }
         id.set_features(
-            OACS_DBBC,
+            flag(c.doorbell_buffer_config, OACS_DBBC),
             ACL,
             0x66,
             0x44,
-            self.sh.namespaces.len() as u32,
-            ONCS_DSM_WZ,
-            if c.volatile_write_cache {
-                VWC_PRESENT
-            } else {
-                0
-            },
-            if c.sgl { SGLS_BYTE_ALIGNED } else { 0 },
+            c.nn(),
+            flag(c.dataset_management, ONCS_DSM) | flag(c.write_zeroes, ONCS_WZ),
+            flag(c.volatile_write_cache, VWC_PRESENT),
+            flag(
+                c.sgl,
+                SGLS_BYTE_ALIGNED | flag(c.sgl_bit_bucket, SGLS_BIT_BUCKET),
+            ),
         );
+        id.0[92..96].copy_from_slice(&OAES_NAMESPACE_NOTICES.to_le_bytes());
         // AERL (0-based), ELPE (0-based), CNTRLTYPE = I/O controller.
         id.0[259] = AER_LIMIT as u8 - 1;
         id.0[262] = ERROR_LOG_ENTRIES as u8 - 1;
@@ -85,6 +102,10 @@ impl Device {
             cns::CONTROLLER => self.identify_controller().0,
             cns::NAMESPACE => match self.identify_namespace(cmd.nsid) {
                 Some(id) => id.0,
+                // An inactive ID: all zeroes.
+                None if (1..=self.sh.config.nn()).contains(&cmd.nsid) => {
+                    Box::new([0u8; IDENTIFY_LEN])
+                }
                 None => return fail(invalid(sc::INVALID_NAMESPACE)),
             },
             cns::ACTIVE_NAMESPACES => {
@@ -93,7 +114,11 @@ impl Device {
                     return fail(invalid(sc::INVALID_NAMESPACE));
                 }
                 let mut b = Box::new([0u8; IDENTIFY_LEN]);
-                let ids = (1..=self.sh.namespaces.len() as u32).filter(|&id| id > cmd.nsid);
+                let mut ids: Vec<u32> = (self.sh.namespaces.iter())
+                    .filter(|n| n.attached() && n.id > cmd.nsid)
+                    .map(|n| n.id)
+                    .collect();
+                ids.sort_unstable();
                 for (slot, id) in b.chunks_exact_mut(4).zip(ids) {
                     slot.copy_from_slice(&id.to_le_bytes());
                 }
@@ -128,8 +153,16 @@ impl Device {
         let numd = ((cmd.cdw11 & 0xffff) << 16 | cmd.cdw10 >> 16) as u64 + 1;
         let len = numd * 4;
         let off = cmd.cdw12 as u64 | (cmd.cdw13 as u64) << 32;
-        let page: Vec<u8> = match cmd.cdw10 as u8 {
+        let lid = cmd.cdw10 as u8;
+        let page: Vec<u8> = match lid {
             log_page::SMART => self.smart_log().to_bytes().to_vec(),
+            l if u32::from(l) == CHANGED_NAMESPACE_LOG => {
+                let mut b = vec![0u8; IDENTIFY_LEN];
+                for (slot, id) in b.chunks_exact_mut(4).zip(&self.changed_namespaces) {
+                    slot.copy_from_slice(&id.to_le_bytes());
+                }
+                b
+            }
             log_page::ERROR => {
                 let mut b = vec![0u8; ERROR_LOG_ENTRIES * ERROR_ENTRY_LEN];
                 for (slot, e) in b.chunks_exact_mut(ERROR_ENTRY_LEN).zip(&self.errors) {
@@ -152,6 +185,11 @@ impl Device {
         let from = &page[off as usize..];
         let n = from.len().min(out.len());
         out[..n].copy_from_slice(&from[..n]);
-        self.send(cmd, &out, false)
+        let sent = self.send(cmd, &out, false);
+        let read = sent.is_some_and(|(s, _)| s.is_success());
+        if read && u32::from(lid) == CHANGED_NAMESPACE_LOG && cmd.cdw10 & RAE == 0 {
+            self.changed_namespaces_read();
+        }
+        sent
     }
 }

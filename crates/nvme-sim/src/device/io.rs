@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use blk_dma::{DmaRange, Iova};
 use nvme_vfio::nvme::cmd::{io, Command, Status};
 use nvme_vfio::nvme::spec::SglDescriptor;
-use nvme_vfio::nvme::walk::{walk_prp, walk_sgl, WalkError};
+use nvme_vfio::nvme::walk::{walk_prp, walk_sgl, walk_sgl_bit_bucket, SglPiece, WalkError};
 
 use super::{fail, invalid, ok, sc, Device, Outcome, DATA_TRANSFER_ERROR};
 use crate::storage::Namespace;
@@ -24,10 +24,9 @@ fn fused(cmd: &Command) -> bool {
 }
 
 impl Device {
-    /// Namespace `nsid`, if it exists.
+    /// Namespace `nsid`, if it is attached.
     pub(super) fn namespace(&self, nsid: u32) -> Option<&Namespace> {
-        let i = usize::try_from(nsid).ok()?.checked_sub(1)?;
-        self.sh.namespaces.get(i)
+        (self.sh.namespaces.iter()).find(|n| n.id == nsid && n.attached())
     }
 
     /// The host memory ranges `cmd`'s data pointer describes for `len`
@@ -52,6 +51,23 @@ impl Device {
             _ => return Err(invalid(sc::INVALID_FIELD)),
         }
         .map_err(walk_status)
+    }
+
+    /// What a Read's data pointer describes for `len` bytes: host memory
+    /// ranges and, with Bit Bucket support, bytes to discard. (Only reads
+    /// may discard: elsewhere a Bit Bucket is an invalid descriptor type,
+    /// as [`ranges`](Self::ranges) has it.)
+    fn read_pieces(&self, cmd: &Command, len: u64) -> Result<Vec<SglPiece>, Status> {
+        let c = &self.sh.config;
+        if !(matches!(cmd.psdt(), 1 | 2) && c.sgl && c.sgl_bit_bucket) {
+            let ranges = self.ranges(cmd, len, true)?;
+            return Ok(ranges.into_iter().map(SglPiece::Data).collect());
+        }
+        let [d0, d1] = cmd.dptr;
+        let mut b = [0u8; 16];
+        b[..8].copy_from_slice(&d0.to_le_bytes());
+        b[8..].copy_from_slice(&d1.to_le_bytes());
+        walk_sgl_bit_bucket(SglDescriptor::from_bytes(b), len, &*self.sh.iommu).map_err(walk_status)
     }
 
     /// Transfers `data` to the host through `cmd`'s data pointer.
@@ -80,10 +96,14 @@ impl Device {
     pub(super) fn io(&self, cmd: &Command) -> Outcome {
         self.sh.stats.io_commands.fetch_add(1, Ordering::Relaxed);
         let op = cmd.opcode();
-        if !matches!(
-            op,
-            io::READ | io::WRITE | io::FLUSH | io::WRITE_ZEROES | io::DSM
-        ) {
+        let c = &self.sh.config;
+        let supported = match op {
+            io::READ | io::WRITE | io::FLUSH => true,
+            io::WRITE_ZEROES => c.write_zeroes,
+            io::DSM => c.dataset_management,
+            _ => false,
+        };
+        if !supported {
             return fail(invalid(sc::INVALID_OPCODE));
         }
         if fused(cmd) {
@@ -135,17 +155,33 @@ impl Device {
         }
         if !self.sh.config.null {
             // The data pointer is checked whole before any data moves.
-            let ranges = self.ranges(cmd, len, true)?;
             let mut data = vec![0u8; len as usize];
             let iommu = &self.sh.iommu;
             if write {
+                let ranges = self.ranges(cmd, len, true)?;
                 if !iommu.read_ranges(&ranges, &mut data) {
                     return Err(DATA_TRANSFER_ERROR);
                 }
                 ns.write(off, &data);
             } else {
+                let pieces = self.read_pieces(cmd, len)?;
                 ns.read(off, &mut data);
-                if !iommu.write_ranges(&ranges, &data) {
+                // What Bit Buckets discard is left out.
+                let mut ranges = Vec::with_capacity(pieces.len());
+                let mut kept = Vec::with_capacity(data.len());
+                let mut at = 0usize;
+                for p in pieces {
+                    let n = match p {
+                        SglPiece::Data(r) => {
+                            ranges.push(r);
+                            kept.extend_from_slice(&data[at..at + r.len as usize]);
+                            r.len as usize
+                        }
+                        SglPiece::Discard(n) => n as usize,
+                    };
+                    at += n;
+                }
+                if !iommu.write_ranges(&ranges, &kept) {
                     return Err(DATA_TRANSFER_ERROR);
                 }
             }

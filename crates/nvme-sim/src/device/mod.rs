@@ -241,6 +241,12 @@ pub(crate) struct Device {
     shadow: Option<(blk_dma::Iova, blk_dma::Iova)>,
     errors: std::collections::VecDeque<ErrorLogEntry>,
     error_count: u64,
+    /// Changed Namespace List log page: IDs attached or detached since the
+    /// host last read it (kept across resets, like the error log).
+    changed_namespaces: Vec<u32>,
+    /// A Namespace Attribute Changed event was reported and the host has
+    /// not read the log page since: further ones are masked.
+    namespace_notice_masked: bool,
 }
 
 impl std::fmt::Debug for Device {
@@ -277,6 +283,8 @@ impl Device {
             shadow: None,
             errors: std::collections::VecDeque::new(),
             error_count: 0,
+            changed_namespaces: Vec::new(),
+            namespace_notice_masked: false,
         }
     }
 
@@ -463,6 +471,7 @@ impl Device {
         // does the shutdown state (CC.SHN is separate from CC.EN).
         self.errors = old.errors;
         self.error_count = old.error_count;
+        self.changed_namespaces = old.changed_namespaces;
         self.shutdown_at = old.shutdown_at;
         self.shut_down = old.shut_down;
         self.deferred = old
@@ -493,6 +502,7 @@ impl Device {
         let old = std::mem::replace(self, fresh);
         self.errors = old.errors;
         self.error_count = old.error_count;
+        self.changed_namespaces = old.changed_namespaces;
         self.sh.regs.function_reset();
         self.sh.release_held.store(false, Ordering::Release);
     }

@@ -1,23 +1,37 @@
 //! The blocking calls of a queue pair: one request (or command) run to
 //! completion on the asynchronous machinery of [`QueuePair`], on any memory
 //! the caller lends for the duration of the call.
+//!
+//! Memory the controller cannot be pointed at is copied through a DMA
+//! buffer: without SGLs, PRPs need every piece of a request to start and
+//! end on a page boundary inside the request, and dword alignment (as do
+//! dword-aligned SGLs). Most client SSDs take no SGLs.
 
 use blk_dma::HostSeg;
 
 use super::io::Op;
 use super::{CmbBuf, Namespace, QueuePair};
 use crate::nvme::cmd::{io, Command};
+use crate::nvme::dptr::Shape;
 use crate::Error;
+
+/// The largest DMA buffer a blocking call copies through at a time.
+const BOUNCE_MAX: u64 = 1 << 20;
 
 impl QueuePair {
     /// Reads blocks starting at `lba` into `buf` (its length is a multiple
     /// of the block size) and waits. `buf` may be any memory: a
     /// [`DmaBuf`](crate::mem::DmaBuf)'s slice or registered memory is
     /// translated, other memory is mapped for the duration of the command
-    /// (one coalesced IOVA range).
+    /// (one coalesced IOVA range); memory the controller cannot be pointed
+    /// at (not dword aligned, without byte-aligned SGLs) is copied through
+    /// a DMA buffer.
     pub fn read(&mut self, ns: &Namespace, lba: u64, buf: &mut [u8]) -> Result<(), Error> {
         // From the mutable borrow: the device writes through this address.
         let seg = HostSeg::from_mut_slice(buf);
+        if !self.describable(&[seg]) {
+            return self.read_bounced(ns, lba, &mut [buf]);
+        }
         self.run_blocking(Op::Read, ns, lba, &[seg])
     }
 
@@ -25,6 +39,9 @@ impl QueuePair {
     /// to media before completion.
     pub fn write(&mut self, ns: &Namespace, lba: u64, buf: &[u8], fua: bool) -> Result<(), Error> {
         let seg = HostSeg::from_slice(buf);
+        if !self.describable(&[seg]) {
+            return self.write_bounced(ns, lba, &[buf], fua);
+        }
         self.run_blocking(Op::Write { fua }, ns, lba, &[seg])
     }
 
@@ -53,7 +70,11 @@ impl QueuePair {
         self.run_blocking(Op::Write { fua: false }, ns, lba, &[seg])
     }
 
-    /// Reads into several buffers, filled in order (one request).
+    /// Reads into several buffers, filled in order (one request). Buffers
+    /// of any alignment and length (whole blocks in all): where the
+    /// controller cannot be pointed at them (no SGLs, and a buffer that
+    /// does not end, or the next one start, on a page boundary; or not
+    /// dword aligned), the data is copied through a DMA buffer.
     pub fn read_vectored(
         &mut self,
         ns: &Namespace,
@@ -65,10 +86,14 @@ impl QueuePair {
             .iter_mut()
             .map(|b| HostSeg::from_mut_slice(b))
             .collect();
+        if !self.describable(&segs) {
+            return self.read_bounced(ns, lba, bufs);
+        }
         self.run_blocking(Op::Read, ns, lba, &segs)
     }
 
-    /// Writes several buffers, in order (one request).
+    /// Writes several buffers, in order (one request); any alignment, as
+    /// for [`read_vectored`](Self::read_vectored).
     pub fn write_vectored(
         &mut self,
         ns: &Namespace,
@@ -77,7 +102,98 @@ impl QueuePair {
         fua: bool,
     ) -> Result<(), Error> {
         let segs: Vec<HostSeg> = bufs.iter().map(|b| HostSeg::from_slice(b)).collect();
+        if !self.describable(&segs) {
+            return self.write_bounced(ns, lba, bufs, fua);
+        }
         self.run_blocking(Op::Write { fua }, ns, lba, &segs)
+    }
+
+    /// Whether this queue pair's data pointers can describe `segs` as
+    /// they are: SGLs (dword aligned where the controller needs it), or
+    /// PRPs, whose pieces meet at page boundaries. Device addresses keep
+    /// the host's offsets within a page, so the host's layout decides.
+    fn describable(&self, segs: &[HostSeg]) -> bool {
+        let dwords = || (segs.iter()).all(|s| (s.addr.raw_u64() | s.len) & 3 == 0);
+        (self.sgl_any_alignment || dwords())
+            && (self.policy.io_sgls || Shape::of_segments(segs, self.shared.page).prp_ok)
+    }
+
+    /// Checks a copied request's length and range; returns the size of
+    /// the DMA buffer to copy through (whole blocks).
+    fn bounce_len(&self, ns: &Namespace, lba: u64, total: u64) -> Result<u64, Error> {
+        let bs = ns.block_size();
+        if total == 0 || total % bs != 0 {
+            return Err(Error::Invalid(format!(
+                "length {total} is not a non-zero multiple of the {bs}-byte block size"
+            )));
+        }
+        check_range(ns, lba, total / bs)?;
+        Ok(total.min((BOUNCE_MAX / bs).max(1) * bs))
+    }
+
+    /// [`write_vectored`](Self::write_vectored) through a DMA buffer.
+    fn write_bounced(
+        &mut self,
+        ns: &Namespace,
+        lba: u64,
+        bufs: &[&[u8]],
+        fua: bool,
+    ) -> Result<(), Error> {
+        let total: u64 = bufs.iter().map(|b| b.len() as u64).sum();
+        let step = self.bounce_len(ns, lba, total)?;
+        let mut bounce = self.shared.space.alloc(step as usize)?;
+        let mut src = Pieces::new(bufs.iter().map(|b| &b[..]));
+        let mut done = 0u64;
+        while done < total {
+            let n = step.min(total - done);
+            let b = &mut bounce.as_mut_slice()[..n as usize];
+            src.copy_to(b);
+            let at = lba + done / ns.block_size();
+            let r = self.run_blocking(Op::Write { fua }, ns, at, &[HostSeg::from_slice(b)]);
+            if let Err(e) = r {
+                return Err(bounced_error(
+                    e,
+                    bounce,
+                    at,
+                    n / ns.block_size(),
+                    step < total,
+                ));
+            }
+            done += n;
+        }
+        Ok(())
+    }
+
+    /// [`read_vectored`](Self::read_vectored) through a DMA buffer.
+    fn read_bounced(
+        &mut self,
+        ns: &Namespace,
+        lba: u64,
+        bufs: &mut [&mut [u8]],
+    ) -> Result<(), Error> {
+        let total: u64 = bufs.iter().map(|b| b.len() as u64).sum();
+        let step = self.bounce_len(ns, lba, total)?;
+        let mut bounce = self.shared.space.alloc(step as usize)?;
+        let mut dst = Pieces::new(bufs.iter_mut().map(|b| &mut b[..]));
+        let mut done = 0u64;
+        while done < total {
+            let n = step.min(total - done);
+            let b = &mut bounce.as_mut_slice()[..n as usize];
+            let at = lba + done / ns.block_size();
+            let r = self.run_blocking(Op::Read, ns, at, &[HostSeg::from_mut_slice(b)]);
+            if let Err(e) = r {
+                return Err(bounced_error(
+                    e,
+                    bounce,
+                    at,
+                    n / ns.block_size(),
+                    step < total,
+                ));
+            }
+            dst.copy_from(b);
+            done += n;
+        }
+        Ok(())
     }
 
     /// Flushes the volatile write cache of `ns`.
@@ -141,6 +257,93 @@ impl QueuePair {
             }
         }
         Ok(())
+    }
+}
+
+/// The error of a copied request's part at `lba` (`blocks` long), named
+/// by its range if the request had several parts. The DMA buffer is
+/// leaked if the controller could not be stopped (the device may still
+/// reach it).
+fn bounced_error(
+    e: Error,
+    bounce: crate::mem::DmaBuf,
+    lba: u64,
+    blocks: u64,
+    parts: bool,
+) -> Error {
+    if matches!(e, Error::Dead) {
+        core::mem::forget(bounce);
+    }
+    if parts {
+        Error::At {
+            lba,
+            blocks,
+            source: Box::new(e),
+        }
+    } else {
+        e
+    }
+}
+
+/// Buffers taken in order, byte ranges at a time.
+struct Pieces<I, B> {
+    bufs: I,
+    cur: Option<B>,
+    at: usize,
+}
+
+impl<I, B> Pieces<I, B> {
+    fn new(bufs: I) -> Self {
+        Self {
+            bufs,
+            cur: None,
+            at: 0,
+        }
+    }
+}
+
+impl<'a, I: Iterator<Item = &'a [u8]>> Pieces<I, &'a [u8]> {
+    /// Fills `out` with the next bytes (the buffers hold enough).
+    fn copy_to(&mut self, out: &mut [u8]) {
+        let mut o = 0;
+        while o < out.len() {
+            let Some(cur) = self.cur.filter(|c| self.at < c.len()) else {
+                self.cur = self.bufs.next();
+                self.at = 0;
+                if self.cur.is_none() {
+                    return;
+                }
+                continue;
+            };
+            let n = (cur.len() - self.at).min(out.len() - o);
+            out[o..o + n].copy_from_slice(&cur[self.at..self.at + n]);
+            self.at += n;
+            o += n;
+        }
+    }
+}
+
+impl<'a, I: Iterator<Item = &'a mut [u8]>> Pieces<I, &'a mut [u8]> {
+    /// Copies `src` into the next bytes (the buffers have room).
+    fn copy_from(&mut self, src: &[u8]) {
+        let mut s = 0;
+        while s < src.len() {
+            let cur = match &mut self.cur {
+                Some(c) if self.at < c.len() => c,
+                _ => {
+                    self.cur = self.bufs.next();
+                    self.at = 0;
+                    if self.cur.is_none() {
+                        return;
+                    }
+                    continue;
+                }
+            };
+            let n = (cur.len() - self.at).min(src.len() - s);
+            cur[self.at..self.at + n].copy_from_slice(&src[s..s + n]);
+            self.at += n;
+            s += n;
+        }
     }
 }
 

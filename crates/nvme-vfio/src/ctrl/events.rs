@@ -27,6 +27,12 @@ const AER_MAX: u16 = 4;
 /// Events kept for the application at most; older ones are dropped (and
 /// logged).
 const EVENTS_KEPT: usize = 256;
+/// Log page: Firmware Slot Information (512 bytes), where a firmware
+/// activation notice points.
+const LOG_FIRMWARE_SLOT: u8 = 0x03;
+/// Log page: Changed Namespace List (4 KiB), where a namespace attribute
+/// notice points.
+const LOG_CHANGED_NAMESPACES: u8 = 0x04;
 
 /// What kind of event the controller reported (Asynchronous Event Type).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -198,19 +204,58 @@ impl Shared {
             log::warn!("asynchronous event configuration: {e}");
         }
         let mut a = super::shared::lock(&self.admin);
-        a.events.limit = (u16::from(aerl) + 1).min(AER_MAX);
+        // Room for one admin command besides (a ring holds one entry
+        // less than its size).
+        let room = a.sq.entries().saturating_sub(2);
+        a.events.limit = (u16::from(aerl) + 1).min(AER_MAX).min(room);
         a.refill_events(&*self.regs);
     }
 
-    /// The events reported since the last call, oldest first.
+    /// The events reported since the last call, oldest first. The log
+    /// page of each notice is read (the controller masks further notices
+    /// of its kind until it is, NVMe Base 2.0, 5.2): the controller then
+    /// reports the next change.
     pub(super) fn poll_events(&self) -> Result<Vec<AsyncEvent>, Error> {
-        let mut a = super::shared::lock(&self.admin);
-        if self.is_disabled() {
-            return Err(self.stopped_error());
+        let events: Vec<AsyncEvent> = {
+            let mut a = super::shared::lock(&self.admin);
+            if self.is_disabled() {
+                return Err(self.stopped_error());
+            }
+            if !self.is_resetting() {
+                a.drain_events(self);
+            }
+            a.events.queue.drain(..).collect()
+        };
+        let mut read: Vec<u8> = Vec::new();
+        for e in events.iter().filter(|e| e.kind == AsyncEventKind::Notice) {
+            if !read.contains(&e.log_page) {
+                read.push(e.log_page);
+                self.clear_notice(e.log_page);
+            }
         }
-        if !self.is_resetting() {
-            a.drain_events(self);
+        Ok(events)
+    }
+
+    /// Reads the log page a notice named (Retain Asynchronous Event
+    /// clear), which unmasks that notice. A failure is logged: the events
+    /// go to the application anyway.
+    fn clear_notice(&self, log_page: u8) {
+        let (len, what) = match log_page {
+            LOG_CHANGED_NAMESPACES => (4096, "Get Log Page (Changed Namespace List)"),
+            LOG_FIRMWARE_SLOT => (512, "Get Log Page (Firmware Slot Information)"),
+            _ => return,
+        };
+        let cmd = Command::get_log_page(log_page, 0xffff_ffff, len as u32);
+        match self.admin_read(cmd, len, what) {
+            Ok(buf) if log_page == LOG_CHANGED_NAMESPACES => {
+                let ids: Vec<u32> = (buf.as_slice()[..len].chunks_exact(4))
+                    .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                    .take_while(|&id| id != 0)
+                    .collect();
+                log::info!("namespaces changed: {ids:?}");
+            }
+            Ok(_) => {}
+            Err(e) => log::warn!("{what} after a notice: {e}"),
         }
-        Ok(a.events.queue.drain(..).collect())
     }
 }

@@ -47,7 +47,7 @@ pub use qpair::{QueueConfig, QueuePair};
 pub(crate) use shared::Shared;
 use shared::{lock, Admin, DbBuf};
 
-/// Admin queue entries.
+/// Admin queue entries (as Linux's nvme driver: whatever CAP.MQES says).
 const ADMIN_ENTRIES: u16 = 32;
 /// Time allowed for a normal shutdown when the controller does not say.
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -353,7 +353,10 @@ impl Controller {
             ));
         }
         stop_left_running(&*regs, cap, function.as_deref())?;
-        let entries = ADMIN_ENTRIES.min(cap.max_queue_entries().min(4096) as u16);
+        // On PCIe, CAP.MQES bounds the I/O queues only (the admin queue's
+        // limit is AQA's 4096): the admin queue holds the event requests
+        // and a command even on a controller of 2-entry I/O queues.
+        let entries = ADMIN_ENTRIES;
         let (sq_db, cq_db) = (
             regs::sq_tail_doorbell(0, cap.doorbell_stride()),
             regs::cq_head_doorbell(0, cap.doorbell_stride()),
@@ -601,8 +604,13 @@ impl Controller {
             .collect())
     }
 
-    /// Whether the volatile write cache is enabled.
+    /// Whether the volatile write cache is enabled: `false` without
+    /// asking when the controller has none (Identify VWC), as such a
+    /// controller may refuse the feature.
     pub fn write_cache(&self) -> Result<bool, Error> {
+        if self.identify.vwc() & 1 == 0 {
+            return Ok(false);
+        }
         let c = self.shared.admin(
             Command::get_features(feature::VOLATILE_WRITE_CACHE),
             None,
@@ -643,6 +651,12 @@ impl Controller {
     /// call collects what completed, without waiting for events (it may
     /// wait for an admin command another thread is running). Events that
     /// arrived while another admin command ran are kept for it too.
+    ///
+    /// For a notice the driver reads the log page the controller named
+    /// (for a namespace attribute change, the Changed Namespace List),
+    /// which is what makes the controller report the next one: after a
+    /// namespace attribute notice, [`active_namespaces`](Self::active_namespaces)
+    /// and [`namespace`](Self::namespace) show the change.
     pub fn poll_events(&self) -> Result<Vec<AsyncEvent>, Error> {
         self.shared.poll_events()
     }

@@ -158,6 +158,15 @@ pub fn walk_prp<M: DeviceMemory + ?Sized>(
     }
 }
 
+/// One piece of a transfer an SGL describes, in order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SglPiece {
+    /// Bytes moved to or from host memory (adjacent ones merged).
+    Data(DmaRange),
+    /// Bytes a Bit Bucket descriptor discards (a read's data not moved).
+    Discard(u64),
+}
+
 /// The ranges described by SGL Entry 1 for a transfer of `len` bytes,
 /// adjacent ranges merged. Data Block descriptors with subtype Address are
 /// the only data descriptors accepted (no Bit Bucket, no keyed types).
@@ -167,9 +176,51 @@ pub fn walk_sgl<M: DeviceMemory + ?Sized>(
     mem: &M,
 ) -> Result<Vec<DmaRange>, WalkError> {
     let mut out = Vec::new();
+    walk_sgl_with(sgl1, len, mem, false, &mut |p| {
+        if let SglPiece::Data(r) = p {
+            push(&mut out, r);
+        }
+    })?;
+    Ok(out)
+}
+
+/// [`walk_sgl`] for a controller that supports Bit Bucket descriptors
+/// (Identify SGLS bit 16): a Bit Bucket (subtype Address) is accepted
+/// wherever a Data Block is, and its bytes come back as
+/// [`SglPiece::Discard`]; they count towards the transfer's length.
+pub fn walk_sgl_bit_bucket<M: DeviceMemory + ?Sized>(
+    sgl1: SglDescriptor,
+    len: u64,
+    mem: &M,
+) -> Result<Vec<SglPiece>, WalkError> {
+    let mut out: Vec<SglPiece> = Vec::new();
+    walk_sgl_with(sgl1, len, mem, true, &mut |p| match (out.last_mut(), p) {
+        (Some(SglPiece::Data(last)), SglPiece::Data(r)) if last.end() == r.addr => {
+            last.len += r.len
+        }
+        (Some(SglPiece::Discard(n)), SglPiece::Discard(m)) => *n += m,
+        _ => out.push(p),
+    })?;
+    Ok(out)
+}
+
+/// Walks an SGL, handing each data descriptor's piece (non-empty) to
+/// `piece` in order; Bit Buckets are accepted if `bit_bucket`.
+fn walk_sgl_with<M: DeviceMemory + ?Sized>(
+    sgl1: SglDescriptor,
+    len: u64,
+    mem: &M,
+    bit_bucket: bool,
+    piece: &mut dyn FnMut(SglPiece),
+) -> Result<(), WalkError> {
     let mut total = 0u64;
-    let mut data = |d: SglDescriptor, out: &mut Vec<DmaRange>| -> Result<(), WalkError> {
-        if d.ty() != Some(SglType::DataBlock) || d.subtype() != SGL_SUBTYPE_ADDRESS {
+    let mut data = |d: SglDescriptor| -> Result<(), WalkError> {
+        let p = match d.ty() {
+            Some(SglType::DataBlock) => SglPiece::Data(DmaRange::new(d.addr(), u64::from(d.len()))),
+            Some(SglType::BitBucket) if bit_bucket => SglPiece::Discard(u64::from(d.len())),
+            _ => return Err(WalkError::SglTypeInvalid { desc: d }),
+        };
+        if d.subtype() != SGL_SUBTYPE_ADDRESS {
             return Err(WalkError::SglTypeInvalid { desc: d });
         }
         total += u64::from(d.len());
@@ -179,12 +230,18 @@ pub fn walk_sgl<M: DeviceMemory + ?Sized>(
                 xfer: len,
             });
         }
-        push(out, DmaRange::new(d.addr(), u64::from(d.len())));
+        if d.len() != 0 {
+            piece(p);
+        }
         Ok(())
     };
     let mut ptr = match sgl1.ty() {
         Some(SglType::DataBlock) => {
-            data(sgl1, &mut out)?;
+            data(sgl1)?;
+            None
+        }
+        Some(SglType::BitBucket) if bit_bucket => {
+            data(sgl1)?;
             None
         }
         Some(SglType::Segment | SglType::LastSegment) => Some(sgl1),
@@ -219,7 +276,7 @@ pub fn walk_sgl<M: DeviceMemory + ?Sized>(
                     }
                     ptr = Some(d);
                 }
-                _ => data(d, &mut out)?,
+                _ => data(d)?,
             }
         }
         if !last_seg && ptr.is_none() {
@@ -233,5 +290,5 @@ pub fn walk_sgl<M: DeviceMemory + ?Sized>(
             xfer: len,
         });
     }
-    Ok(out)
+    Ok(())
 }
