@@ -85,25 +85,116 @@ fn io_passthrough_one_two_and_many_pages() {
         let mut w = Command::new(io::WRITE, ns.id());
         w.cdw10 = 64;
         w.cdw12 = (len / bs - 1) as u32;
-        qp.io_passthru(w, Some((buf, len))).unwrap();
+        qp.io_passthru(&ns, w, Some((buf, len))).unwrap();
         let mut r = Command::new(io::READ, ns.id());
         r.cdw10 = 64;
         r.cdw12 = (len / bs - 1) as u32;
         let buf = ctrl.dma_alloc(len).unwrap();
-        let back = qp.io_passthru(r, Some((buf, len))).unwrap().unwrap();
+        let back = qp.io_passthru(&ns, r, Some((buf, len))).unwrap().unwrap();
         assert!(back.as_slice()[..len] == data[..], "{len} bytes");
         let mut b = vec![0u8; len];
         qp.read(&ns, 64, &mut b).unwrap();
         assert!(b == data, "{len} bytes, read by the driver");
     }
     assert!(qp
-        .io_passthru(Command::new(io::FLUSH, ns.id()), None)
+        .io_passthru(&ns, Command::new(io::FLUSH, ns.id()), None)
         .unwrap()
         .is_none());
-    // More than the buffer holds: refused before anything is sent.
+    // A read of 16 blocks (8 KiB) into a 4 KiB buffer: refused before
+    // anything is sent.
+    let mut r = Command::new(io::READ, ns.id());
+    r.cdw12 = 15;
     let buf = ctrl.dma_alloc(4096).unwrap();
     assert!(matches!(
-        qp.io_passthru(Command::new(io::READ, ns.id()), Some((buf, 8192))),
+        qp.io_passthru(&ns, r, Some((buf, 4096))),
         Err(Error::Invalid(_))
     ));
+}
+
+/// The safe passthrough takes the transfer length from the command, not
+/// from the caller: a command that would move more than the buffer holds
+/// is refused, so the device never writes past it into a neighbour.
+#[test]
+fn a_transfer_longer_than_the_buffer_is_refused() {
+    let (_sim, ctrl) = open();
+    let small = ctrl.dma_alloc(512).unwrap();
+    let mut victim = ctrl.dma_alloc(512).unwrap();
+    victim.as_mut_slice().fill(0xaa);
+    let mut cmd = Command::new(admin::IDENTIFY, 0);
+    cmd.cdw10 = 1;
+    match ctrl.admin_passthru(cmd, Some((small, 512))) {
+        Err(Error::Invalid(m)) => assert!(m.contains("4096"), "{m}"),
+        other => panic!("{:?}", other.map(|_| ())),
+    }
+    let ns = ctrl.namespace(1).unwrap();
+    let mut qp = ctrl.queue_pair(QueueConfig::default()).unwrap();
+    let mut r = Command::new(io::READ, ns.id());
+    r.cdw12 = 7;
+    let small = ctrl.dma_alloc(512).unwrap();
+    assert!(matches!(
+        qp.io_passthru(&ns, r, Some((small, 512))),
+        Err(Error::Invalid(_))
+    ));
+    assert!(victim.as_slice().iter().all(|&b| b == 0xaa));
+}
+
+/// The caller's data pointer, metadata pointer and PSDT never reach the
+/// device: without a buffer, a command that moves data is refused; with
+/// one, the driver's data pointer replaces the caller's.
+#[test]
+fn the_callers_data_pointer_never_reaches_the_device() {
+    let (_sim, ctrl) = open();
+    let mut victim = ctrl.dma_alloc(4096).unwrap();
+    victim.as_mut_slice().fill(0xaa);
+    let mut cmd = Command::new(admin::IDENTIFY, 0);
+    cmd.cdw10 = 1;
+    cmd.dptr = [victim.iova().raw(), 0];
+    assert!(matches!(
+        ctrl.admin_passthru(cmd, None),
+        Err(Error::Invalid(_))
+    ));
+    let buf = ctrl.dma_alloc(4096).unwrap();
+    let (_, back) = ctrl.admin_passthru(cmd, Some((buf, 4096))).unwrap();
+    assert_eq!(&back.unwrap().as_slice()[..4096], &ctrl.identify().0[..]);
+    assert!(
+        victim.as_slice().iter().all(|&b| b == 0xaa),
+        "the victim untouched"
+    );
+}
+
+/// Commands that would give the controller memory or take the driver's
+/// own state are refused by the safe passthrough.
+#[test]
+fn commands_that_take_the_drivers_state_are_refused() {
+    let (_sim, ctrl) = open();
+    for op in [
+        admin::CREATE_SQ,
+        admin::CREATE_CQ,
+        admin::DELETE_SQ,
+        admin::DELETE_CQ,
+        admin::ASYNC_EVENT,
+        admin::DOORBELL_BUFFER_CONFIG,
+    ] {
+        assert!(
+            matches!(
+                ctrl.admin_passthru(Command::new(op, 0), None),
+                Err(Error::Invalid(_))
+            ),
+            "opcode {op:#x}"
+        );
+    }
+    for fid in [0x07u32, 0x0b, 0x0d] {
+        let mut c = Command::new(admin::SET_FEATURES, 0);
+        c.cdw10 = fid;
+        let buf = ctrl.dma_alloc(4096).unwrap();
+        assert!(
+            matches!(
+                ctrl.admin_passthru(c, Some((buf, 4096))),
+                Err(Error::Invalid(_))
+            ),
+            "feature {fid:#x}"
+        );
+    }
+    // The controller still works.
+    assert!(ctrl.smart_log().is_ok());
 }

@@ -2,6 +2,17 @@
 //! data buffer of the driver's ([`DmaBuf`], moved in and handed back), and
 //! the admin commands operators use (any log page, Format NVM, the
 //! firmware slot log).
+//!
+//! The safe calls know how many bytes each command they take moves (from
+//! its opcode and dwords), check that the buffer holds them, and build the
+//! data pointer themselves: the application's data pointer, metadata
+//! pointer, PSDT and fused bits are never sent. Commands that would give
+//! the controller other memory or take the driver's own state (queue
+//! creation and deletion, Doorbell Buffer Config, Asynchronous Event
+//! Requests, the Host Memory Buffer, the number of queues and the event
+//! configuration) are refused, and so are data transfers of commands whose
+//! length the driver does not know. The `unsafe` variants send any
+//! command, on the caller's word.
 
 use std::sync::Arc;
 
@@ -81,15 +92,151 @@ fn keep_out_of_reach(dead: bool, bufs: impl IntoIterator<Item = DmaBuf>) {
     }
 }
 
+/// Which queue a passthrough command is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Queue {
+    Admin,
+    /// An I/O queue, for a namespace of this block size.
+    Io(u64),
+}
+
+/// Bytes of feature data at most (the largest Get/Set Features data
+/// structure is 4 KiB).
+const FEATURE_DATA: usize = 4096;
+
+/// What a command moves.
+#[derive(Clone, Copy, Debug)]
+enum Moves {
+    /// No data the driver knows of.
+    Nothing,
+    /// Exactly this many bytes.
+    Bytes(usize),
+    /// Up to this many bytes, or nothing (Get/Set Features: data only for
+    /// some features; without a buffer the data pointer is zero, an IOVA
+    /// the driver never maps).
+    Optional(usize),
+}
+
+/// What `cmd` moves, or why the safe passthrough refuses it.
+fn transfer_len(q: Queue, cmd: &Command) -> Result<Moves, Error> {
+    use crate::nvme::cmd::io;
+    let refuse = |why: &str| {
+        Err(Error::Invalid(format!(
+            "passthrough of opcode {:#04x} refused: {why}",
+            cmd.opcode()
+        )))
+    };
+    let dwords = |n: u64| Ok(Moves::Bytes(((n + 1) * 4) as usize));
+    match q {
+        Queue::Admin => match cmd.opcode() {
+            admin::DELETE_SQ | admin::CREATE_SQ | admin::DELETE_CQ | admin::CREATE_CQ => {
+                refuse("the driver owns the queues")
+            }
+            admin::ASYNC_EVENT => refuse("the driver keeps the event requests"),
+            admin::DOORBELL_BUFFER_CONFIG => refuse("the driver owns the shadow doorbells"),
+            admin::IDENTIFY => Ok(Moves::Bytes(4096)),
+            admin::GET_LOG_PAGE => {
+                dwords(u64::from(cmd.cdw10 >> 16) | u64::from(cmd.cdw11 & 0xffff) << 16)
+            }
+            admin::SET_FEATURES | admin::GET_FEATURES => match cmd.cdw10 as u8 {
+                // Number of Queues, Asynchronous Event Configuration, Host
+                // Memory Buffer: the driver's, or memory for the device.
+                0x07 | 0x0b if cmd.opcode() == admin::SET_FEATURES => {
+                    refuse("the driver sets this feature")
+                }
+                0x0d if cmd.opcode() == admin::SET_FEATURES => {
+                    refuse("a host memory buffer gives the controller memory")
+                }
+                _ => Ok(Moves::Optional(FEATURE_DATA)),
+            },
+            // Firmware Image Download: NUMD + 1 dwords.
+            0x11 => dwords(u64::from(cmd.cdw10)),
+            // Namespace Management, Namespace Attachment: one 4 KiB structure.
+            0x0d | 0x15 => Ok(Moves::Bytes(4096)),
+            // Security Send / Receive: AL bytes.
+            0x81 | 0x82 if cmd.cdw11 > 0 => Ok(Moves::Bytes(cmd.cdw11 as usize)),
+            // Abort, Firmware Commit, Device Self-test, Keep Alive, Format
+            // NVM, Sanitize, and anything else: no data.
+            _ => Ok(Moves::Nothing),
+        },
+        Queue::Io(block) => match cmd.opcode() {
+            io::READ | io::WRITE | 0x05 => Ok(Moves::Bytes(
+                ((u64::from(cmd.cdw12 & 0xffff) + 1) * block) as usize,
+            )),
+            // Dataset Management: NR + 1 ranges of 16 bytes.
+            io::DSM => Ok(Moves::Bytes(((cmd.cdw10 & 0xff) as usize + 1) * 16)),
+            _ => Ok(Moves::Nothing),
+        },
+    }
+}
+
+/// The command as the safe passthrough sends it: no data or metadata
+/// pointer, no PSDT, not fused.
+fn sanitized(mut cmd: Command) -> Command {
+    cmd.cdw0 &= !(0x3 << 8 | 0x3 << 14);
+    cmd.dptr = [0; 2];
+    cmd.mptr = 0;
+    cmd
+}
+
+/// Checks `data` against what `cmd` moves; returns the length to map.
+fn checked(
+    q: Queue,
+    cmd: &Command,
+    data: &Option<(DmaBuf, usize)>,
+) -> Result<Option<usize>, Error> {
+    let op = cmd.opcode();
+    match (transfer_len(q, cmd)?, data) {
+        (Moves::Nothing | Moves::Optional(_), None) => Ok(None),
+        (Moves::Nothing, Some(_)) => Err(Error::Invalid(format!(
+            "opcode {op:#04x} moves no data the driver knows of: no buffer may go with it"
+        ))),
+        (Moves::Bytes(n), None) => Err(Error::Invalid(format!(
+            "opcode {op:#04x} moves {n} bytes: give a buffer of at least that"
+        ))),
+        (Moves::Bytes(n) | Moves::Optional(n), Some((buf, _))) if n > buf.len() => {
+            Err(Error::Invalid(format!(
+                "opcode {op:#04x} moves up to {n} bytes, the buffer holds {}",
+                buf.len()
+            )))
+        }
+        (Moves::Bytes(n) | Moves::Optional(n), Some(_)) => Ok(Some(n)),
+    }
+}
+
 impl Controller {
-    /// Runs an admin command the application built (opcode, namespace and
-    /// command dwords as given; the command ID and data pointer are the
-    /// driver's). With `data`, the first `len` bytes of it are the
-    /// command's data, in the direction the opcode says; the buffer comes
-    /// back with the completion's dword 0. A command that fails gives the
-    /// buffer up (it is dropped, or kept out of reach if the controller
-    /// could not be stopped).
+    /// Runs an admin command the application built (see the
+    /// [module](self) for what is refused). With `data`, the buffer is the
+    /// command's data, in the direction its opcode says: it must hold what
+    /// the command moves (the length given with it is not used: the
+    /// driver knows it from the command); the buffer comes back with the
+    /// completion's dword 0. A command that fails gives the buffer up (it
+    /// is dropped, or kept out of reach if the controller could not be
+    /// stopped).
     pub fn admin_passthru(
+        &self,
+        cmd: Command,
+        data: Option<(DmaBuf, usize)>,
+    ) -> Result<(u32, Option<DmaBuf>), Error> {
+        let cmd = sanitized(cmd);
+        let len = checked(Queue::Admin, &cmd, &data)?;
+        let data = data.zip(len).map(|((buf, _), n)| (buf, n));
+        // SAFETY: the command is one the driver knows, with its length
+        // checked against the buffer, and no data pointer of the caller's.
+        unsafe { self.admin_passthru_unchecked(cmd, data) }
+    }
+
+    /// [`admin_passthru`](Self::admin_passthru) of any command, with the
+    /// data pointer built for the first `len` bytes of `data`.
+    ///
+    /// # Safety
+    ///
+    /// The command moves at most `len` bytes (and none without `data`), and
+    /// gives the controller no other memory and none of the driver's state:
+    /// no queue creation or deletion, no Doorbell Buffer Config, no host
+    /// memory buffer, no metadata pointer; any data pointer in `cmd` is
+    /// replaced (without `data` it is sent as given).
+    pub unsafe fn admin_passthru_unchecked(
         &self,
         mut cmd: Command,
         data: Option<(DmaBuf, usize)>,
@@ -175,13 +322,37 @@ impl Controller {
 }
 
 impl QueuePair {
-    /// Runs an I/O command the application built (opcode, namespace and
-    /// command dwords as given; the command ID and data pointer are the
-    /// driver's) to completion. With `data`, the first `len` bytes of it
-    /// are the command's data, in the direction the opcode says, and the
-    /// buffer comes back; a command that fails gives it up (it is dropped,
-    /// or kept out of reach if the controller could not be stopped).
+    /// Runs an I/O command the application built for namespace `ns` (its
+    /// NSID is set from `ns`) to completion (see the [module](self) for
+    /// what is refused: data transfers other than Read, Write, Compare and
+    /// Dataset Management). With `data`, the buffer is the command's data,
+    /// in the direction its opcode says, and must hold what the command
+    /// moves; it comes back. A command that fails gives it up (it is
+    /// dropped, or kept out of reach if the controller could not be
+    /// stopped).
     pub fn io_passthru(
+        &mut self,
+        ns: &super::Namespace,
+        cmd: Command,
+        data: Option<(DmaBuf, usize)>,
+    ) -> Result<Option<DmaBuf>, Error> {
+        let mut cmd = sanitized(cmd);
+        cmd.nsid = ns.id();
+        let len = checked(Queue::Io(ns.block_size()), &cmd, &data)?;
+        let data = data.zip(len).map(|((buf, _), n)| (buf, n));
+        // SAFETY: as in `Controller::admin_passthru`.
+        unsafe { self.io_passthru_unchecked(cmd, data) }
+    }
+
+    /// [`io_passthru`](Self::io_passthru) of any command, with the data
+    /// pointer built for the first `len` bytes of `data`.
+    ///
+    /// # Safety
+    ///
+    /// As for [`Controller::admin_passthru_unchecked`]: the command moves
+    /// at most `len` bytes (none without `data`) and gives the controller
+    /// no other memory.
+    pub unsafe fn io_passthru_unchecked(
         &mut self,
         mut cmd: Command,
         data: Option<(DmaBuf, usize)>,
