@@ -78,7 +78,7 @@ async fn run(ctrl: &Controller) -> Result<u64, String> {
     let qp = ctrl
         .queue_pair(QueueConfig::default())
         .map_err(|e| e.to_string())?;
-    let aq = Rc::new(AsyncQueuePair::new(qp));
+    let aq = Rc::new(AsyncQueuePair::new(qp).map_err(|(e, _)| e.to_string())?);
     let fd = aq.interrupt_fd().ok_or("no interrupt eventfd")?;
     // SAFETY: the eventfd belongs to the controller's interrupt vectors,
     // which stay open until `ctrl` is dropped, after this function (and

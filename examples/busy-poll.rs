@@ -70,7 +70,7 @@ fn worker(ctrl: &Controller, thread: u64, qd: usize) -> Result<u64, String> {
             ..Default::default()
         })
         .map_err(|e| e.to_string())?;
-    let aq = AsyncQueuePair::new(qp);
+    let aq = AsyncQueuePair::new(qp).map_err(|(e, _)| e.to_string())?;
     let bufs: Vec<_> = (0..qd)
         .map(|_| ctrl.dma_alloc(4096).map_err(|e| e.to_string()))
         .collect::<Result<_, _>>()?;

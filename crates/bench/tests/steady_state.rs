@@ -371,7 +371,8 @@ fn async_io_allocates_nothing_and_makes_no_system_call_per_io() {
                 .map(|_| ctrl.dma_alloc(4096).map(IoBuf::from))
                 .collect::<Result<_, _>>()
                 .map_err(|e| e.to_string())?;
-            Ok((AsyncQueuePair::new(qp), Vec::with_capacity(qd), bufs, qd))
+            let aq = AsyncQueuePair::new(qp).map_err(|(e, _)| e.to_string())?;
+            Ok((aq, Vec::with_capacity(qd), bufs, qd))
         },
         |(aq, futs, bufs, qd), n| {
             let (d0, _) = aq.doorbell_stats();

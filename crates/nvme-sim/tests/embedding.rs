@@ -8,7 +8,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use nvme_sim::{Config, FaultAction, FaultRule, Match, SimController};
-use nvme_vfio::ctrl::{AsyncQueuePair, Controller, Io, PollGroup, QueueConfig};
+use nvme_vfio::ctrl::{AsyncQueuePair, Controller, Io, IoBuf, PollGroup, QueueConfig};
 use nvme_vfio::Error;
 
 fn open() -> (SimController, Controller) {
@@ -47,7 +47,7 @@ fn run_all<F: Future + Unpin>(aq: &AsyncQueuePair, mut futs: Vec<F>) -> Vec<F::O
 fn futures_complete_with_their_own_buffers() {
     let (_sim, ctrl) = open();
     let ns = ctrl.namespace(1).unwrap();
-    let aq = AsyncQueuePair::new(ctrl.queue_pair(QueueConfig::default()).unwrap());
+    let aq = AsyncQueuePair::new(ctrl.queue_pair(QueueConfig::default()).unwrap()).unwrap();
     let n = 64u64;
     let writes = (0..n)
         .map(|i| {
@@ -89,7 +89,7 @@ fn the_queue_pairs_poll_wakes_the_future() {
     }
     let (_sim, ctrl) = open();
     let ns = ctrl.namespace(1).unwrap();
-    let aq = AsyncQueuePair::new(ctrl.queue_pair(QueueConfig::default()).unwrap());
+    let aq = AsyncQueuePair::new(ctrl.queue_pair(QueueConfig::default()).unwrap()).unwrap();
     let count = Arc::new(Count(AtomicUsize::new(0)));
     let waker = Waker::from(count.clone());
     let mut cx = Context::from_waker(&waker);
@@ -125,7 +125,8 @@ fn dropped_futures_and_a_full_queue() {
             ..Default::default()
         })
         .unwrap(),
-    );
+    )
+    .unwrap();
     sim.inject(FaultRule::next(
         Match::io(),
         FaultAction::Delay(Duration::from_millis(50)),
@@ -257,4 +258,191 @@ fn opening_into_a_space_that_is_no_vfio_container_is_refused() {
         other => panic!("{:?}", other.map(|_| ())),
     }
     assert!(ctrl.space().container().is_none());
+}
+
+fn poll_once<F: Future + Unpin>(f: &mut F) -> Poll<F::Output> {
+    let mut cx = Context::from_waker(Waker::noop());
+    Pin::new(f).poll(&mut cx)
+}
+
+fn block_on<F: Future + Unpin>(aq: &AsyncQueuePair, f: &mut F) -> F::Output {
+    let start = Instant::now();
+    loop {
+        if let Poll::Ready(v) = poll_once(f) {
+            return v;
+        }
+        aq.poll();
+        assert!(start.elapsed() < Duration::from_secs(10), "stuck");
+    }
+}
+
+/// A finished future polled again (allowed in safe code) never looks at
+/// the entry it had, which the next request may have: it reports that it
+/// is done, and the next request's future gets its own buffer.
+#[test]
+fn a_finished_future_polled_again_takes_nothing_of_the_next_request() {
+    let (_sim, ctrl) = open();
+    let ns = ctrl.namespace(1).unwrap();
+    let aq = AsyncQueuePair::new(ctrl.queue_pair(QueueConfig::default()).unwrap()).unwrap();
+    let mut f1 = aq
+        .submit(Io::read(&ns, 0, vec![1u8; 4096]))
+        .map_err(|(e, _)| e)
+        .unwrap();
+    let (b1, r1) = block_on(&aq, &mut f1);
+    r1.unwrap();
+    assert_eq!(b1.len(), 4096);
+    let mut f2 = aq
+        .submit(Io::read(&ns, 0, vec![2u8; 8192]))
+        .map_err(|(e, _)| e)
+        .unwrap();
+    while aq.inflight() > 0 {
+        aq.poll();
+    }
+    match poll_once(&mut f1) {
+        Poll::Ready((IoBuf::Raw, Err(Error::Invalid(_)))) => {}
+        Poll::Ready((b, r)) => panic!("f1 again: {} bytes, {r:?}", b.len()),
+        Poll::Pending => panic!("f1 again: pending"),
+    }
+    let (b2, r2) = block_on(&aq, &mut f2);
+    r2.unwrap();
+    assert_eq!(b2.len(), 8192, "f2 keeps its buffer");
+}
+
+/// Only an idle queue pair becomes an `AsyncQueuePair` (completions of
+/// earlier requests carry the caller's tags): a busy one is handed back.
+#[test]
+fn a_busy_queue_pair_is_not_wrapped() {
+    let (_sim, ctrl) = open();
+    let ns = ctrl.namespace(1).unwrap();
+    let mut qp = ctrl.queue_pair(QueueConfig::default()).unwrap();
+    qp.submit(Io::read(&ns, 0, vec![9u8; 512]).tag(0))
+        .map_err(|(e, _)| e)
+        .unwrap();
+    let Err((Error::Invalid(_), mut qp)) = AsyncQueuePair::new(qp) else {
+        panic!("a queue pair with a request in flight was wrapped");
+    };
+    let mut done = Vec::new();
+    while done.is_empty() {
+        qp.poll(&mut done);
+    }
+    assert_eq!(done[0].buf.len(), 512);
+    let aq = AsyncQueuePair::new(qp).unwrap();
+    let mut f = aq
+        .submit(Io::read(&ns, 0, vec![0u8; 4096]))
+        .map_err(|(e, _)| e)
+        .unwrap();
+    let (buf, r) = block_on(&aq, &mut f);
+    r.unwrap();
+    assert_eq!(buf.len(), 4096);
+}
+
+/// `AsyncQueuePair::poll` returns how many requests completed, whether or
+/// not their futures were polled yet.
+#[test]
+fn the_async_poll_counts_completions() {
+    let (_sim, ctrl) = open();
+    let ns = ctrl.namespace(1).unwrap();
+    let aq = AsyncQueuePair::new(ctrl.queue_pair(QueueConfig::default()).unwrap()).unwrap();
+    let mut futs: Vec<_> = (0..3)
+        .map(|i| {
+            aq.submit(Io::read(&ns, i, vec![0u8; 512]))
+                .map_err(|(e, _)| e)
+                .unwrap()
+        })
+        .collect();
+    let mut completed = 0;
+    let start = Instant::now();
+    while aq.inflight() > 0 {
+        completed += aq.poll();
+        assert!(start.elapsed() < Duration::from_secs(10));
+    }
+    assert_eq!(completed, 3);
+    for f in &mut futs {
+        assert!(matches!(poll_once(f), Poll::Ready((_, Ok(())))));
+    }
+}
+
+/// Wakers are the caller's code and run with the queue pair's state
+/// released: one that polls the queue pair, submits, and drops futures
+/// when cloned, woken or dropped causes no double borrow and no lost
+/// wake-up.
+#[test]
+fn wakers_may_use_the_queue_pair() {
+    use std::cell::RefCell;
+    use std::rc::Rc;
+    use std::task::{RawWaker, RawWakerVTable};
+    thread_local! {
+        static AQ: RefCell<Option<Rc<AsyncQueuePair>>> = const { RefCell::new(None) };
+        static HELD: RefCell<Vec<nvme_vfio::ctrl::IoFuture>> = const { RefCell::new(Vec::new()) };
+        static WOKEN: RefCell<u32> = const { RefCell::new(0) };
+    }
+    fn meddle() {
+        // Poll the queue, drop the futures held, submit nothing new.
+        AQ.with(|a| {
+            if let Some(aq) = a.borrow().as_ref() {
+                aq.poll();
+            }
+        });
+        HELD.with(|h| h.borrow_mut().clear());
+    }
+    const VTABLE: RawWakerVTable = RawWakerVTable::new(
+        |p| {
+            meddle();
+            RawWaker::new(p, &VTABLE)
+        },
+        |_| {
+            WOKEN.with(|w| *w.borrow_mut() += 1);
+            meddle();
+        },
+        |_| {
+            WOKEN.with(|w| *w.borrow_mut() += 1);
+            meddle();
+        },
+        |_| meddle(),
+    );
+    let (_sim, ctrl) = open();
+    let ns = ctrl.namespace(1).unwrap();
+    let aq =
+        Rc::new(AsyncQueuePair::new(ctrl.queue_pair(QueueConfig::default()).unwrap()).unwrap());
+    AQ.with(|a| *a.borrow_mut() = Some(aq.clone()));
+    // SAFETY: the vtable's functions ignore the data pointer.
+    let waker = unsafe { Waker::from_raw(RawWaker::new(std::ptr::null(), &VTABLE)) };
+    let mut cx = Context::from_waker(&waker);
+    for round in 0..20u64 {
+        let held = aq
+            .submit(Io::read(&ns, round, vec![0u8; 512]))
+            .map_err(|(e, _)| e)
+            .unwrap();
+        HELD.with(|h| h.borrow_mut().push(held));
+        let mut f = aq
+            .submit(Io::read(&ns, round, vec![0u8; 512]))
+            .map_err(|(e, _)| e)
+            .unwrap();
+        let start = Instant::now();
+        let (buf, r) = loop {
+            if let Poll::Ready(v) = Pin::new(&mut f).poll(&mut cx) {
+                break v;
+            }
+            aq.poll();
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "round {round}: stuck"
+            );
+        };
+        r.unwrap();
+        assert_eq!(buf.len(), 512);
+    }
+    HELD.with(|h| h.borrow_mut().clear());
+    let start = Instant::now();
+    while aq.inflight() > 0 {
+        aq.poll();
+        assert!(start.elapsed() < Duration::from_secs(10));
+    }
+    AQ.with(|a| *a.borrow_mut() = None);
+    drop(waker);
+    let aq = Rc::try_unwrap(aq).expect("no other handle");
+    assert!(
+        aq.into_inner().is_ok(),
+        "every future gone, every entry free"
+    );
 }

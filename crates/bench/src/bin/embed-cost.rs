@@ -199,7 +199,11 @@ fn main() -> ExitCode {
             Setup::Group(g)
         }
         "each" => Setup::Each((0..MEMBERS).map(|_| qp(ctrl, qd)).collect()),
-        "async" => Setup::Async(AsyncQueuePair::new(qp(ctrl, qd))),
+        "async" => Setup::Async(
+            AsyncQueuePair::new(qp(ctrl, qd))
+                .map_err(|(e, _)| e)
+                .expect("an idle queue pair"),
+        ),
         _ => Setup::Sync(qp(ctrl, qd)),
     };
     let done = measured(&mut setup, ctrl, &ns, qd, n);

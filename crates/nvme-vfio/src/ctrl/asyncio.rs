@@ -86,7 +86,7 @@ struct State {
 /// }
 ///
 /// let ns = ctrl.namespace(1)?;
-/// let aq = AsyncQueuePair::new(ctrl.queue_pair(QueueConfig::default())?);
+/// let aq = AsyncQueuePair::new(ctrl.queue_pair(QueueConfig::default())?).map_err(|(e, _)| e)?;
 /// let write = aq.submit(Io::write(&ns, 0, vec![7u8; 4096])).map_err(|(e, _)| e)?;
 /// let (_, written) = block_on(&aq, write);
 /// written?;
@@ -112,10 +112,24 @@ pub struct IoFuture {
 
 impl AsyncQueuePair {
     /// Wraps `qp`: from now on its requests are submitted and completed
-    /// through this object.
-    pub fn new(qp: QueuePair) -> Self {
+    /// through this object. `qp` must be idle (nothing in flight, no
+    /// completion left uncollected): completions of requests submitted
+    /// before would carry tags of the caller's, not futures'. An idle
+    /// queue pair is handed back with the error otherwise.
+    #[allow(clippy::result_large_err)]
+    pub fn new(qp: QueuePair) -> Result<Self, (Error, QueuePair)> {
+        if qp.inflight() > 0 || qp.has_uncollected() {
+            return Err((
+                Error::Invalid(
+                    "the queue pair has requests in flight or completions not yet \
+                     collected: poll it empty first"
+                        .into(),
+                ),
+                qp,
+            ));
+        }
         let depth = qp.depth();
-        AsyncQueuePair {
+        Ok(AsyncQueuePair {
             state: Rc::new(RefCell::new(State {
                 qp,
                 cells: (0..depth).map(|_| Cell::Free).collect(),
@@ -123,7 +137,7 @@ impl AsyncQueuePair {
                 done: Vec::with_capacity(depth),
                 wake: Vec::with_capacity(depth),
             })),
-        }
+        })
     }
 
     /// Queues `io` and returns the future of its completion. The request's
@@ -157,13 +171,13 @@ impl AsyncQueuePair {
     /// futures; returns how many completed. Checks timeouts (see
     /// [`QueuePair::poll`]).
     pub fn poll(&self) -> usize {
-        let mut wake = {
+        let wake = {
             let mut s = self.state.borrow_mut();
             let s = &mut *s;
-            let n = s.qp.poll(&mut s.done);
-            if n == 0 {
+            if s.qp.poll(&mut s.done) == 0 {
                 return 0;
             }
+            let n = s.done.len();
             for d in s.done.drain(..) {
                 let Some(cell) = s.cells.get_mut(d.tag as usize) else {
                     continue;
@@ -181,14 +195,19 @@ impl AsyncQueuePair {
                     other => *cell = other,
                 }
             }
-            core::mem::take(&mut s.wake)
+            (core::mem::take(&mut s.wake), n)
         };
-        let n = wake.len();
+        let (mut wake, n) = wake;
         // Woken with the state released: a waker may run a future.
         for w in wake.drain(..) {
             w.wake();
         }
-        self.state.borrow_mut().wake = wake;
+        // Kept for its capacity, unless a waker's future took its place.
+        if let Ok(mut s) = self.state.try_borrow_mut() {
+            if s.wake.capacity() < wake.capacity() {
+                s.wake = wake;
+            }
+        }
         n
     }
 
@@ -236,37 +255,66 @@ impl Future for IoFuture {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
+        let done_already = || {
+            Poll::Ready((
+                IoBuf::Raw,
+                Err(Error::Invalid("future polled after it completed".into())),
+            ))
+        };
+        if this.finished {
+            // Its entry may be another request's by now: never looked at.
+            return done_already();
+        }
+        // No code of the caller's (waker clone, wake or drop) runs while
+        // the state is borrowed: it may use this queue pair.
+        let old = {
+            let mut s = this.state.borrow_mut();
+            let s = &mut *s;
+            let Some(cell) = s.cells.get_mut(this.cell as usize) else {
+                return done_already();
+            };
+            match core::mem::take(cell) {
+                Cell::Done(buf, result) => {
+                    s.free.push(this.cell);
+                    this.finished = true;
+                    return Poll::Ready((buf, result));
+                }
+                Cell::Waiting(waker) => {
+                    // Published now if it was not yet (nothing if it was).
+                    s.qp.flush();
+                    *cell = Cell::Waiting(None);
+                    waker
+                }
+                other => {
+                    *cell = other;
+                    return done_already();
+                }
+            }
+        };
+        let waker = match old {
+            Some(w) if w.will_wake(cx.waker()) => w,
+            old => {
+                drop(old);
+                cx.waker().clone()
+            }
+        };
         let mut s = this.state.borrow_mut();
         let s = &mut *s;
-        let Some(cell) = s.cells.get_mut(this.cell as usize) else {
-            return Poll::Ready((
-                IoBuf::Raw,
-                Err(Error::Invalid("polled after completion".into())),
-            ));
-        };
-        match core::mem::take(cell) {
-            Cell::Done(buf, result) => {
+        match s.cells.get_mut(this.cell as usize) {
+            Some(Cell::Waiting(slot)) => {
+                *slot = Some(waker);
+                Poll::Pending
+            }
+            // Completed while the waker was cloned (it polled the queue).
+            Some(cell @ Cell::Done(..)) => {
+                let Cell::Done(buf, result) = core::mem::take(cell) else {
+                    unreachable!("matched above")
+                };
                 s.free.push(this.cell);
                 this.finished = true;
                 Poll::Ready((buf, result))
             }
-            Cell::Waiting(waker) => {
-                let waker = match waker {
-                    Some(w) if w.will_wake(cx.waker()) => w,
-                    _ => cx.waker().clone(),
-                };
-                *cell = Cell::Waiting(Some(waker));
-                // Published now if it was not yet (nothing if it was).
-                s.qp.flush();
-                Poll::Pending
-            }
-            other => {
-                *cell = other;
-                Poll::Ready((
-                    IoBuf::Raw,
-                    Err(Error::Invalid("polled after completion".into())),
-                ))
-            }
+            _ => done_already(),
         }
     }
 }
@@ -276,18 +324,33 @@ impl Drop for IoFuture {
         if self.finished {
             return;
         }
-        let Ok(mut s) = self.state.try_borrow_mut() else {
+        // No code of the caller's runs while the state is borrowed, so it
+        // is free here.
+        let Ok(mut guard) = self.state.try_borrow_mut() else {
             return;
         };
-        let s = &mut *s;
+        let s = &mut *guard;
         let Some(cell) = s.cells.get_mut(self.cell as usize) else {
             return;
         };
-        match core::mem::take(cell) {
+        let old = match core::mem::take(cell) {
             // Completed, never taken: the buffer goes now.
-            Cell::Done(..) => s.free.push(self.cell),
-            Cell::Waiting(_) => *cell = Cell::Abandoned,
-            other => *cell = other,
-        }
+            Cell::Done(buf, result) => {
+                s.free.push(self.cell);
+                drop((buf, result));
+                None
+            }
+            Cell::Waiting(waker) => {
+                *cell = Cell::Abandoned;
+                waker
+            }
+            other => {
+                *cell = other;
+                None
+            }
+        };
+        drop(guard);
+        // The waker (the caller's code) is dropped with the state released.
+        drop(old);
     }
 }

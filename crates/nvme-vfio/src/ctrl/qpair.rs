@@ -269,6 +269,12 @@ impl QueuePair {
         self.device_errors
     }
 
+    /// Whether completions were collected (by a blocking call) that
+    /// [`poll`](Self::poll) has not handed out yet.
+    pub(super) fn has_uncollected(&self) -> bool {
+        !self.stash.is_empty()
+    }
+
     /// Most commands that can be in flight at once.
     pub fn depth(&self) -> usize {
         self.inflight.depth()
