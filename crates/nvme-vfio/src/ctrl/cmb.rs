@@ -29,8 +29,9 @@ pub(crate) struct Cmb {
     /// The device-memory region in the DMA space; dropped before the BAR
     /// mapping it describes (fields drop in order).
     _region: Registration,
-    /// Keeps the BAR mapping alive as long as any buffer.
-    _bar: Bar,
+    /// Keeps the BAR mapping alive as long as any buffer (shared with the
+    /// PCI function, which releases it when the device is taken away).
+    bar: Arc<Bar>,
     space: Arc<DmaSpace>,
     host: NonNull<u8>,
     bus: Iova,
@@ -40,11 +41,18 @@ pub(crate) struct Cmb {
     pub(crate) cmbmsc: u64,
 }
 
-// SAFETY: `host` points into the BAR mapping `_bar` owns; accesses through
+// SAFETY: `host` points into the BAR mapping `bar` owns; accesses through
 // it are volatile and to disjoint buffers handed out by `free`.
 unsafe impl Send for Cmb {}
 // SAFETY: as above.
 unsafe impl Sync for Cmb {}
+
+impl Cmb {
+    /// The BAR mapping the buffer lies in.
+    pub(crate) fn bar(&self) -> &Arc<Bar> {
+        &self.bar
+    }
+}
 
 impl core::fmt::Debug for Cmb {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
@@ -98,7 +106,7 @@ impl Cmb {
         free.add(0, len);
         Ok(Some(Cmb {
             _region: region,
-            _bar: bar,
+            bar: Arc::new(bar),
             space: space.clone(),
             host,
             bus,

@@ -77,6 +77,37 @@ impl PciFunction for crate::vfio::Device {
 pub(super) struct VfioFunction {
     pub(super) device: std::sync::Arc<crate::vfio::Device>,
     pub(super) bar: std::sync::Arc<crate::vfio::Bar>,
+    /// Other BARs mapped for the controller (its memory buffer's).
+    pub(super) more_bars: std::sync::Mutex<Vec<std::sync::Arc<crate::vfio::Bar>>>,
+    /// Set once the device was let go of.
+    pub(super) released: std::sync::atomic::AtomicBool,
+}
+
+impl VfioFunction {
+    /// A function whose BAR 0 mapping is `bar`.
+    pub(super) fn new(
+        device: std::sync::Arc<crate::vfio::Device>,
+        bar: std::sync::Arc<crate::vfio::Bar>,
+    ) -> Self {
+        VfioFunction {
+            device,
+            bar,
+            more_bars: std::sync::Mutex::new(Vec::new()),
+            released: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    /// Adds another BAR mapping of the device, released with it (at once
+    /// if the device was let go of already).
+    pub(super) fn add_bar(&self, bar: std::sync::Arc<crate::vfio::Bar>) {
+        let mut bars = self.more_bars.lock().unwrap_or_else(|e| e.into_inner());
+        if self.released.load(std::sync::atomic::Ordering::SeqCst) {
+            if let Err(e) = bar.release() {
+                log::error!("releasing BAR {}: {e}", bar.index());
+            }
+        }
+        bars.push(bar);
+    }
 }
 
 impl PciFunction for VfioFunction {
@@ -97,10 +128,16 @@ impl PciFunction for VfioFunction {
     }
 
     fn release(&self) {
-        // The BAR first: its mapping keeps the device file open too.
-        if let Err(e) = self.bar.release() {
-            log::error!("releasing BAR 0: {e}");
+        // The BARs first: their mappings keep the device file open too.
+        let bars = self.more_bars.lock().unwrap_or_else(|e| e.into_inner());
+        self.released
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        for bar in std::iter::once(&self.bar).chain(bars.iter()) {
+            if let Err(e) = bar.release() {
+                log::error!("releasing BAR {}: {e}", bar.index());
+            }
         }
+        drop(bars);
         if let Err(e) = self.device.release() {
             log::error!("releasing the device file: {e}");
         }

@@ -102,6 +102,10 @@ impl PollGroup {
     /// `on_done` with its member number and the member itself (to submit
     /// the next request right there); returns how many there were.
     /// Timeouts of every member are checked against one clock reading.
+    ///
+    /// When the budget runs out, completions may be left in the queues;
+    /// in interrupt mode they raise no new interrupt: poll again (until a
+    /// call returns less than its budget) before going back to sleep.
     pub fn poll(
         &mut self,
         budget: usize,

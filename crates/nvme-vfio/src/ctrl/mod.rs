@@ -221,13 +221,12 @@ impl Controller {
             None
         };
         let want_cmb = config.cmb;
-        let function = Arc::new(function::VfioFunction {
-            device: dev.clone(),
-            bar: bar.clone(),
-        });
-        let mut ctrl = Self::build(bar, space.clone(), config, Some(function), msix)?;
+        let function = Arc::new(function::VfioFunction::new(dev.clone(), bar.clone()));
+        let mut ctrl = Self::build(bar, space.clone(), config, Some(function.clone()), msix)?;
         if want_cmb && ctrl.shared.cap.cmb_supported() {
             if let Some(cmb) = cmb::Cmb::enable(&dev, &*ctrl.shared.regs, &space)? {
+                // Let go of with the device when the kernel asks for it.
+                function.add_bar(cmb.bar().clone());
                 ctrl.shared
                     .cmbmsc
                     .store(cmb.cmbmsc, std::sync::atomic::Ordering::SeqCst);
@@ -387,7 +386,10 @@ impl Controller {
             dbbuf: std::mem::ManuallyDrop::new(std::sync::OnceLock::new()),
             watcher: Mutex::new(None),
         });
-        watch_removal(&shared);
+        // Armed now (a request during bring-up is kept by the eventfd),
+        // watched once the controller is up: bring-up's own enable is not
+        // serialized with a removal.
+        let request = arm_removal_notice(&shared);
         shared.enable()?;
         let mut ctrl = Controller {
             shared,
@@ -409,6 +411,9 @@ impl Controller {
             .error_log_entries
             .set(ctrl.identify.0[262] as usize + 1);
         ctrl.shared.start_events(caps.0, caps.1, false);
+        if let Some(fd) = request {
+            watch_removal(&ctrl.shared, fd);
+        }
         log::info!(
             "controller up: {} (serial {}, firmware {}), {} I/O queues, {} bytes per command",
             ctrl.identify.model(),
@@ -733,21 +738,28 @@ impl Controller {
     }
 }
 
-/// Starts the thread that waits for the device's owner to ask for it back
-/// (see [`unplug`]), when the PCI function has such a notice.
-fn watch_removal(shared: &Arc<shared::Shared>) {
-    let Some(f) = &shared.function else { return };
+/// Arms the notice of the device's owner asking for it back (see
+/// [`unplug`]), when the PCI function has one.
+fn arm_removal_notice(shared: &shared::Shared) -> Option<std::os::fd::OwnedFd> {
+    let f = shared.function.as_ref()?;
     match f.request_notifier() {
-        Ok(Some(fd)) => match unplug::Watcher::start(Arc::downgrade(shared), fd) {
-            Ok(w) => *lock(&shared.watcher) = Some(w),
-            Err(e) => log::warn!(
-                "cannot start the thread waiting for device removal: {e}; \
+        Ok(fd) => fd,
+        Err(e) => {
+            log::warn!(
+                "device request interrupt unavailable: {e}; \
                  a removal is noticed only when the device stops answering"
-            ),
-        },
-        Ok(None) => {}
+            );
+            None
+        }
+    }
+}
+
+/// Starts the thread that waits on `request` (see [`unplug`]).
+fn watch_removal(shared: &Arc<shared::Shared>, request: std::os::fd::OwnedFd) {
+    match unplug::Watcher::start(Arc::downgrade(shared), request) {
+        Ok(w) => *lock(&shared.watcher) = Some(w),
         Err(e) => log::warn!(
-            "device request interrupt unavailable: {e}; \
+            "cannot start the thread waiting for device removal: {e}; \
              a removal is noticed only when the device stops answering"
         ),
     }

@@ -1225,6 +1225,11 @@ impl Drop for QueuePair {
             }
         }
         self.shared.remove_publisher(&self.publishing);
+        // A reset, close or removal in progress decides whether the
+        // queues are gone: wait for it (bounded by its own CAP.TO waits).
+        while self.shared.is_resetting() {
+            std::thread::sleep(std::time::Duration::from_micros(100));
+        }
         // The queues are gone from the controller if deleted, or if a reset
         // or a stop (which the device acknowledged) took them.
         let queues_gone = (sq_deleted && cq_deleted)

@@ -694,6 +694,11 @@ impl Shared {
     pub(crate) fn reset(&self) -> Result<(), Error> {
         use std::sync::atomic::Ordering::SeqCst;
         if self.is_dead() || self.is_closed() || self.is_lost() {
+            // A close or a removal in progress stops the device first:
+            // only once it is done may the caller's buffers go back.
+            while self.is_resetting() {
+                std::thread::sleep(Duration::from_micros(100));
+            }
             return Err(self.stopped_error());
         }
         if self.state.fetch_or(RESETTING, SeqCst) & RESETTING != 0 {

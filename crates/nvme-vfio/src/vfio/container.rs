@@ -75,16 +75,7 @@ impl Container {
         sys::group_set_container(&group_file, &file)
             .map_err(VfioError::ioctl("VFIO_GROUP_SET_CONTAINER"))?;
         sys::set_iommu(&file, b::VFIO_TYPE1v2_IOMMU).map_err(VfioError::ioctl("VFIO_SET_IOMMU"))?;
-        let buf = info::query(
-            size_of::<b::vfio_iommu_type1_info>(),
-            |_| {},
-            |buf| sys::iommu_get_info(&file, buf),
-        )
-        .map_err(VfioError::ioctl("VFIO_IOMMU_GET_INFO"))?;
-        let info = info::parse_iommu_info(&buf).map_err(|reason| VfioError::Malformed {
-            what: "VFIO_IOMMU_GET_INFO answer",
-            reason,
-        })?;
+        let info = query_info(&file)?;
         let container = Arc::new(Container {
             file,
             sysfs,
@@ -110,6 +101,26 @@ impl Container {
         sys::group_set_container(&file, &self.file)
             .map_err(VfioError::ioctl("VFIO_GROUP_SET_CONTAINER"))?;
         let group = Arc::new(Group::new(file, number, Arc::clone(self)));
+        // The IOVA space was laid out by the ranges the container had: a
+        // group whose IOMMU or reserved regions narrow them (or change
+        // the page sizes) cannot share it. Dropping `group` detaches it.
+        let fits = query_info(&self.file).map(|now| {
+            let covered = self.info.iova_ranges.iter().all(|r| {
+                now.iova_ranges
+                    .iter()
+                    .any(|n| n.start() <= r.start() && r.end() <= n.end())
+            });
+            covered && now.page_sizes & self.info.page_sizes == self.info.page_sizes
+        });
+        if !matches!(fits, Ok(true)) {
+            // Unlocked first: the group's drop forgets it in the map.
+            drop(groups);
+            drop(group);
+            return Err(match fits {
+                Err(e) => e,
+                _ => VfioError::IncompatibleGroup { group: number },
+            });
+        }
         groups.insert(number, Arc::downgrade(&group));
         Ok(group)
     }
@@ -242,4 +253,18 @@ unsafe impl DmaMap for Container {
             });
         Ok(unmapped)
     }
+}
+
+/// VFIO_IOMMU_GET_INFO of a container whose IOMMU is set.
+fn query_info(file: &File) -> Result<IommuInfo, VfioError> {
+    let buf = info::query(
+        size_of::<b::vfio_iommu_type1_info>(),
+        |_| {},
+        |buf| sys::iommu_get_info(file, buf),
+    )
+    .map_err(VfioError::ioctl("VFIO_IOMMU_GET_INFO"))?;
+    info::parse_iommu_info(&buf).map_err(|reason| VfioError::Malformed {
+        what: "VFIO_IOMMU_GET_INFO answer",
+        reason,
+    })
 }

@@ -251,6 +251,16 @@ pub enum VfioError {
     /// Creating an eventfd failed.
     #[error("eventfd creation failed")]
     Eventfd(#[source] io::Error),
+    /// A group attached to a container that other devices use narrows the
+    /// container's valid IOVA ranges or page sizes (its IOMMU or reserved
+    /// regions differ), which the memory already laid out in it relies on.
+    #[error(
+        "IOMMU group {group} would narrow the shared container's IOVA ranges; open its device in a DMA space of its own"
+    )]
+    IncompatibleGroup {
+        /// The group.
+        group: u32,
+    },
     /// Letting go of the device (replacing its file descriptor, or its
     /// BAR mappings) failed.
     #[error("releasing the device failed")]

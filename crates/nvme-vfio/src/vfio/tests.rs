@@ -247,6 +247,31 @@ fn devices_share_a_container() {
     assert!(fake::with(|k| k.iommu.mappings.is_empty()));
 }
 
+/// A group whose IOMMU narrows the container's valid IOVA ranges (other
+/// reserved regions) cannot join it: the IOVA space was laid out by the
+/// ranges the container had. The group is detached again.
+#[test]
+fn a_group_that_narrows_the_iova_ranges_does_not_join() {
+    let t = system();
+    t.add("0000:00:04.0", Some(4), Some("vfio-pci"));
+    fake::with(|k| {
+        let nvme = k.devices[NVME].clone();
+        k.groups.insert(4, fake::Group::viable(&["0000:00:04.0"]));
+        k.devices.insert("0000:00:04.0".into(), nvme);
+    });
+    let a = open(&t, NVME).unwrap();
+    // The second group's reserved regions take a window out.
+    fake::with(|k| k.iommu.ranges = vec![(0, 0xfedf_ffff), (0xff00_0000, 0x7f_ffff_ffff)]);
+    match Device::open_in(a.container(), addr("0000:00:04.0")) {
+        Err(VfioError::IncompatibleGroup { group: 4 }) => {}
+        other => panic!("{other:?}"),
+    }
+    // Same ranges (or wider): it joins.
+    fake::with(|k| k.iommu.ranges = vec![(0, 0x7f_ffff_ffff)]);
+    let b = Device::open_in(a.container(), addr("0000:00:04.0")).unwrap();
+    assert!(Arc::ptr_eq(a.container(), b.container()));
+}
+
 #[test]
 fn config_space_and_bus_master() {
     let t = system();
