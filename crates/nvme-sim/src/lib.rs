@@ -96,7 +96,7 @@ mod irq;
 mod regs;
 mod storage;
 
-pub use config::{Config, NamespaceConfig};
+pub use config::{Config, NamespaceConfig, ZoneConfig};
 pub use controller::{Released, SimController, Stats};
 pub use fault::{CqeCorruption, ErrorDetail, FaultAction, FaultRule, Match};
 pub use iommu::{IommuConfig, Mapping, SimIommu};
