@@ -548,7 +548,10 @@ fn list(devices: &[String], json: bool) -> Result<(), Fail> {
             ),
             Some(Err(e)) => println!("{a:<14} (cannot open: {e})"),
             Some(Ok(c)) if c.namespaces.is_empty() => {
-                println!("{a:<14} {:<20} {:<24} (no active namespace)", c.serial, c.model)
+                println!(
+                    "{a:<14} {:<20} {:<24} (no active namespace)",
+                    c.serial, c.model
+                )
             }
             Some(Ok(c)) => {
                 for n in &c.namespaces {
@@ -559,11 +562,7 @@ fn list(devices: &[String], json: bool) -> Result<(), Fail> {
                                 si(u.nuse.saturating_mul(u.block_size)),
                                 si(u.nsze.saturating_mul(u.block_size))
                             ),
-                            format!(
-                                "{} + {} B",
-                                block_bytes(u.block_size),
-                                u.metadata
-                            ),
+                            format!("{} + {} B", block_bytes(u.block_size), u.metadata),
                         ),
                         Err(e) => (format!("({e})"), "-".into()),
                     };
@@ -796,7 +795,9 @@ fn id_ns(ctrl: &Controller, nsid: u32, json: bool) -> Result<(), Fail> {
         );
     } else {
         let limit = |v: Option<u32>, what: &str| {
-            v.map_or("no limit".to_string(), |n| format!("{n} {what} zones at most"))
+            v.map_or("no limit".to_string(), |n| {
+                format!("{n} {what} zones at most")
+            })
         };
         println!("NVME Identify Namespace {nsid}:");
         println!("nsze    : {:#x}", id.nsze());

@@ -409,7 +409,9 @@ impl Config {
                     return bad("a zoned namespace needs io_command_sets");
                 }
                 if z.zone_blocks == 0 || ns.blocks % z.zone_blocks != 0 {
-                    return bad("a zoned namespace's size must be a multiple of a non-zero zone size");
+                    return bad(
+                        "a zoned namespace's size must be a multiple of a non-zero zone size",
+                    );
                 }
                 if z.max_open != 0 && z.max_active != 0 && z.max_open > z.max_active {
                     return bad("a zoned namespace's max_open must not exceed max_active");

@@ -57,7 +57,10 @@ impl Zones {
     pub(crate) fn write(&self, lba: u64, n: u64) -> Result<(), ZoneError> {
         let zb = self.config.zone_blocks.max(1);
         let zone = lba / zb;
-        let mut wps = self.write_pointers.lock().unwrap_or_else(|e| e.into_inner());
+        let mut wps = self
+            .write_pointers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         let Some(wp) = usize::try_from(zone).ok().and_then(|z| wps.get_mut(z)) else {
             return Err(ZoneError::InvalidWrite);
         };

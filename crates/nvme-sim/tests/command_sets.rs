@@ -77,7 +77,10 @@ fn the_driver_enables_every_command_set_and_finds_each_namespaces() {
     );
     assert_eq!(ctrl.active_namespaces().unwrap(), vec![1, 2]);
     assert_eq!(ctrl.active_namespaces_of(CommandSet::Nvm).unwrap(), vec![1]);
-    assert_eq!(ctrl.active_namespaces_of(CommandSet::Zoned).unwrap(), vec![2]);
+    assert_eq!(
+        ctrl.active_namespaces_of(CommandSet::Zoned).unwrap(),
+        vec![2]
+    );
     // A command set the controller does not have: its status.
     assert!(matches!(
         ctrl.active_namespaces_of(CommandSet::KeyValue),
@@ -90,14 +93,25 @@ fn the_driver_enables_every_command_set_and_finds_each_namespaces() {
     let ids = info.ids.expect("descriptor list");
     assert_eq!(ids.csi, Some(2));
     assert!(ids.uuid.is_some());
-    let ind = info.independent.expect("CNS 08h on a controller with I/O command sets");
+    let ind = info
+        .independent
+        .expect("CNS 08h on a controller with I/O command sets");
     assert!(ind.ready() && !ind.write_protected());
     assert_eq!(info.identify.unwrap().nsze(), 8 * ZONE);
     assert!(ctrl.namespace_info(1).unwrap().zoned.is_none());
 
-    assert!(matches!(ctrl.namespace(3), Err(Error::NoNamespace { nsid: 3 })));
-    assert!(matches!(ctrl.namespace_info(3), Err(Error::NoNamespace { nsid: 3 })));
-    assert!(matches!(ctrl.namespace(0), Err(Error::NoNamespace { nsid: 0 })));
+    assert!(matches!(
+        ctrl.namespace(3),
+        Err(Error::NoNamespace { nsid: 3 })
+    ));
+    assert!(matches!(
+        ctrl.namespace_info(3),
+        Err(Error::NoNamespace { nsid: 3 })
+    ));
+    assert!(matches!(
+        ctrl.namespace(0),
+        Err(Error::NoNamespace { nsid: 0 })
+    ));
 }
 
 #[test]
@@ -179,7 +193,10 @@ fn writes_to_a_zoned_namespace_are_refused_before_submission() {
     // Larger than one wave of the queue pair: refused whole, not per wave.
     let big = vec![0u8; 8 << 20];
     let e = qp.write(&ns, 0, &big[..(8 * ZONE * 512) as usize], false);
-    assert!(is_zoned_refusal(&e.unwrap_err()), "a write of the whole namespace");
+    assert!(
+        is_zoned_refusal(&e.unwrap_err()),
+        "a write of the whole namespace"
+    );
     let e = qp.write_zeroes(&ns, 0, 8).unwrap_err();
     assert!(is_zoned_refusal(&e), "write zeroes: {e}");
 
@@ -193,14 +210,19 @@ fn writes_to_a_zoned_namespace_are_refused_before_submission() {
         "no blocking write reached the controller"
     );
     let buf = ctrl.dma_alloc(4096).unwrap();
-    qp.submit(Io::read(&ns, 0, buf)).map_err(|(e, _)| e).unwrap();
+    qp.submit(Io::read(&ns, 0, buf))
+        .map_err(|(e, _)| e)
+        .unwrap();
     let (buf, r) = common::driver::wait_all(&mut qp, 1)
         .pop()
         .unwrap()
         .into_parts();
     r.unwrap();
     let before = sim.stats().io_commands;
-    for io in [Io::write(&ns, 0, buf), Io::write(&ns, 0, vec![9u8; 4096]).fua()] {
+    for io in [
+        Io::write(&ns, 0, buf),
+        Io::write(&ns, 0, vec![9u8; 4096]).fua(),
+    ] {
         let (e, back) = qp.submit(io).unwrap_err();
         assert!(is_zoned_refusal(&e), "submit: {e}");
         assert_eq!(back.into_buf().len(), 4096);
@@ -262,7 +284,10 @@ fn the_model_answers_the_command_set_identify_values() {
     let mut d = raw_driver(two_namespaces(), css::ALL_IO);
     let (s, b) = identify(&mut d, Command::identify(cns::NAMESPACE_DESCRIPTORS, 2));
     assert!(s.is_success());
-    assert_eq!(NamespaceIds::parse(&b).command_set(), Some(CommandSet::Zoned));
+    assert_eq!(
+        NamespaceIds::parse(&b).command_set(),
+        Some(CommandSet::Zoned)
+    );
     let (s, b) = identify(&mut d, Command::identify(cns::NAMESPACE_DESCRIPTORS, 1));
     assert!(s.is_success());
     assert_eq!(NamespaceIds::parse(&b).command_set(), Some(CommandSet::Nvm));
@@ -274,7 +299,11 @@ fn the_model_answers_the_command_set_identify_values() {
     let mut z = IdentifyZonedNamespace::default();
     z.0.copy_from_slice(&b);
     assert_eq!(z.zone_size(0), Some(ZONE));
-    assert_eq!(z.zone_size(1), Some(ZONE / 8), "the same zones in 4 KiB blocks");
+    assert_eq!(
+        z.zone_size(1),
+        Some(ZONE / 8),
+        "the same zones in 4 KiB blocks"
+    );
     assert_eq!((z.mor(), z.mar()), (5, 9));
     let (s, _) = identify(&mut d, Command::identify_csi(cns::CSI_NAMESPACE, 1, 2));
     assert_eq!(st(s), (0, 0x02, true), "zoned data of an NVM namespace");
@@ -283,12 +312,22 @@ fn the_model_answers_the_command_set_identify_values() {
     let (s, _) = identify(&mut d, Command::identify_csi(cns::CSI_CONTROLLER, 0, 2));
     assert!(s.is_success());
     let (s, _) = identify(&mut d, Command::identify_csi(cns::CSI_CONTROLLER, 0, 1));
-    assert_eq!(st(s), (0, 0x02, true), "Key Value: not a command set it has");
+    assert_eq!(
+        st(s),
+        (0, 0x02, true),
+        "Key Value: not a command set it has"
+    );
 
-    let (s, b) = identify(&mut d, Command::identify_csi(cns::CSI_ACTIVE_NAMESPACES, 0, 2));
+    let (s, b) = identify(
+        &mut d,
+        Command::identify_csi(cns::CSI_ACTIVE_NAMESPACES, 0, 2),
+    );
     assert!(s.is_success());
     assert_eq!(id_list(&b), vec![2]);
-    let (s, b) = identify(&mut d, Command::identify_csi(cns::CSI_ACTIVE_NAMESPACES, 1, 0));
+    let (s, b) = identify(
+        &mut d,
+        Command::identify_csi(cns::CSI_ACTIVE_NAMESPACES, 1, 0),
+    );
     assert!(s.is_success());
     assert!(id_list(&b).is_empty(), "no NVM namespace above 1");
     let (s, b) = identify(&mut d, Command::identify(cns::ACTIVE_NAMESPACES, 0));
@@ -299,7 +338,10 @@ fn the_model_answers_the_command_set_identify_values() {
     assert!(s.is_success());
     assert_eq!(b[14], 1, "NSTAT: ready");
     let (s, b) = identify(&mut d, Command::identify(cns::INDEPENDENT_NAMESPACE, 9));
-    assert!(s.is_success() && b.iter().all(|&x| x == 0), "inactive: zeroes");
+    assert!(
+        s.is_success() && b.iter().all(|&x| x == 0),
+        "inactive: zeroes"
+    );
 }
 
 #[test]
@@ -318,7 +360,10 @@ fn the_models_zones_take_writes_at_their_write_pointer_only() {
     wz.nsid = 2;
     assert_eq!(st(d.run(1, wz).status()), (1, 0xb8, true));
     // A read across a zone boundary: Zone Boundary Error; inside one: fine.
-    assert_eq!(st(d.prp_rw(false, 2, ZONE - 4, 8, buf, 4096)), (1, 0xb8, true));
+    assert_eq!(
+        st(d.prp_rw(false, 2, ZONE - 4, 8, buf, 4096)),
+        (1, 0xb8, true)
+    );
     assert!(d.prp_rw(false, 2, 0, 16, buf, 8192).is_success());
     let mut back = vec![0u8; 4096];
     d.sim.read_blocks(2, 0, &mut back).unwrap();
@@ -347,7 +392,8 @@ fn with_cc_css_nvm_a_zoned_namespace_is_inactive() {
 fn the_model_refuses_cc_css_110b_without_io_command_sets() {
     let mut d = Driver::new_disabled(Config::default().io_command_sets(false));
     d.program_admin(32);
-    d.sim.write32(offset::CC, Driver::cc().with_css(css::ALL_IO).0);
+    d.sim
+        .write32(offset::CC, Driver::cc().with_css(css::ALL_IO).0);
     common::wait_for("CSTS.CFS = 1", || d.csts().fatal());
     assert!(!d.csts().ready());
 }
@@ -360,9 +406,8 @@ fn zoned_configurations_are_checked() {
         Config::default()
             .namespaces(&[NamespaceConfig::new(1024, 512).zoned(512)])
             .io_command_sets(false),
-        Config::default().namespaces(&[NamespaceConfig::new(1024, 512)
-            .zoned(512)
-            .zone_limits(4, 2)]),
+        Config::default()
+            .namespaces(&[NamespaceConfig::new(1024, 512).zoned(512).zone_limits(4, 2)]),
     ];
     for c in bad {
         assert!(SimController::new(c.clone()).is_err(), "{:?}", c.namespaces);

@@ -117,7 +117,9 @@ pub enum Error {
     },
     /// A namespace of an I/O command set the driver does no block I/O on
     /// (only NVM and, for reads, Zoned Namespace).
-    #[error("namespace {nsid} uses the {command_set} command set, which this driver does not support")]
+    #[error(
+        "namespace {nsid} uses the {command_set} command set, which this driver does not support"
+    )]
     UnsupportedCommandSet {
         /// The namespace ID.
         nsid: u32,

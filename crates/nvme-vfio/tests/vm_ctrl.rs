@@ -795,7 +795,9 @@ fn the_shapes_scenario_controller() {
 fn a_zoned_namespace_reads_and_refuses_writes() {
     use nvme_vfio::ctrl::{CommandSet, Io, NamespaceEntry};
     if std::env::var("NVME_VM_SCENARIO").as_deref() != Ok("zoned") {
-        eprintln!("skipped: needs the VM's zoned scenario (QEMU nvme-ns zoned=true as namespace 2)");
+        eprintln!(
+            "skipped: needs the VM's zoned scenario (QEMU nvme-ns zoned=true as namespace 2)"
+        );
         return;
     }
     assert_eq!(
@@ -814,7 +816,10 @@ fn a_zoned_namespace_reads_and_refuses_writes() {
         ctrl.list_namespaces().unwrap(),
         vec![entry(1, CommandSet::Nvm), entry(2, CommandSet::Zoned)]
     );
-    assert_eq!(ctrl.active_namespaces_of(CommandSet::Zoned).unwrap(), vec![2]);
+    assert_eq!(
+        ctrl.active_namespaces_of(CommandSet::Zoned).unwrap(),
+        vec![2]
+    );
     assert_eq!(ctrl.active_namespaces_of(CommandSet::Nvm).unwrap(), vec![1]);
     let nvm = ctrl.namespace(1).unwrap();
     assert_eq!(nvm.command_set(), CommandSet::Nvm);
@@ -835,11 +840,16 @@ fn a_zoned_namespace_reads_and_refuses_writes() {
     let mut back = vec![0u8; 64 << 10];
     for lba in [0, 8192 + 8, 131072 - 128] {
         qp.read(&ns, lba, &mut back).unwrap();
-        assert!(back.iter().all(|&b| b == 0x5a), "read at {lba}: the prefill");
+        assert!(
+            back.iter().all(|&b| b == 0x5a),
+            "read at {lba}: the prefill"
+        );
     }
     let mut buf = ctrl.dma_alloc(4096).unwrap();
     buf.as_mut_slice().fill(0);
-    qp.submit(Io::read(&ns, 16, buf)).map_err(|(e, _)| e).unwrap();
+    qp.submit(Io::read(&ns, 16, buf))
+        .map_err(|(e, _)| e)
+        .unwrap();
     let mut done = Vec::new();
     while done.is_empty() {
         qp.poll(&mut done);

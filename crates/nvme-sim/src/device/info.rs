@@ -230,7 +230,10 @@ impl Device {
     /// holds a generic status code.
     fn identify_command_set(&self, cns: u8, cmd: &Command) -> Result<Box<[u8; IDENTIFY_LEN]>, u8> {
         let csi = cmd.identify_csi_field();
-        let known = matches!(CommandSet::from_csi(csi), CommandSet::Nvm | CommandSet::Zoned);
+        let known = matches!(
+            CommandSet::from_csi(csi),
+            CommandSet::Nvm | CommandSet::Zoned
+        );
         let valid_nsid = cmd.nsid != 0 && cmd.nsid < 0xffff_fffe;
         match cns {
             cns::CSI_NAMESPACE if !valid_nsid => Err(sc::INVALID_NAMESPACE),

@@ -155,7 +155,11 @@ impl Controller {
     }
 
     /// One 4096-byte Identify structure.
-    fn identify_raw(&self, cmd: Command, what: &'static str) -> Result<Box<[u8; IDENTIFY_LEN]>, Error> {
+    fn identify_raw(
+        &self,
+        cmd: Command,
+        what: &'static str,
+    ) -> Result<Box<[u8; IDENTIFY_LEN]>, Error> {
         let buf = self.shared.admin_read(cmd, IDENTIFY_LEN, what)?;
         let mut b = Box::new([0u8; IDENTIFY_LEN]);
         b.copy_from_slice(&buf.as_slice()[..IDENTIFY_LEN]);
@@ -289,7 +293,10 @@ impl Controller {
         if !self.io_command_sets() {
             return Ok((CommandSet::Nvm, None));
         }
-        match optional(self.namespace_ids(nsid), "Identify Namespace Identification Descriptor List")? {
+        match optional(
+            self.namespace_ids(nsid),
+            "Identify Namespace Identification Descriptor List",
+        )? {
             Some(ids) => {
                 let cs = ids.command_set().unwrap_or_else(|| {
                     log::debug!("namespace {nsid}: no CSI descriptor, taken as NVM");
