@@ -145,11 +145,9 @@ impl Device {
         uuid[..n].copy_from_slice(&serial[..n]);
         uuid[12..].copy_from_slice(&nsid.to_be_bytes());
         let csi = [cs.csi()];
-        let mut d: Vec<(u8, &[u8])> = vec![(nidt::UUID, &uuid)];
-        if self.sh.config.io_command_sets {
-            d.push((nidt::CSI, &csi));
-        }
-        Some(build_descriptors(&d))
+        let d: [(u8, &[u8]); 2] = [(nidt::UUID, &uuid), (nidt::CSI, &csi)];
+        let n = if self.sh.config.io_command_sets { 2 } else { 1 };
+        Some(build_descriptors(&d[..n]))
     }
 
     /// I/O Command Set specific Identify Namespace (CNS 05h): NVM's is all

@@ -566,10 +566,10 @@ impl Controller {
     }
 
     /// Namespace `nsid`, if active, of the NVM or Zoned Namespace command
-    /// set (see [`namespace_info`](Self::namespace_info)) and formatted
-    /// without metadata.
+    /// set (see [`namespace_info`](Self::namespace_info), less the command
+    /// set independent data) and formatted without metadata.
     pub fn namespace(&self, nsid: u32) -> Result<Namespace, Error> {
-        let info = self.namespace_info(nsid)?;
+        let info = self.describe_namespace(nsid, false)?;
         let command_set = info.command_set;
         let Some(id) = info
             .identify

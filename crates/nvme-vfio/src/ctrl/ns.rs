@@ -265,11 +265,13 @@ impl Controller {
         if nsid == 0 || nsid >= 0xffff_fffe {
             return Err(Error::NoNamespace { nsid });
         }
-        let b = self.identify_raw(
+        // Parsed where the device wrote it: nothing kept but the result.
+        let buf = self.shared.admin_read(
             Command::identify(cns::NAMESPACE_DESCRIPTORS, nsid),
+            IDENTIFY_LEN,
             "Identify Namespace Identification Descriptor List",
         )?;
-        let ids = NamespaceIds::parse(&b[..]);
+        let ids = NamespaceIds::parse(&buf.as_slice()[..IDENTIFY_LEN]);
         if ids.skipped != 0 {
             log::warn!(
                 "namespace {nsid}: {} malformed or unknown identification descriptors skipped",
@@ -376,6 +378,17 @@ impl Controller {
     /// (which a controller may refuse: then `None`, logged).
     /// [`Error::NoNamespace`] if `nsid` is not an active namespace.
     pub fn namespace_info(&self, nsid: u32) -> Result<NamespaceInfo, Error> {
+        self.describe_namespace(nsid, true)
+    }
+
+    /// [`namespace_info`](Self::namespace_info), with the command set
+    /// independent data only if `independent` (opening a namespace has no
+    /// use for it).
+    pub(super) fn describe_namespace(
+        &self,
+        nsid: u32,
+        independent: bool,
+    ) -> Result<NamespaceInfo, Error> {
         let identify = match self.identify_namespace(nsid) {
             Ok(id) => Some(id),
             // Invalid I/O Command Set: Identify Namespace does not describe
@@ -406,7 +419,11 @@ impl Controller {
             command_set,
             ids,
             identify: identify.filter(|_| nvm_active),
-            independent: self.identify_namespace_independent(nsid)?,
+            independent: if independent {
+                self.identify_namespace_independent(nsid)?
+            } else {
+                None
+            },
             zoned: None,
             zoned_controller: None,
         };
