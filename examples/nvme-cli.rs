@@ -878,7 +878,7 @@ fn read(a: &ReadArgs) -> Result<(), Fail> {
         let at = a.lba + done / bs;
         let mut n = (bytes - done).min(chunk as u64);
         if let Some(zb) = zone {
-            n = n.min((zb - at % zb) * bs);
+            n = n.min((zb - at % zb).saturating_mul(bs));
         }
         let n = n as usize;
         qp.read(&ns, at, &mut buf.as_mut_slice()[..n])?;
