@@ -1,9 +1,11 @@
-//! An nvme-cli-like tool on the userspace driver: list NVMe functions,
-//! identify, read and write blocks, flush, trim, write zeroes, SMART log.
+//! An nvme-cli-like tool on the userspace driver: list NVMe functions and
+//! their namespaces, identify, list namespaces, read and write blocks,
+//! flush, trim, write zeroes, SMART log.
 //!
 //! ```text
 //! cargo run --release --example nvme-cli -- list
 //! cargo run --release --example nvme-cli -- id-ctrl 0000:01:00.0
+//! cargo run --release --example nvme-cli -- list-ns 0000:01:00.0
 //! cargo run --release --example nvme-cli -- read 0000:01:00.0 -n 1 --lba 0 --blocks 8 -o out.bin
 //! cargo run --release --example nvme-cli -- write 0000:01:00.0 -n 1 --lba 0 -i in.bin --yes
 //! ```
@@ -15,7 +17,9 @@
 //! 64 MiB in 512-byte blocks, nothing kept after the command): for trying
 //! the tool without a disk, and for its tests. With `NVME_SIM_READ_ERROR=LBA`
 //! its first Read fails with Unrecovered Read Error and an error log entry
-//! naming LBA (to see how a failed command is reported).
+//! naming LBA (to see how a failed command is reported). `sim:KIND[,KIND...]`
+//! gives it one 64 MiB namespace per KIND, `nvm` or `zoned` (zones of 1 MiB,
+//! at most 8 open and 14 active): `sim:nvm,zoned`.
 //!
 //! A command that fails with the More bit set is reported with the
 //! controller's Error Information log entry for it, on a line of its own.
@@ -26,8 +30,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-use nvme_vfio::ctrl::{Config, Controller, Namespace, QueueConfig};
-use nvme_vfio::nvme::identify::IdentifyNamespace;
+use nvme_vfio::ctrl::{CommandSet, Config, Controller, Namespace, QueueConfig};
 
 /// Transfers larger than this show a progress line on a terminal.
 const PROGRESS_ABOVE: u64 = 4 << 20;
@@ -56,15 +59,30 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// List NVMe PCI functions: address, driver, IOMMU group, usable.
-    List,
+    /// List NVMe PCI functions and, for those on vfio-pci, their
+    /// namespaces: size, usage, LBA format, firmware, model, serial.
+    List {
+        /// Only these devices (PCI addresses, or `sim`), instead of every
+        /// NVMe function in sysfs.
+        devices: Vec<String>,
+    },
     /// Identify Controller.
     IdCtrl {
         /// PCI address (0000:01:00.0 or 01:00.0), bound to vfio-pci.
         device: String,
     },
-    /// Identify Namespace.
+    /// Identify Namespace (with its I/O command set, and a zoned
+    /// namespace's zones).
     IdNs(NsArg),
+    /// List the active namespace IDs and their I/O command sets.
+    ListNs {
+        /// PCI address.
+        device: String,
+        /// Only namespaces of this command set: nvm, key-value, zoned or a
+        /// CSI number (Identify CNS 07h).
+        #[arg(long)]
+        csi: Option<String>,
+    },
     /// Read blocks to a file or stdout.
     Read(ReadArgs),
     /// Write a file or stdin to blocks.
@@ -152,7 +170,9 @@ impl From<nvme_vfio::Error> for Fail {
     fn from(e: nvme_vfio::Error) -> Self {
         match e {
             nvme_vfio::Error::Invalid(m) => Fail::Input(m),
-            nvme_vfio::Error::NoNamespace { .. } => Fail::Input(e.to_string()),
+            nvme_vfio::Error::NoNamespace { .. }
+            | nvme_vfio::Error::ZonedNamespace { .. }
+            | nvme_vfio::Error::UnsupportedCommandSet { .. } => Fail::Input(e.to_string()),
             e => Fail::Device(device_message(&e)),
         }
     }
@@ -207,7 +227,23 @@ fn open(device: &str) -> Result<Device, Fail> {
         ..Config::default()
     };
     if device == "sim" {
-        return open_sim(config);
+        return open_sim(config, nvme_sim::Config::default());
+    }
+    if let Some(kinds) = device.strip_prefix("sim:") {
+        let namespaces = kinds
+            .split(',')
+            .map(|k| {
+                let ns = nvme_sim::NamespaceConfig::new(128 << 10, 512);
+                match k {
+                    "nvm" => Ok(ns),
+                    "zoned" => Ok(ns.zoned(2048).zone_limits(8, 14)),
+                    k => Err(Fail::Input(format!(
+                        "sim: unknown namespace kind '{k}' (nvm or zoned)"
+                    ))),
+                }
+            })
+            .collect::<Result<Vec<_>, Fail>>()?;
+        return open_sim(config, nvme_sim::Config::default().namespaces(&namespaces));
     }
     let ctrl = Controller::open(device, config).map_err(|e| match e {
         nvme_vfio::Error::Vfio(v) => Fail::Input(v.to_string()),
@@ -216,10 +252,9 @@ fn open(device: &str) -> Result<Device, Fail> {
     Ok(Device { ctrl, _sim: None })
 }
 
-fn open_sim(config: Config) -> Result<Device, Fail> {
+fn open_sim(config: Config, sim_config: nvme_sim::Config) -> Result<Device, Fail> {
     use nvme_vfio::mem::{DmaSpace, SpaceConfig};
-    let sim = nvme_sim::SimController::new(nvme_sim::Config::default())
-        .map_err(|e| Fail::Device(e.to_string()))?;
+    let sim = nvme_sim::SimController::new(sim_config).map_err(|e| Fail::Device(e.to_string()))?;
     if let Ok(lba) = std::env::var("NVME_SIM_READ_ERROR") {
         let lba = lba
             .parse()
@@ -248,9 +283,13 @@ fn open_sim(config: Config) -> Result<Device, Fail> {
 
 fn run(cli: &Cli) -> Result<(), Fail> {
     match &cli.cmd {
-        Cmd::List => list(cli.json),
+        Cmd::List { devices } => list(devices, cli.json),
         Cmd::IdCtrl { device } => id_ctrl(&*open(device)?, cli.json),
         Cmd::IdNs(a) => id_ns(&*open(&a.device)?, a.nsid, cli.json),
+        Cmd::ListNs { device, csi } => {
+            let csi = csi.as_deref().map(parse_csi).transpose()?;
+            list_ns(&*open(device)?, csi, cli.json)
+        }
         Cmd::Read(a) => read(a),
         Cmd::Write(a) => write(a),
         Cmd::Flush(a) => {
@@ -317,7 +356,104 @@ fn link_name(path: PathBuf) -> Option<String> {
     Some(t.file_name()?.to_string_lossy().into_owned())
 }
 
-fn list(json: bool) -> Result<(), Fail> {
+/// One NVMe function (or `sim`) of `list`.
+struct Function {
+    address: String,
+    driver: String,
+    group: String,
+    usable: bool,
+    /// Opened: its identity and namespaces, or why it could not be opened
+    /// or listed.
+    ctrl: Option<Result<CtrlRows, String>>,
+}
+
+/// A controller's identity and namespaces, for `list`.
+struct CtrlRows {
+    model: String,
+    serial: String,
+    firmware: String,
+    namespaces: Vec<NsRow>,
+}
+
+/// One namespace of `list`: its size and format, or why it has none.
+struct NsRow {
+    nsid: u32,
+    command_set: CommandSet,
+    usage: Result<NsUsage, String>,
+}
+
+struct NsUsage {
+    nsze: u64,
+    nuse: u64,
+    block_size: u64,
+    metadata: u16,
+}
+
+/// Bytes in decimal units, as `nvme list` shows them: "67.11 MB".
+fn si(bytes: u64) -> String {
+    const UNITS: [&str; 7] = ["B", "kB", "MB", "GB", "TB", "PB", "EB"];
+    let mut v = bytes as f64;
+    let mut i = 0;
+    while v >= 1000.0 && i + 1 < UNITS.len() {
+        v /= 1000.0;
+        i += 1;
+    }
+    format!("{v:.2} {}", UNITS[i])
+}
+
+/// A block or zone size in binary units when exact: "512 B", "4 KiB",
+/// "1 MiB".
+fn block_bytes(n: u64) -> String {
+    let (mut v, mut unit) = (n, 0);
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    while v >= 1024 && v % 1024 == 0 && unit + 1 < UNITS.len() {
+        v /= 1024;
+        unit += 1;
+    }
+    format!("{v} {}", UNITS[unit])
+}
+
+/// The namespaces of an open controller, each failing on its own.
+fn describe(ctrl: &Controller) -> Result<CtrlRows, String> {
+    let id = ctrl.identify();
+    let entries = ctrl.list_namespaces().map_err(|e| e.to_string())?;
+    let namespaces = entries
+        .into_iter()
+        .map(|e| {
+            let usage = ctrl
+                .namespace_info(e.nsid)
+                .map_err(|e| e.to_string())
+                .and_then(|info| {
+                    let id = info.identify.ok_or_else(|| {
+                        format!("{} namespace: no block format", info.command_set)
+                    })?;
+                    let f = id
+                        .current_lba_format()
+                        .ok_or_else(|| "no current LBA format".to_string())?;
+                    Ok(NsUsage {
+                        nsze: id.nsze(),
+                        nuse: id.nuse(),
+                        block_size: f.block_size(),
+                        metadata: f.metadata,
+                    })
+                });
+            NsRow {
+                nsid: e.nsid,
+                command_set: e.command_set,
+                usage,
+            }
+        })
+        .collect();
+    Ok(CtrlRows {
+        model: id.model(),
+        serial: id.serial(),
+        firmware: id.firmware(),
+        namespaces,
+    })
+}
+
+/// The NVMe functions in sysfs: address, driver, IOMMU group, usable.
+fn sysfs_functions() -> Result<Vec<Function>, Fail> {
     let mut rows = Vec::new();
     let entries = std::fs::read_dir("/sys/bus/pci/devices")?;
     for e in entries.flatten() {
@@ -326,40 +462,222 @@ fn list(json: bool) -> Result<(), Fail> {
         if class.trim() != "0x010802" {
             continue;
         }
-        let addr = e.file_name().to_string_lossy().into_owned();
+        let address = e.file_name().to_string_lossy().into_owned();
         let driver = link_name(dir.join("driver")).unwrap_or_else(|| "(none)".into());
         let group = link_name(dir.join("iommu_group"));
         let usable = driver == "vfio-pci"
             && group
                 .as_ref()
                 .is_some_and(|g| std::fs::metadata(format!("/dev/vfio/{g}")).is_ok());
-        rows.push((addr, driver, group.unwrap_or_else(|| "-".into()), usable));
+        rows.push(Function {
+            address,
+            driver,
+            group: group.unwrap_or_else(|| "-".into()),
+            usable,
+            ctrl: None,
+        });
     }
-    rows.sort();
+    rows.sort_by(|a, b| a.address.cmp(&b.address));
+    Ok(rows)
+}
+
+/// The function at `address` as sysfs describes it (or the `sim` device).
+fn named_function(address: &str) -> Function {
+    if address == "sim" || address.starts_with("sim:") {
+        return Function {
+            address: address.into(),
+            driver: "nvme-sim".into(),
+            group: "-".into(),
+            usable: true,
+            ctrl: None,
+        };
+    }
+    let full = if address.matches(':').count() == 1 {
+        format!("0000:{address}")
+    } else {
+        address.to_string()
+    };
+    let dir = PathBuf::from("/sys/bus/pci/devices").join(&full);
+    let driver = link_name(dir.join("driver")).unwrap_or_else(|| "(none)".into());
+    let group = link_name(dir.join("iommu_group")).unwrap_or_else(|| "-".into());
+    Function {
+        address: full,
+        usable: driver == "vfio-pci",
+        driver,
+        group,
+        ctrl: None,
+    }
+}
+
+fn list(devices: &[String], json: bool) -> Result<(), Fail> {
+    let mut rows = if devices.is_empty() {
+        sysfs_functions()?
+    } else {
+        devices.iter().map(|d| named_function(d)).collect()
+    };
+    // Each usable controller is opened to read its namespaces; one that
+    // cannot be (in use by another process, failing) is shown with the
+    // reason, and the others are still listed.
+    for f in &mut rows {
+        if f.usable || !devices.is_empty() {
+            f.ctrl = Some(match open(&f.address) {
+                Ok(dev) => describe(&dev),
+                Err(Fail::Input(m) | Fail::Device(m)) => Err(m),
+            });
+        }
+    }
     if json {
-        let items: Vec<String> = rows
+        let items: Vec<String> = rows.iter().map(function_json).collect();
+        println!("[{}]", items.join(","));
+        return Ok(());
+    }
+    println!(
+        "{:<14} {:<20} {:<24} {:<5} {:<21} {:<12} FW Rev",
+        "Device", "SN", "Model", "NSID", "Usage", "Format"
+    );
+    println!(
+        "{:-<14} {:-<20} {:-<24} {:-<5} {:-<21} {:-<12} {:-<8}",
+        "", "", "", "", "", "", ""
+    );
+    for f in &rows {
+        let a = &f.address;
+        match &f.ctrl {
+            None => println!(
+                "{a:<14} (on {}, not vfio-pci: bind it with scripts/setup-vfio.sh bind)",
+                f.driver
+            ),
+            Some(Err(e)) => println!("{a:<14} (cannot open: {e})"),
+            Some(Ok(c)) if c.namespaces.is_empty() => {
+                println!(
+                    "{a:<14} {:<20} {:<24} (no active namespace)",
+                    c.serial, c.model
+                )
+            }
+            Some(Ok(c)) => {
+                for n in &c.namespaces {
+                    let (usage, format) = match &n.usage {
+                        Ok(u) => (
+                            format!(
+                                "{} / {}",
+                                si(u.nuse.saturating_mul(u.block_size)),
+                                si(u.nsze.saturating_mul(u.block_size))
+                            ),
+                            format!("{} + {} B", block_bytes(u.block_size), u.metadata),
+                        ),
+                        Err(e) => (format!("({e})"), "-".into()),
+                    };
+                    println!(
+                        "{a:<14} {:<20} {:<24} {:<5} {usage:<21} {format:<12} {}",
+                        c.serial, c.model, n.nsid, c.firmware
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One function of `list --json`.
+fn function_json(f: &Function) -> String {
+    let mut o = format!(
+        "{{\"address\":{},\"driver\":{},\"iommu_group\":{},\"usable\":{}",
+        js(&f.address),
+        js(&f.driver),
+        js(&f.group),
+        f.usable
+    );
+    match &f.ctrl {
+        None => {}
+        Some(Err(e)) => {
+            let _ = write!(o, ",\"error\":{}", js(e));
+        }
+        Some(Ok(c)) => {
+            let namespaces: Vec<String> = c
+                .namespaces
+                .iter()
+                .map(|n| {
+                    let head = format!(
+                        "{{\"nsid\":{},\"command_set\":{},\"csi\":{}",
+                        n.nsid,
+                        js(&n.command_set.short_name()),
+                        n.command_set.csi()
+                    );
+                    match &n.usage {
+                        Ok(u) => format!(
+                            "{head},\"nsze\":{},\"nuse\":{},\"block_size\":{},\"metadata\":{},\"size_bytes\":{},\"used_bytes\":{}}}",
+                            u.nsze,
+                            u.nuse,
+                            u.block_size,
+                            u.metadata,
+                            u.nsze.saturating_mul(u.block_size),
+                            u.nuse.saturating_mul(u.block_size)
+                        ),
+                        Err(e) => format!("{head},\"error\":{}}}", js(e)),
+                    }
+                })
+                .collect();
+            let _ = write!(
+                o,
+                ",\"model\":{},\"serial\":{},\"firmware\":{},\"namespaces\":[{}]",
+                js(&c.model),
+                js(&c.serial),
+                js(&c.firmware),
+                namespaces.join(",")
+            );
+        }
+    }
+    o.push('}');
+    o
+}
+
+/// A command set given by name or number.
+fn parse_csi(s: &str) -> Result<CommandSet, Fail> {
+    Ok(match s {
+        "nvm" => CommandSet::Nvm,
+        "key-value" | "kv" => CommandSet::KeyValue,
+        "zoned" | "zns" => CommandSet::Zoned,
+        n => CommandSet::from_csi(n.parse().map_err(|_| {
+            Fail::Input(format!(
+                "--csi: '{n}' is not nvm, key-value, zoned or a number 0 to 255"
+            ))
+        })?),
+    })
+}
+
+fn list_ns(ctrl: &Controller, csi: Option<CommandSet>, json: bool) -> Result<(), Fail> {
+    let entries: Vec<(u32, CommandSet)> = match csi {
+        None => ctrl
+            .list_namespaces()?
+            .into_iter()
+            .map(|e| (e.nsid, e.command_set))
+            .collect(),
+        // Without I/O command sets every namespace is an NVM one.
+        Some(CommandSet::Nvm) if !ctrl.io_command_sets() => ctrl
+            .active_namespaces()?
+            .into_iter()
+            .map(|id| (id, CommandSet::Nvm))
+            .collect(),
+        Some(cs) => ctrl
+            .active_namespaces_of(cs)?
+            .into_iter()
+            .map(|id| (id, cs))
+            .collect(),
+    };
+    if json {
+        let items: Vec<String> = entries
             .iter()
-            .map(|(a, d, g, u)| {
+            .map(|(id, cs)| {
                 format!(
-                    "{{\"address\":{},\"driver\":{},\"iommu_group\":{},\"usable\":{u}}}",
-                    js(a),
-                    js(d),
-                    js(g)
+                    "{{\"nsid\":{id},\"command_set\":{},\"csi\":{}}}",
+                    js(&cs.short_name()),
+                    cs.csi()
                 )
             })
             .collect();
-        println!("[{}]", items.join(","));
+        println!("{{\"namespaces\":[{}]}}", items.join(","));
     } else {
-        println!("{:<14} {:<10} {:<6} usable", "address", "driver", "group");
-        for (a, d, g, u) in &rows {
-            println!(
-                "{a:<14} {d:<10} {g:<6} {}",
-                if *u {
-                    "yes"
-                } else {
-                    "no (bind it: scripts/setup-vfio.sh bind)"
-                }
-            );
+        for (i, (id, cs)) in entries.iter().enumerate() {
+            println!("[{i:>4}]:{id:#x} {}", cs.short_name());
         }
     }
     Ok(())
@@ -420,12 +738,29 @@ fn id_ctrl(ctrl: &Controller, json: bool) -> Result<(), Fail> {
 }
 
 fn id_ns(ctrl: &Controller, nsid: u32, json: bool) -> Result<(), Fail> {
-    let ns = ctrl.namespace(nsid)?;
-    let id: IdentifyNamespace = ctrl.identify_namespace(nsid)?;
+    let info = ctrl.namespace_info(nsid)?;
+    let cs = info.command_set;
+    let zones = info.zones();
+    let Some(id) = &info.identify else {
+        // A command set Identify Namespace does not describe.
+        if json {
+            println!(
+                "{{\"nsid\":{nsid},\"command_set\":{},\"csi\":{}}}",
+                js(&cs.short_name()),
+                cs.csi()
+            );
+        } else {
+            println!("NVME Identify Namespace {nsid}:");
+            println!("csi     : {} ({cs})", cs.csi());
+        }
+        return Ok(());
+    };
     let cur = id.current_format();
+    let block_size = id.current_lba_format().map_or(0, |f| f.block_size());
     let formats: Vec<_> = (0..id.lba_formats())
         .filter_map(|i| id.lba_format(i).map(|f| (i, f)))
         .collect();
+    let limit = |v: Option<u32>| v.map_or("null".to_string(), |n| n.to_string());
     if json {
         let lbafs: Vec<String> = formats
             .iter()
@@ -439,17 +774,48 @@ fn id_ns(ctrl: &Controller, nsid: u32, json: bool) -> Result<(), Fail> {
                 )
             })
             .collect();
+        let zoned = match &zones {
+            Some(z) => format!(
+                ",\"zoned\":{{\"zone_size\":{},\"zone_bytes\":{},\"max_open\":{},\"max_active\":{}}}",
+                z.zone_blocks(),
+                z.zone_blocks().saturating_mul(block_size),
+                limit(z.max_open()),
+                limit(z.max_active())
+            ),
+            None => String::new(),
+        };
         println!(
-            "{{\"nsid\":{nsid},\"nsze\":{},\"ncap\":{},\"block_size\":{},\"flbas\":{cur},\"lbafs\":[{}]}}",
+            "{{\"nsid\":{nsid},\"nsze\":{},\"ncap\":{},\"nuse\":{},\"block_size\":{block_size},\"command_set\":{},\"csi\":{},\"flbas\":{cur},\"lbafs\":[{}]{zoned}}}",
             id.nsze(),
             id.ncap(),
-            ns.block_size(),
+            id.nuse(),
+            js(&cs.short_name()),
+            cs.csi(),
             lbafs.join(",")
         );
     } else {
+        let limit = |v: Option<u32>, what: &str| {
+            v.map_or("no limit".to_string(), |n| {
+                format!("{n} {what} zones at most")
+            })
+        };
         println!("NVME Identify Namespace {nsid}:");
         println!("nsze    : {:#x}", id.nsze());
         println!("ncap    : {:#x}", id.ncap());
+        println!("nuse    : {:#x}", id.nuse());
+        println!("csi     : {} ({cs})", cs.csi());
+        if let Some(z) = &zones {
+            println!(
+                "zsze    : {:#x} ({} blocks, {})",
+                z.zone_blocks(),
+                z.zone_blocks(),
+                block_bytes(z.zone_blocks().saturating_mul(block_size))
+            );
+            println!("mor     : {}", limit(z.max_open(), "open"));
+            println!("mar     : {}", limit(z.max_active(), "active"));
+        } else if cs == CommandSet::Zoned {
+            println!("zsze    : (not reported)");
+        }
         println!("nlbaf   : {}", id.lba_formats() - 1);
         println!("flbas   : {cur:#x}");
         for (i, f) in &formats {
@@ -502,9 +868,20 @@ fn read(a: &ReadArgs) -> Result<(), Fail> {
     let chunk = chunk_len(&ctrl, bs);
     let mut buf = ctrl.dma_alloc(chunk)?;
     let mut done = 0u64;
+    // A zoned namespace may not take reads across zone boundaries: its
+    // reads end at each one.
+    let zone = ns
+        .zones()
+        .filter(|z| !z.reads_cross_zones())
+        .map(|z| z.zone_blocks());
     while done < bytes {
-        let n = (bytes - done).min(chunk as u64) as usize;
-        qp.read(&ns, a.lba + done / bs, &mut buf.as_mut_slice()[..n])?;
+        let at = a.lba + done / bs;
+        let mut n = (bytes - done).min(chunk as u64);
+        if let Some(zb) = zone {
+            n = n.min((zb - at % zb).saturating_mul(bs));
+        }
+        let n = n as usize;
+        qp.read(&ns, at, &mut buf.as_mut_slice()[..n])?;
         out.write_all(&buf.as_slice()[..n])?;
         done += n as u64;
         progress(done, bytes);

@@ -2,10 +2,12 @@
 # Tests of the nvme-cli example, run inside the VM of scripts/vm (see
 # scripts/test.sh): every command, JSON output parsed, a file written then
 # read back byte-identical, and each bad input with its message and exit
-# status. Usage: cli-test.sh CLI-BINARY SCENARIO   (scenario: bound or
-# nvme-driver in the VM; sim on any machine: the CLI's in-process nvme-sim
-# device, which keeps nothing between commands, so every check there is one
-# command). Prints "N passed, N failed" and exits non-zero on failure.
+# status. Usage: cli-test.sh CLI-BINARY SCENARIO   (scenario: bound,
+# nvme-driver or zoned in the VM, zoned being two namespaces of 64 MiB, the
+# second zoned, as scripts/test.sh boots it; sim on any machine: the CLI's
+# in-process nvme-sim device, which keeps nothing between commands, so every
+# check there is one command). Prints "N passed, N failed" and exits
+# non-zero on failure.
 set -uo pipefail
 
 cli=$1
@@ -123,8 +125,56 @@ elif [ "$scenario" = sim ]; then
     json "smart-log --json" 'j["host_write_commands"] == 0 and j["temperature"] > 200' -- "$cli" smart-log $dev --json
     expect "smart-log text" 0 "temperature" -- "$cli" smart-log $dev
     expect "usage error" 2 "Usage" -- "$cli" frobnicate
+
+    # I/O command sets, on a sim device with an NVM and a zoned namespace
+    # (zones of 2048 blocks, at most 8 open and 14 active).
+    zdev=sim:nvm,zoned
+    expect "list-ns" 0 '^\[   1\]:0x2 zoned$' -- "$cli" list-ns $zdev
+    json "list-ns --json" 'j == {"namespaces": [{"nsid": 1, "command_set": "nvm", "csi": 0}, {"nsid": 2, "command_set": "zoned", "csi": 2}]}' -- "$cli" list-ns $zdev --json
+    json "list-ns --csi zoned (CNS 07h)" '[n["nsid"] for n in j["namespaces"]] == [2]' -- "$cli" list-ns $zdev --csi zoned --json
+    json "list-ns --csi nvm" '[n["nsid"] for n in j["namespaces"]] == [1]' -- "$cli" list-ns $zdev --csi 0 --json
+    expect "list-ns --csi of no command set" 2 "is not nvm, key-value, zoned" -- "$cli" list-ns $zdev --csi frob
+    expect "sim of an unknown namespace kind" 2 "unknown namespace kind 'frob'" -- "$cli" list-ns sim:nvm,frob
+    json "id-ns of an NVM namespace" 'j["command_set"] == "nvm" and j["csi"] == 0 and "zoned" not in j' -- "$cli" id-ns $zdev -n 1 --json
+    json "id-ns of a zoned namespace" 'j["command_set"] == "zoned" and j["csi"] == 2 and j["nsze"] == 131072 and j["zoned"] == {"zone_size": 2048, "zone_bytes": 1048576, "max_open": 8, "max_active": 14}' -- "$cli" id-ns $zdev -n 2 --json
+    expect "id-ns text: command set" 0 "csi     : 2 (Zoned Namespace)" -- "$cli" id-ns $zdev -n 2
+    expect "id-ns text: zone size" 0 "zsze    : 0x800 (2048 blocks, 1 MiB)" -- "$cli" id-ns $zdev -n 2
+    expect "id-ns text: open zones" 0 "mor     : 8 open zones at most" -- "$cli" id-ns $zdev -n 2
+    expect "id-ns text: active zones" 0 "mar     : 14 active zones at most" -- "$cli" id-ns $zdev -n 2
+    expect "read a zoned namespace, across a zone boundary" 0 "" -- "$cli" read $zdev -n 2 --lba 2040 --blocks 16 -o "$work/zread"
+    if [ "$(stat -c %s "$work/zread")" = 8192 ]; then ok "zoned read: 16 blocks"; else bad "zoned read: wrong size"; fi
+    expect "write to a zoned namespace is refused" 2 "namespace 2 is zoned: plain writes are refused, it needs zone-aware writes" -- "$cli" write $zdev -n 2 --lba 0 -i "$work/odd" --pad --yes
+    expect "write-zeroes to a zoned namespace is refused" 2 "namespace 2 is zoned" -- "$cli" write-zeroes $zdev -n 2 --lba 0 --blocks 8 --yes
+    expect "write to its NVM namespace" 0 "2 blocks at LBA 0: success" -- "$cli" write $zdev -n 1 --lba 0 -i "$work/odd" --pad --yes
+    expect "list: a row per namespace" 0 "^sim:nvm,zoned  *SIM0001  *nvme-sim  *2  *0.00 B / 67.11 MB  *512 B + 0 B  *[0-9]" -- "$cli" list $zdev
+    json "list --json: namespaces" 'j[0]["model"] == "nvme-sim" and j[0]["serial"] == "SIM0001" and [(n["nsid"], n["command_set"], n["size_bytes"], n["used_bytes"], n["block_size"]) for n in j[0]["namespaces"]] == [(1, "nvm", 67108864, 0, 512), (2, "zoned", 67108864, 0, 512)]' -- "$cli" list $zdev --json
+    json "list fails soft per device" 'len(j) == 3 and "error" in j[1] and "no PCI device 0000:00:1f.7" in j[1]["error"] and [n["nsid"] for n in j[2]["namespaces"]] == [1]' -- "$cli" list $dev 0000:00:1f.7 $dev --json
+    expect "list text: a device that cannot be opened" 0 "^0000:00:1f.7  *(cannot open: no PCI device" -- "$cli" list $dev 0000:00:1f.7
+elif [ "$scenario" = zoned ]; then
+    # Two namespaces of 64 MiB, the second zoned: 4 MiB zones, at most 8
+    # open and 14 active (scripts/vm/run.sh --namespaces 2 --zoned 2).
+    expect "list-ns" 0 '^\[   1\]:0x2 zoned$' -- "$cli" list-ns $dev
+    json "list-ns --json" 'j == {"namespaces": [{"nsid": 1, "command_set": "nvm", "csi": 0}, {"nsid": 2, "command_set": "zoned", "csi": 2}]}' -- "$cli" list-ns $dev --json
+    json "list-ns --csi zoned (CNS 07h)" '[n["nsid"] for n in j["namespaces"]] == [2]' -- "$cli" list-ns $dev --csi zoned --json
+    json "id-ns of the NVM namespace" 'j["command_set"] == "nvm" and "zoned" not in j' -- "$cli" id-ns $dev -n 1 --json
+    json "id-ns of the zoned namespace" 'j["command_set"] == "zoned" and j["csi"] == 2 and j["nsze"] == 131072 and j["zoned"] == {"zone_size": 8192, "zone_bytes": 4194304, "max_open": 8, "max_active": 14}' -- "$cli" id-ns $dev -n 2 --json
+    expect "id-ns text: zone size" 0 "zsze    : 0x2000 (8192 blocks, 4 MiB)" -- "$cli" id-ns $dev -n 2
+    expect "id-ns text: active zones" 0 "mar     : 14 active zones at most" -- "$cli" id-ns $dev -n 2
+    expect "read the zoned namespace, across a zone boundary" 0 "" -- "$cli" read $dev -n 2 --lba 8184 --blocks 16 -o "$work/zread"
+    if [ "$(stat -c %s "$work/zread")" = 8192 ]; then ok "zoned read: 16 blocks"; else bad "zoned read: wrong size"; fi
+    head -c 4096 /dev/urandom >"$work/data"
+    expect "write to the zoned namespace is refused" 2 "namespace 2 is zoned: plain writes are refused, it needs zone-aware writes" -- "$cli" write $dev -n 2 --lba 0 -i "$work/data" --yes
+    expect "write-zeroes to the zoned namespace is refused" 2 "namespace 2 is zoned" -- "$cli" write-zeroes $dev -n 2 --lba 0 --blocks 8 --yes
+    "$cli" read $dev -n 2 --lba 0 --blocks 8 -o "$work/zback"
+    if ! cmp -s "$work/data" "$work/zback"; then ok "the refused write wrote nothing"; else bad "the refused write reached the disk"; fi
+    expect "write to the NVM namespace" 0 "success" -- "$cli" write $dev -n 1 --lba 0 -i "$work/data" --yes
+    expect "list: the zoned namespace's row" 0 "^$dev  *vmnvme0  *QEMU NVMe Ctrl  *2  .* / 67.11 MB  *512 B + 0 B  *[0-9]" -- "$cli" list
+    json "list --json: both namespaces" 'j[0]["address"] == "'$dev'" and j[0]["model"] == "QEMU NVMe Ctrl" and [(n["nsid"], n["command_set"], n["size_bytes"], n["block_size"]) for n in j[0]["namespaces"]] == [(1, "nvm", 67108864, 512), (2, "zoned", 67108864, 512)]' -- "$cli" list --json
 else
     json "list --json" 'j[0]["address"] == "'$dev'" and j[0]["driver"] == "vfio-pci" and j[0]["usable"]' -- "$cli" list --json
+    json "list --json: the namespace" 'j[0]["model"] == "QEMU NVMe Ctrl" and j[0]["serial"] == "vmnvme0" and [(n["nsid"], n["command_set"], n["size_bytes"], n["block_size"], n["metadata"]) for n in j[0]["namespaces"]] == [(1, "nvm", 67108864, 512, 0)]' -- "$cli" list --json
+    expect "list text: a row per namespace" 0 "^$dev  *vmnvme0  *QEMU NVMe Ctrl  *1  .* / 67.11 MB  *512 B + 0 B  *[0-9]" -- "$cli" list
+    expect "list-ns" 0 '^\[   0\]:0x1 nvm$' -- "$cli" list-ns $dev
     json "id-ctrl --json" 'j["mn"] == "QEMU NVMe Ctrl" and j["vid"] == 0x1b36 and j["ver"] == 0x10400' -- "$cli" id-ctrl $dev --json
     expect "id-ctrl text" 0 "mn        : QEMU NVMe Ctrl" -- "$cli" id-ctrl 00:03.0
     json "id-ns --json" 'j["nsze"] == 131072 and j["block_size"] == 512 and j["lbafs"][0]["in_use"]' -- "$cli" id-ns $dev -n 1 --json

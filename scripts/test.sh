@@ -5,14 +5,15 @@
 # behaviour, data races), the nvme-cli example against its in-process
 # nvme-sim device, then the VM tests, which boot
 # QEMU with an emulated NVMe controller behind an emulated IOMMU (scripts/vm)
-# and run the VFIO, DMA-memory and driver test binaries inside it, in three scenarios:
-# the controller on vfio-pci, left on the kernel's nvme driver, and a low
-# RLIMIT_MEMLOCK; then the large-transfer test on a controller with an
-# MDTS of 1; then a controller of another shape (one I/O queue pair, three
-# namespaces of 4 KiB blocks, MDTS 5); then the hot unplug of a controller
-# nvme-bench is running on; then two controllers sharing one DMA space;
-# then a smoke run of nvme-bench against the kernel's driver with fio in one
-# more boot (scripts/bench-vm.sh --smoke).
+# and run the VFIO, DMA-memory and driver test binaries inside it, in four scenarios:
+# the controller on vfio-pci, left on the kernel's nvme driver, a low
+# RLIMIT_MEMLOCK, and two namespaces the second of which is zoned; then the
+# large-transfer test on a controller with an MDTS of 1; then a controller
+# of another shape (one I/O queue pair, three namespaces of 4 KiB blocks,
+# MDTS 5); then the hot unplug of a controller nvme-bench is running on;
+# then two controllers sharing one DMA space; then a smoke run of
+# nvme-bench against the kernel's driver with fio in one more boot
+# (scripts/bench-vm.sh --smoke).
 #
 # The VM tests need root (they install QEMU with apt-get on first use). Where
 # they cannot run, they are skipped with the reason printed, never passed.
@@ -124,6 +125,11 @@ fi
 rm -f "$image"
 run_scenario nvme-driver cli --no-bind
 run_scenario low-memlock - --memlock 64
+# Two namespaces, the second zoned (Zoned Namespace command set, 4 MiB
+# zones), both filled with 0x5a: command set discovery, reads of the zoned
+# one, writes to it refused (vm_ctrl's zoned test and the CLI's zoned
+# checks).
+run_scenario zoned cli --namespaces 2 --zoned 2 --image-size 64M --prefill 0x5a
 
 # run_single NAME BINARY RUN.SH-OPTIONS... -- TEST-ARGS...: one test binary
 # in a boot of its own, in scenario NAME.

@@ -54,6 +54,11 @@ Options (environment variable in brackets):
   --controllers N     NVMe controllers (1..4). Default 1. Controllers 2..N
                       (ids nvme1...) have one namespace each, on a temporary
                       image of the first namespace's size. [VM_CONTROLLERS]
+  --zoned N[,N...]    namespace N is zoned (QEMU nvme-ns zoned=true: Zoned
+                      Namespace command set) with zones of --zone-size, at
+                      most 8 open and 14 active; repeatable. [VM_ZONED]
+  --zone-size SIZE    zone size of zoned namespaces (K/M/G suffixes, binary;
+                      a divisor of the image size). Default 4M. [VM_ZONE_SIZE]
   --cmb-mb N          controller memory buffer size in MiB (0 = none).
                       [VM_CMB_MB]
   --queues N          max I/O queue pairs (QEMU max_ioqpairs). [VM_QUEUES]
@@ -131,6 +136,8 @@ parse_options() {
     LBA_SIZE=${VM_LBA_SIZE:-512}
     NAMESPACES=${VM_NAMESPACES:-1}
     CONTROLLERS=${VM_CONTROLLERS:-1}
+    ZONED=${VM_ZONED:-}
+    ZONE_SIZE=${VM_ZONE_SIZE:-4M}
     CMB_MB=${VM_CMB_MB:-0}
     QUEUES=${VM_QUEUES:-}
     MDTS=${VM_MDTS:-}
@@ -160,7 +167,7 @@ parse_options() {
         case "$opt" in
             --image | --image-size | --lba-size | --namespaces | --controllers | --cmb-mb | \
                 --queues | --mdts | --prefill | --memlock | --timeout | \
-                --console-log | --env | --aw-bits)
+                --console-log | --env | --aw-bits | --zoned | --zone-size)
                 (($# >= 2)) || die "option $opt needs a value"
                 val=$2
                 shift 2
@@ -173,6 +180,8 @@ parse_options() {
             --lba-size) LBA_SIZE=$val ;;
             --namespaces) NAMESPACES=$val ;;
             --controllers) CONTROLLERS=$val ;;
+            --zoned) ZONED+=${ZONED:+,}$val ;;
+            --zone-size) ZONE_SIZE=$val ;;
             --cmb-mb) CMB_MB=$val ;;
             --queues) QUEUES=$val ;;
             --mdts) MDTS=$val ;;
@@ -204,6 +213,12 @@ parse_options() {
         die "no command given (usage: run.sh [options] -- COMMAND [ARGS...])"
     fi
     validate_options
+    local z
+    for z in ${ZONED//,/ }; do
+        [[ "$z" =~ ^[0-9]+$ ]] && ((z >= 1 && z <= NAMESPACES)) ||
+            die "--zoned: '$z' is not a namespace number 1..$NAMESPACES"
+    done
+    [[ "$ZONE_SIZE" =~ ^[1-9][0-9]*[KMG]?$ ]] || die "--zone-size must be a size such as 4M, not '$ZONE_SIZE'"
 }
 
 is_uint() {
@@ -679,11 +694,15 @@ build_qemu_args() {
         ctrl+=",bus=rp0"
     fi
     QEMU_ARGS+=(-device "$ctrl")
-    local i
+    local i ns
     for ((i = 1; i <= NAMESPACES; i++)); do
+        ns="nvme-ns,drive=ns$i,bus=nvme0,nsid=$i,logical_block_size=$LBA_SIZE,physical_block_size=$LBA_SIZE"
+        if [[ ",$ZONED," == *",$i,"* ]]; then
+            ns+=",zoned=true,zoned.zone_size=$ZONE_SIZE,zoned.max_open=8,zoned.max_active=14"
+        fi
         QEMU_ARGS+=(
             -drive "file=$(qemu_escape "${IMAGE_PATHS[i - 1]}"),if=none,id=ns$i,format=raw"
-            -device "nvme-ns,drive=ns$i,bus=nvme0,nsid=$i,logical_block_size=$LBA_SIZE,physical_block_size=$LBA_SIZE"
+            -device "$ns"
         )
     done
     # More controllers, one namespace each on a temporary image.

@@ -24,6 +24,25 @@ pub struct NamespaceConfig {
     /// detached one is an inactive ID until
     /// [`SimController::attach_namespace`](crate::SimController::attach_namespace).
     pub attached: bool,
+    /// Zoned: the namespace belongs to the Zoned Namespace command set
+    /// (CSI 02h) instead of NVM. `None`: an NVM namespace.
+    pub zoned: Option<ZoneConfig>,
+}
+
+/// The zones of a zoned namespace. Each zone is written sequentially from
+/// its start: a write (or Write Zeroes) must begin at the zone's write
+/// pointer and stay inside the zone, else it fails with Zone Invalid Write
+/// (or Zone Boundary Error); a zone fills up and stays full (there is no
+/// Zone Management). Reads work anywhere inside one zone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ZoneConfig {
+    /// Zone size in logical blocks (the namespace size is a multiple of
+    /// it).
+    pub zone_blocks: u64,
+    /// Most zones open at once, as Identify reports it (0: no limit).
+    pub max_open: u32,
+    /// Most zones active at once, as Identify reports it (0: no limit).
+    pub max_active: u32,
 }
 
 impl NamespaceConfig {
@@ -35,6 +54,7 @@ impl NamespaceConfig {
             metadata: 0,
             nsid: 0,
             attached: true,
+            zoned: None,
         }
     }
 
@@ -48,6 +68,28 @@ impl NamespaceConfig {
     /// [`attached`](Self::attached)).
     pub const fn detached(mut self) -> Self {
         self.attached = false;
+        self
+    }
+
+    /// The same namespace, zoned (Zoned Namespace command set) with zones
+    /// of `zone_blocks` blocks and no limit on open or active zones.
+    pub const fn zoned(mut self, zone_blocks: u64) -> Self {
+        self.zoned = Some(ZoneConfig {
+            zone_blocks,
+            max_open: 0,
+            max_active: 0,
+        });
+        self
+    }
+
+    /// The same zoned namespace, reporting at most `max_open` open and
+    /// `max_active` active zones (0: no limit). No effect on an NVM
+    /// namespace.
+    pub const fn zone_limits(mut self, max_open: u32, max_active: u32) -> Self {
+        if let Some(z) = &mut self.zoned {
+            z.max_open = max_open;
+            z.max_active = max_active;
+        }
         self
     }
 
@@ -139,6 +181,13 @@ pub struct Config {
     /// The IOMMU the controller's DMA goes through, when the controller
     /// creates its own ([`SimController::new`](crate::SimController::new)).
     pub iommu: IommuConfig,
+    /// CAP.CSS bit 6: the controller supports I/O command sets beyond NVM,
+    /// selected with CC.CSS = 110b (as QEMU's controller does). Then it
+    /// answers the command set Identify CNS values (03h's CSI descriptor,
+    /// 05h to 08h), and namespaces of other command sets (zoned ones) are
+    /// active only while CC.CSS = 110b. Without it, CC.CSS must be NVM and
+    /// every namespace is an NVM one.
+    pub io_command_sets: bool,
 }
 
 impl Default for Config {
@@ -170,6 +219,7 @@ impl Default for Config {
             idle_spin: Duration::ZERO,
             inline: false,
             iommu: IommuConfig::default(),
+            io_command_sets: true,
         }
     }
 }
@@ -291,6 +341,12 @@ impl Config {
         self
     }
 
+    /// Sets I/O command set support ([`Config::io_command_sets`]).
+    pub fn io_command_sets(mut self, on: bool) -> Self {
+        self.io_command_sets = on;
+        self
+    }
+
     /// Sets the IOMMU configuration.
     pub fn iommu(mut self, iommu: IommuConfig) -> Self {
         self.iommu = iommu;
@@ -309,6 +365,7 @@ impl Config {
             | (self.timeout_500ms as u64) << 24
             | (self.doorbell_stride as u64) << 32
             | 1 << 37 // CSS: NVM command set
+            | (self.io_command_sets as u64) << 43 // CSS: I/O command sets
             | (self.mps_min as u64) << 48
             | (self.mps_max as u64) << 52
     }
@@ -346,6 +403,19 @@ impl Config {
             }
             if ns.blocks == 0 || ns.blocks.checked_mul(ns.block_size as u64).is_none() {
                 return bad("namespace size must be non-zero and fit 64 bits of bytes");
+            }
+            if let Some(z) = ns.zoned {
+                if !self.io_command_sets {
+                    return bad("a zoned namespace needs io_command_sets");
+                }
+                if z.zone_blocks == 0 || ns.blocks % z.zone_blocks != 0 {
+                    return bad(
+                        "a zoned namespace's size must be a multiple of a non-zero zone size",
+                    );
+                }
+                if z.max_open != 0 && z.max_active != 0 && z.max_open > z.max_active {
+                    return bad("a zoned namespace's max_open must not exceed max_active");
+                }
             }
         }
         Ok(())

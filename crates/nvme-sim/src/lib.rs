@@ -18,6 +18,13 @@
 //!   with [`SimController::attach_namespace`] and its notice), and optional
 //!   features (shadow doorbells, volatile write cache, Write Zeroes,
 //!   Dataset Management) present or not.
+//! - I/O command sets: with [`Config::io_command_sets`] (the default, as
+//!   on QEMU's controller) CAP.CSS offers CC.CSS = 110b, namespaces carry
+//!   their Command Set Identifier in their descriptor list, and the
+//!   command set Identify data is answered (CNS 05h to 08h). A zoned
+//!   namespace ([`NamespaceConfig::zoned`]) is active only with CC.CSS =
+//!   110b, reads within a zone, and takes writes only at a zone's write
+//!   pointer (else Zone Invalid Write or Zone Boundary Error).
 //! - [`FaultRule`]: fault injection per command (error status, with the
 //!   More bit and an Error Information log entry of the caller's choosing
 //!   ([`FaultAction::Logged`]), dropped, delayed or out-of-order
@@ -96,7 +103,7 @@ mod irq;
 mod regs;
 mod storage;
 
-pub use config::{Config, NamespaceConfig};
+pub use config::{Config, NamespaceConfig, ZoneConfig};
 pub use controller::{Released, SimController, Stats};
 pub use fault::{CqeCorruption, ErrorDetail, FaultAction, FaultRule, Match};
 pub use iommu::{IommuConfig, Mapping, SimIommu};

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
-use crate::config::NamespaceConfig;
+use crate::config::{NamespaceConfig, ZoneConfig};
 
 /// Chunk size of the sparse store.
 const CHUNK: u64 = 64 << 10;
@@ -21,7 +21,65 @@ pub(crate) struct Namespace {
     pub(crate) blocks: u64,
     pub(crate) block_size: u32,
     pub(crate) metadata: u16,
+    /// A zoned namespace's zones.
+    pub(crate) zoned: Option<Zones>,
     chunks: Mutex<HashMap<u64, Box<[u8]>>>,
+}
+
+/// Why a write to a zoned namespace is refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ZoneError {
+    /// It does not start at its zone's write pointer (or the zone is full).
+    InvalidWrite,
+    /// It runs past the end of its zone.
+    Boundary,
+}
+
+/// The zones of a zoned namespace: their size and write pointers.
+#[derive(Debug)]
+pub(crate) struct Zones {
+    pub(crate) config: ZoneConfig,
+    /// Each zone's write pointer, as an LBA.
+    write_pointers: Mutex<Vec<u64>>,
+}
+
+impl Zones {
+    fn new(config: ZoneConfig, blocks: u64) -> Self {
+        let n = blocks / config.zone_blocks.max(1);
+        Self {
+            config,
+            write_pointers: Mutex::new((0..n).map(|z| z * config.zone_blocks).collect()),
+        }
+    }
+
+    /// Checks a write of `n` blocks at `lba` (inside the namespace) against
+    /// its zone and advances the zone's write pointer.
+    pub(crate) fn write(&self, lba: u64, n: u64) -> Result<(), ZoneError> {
+        let zb = self.config.zone_blocks.max(1);
+        let zone = lba / zb;
+        let mut wps = self
+            .write_pointers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let Some(wp) = usize::try_from(zone).ok().and_then(|z| wps.get_mut(z)) else {
+            return Err(ZoneError::InvalidWrite);
+        };
+        let end = (zone + 1) * zb;
+        if lba != *wp {
+            return Err(ZoneError::InvalidWrite);
+        }
+        if lba.checked_add(n).is_none_or(|e| e > end) {
+            return Err(ZoneError::Boundary);
+        }
+        *wp = lba + n;
+        Ok(())
+    }
+
+    /// Whether blocks `[lba, lba + n)` lie in one zone.
+    pub(crate) fn within_one_zone(&self, lba: u64, n: u64) -> bool {
+        let zb = self.config.zone_blocks.max(1);
+        n == 0 || lba / zb == (lba + n - 1) / zb
+    }
 }
 
 impl Namespace {
@@ -33,6 +91,7 @@ impl Namespace {
             blocks: c.blocks,
             block_size: c.block_size,
             metadata: c.metadata,
+            zoned: c.zoned.map(|z| Zones::new(z, c.blocks)),
             chunks: Mutex::new(HashMap::new()),
         }
     }
@@ -120,6 +179,12 @@ impl Namespace {
         }
     }
 
+    /// Blocks that hold data (whole chunks count as used), at most the
+    /// namespace's size: the Namespace Utilization Identify reports.
+    pub(crate) fn used_blocks(&self) -> u64 {
+        (self.resident() / self.block_size as u64).min(self.blocks)
+    }
+
     /// Bytes of memory the namespace holds.
     pub(crate) fn resident(&self) -> u64 {
         self.chunks().len() as u64 * CHUNK
@@ -157,5 +222,24 @@ mod tests {
             &back[10 + 2 * CHUNK as usize..data.len()],
             &data[10 + 2 * CHUNK as usize..]
         );
+    }
+
+    #[test]
+    fn zones_take_writes_at_their_write_pointer_only() {
+        let ns = Namespace::new(1, NamespaceConfig::new(4096, 512).zoned(1024));
+        let z = ns.zoned.as_ref().unwrap();
+        assert_eq!(z.write(5, 1), Err(ZoneError::InvalidWrite));
+        assert_eq!(z.write(0, 1000), Ok(()));
+        assert_eq!(z.write(0, 1), Err(ZoneError::InvalidWrite));
+        assert_eq!(z.write(1000, 25), Err(ZoneError::Boundary));
+        assert_eq!(z.write(1000, 24), Ok(()));
+        // Zone 0 is full; zone 1 is empty, its write pointer at its start.
+        assert_eq!(z.write(1023, 1), Err(ZoneError::InvalidWrite));
+        assert_eq!(z.write(1024, 1), Ok(()));
+        assert_eq!(z.write(1024, 1), Err(ZoneError::InvalidWrite));
+        assert_eq!(z.write(2048, 8), Ok(()));
+        assert_eq!(z.write(u64::MAX, 1), Err(ZoneError::InvalidWrite));
+        assert!(z.within_one_zone(1020, 4));
+        assert!(!z.within_one_zone(1020, 5));
     }
 }

@@ -2,6 +2,7 @@
 
 use blk_dma::MapError;
 
+use crate::nvme::iocs::CommandSet;
 use crate::nvme::log::ErrorLogEntry;
 use crate::nvme::status::{CommandKind, Status};
 use crate::nvme::DptrError;
@@ -101,6 +102,29 @@ pub enum Error {
         nsid: u32,
         /// Metadata bytes per block.
         metadata: u16,
+    },
+    /// A plain write or a Write Zeroes to a zoned namespace (Zoned
+    /// Namespace command set), refused before anything is submitted: such a
+    /// namespace takes writes only at each zone's write pointer (or by Zone
+    /// Append), which this driver does not issue. Reads work.
+    #[error(
+        "namespace {nsid} is zoned: plain writes are refused, it needs zone-aware writes \
+         (at each zone's write pointer, or Zone Append), which this driver does not issue"
+    )]
+    ZonedNamespace {
+        /// The namespace ID.
+        nsid: u32,
+    },
+    /// A namespace of an I/O command set the driver does no block I/O on
+    /// (only NVM and, for reads, Zoned Namespace).
+    #[error(
+        "namespace {nsid} uses the {command_set} command set, which this driver does not support"
+    )]
+    UnsupportedCommandSet {
+        /// The namespace ID.
+        nsid: u32,
+        /// Its command set.
+        command_set: CommandSet,
     },
     /// No I/O queue is left to create a queue pair with.
     #[error("all {max} I/O queues are in use")]

@@ -67,8 +67,11 @@ fn identify_matches_qemus_controller() {
     assert_eq!(ctrl.max_transfer(), 512 << 10);
     assert!(ctrl.io_queues() >= 2);
     assert_eq!(ctrl.active_namespaces().unwrap(), vec![1]);
+    // CAP.CSS bit 6: enabled with every I/O command set (CC.CSS = 110b).
+    assert!(ctrl.io_command_sets());
     let ns = ctrl.namespace(1).unwrap();
     assert_eq!(ns.block_size(), 512);
+    assert_eq!(ns.command_set(), nvme_vfio::ctrl::CommandSet::Nvm);
     let expected: u64 = std::env::var("NVME_VM_NS_BYTES")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -780,6 +783,106 @@ fn the_shapes_scenario_controller() {
             "vectored read, sgl {sgl}"
         );
     }
+}
+
+/// Two namespaces of 64 MiB filled with 0x5a, the second zoned (the VM's
+/// `zoned` scenario: QEMU's nvme-ns zoned=true with 4 MiB zones, at most 8
+/// open and 14 active): the controller is enabled with every I/O command
+/// set, the namespaces are found with their command sets and the zoned
+/// one with its zones, reads of it work, and writes to it are refused
+/// before anything reaches the device.
+#[test]
+fn a_zoned_namespace_reads_and_refuses_writes() {
+    use nvme_vfio::ctrl::{CommandSet, Io, NamespaceEntry};
+    if std::env::var("NVME_VM_SCENARIO").as_deref() != Ok("zoned") {
+        eprintln!(
+            "skipped: needs the VM's zoned scenario (QEMU nvme-ns zoned=true as namespace 2)"
+        );
+        return;
+    }
+    assert_eq!(
+        std::env::var("VM_GUEST").as_deref(),
+        Ok("1"),
+        "the zoned scenario runs in the VM"
+    );
+    let _g = DEVICE.lock().unwrap_or_else(|e| e.into_inner());
+    let ctrl = Controller::open(NVME, Config::default()).expect("bring-up");
+    assert!(
+        ctrl.io_command_sets(),
+        "QEMU's CAP.CSS has bit 6: the controller is enabled with CC.CSS = 110b"
+    );
+    let entry = |nsid, command_set| NamespaceEntry { nsid, command_set };
+    assert_eq!(
+        ctrl.list_namespaces().unwrap(),
+        vec![entry(1, CommandSet::Nvm), entry(2, CommandSet::Zoned)]
+    );
+    assert_eq!(
+        ctrl.active_namespaces_of(CommandSet::Zoned).unwrap(),
+        vec![2]
+    );
+    assert_eq!(ctrl.active_namespaces_of(CommandSet::Nvm).unwrap(), vec![1]);
+    let nvm = ctrl.namespace(1).unwrap();
+    assert_eq!(nvm.command_set(), CommandSet::Nvm);
+    let ns = ctrl.namespace(2).unwrap();
+    assert_eq!(ns.command_set(), CommandSet::Zoned);
+    assert_eq!((ns.block_size(), ns.blocks()), (512, 131072));
+    let z = ns.zones().expect("the zoned namespace's zones");
+    assert_eq!(z.zone_blocks(), 8192, "4 MiB zones");
+    assert_eq!((z.max_open(), z.max_active()), (Some(8), Some(14)));
+    let info = ctrl.namespace_info(2).unwrap();
+    assert_eq!(info.ids.and_then(|i| i.csi), Some(2), "the CSI descriptor");
+    // QEMU 7.2 has no CNS 08h (later versions do): either way no error.
+    if let Some(ind) = ctrl.identify_namespace_independent(2).unwrap() {
+        assert!(ind.ready(), "namespace 2 ready");
+    }
+
+    let mut qp = ctrl.queue_pair(QueueConfig::default()).unwrap();
+    let mut back = vec![0u8; 64 << 10];
+    for lba in [0, 8192 + 8, 131072 - 128] {
+        qp.read(&ns, lba, &mut back).unwrap();
+        assert!(
+            back.iter().all(|&b| b == 0x5a),
+            "read at {lba}: the prefill"
+        );
+    }
+    let mut buf = ctrl.dma_alloc(4096).unwrap();
+    buf.as_mut_slice().fill(0);
+    qp.submit(Io::read(&ns, 16, buf))
+        .map_err(|(e, _)| e)
+        .unwrap();
+    let mut done = Vec::new();
+    while done.is_empty() {
+        qp.poll(&mut done);
+    }
+    let (buf, r) = done.pop().unwrap().into_parts();
+    r.unwrap();
+    assert!(buf.as_slice()[..4096].iter().all(|&b| b == 0x5a));
+
+    let data = pattern(5, 8192);
+    for lba in [0, 8192] {
+        let e = qp.write(&ns, lba, &data, false).unwrap_err();
+        assert!(
+            matches!(e, Error::ZonedNamespace { nsid: 2 }) && e.to_string().contains("zoned"),
+            "write at {lba}: {e}"
+        );
+    }
+    assert!(matches!(
+        qp.write_zeroes(&ns, 0, 8),
+        Err(Error::ZonedNamespace { nsid: 2 })
+    ));
+    let (e, _) = qp.submit(Io::write(&ns, 0, buf)).unwrap_err();
+    assert!(matches!(e, Error::ZonedNamespace { nsid: 2 }));
+    assert_eq!(qp.inflight(), 0);
+    qp.read(&ns, 0, &mut back[..8192]).unwrap();
+    assert!(
+        back[..8192].iter().all(|&b| b == 0x5a),
+        "the refused writes changed nothing"
+    );
+
+    // The NVM namespace beside it takes writes.
+    qp.write(&nvm, 100, &data, false).unwrap();
+    qp.read(&nvm, 100, &mut back[..8192]).unwrap();
+    assert!(back[..8192] == data[..]);
 }
 
 #[test]

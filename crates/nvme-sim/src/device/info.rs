@@ -4,6 +4,9 @@ use std::sync::atomic::Ordering;
 
 use nvme_vfio::nvme::cmd::{cns, log_page, Command};
 use nvme_vfio::nvme::identify::{IdentifyController, IdentifyNamespace, LbaFormat, IDENTIFY_LEN};
+use nvme_vfio::nvme::iocs::{
+    build_descriptors, nidt, CommandSet, IdentifyNamespaceIndependent, IdentifyZonedNamespace,
+};
 use nvme_vfio::nvme::log::{SmartLog, ERROR_ENTRY_LEN};
 
 use super::{csc, fail, invalid, sc, specific, Device, Outcome, AER_LIMIT, ERROR_LOG_ENTRIES};
@@ -71,11 +74,15 @@ impl Device {
         id
     }
 
-    /// Identify Namespace data for namespace `nsid`, if it exists.
+    /// Identify Namespace data for namespace `nsid`, if it exists: all
+    /// zeroes while its command set is not enabled (inactive).
     pub(crate) fn identify_namespace(&self, nsid: u32) -> Option<IdentifyNamespace> {
-        let ns = self.namespace(nsid)?;
         let mut id = IdentifyNamespace::default();
+        let Some(ns) = self.active_namespace(nsid) else {
+            return self.namespace(nsid).map(|_| id);
+        };
         id.set_size(ns.blocks);
+        id.set_utilization(ns.used_blocks());
         let formats = [
             LbaFormat {
                 metadata: if ns.block_size == 512 { ns.metadata } else { 0 },
@@ -97,6 +104,88 @@ impl Device {
         Some(id)
     }
 
+    /// The command set of active namespace `nsid`.
+    fn command_set_of(&self, nsid: u32) -> Option<CommandSet> {
+        let ns = self.active_namespace(nsid)?;
+        Some(if ns.zoned.is_some() {
+            CommandSet::Zoned
+        } else {
+            CommandSet::Nvm
+        })
+    }
+
+    /// Active namespace IDs above `after` (of command set `only`), at most
+    /// one list's worth.
+    fn namespace_list(&self, after: u32, only: Option<CommandSet>) -> Box<[u8; IDENTIFY_LEN]> {
+        let mut b = Box::new([0u8; IDENTIFY_LEN]);
+        let mut ids: Vec<u32> = (self.sh.namespaces.iter())
+            .map(|n| n.id)
+            .filter(|&id| {
+                id > after
+                    && self
+                        .command_set_of(id)
+                        .is_some_and(|cs| only.is_none_or(|o| o == cs))
+            })
+            .collect();
+        ids.sort_unstable();
+        for (slot, id) in b.chunks_exact_mut(4).zip(ids) {
+            slot.copy_from_slice(&id.to_le_bytes());
+        }
+        b
+    }
+
+    /// The Namespace Identification Descriptor list of active namespace
+    /// `nsid`: a UUID made of the serial number and the NSID, and (with
+    /// I/O command sets) the CSI.
+    fn namespace_descriptors(&self, nsid: u32) -> Option<Box<[u8; IDENTIFY_LEN]>> {
+        let cs = self.command_set_of(nsid)?;
+        let mut uuid = [0u8; 16];
+        let serial = self.sh.config.serial.as_bytes();
+        let n = serial.len().min(12);
+        uuid[..n].copy_from_slice(&serial[..n]);
+        uuid[12..].copy_from_slice(&nsid.to_be_bytes());
+        let csi = [cs.csi()];
+        let d: [(u8, &[u8]); 2] = [(nidt::UUID, &uuid), (nidt::CSI, &csi)];
+        let n = if self.sh.config.io_command_sets { 2 } else { 1 };
+        Some(build_descriptors(&d[..n]))
+    }
+
+    /// I/O Command Set specific Identify Namespace (CNS 05h): NVM's is all
+    /// zeroes here (no extended formats, no protection information); a
+    /// zoned namespace's has its resources and zone size per LBA format.
+    fn identify_namespace_csi(&self, nsid: u32, csi: u8) -> Result<Box<[u8; IDENTIFY_LEN]>, u8> {
+        let zeroes = Box::new([0u8; IDENTIFY_LEN]);
+        // An inactive namespace ID: zero-filled.
+        let Some(ns) = self.active_namespace(nsid) else {
+            return Ok(zeroes);
+        };
+        match (CommandSet::from_csi(csi), &ns.zoned) {
+            // The zoned command set includes the NVM one's reads.
+            (CommandSet::Nvm, _) => Ok(zeroes),
+            (CommandSet::Zoned, Some(z)) => {
+                let mut id = IdentifyZonedNamespace::default();
+                let limit = |n: u32| n.checked_sub(1).unwrap_or(u32::MAX);
+                id.set_resources(limit(z.config.max_active), limit(z.config.max_open));
+                let zone_bytes = z.config.zone_blocks * u64::from(ns.block_size);
+                // The zone size of each LBA format (512, 4096 bytes).
+                id.set_zone_size(0, zone_bytes / 512);
+                id.set_zone_size(1, zone_bytes / 4096);
+                Ok(id.0)
+            }
+            _ => Err(sc::INVALID_FIELD),
+        }
+    }
+
+    /// I/O Command Set Independent Identify Namespace (CNS 08h).
+    fn identify_namespace_independent(&self, nsid: u32) -> IdentifyNamespaceIndependent {
+        let mut id = IdentifyNamespaceIndependent::default();
+        if self.active_namespace(nsid).is_some() {
+            // Private namespace, not write protected, ready.
+            id.set(0, 0, 1);
+        }
+        id
+    }
+
     pub(super) fn identify(&mut self, cmd: &Command) -> Outcome {
         let data: Box<[u8; IDENTIFY_LEN]> = match cmd.cdw10 as u8 {
             cns::CONTROLLER => self.identify_controller().0,
@@ -113,20 +202,50 @@ impl Device {
                 if cmd.nsid >= 0xffff_fffe {
                     return fail(invalid(sc::INVALID_NAMESPACE));
                 }
-                let mut b = Box::new([0u8; IDENTIFY_LEN]);
-                let mut ids: Vec<u32> = (self.sh.namespaces.iter())
-                    .filter(|n| n.attached() && n.id > cmd.nsid)
-                    .map(|n| n.id)
-                    .collect();
-                ids.sort_unstable();
-                for (slot, id) in b.chunks_exact_mut(4).zip(ids) {
-                    slot.copy_from_slice(&id.to_le_bytes());
+                self.namespace_list(cmd.nsid, None)
+            }
+            cns::NAMESPACE_DESCRIPTORS => match self.namespace_descriptors(cmd.nsid) {
+                Some(b) => b,
+                None => return fail(invalid(sc::INVALID_NAMESPACE)),
+            },
+            c @ (cns::CSI_NAMESPACE
+            | cns::CSI_CONTROLLER
+            | cns::CSI_ACTIVE_NAMESPACES
+            | cns::INDEPENDENT_NAMESPACE)
+                if self.sh.config.io_command_sets =>
+            {
+                match self.identify_command_set(c, cmd) {
+                    Ok(b) => b,
+                    Err(code) => return fail(invalid(code)),
                 }
-                b
             }
             _ => return fail(invalid(sc::INVALID_FIELD)),
         };
         self.send(cmd, &data[..], false)
+    }
+
+    /// The Identify CNS values of I/O command sets (05h to 08h); `Err`
+    /// holds a generic status code.
+    fn identify_command_set(&self, cns: u8, cmd: &Command) -> Result<Box<[u8; IDENTIFY_LEN]>, u8> {
+        let csi = cmd.identify_csi_field();
+        let known = matches!(
+            CommandSet::from_csi(csi),
+            CommandSet::Nvm | CommandSet::Zoned
+        );
+        let valid_nsid = cmd.nsid != 0 && cmd.nsid < 0xffff_fffe;
+        match cns {
+            cns::CSI_NAMESPACE if !valid_nsid => Err(sc::INVALID_NAMESPACE),
+            cns::CSI_NAMESPACE => self.identify_namespace_csi(cmd.nsid, csi),
+            // NVM's and Zoned's (ZASL 0: MDTS) are all zeroes here.
+            cns::CSI_CONTROLLER if known => Ok(Box::new([0u8; IDENTIFY_LEN])),
+            cns::CSI_ACTIVE_NAMESPACES if cmd.nsid >= 0xffff_fffe => Err(sc::INVALID_NAMESPACE),
+            cns::CSI_ACTIVE_NAMESPACES if known => {
+                Ok(self.namespace_list(cmd.nsid, Some(CommandSet::from_csi(csi))))
+            }
+            cns::INDEPENDENT_NAMESPACE if !valid_nsid => Err(sc::INVALID_NAMESPACE),
+            cns::INDEPENDENT_NAMESPACE => Ok(self.identify_namespace_independent(cmd.nsid).0),
+            _ => Err(sc::INVALID_FIELD),
+        }
     }
 
     /// The SMART / Health Information log page.

@@ -8,8 +8,16 @@ use nvme_vfio::nvme::cmd::{io, Command, Status};
 use nvme_vfio::nvme::spec::SglDescriptor;
 use nvme_vfio::nvme::walk::{walk_prp, walk_sgl, walk_sgl_bit_bucket, SglPiece, WalkError};
 
-use super::{fail, invalid, ok, sc, Device, Outcome, DATA_TRANSFER_ERROR};
-use crate::storage::Namespace;
+use super::{csc, fail, invalid, ok, sc, specific, Device, Outcome, DATA_TRANSFER_ERROR};
+use crate::storage::{Namespace, ZoneError};
+
+/// The status of a write a zone refuses.
+fn zone_status(e: ZoneError) -> Status {
+    specific(match e {
+        ZoneError::InvalidWrite => csc::ZONE_INVALID_WRITE,
+        ZoneError::Boundary => csc::ZONE_BOUNDARY_ERROR,
+    })
+}
 
 /// The status a controller reports for a malformed or unreachable data
 /// pointer: malformed ones are not worth retrying, failed transfers may be.
@@ -27,6 +35,19 @@ impl Device {
     /// Namespace `nsid`, if it is attached.
     pub(super) fn namespace(&self, nsid: u32) -> Option<&Namespace> {
         (self.sh.namespaces.iter()).find(|n| n.id == nsid && n.attached())
+    }
+
+    /// Whether the I/O command sets beyond NVM are enabled: the controller
+    /// has them and was enabled with CC.CSS = 110b.
+    pub(super) fn command_sets_enabled(&self) -> bool {
+        self.sh.config.io_command_sets && self.cc.css() == 0b110
+    }
+
+    /// Namespace `nsid`, if it exists and its command set is enabled (a
+    /// zoned namespace is active only with CC.CSS = 110b).
+    pub(super) fn active_namespace(&self, nsid: u32) -> Option<&Namespace> {
+        self.namespace(nsid)
+            .filter(|ns| ns.zoned.is_none() || self.command_sets_enabled())
     }
 
     /// The host memory ranges `cmd`'s data pointer describes for `len`
@@ -114,7 +135,7 @@ impl Device {
         if op == io::FLUSH && cmd.nsid == u32::MAX {
             return ok(0);
         }
-        let Some(ns) = self.namespace(cmd.nsid) else {
+        let Some(ns) = self.active_namespace(cmd.nsid) else {
             return fail(invalid(sc::INVALID_NAMESPACE));
         };
         match op {
@@ -153,6 +174,13 @@ impl Device {
         if self.sh.config.max_transfer().is_some_and(|max| len > max) {
             return Err(invalid(sc::INVALID_FIELD));
         }
+        if let Some(z) = &ns.zoned {
+            // No reads across zone boundaries (OZCS bit 0 clear), as on
+            // QEMU's controller by default.
+            if !write && !z.within_one_zone(cmd.slba(), cmd.nlb() as u64) {
+                return Err(specific(csc::ZONE_BOUNDARY_ERROR));
+            }
+        }
         if !self.sh.config.null {
             // The data pointer is checked whole before any data moves.
             let mut data = vec![0u8; len as usize];
@@ -161,6 +189,9 @@ impl Device {
                 let ranges = self.ranges(cmd, len, true)?;
                 if !iommu.read_ranges(&ranges, &mut data) {
                     return Err(DATA_TRANSFER_ERROR);
+                }
+                if let Some(z) = &ns.zoned {
+                    z.write(cmd.slba(), cmd.nlb() as u64).map_err(zone_status)?;
                 }
                 ns.write(off, &data);
             } else {
@@ -185,6 +216,8 @@ impl Device {
                     return Err(DATA_TRANSFER_ERROR);
                 }
             }
+        } else if let Some(z) = ns.zoned.as_ref().filter(|_| write) {
+            z.write(cmd.slba(), cmd.nlb() as u64).map_err(zone_status)?;
         }
         Ok(len)
     }
@@ -227,6 +260,11 @@ impl Device {
         let Some((off, len)) = ns.byte_range(cmd.slba(), cmd.nlb() as u64) else {
             return fail(invalid(sc::LBA_OUT_OF_RANGE));
         };
+        if let Some(z) = &ns.zoned {
+            if let Err(e) = z.write(cmd.slba(), cmd.nlb() as u64) {
+                return fail(zone_status(e));
+            }
+        }
         if !self.sh.config.null {
             ns.zero(off, len);
         }

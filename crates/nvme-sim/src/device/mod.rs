@@ -57,6 +57,8 @@ pub(crate) mod csc {
     pub const INVALID_LOG_PAGE: u8 = 0x09;
     pub const INVALID_QUEUE_DELETION: u8 = 0x0c;
     pub const NOT_SAVEABLE: u8 = 0x0d;
+    pub const ZONE_BOUNDARY_ERROR: u8 = 0xb8;
+    pub const ZONE_INVALID_WRITE: u8 = 0xbc;
 }
 
 /// A generic status with Do Not Retry: the command is malformed.
@@ -418,8 +420,8 @@ impl Device {
         let css = (cc.0 >> 4) & 0x7;
         let why = if cc.mps() < c.mps_min || cc.mps() > c.mps_max {
             Some("CC.MPS outside CAP.MPSMIN..MPSMAX")
-        } else if css != 0 {
-            Some("CC.CSS is not the NVM command set")
+        } else if css != 0 && !(css == 0b110 && c.io_command_sets) {
+            Some("CC.CSS is neither NVM nor (with CAP.CSS bit 6) all I/O command sets")
         } else if asqs < 2 || acqs < 2 {
             Some("admin queues need at least 2 entries (AQA)")
         } else if asq & 0xfff != 0 || acq & 0xfff != 0 || asq == 0 || acq == 0 {

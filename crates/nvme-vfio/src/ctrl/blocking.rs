@@ -36,7 +36,8 @@ impl QueuePair {
     }
 
     /// Writes `buf` to blocks starting at `lba` and waits; `fua` forces it
-    /// to media before completion.
+    /// to media before completion. Every write call is refused on a zoned
+    /// namespace ([`Error::ZonedNamespace`]), before anything is submitted.
     pub fn write(&mut self, ns: &Namespace, lba: u64, buf: &[u8], fua: bool) -> Result<(), Error> {
         let seg = HostSeg::from_slice(buf);
         if !self.describable(&[seg]) {
@@ -202,8 +203,11 @@ impl QueuePair {
     }
 
     /// Writes zeroes to `blocks` blocks at `lba` (split at 65536 blocks per
-    /// command).
+    /// command). Refused on a zoned namespace ([`Error::ZonedNamespace`]).
     pub fn write_zeroes(&mut self, ns: &Namespace, lba: u64, blocks: u64) -> Result<(), Error> {
+        if ns.is_zoned() {
+            return Err(Error::ZonedNamespace { nsid: ns.id() });
+        }
         check_range(ns, lba, blocks)?;
         let mut done = 0;
         while done < blocks {

@@ -146,15 +146,24 @@ impl Io {
         Self::new(Op::Read, ns, lba, buf.into())
     }
 
-    /// A write of the buffer at `lba`.
+    /// A write of the buffer at `lba` (refused at submission on a zoned
+    /// namespace: [`Error::ZonedNamespace`]).
     pub fn write(ns: &Namespace, lba: u64, buf: impl Into<IoBuf>) -> Self {
         Self::new(Op::Write { fua: false }, ns, lba, buf.into())
     }
 
     fn new(op: Op, ns: &Namespace, lba: u64, buf: IoBuf) -> Self {
+        let mut ns = ns.clone();
+        if op != Op::Read && ns.is_zoned() {
+            // Refused at submission (Error::ZonedNamespace). With no
+            // blocks, the request fails the fast path's range check, so the
+            // refusal costs the fast path nothing; the general path checks
+            // the command set first.
+            ns.blocks = 0;
+        }
         Io {
             op,
-            ns: ns.clone(),
+            ns,
             lba,
             len: buf.len(),
             buf,

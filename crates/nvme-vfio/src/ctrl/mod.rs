@@ -17,6 +17,7 @@ mod function;
 mod group;
 mod inflight;
 mod io;
+mod ns;
 mod passthru;
 mod pool;
 mod qpair;
@@ -42,6 +43,7 @@ pub use events::{AsyncEvent, AsyncEventKind};
 pub use function::{Interrupts, PciFunction};
 pub use group::PollGroup;
 pub use io::{Done, Io, IoBuf, Op};
+pub use ns::{CommandSet, NamespaceEntry, NamespaceInfo, ZoneInfo};
 pub use pool::{DmaDescPool, DESC_PAGE};
 pub use qpair::{QueueConfig, QueuePair};
 pub(crate) use shared::Shared;
@@ -110,6 +112,8 @@ pub struct Namespace {
     id: u32,
     block_size: u64,
     blocks: u64,
+    command_set: CommandSet,
+    zones: Option<ZoneInfo>,
 }
 
 impl Namespace {
@@ -128,6 +132,21 @@ impl Namespace {
     /// Capacity in bytes.
     pub fn bytes(&self) -> u64 {
         self.blocks.saturating_mul(self.block_size)
+    }
+    /// The namespace's I/O command set.
+    pub fn command_set(&self) -> CommandSet {
+        self.command_set
+    }
+    /// Whether the namespace is zoned (Zoned Namespace command set): it
+    /// reads like any other, but plain writes and Write Zeroes are refused
+    /// with [`Error::ZonedNamespace`] before anything is submitted.
+    pub fn is_zoned(&self) -> bool {
+        self.command_set == CommandSet::Zoned
+    }
+    /// The zones of a zoned namespace (`None` for other namespaces, or if
+    /// the controller did not report a zone size).
+    pub fn zones(&self) -> Option<&ZoneInfo> {
+        self.zones.as_ref()
     }
 }
 
@@ -161,6 +180,9 @@ pub struct Controller {
     identify: IdentifyController,
     io_queues: u16,
     cmb: Option<Arc<cmb::Cmb>>,
+    /// Whether Identify CNS 08h may work (cleared when the controller
+    /// refuses it).
+    independent_ns: std::sync::atomic::AtomicBool,
 }
 
 impl core::fmt::Debug for Controller {
@@ -396,6 +418,7 @@ impl Controller {
             identify: IdentifyController::default(),
             io_queues: 0,
             cmb: None,
+            independent_ns: std::sync::atomic::AtomicBool::new(true),
         };
         ctrl.identify = ctrl.identify_controller()?;
         ctrl.io_queues = ctrl.negotiate_queues()?;
@@ -520,18 +543,10 @@ impl Controller {
         self.shared.space.alloc(len)
     }
 
-    /// IDs of the active namespaces.
+    /// IDs of the active namespaces, of every enabled command set, in
+    /// increasing order (every page of the list).
     pub fn active_namespaces(&self) -> Result<Vec<u32>, Error> {
-        let buf = self.shared.admin_read(
-            Command::identify(cns::ACTIVE_NAMESPACES, 0),
-            IDENTIFY_LEN,
-            "Identify Active Namespace List",
-        )?;
-        Ok(buf.as_slice()[..IDENTIFY_LEN]
-            .chunks_exact(4)
-            .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .take_while(|&id| id != 0)
-            .collect())
+        self.namespace_list(None)
     }
 
     /// The Identify Namespace data of `nsid`.
@@ -555,12 +570,19 @@ impl Controller {
         Ok(id)
     }
 
-    /// Namespace `nsid`, if active and formatted without metadata.
+    /// Namespace `nsid`, if active, of the NVM or Zoned Namespace command
+    /// set (see [`namespace_info`](Self::namespace_info), less the command
+    /// set independent data) and formatted without metadata.
     pub fn namespace(&self, nsid: u32) -> Result<Namespace, Error> {
-        let id = self.identify_namespace(nsid)?;
-        if !id.is_active() {
-            return Err(Error::NoNamespace { nsid });
-        }
+        let info = self.describe_namespace(nsid, false)?;
+        let command_set = info.command_set;
+        let Some(id) = info
+            .identify
+            .as_ref()
+            .filter(|_| matches!(command_set, CommandSet::Nvm | CommandSet::Zoned))
+        else {
+            return Err(Error::UnsupportedCommandSet { nsid, command_set });
+        };
         let f = id.current_lba_format().ok_or(Error::Unsupported(
             "namespace reports no current LBA format",
         ))?;
@@ -578,6 +600,8 @@ impl Controller {
             id: nsid,
             block_size,
             blocks: id.nsze(),
+            command_set,
+            zones: info.zones(),
         })
     }
 

@@ -282,7 +282,8 @@ impl QueuePair {
 
     /// Submits `io`. Its buffer belongs to the request until it comes back
     /// in a [`Done`] from [`poll`](Self::poll); on refusal the request comes
-    /// back with the error and nothing was submitted. The device sees the
+    /// back with the error and nothing was submitted (a write to a zoned
+    /// namespace always is: [`Error::ZonedNamespace`]). The device sees the
     /// command at the next [`poll`](Self::poll) or [`flush`](Self::flush).
     // The refused request comes back by value: "queue full" is a normal,
     // frequent outcome for a caller that submits until full, and boxing it
@@ -742,6 +743,9 @@ impl QueuePair {
         buf: IoBuf,
         tag: Tag,
     ) -> Result<(), (Error, IoBuf)> {
+        if op != Op::Read && ns.is_zoned() {
+            return Err((Error::ZonedNamespace { nsid: ns.id() }, buf));
+        }
         if let [seg] = segs {
             if let Some((cid, dp)) = self.try_fast(ns, lba, *seg) {
                 self.commit_one(cid, dp, op, ns, lba, seg.len, buf, tag);
@@ -1010,6 +1014,9 @@ impl QueuePair {
         lba: u64,
         segs: &[HostSeg],
     ) -> Result<(), Error> {
+        if op != Op::Read && ns.is_zoned() {
+            return Err(Error::ZonedNamespace { nsid: ns.id() });
+        }
         let total: u64 = segs.iter().map(|s| s.len).sum();
         let bs = ns.block_size();
         let chunk = (self.max_transfer / bs).max(1) * bs;

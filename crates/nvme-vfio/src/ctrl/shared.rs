@@ -675,8 +675,10 @@ impl Shared {
             let cmbmsc = self.cmbmsc.load(std::sync::atomic::Ordering::SeqCst);
             self.regs.write64(cmb::CMBMSC, cmbmsc);
         }
+        // Every I/O command set the controller has, when it can select
+        // them (a zoned namespace is usable only so), else NVM.
         let cc = Cc::default()
-            .with_css(0)
+            .with_css(self.cap.css_to_select())
             .with_mps(self.page.mps())
             .with_entry_sizes(6, 4)
             .with_enable(true);

@@ -59,6 +59,16 @@ pub mod cns {
     pub const CONTROLLER: u8 = 0x01;
     /// Active Namespace ID list.
     pub const ACTIVE_NAMESPACES: u8 = 0x02;
+    /// Namespace Identification Descriptor list.
+    pub const NAMESPACE_DESCRIPTORS: u8 = 0x03;
+    /// I/O Command Set specific Identify Namespace (CSI in CDW11).
+    pub const CSI_NAMESPACE: u8 = 0x05;
+    /// I/O Command Set specific Identify Controller (CSI in CDW11).
+    pub const CSI_CONTROLLER: u8 = 0x06;
+    /// I/O Command Set specific Active Namespace ID list (CSI in CDW11).
+    pub const CSI_ACTIVE_NAMESPACES: u8 = 0x07;
+    /// I/O Command Set Independent Identify Namespace.
+    pub const INDEPENDENT_NAMESPACE: u8 = 0x08;
 }
 
 /// Feature identifiers.
@@ -173,6 +183,19 @@ impl Command {
         let mut c = Self::new(admin::IDENTIFY, nsid);
         c.cdw10 = cns as u32;
         c
+    }
+
+    /// Identify with `cns` for the I/O Command Set `csi` (CDW11 bits 31:24).
+    pub fn identify_csi(cns: u8, nsid: u32, csi: u8) -> Self {
+        let mut c = Self::identify(cns, nsid);
+        c.cdw11 = (csi as u32) << 24;
+        c
+    }
+
+    /// The Command Set Identifier of an Identify command (CDW11 bits
+    /// 31:24).
+    pub const fn identify_csi_field(&self) -> u8 {
+        (self.cdw11 >> 24) as u8
     }
 
     /// Create I/O Completion Queue `qid` of `entries` at `addr` (physically

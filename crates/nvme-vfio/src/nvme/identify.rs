@@ -211,6 +211,10 @@ impl IdentifyNamespace {
     pub fn ncap(&self) -> u64 {
         le64(&self.0[..], 8)
     }
+    /// Namespace Utilization: logical blocks currently allocated.
+    pub fn nuse(&self) -> u64 {
+        le64(&self.0[..], 16)
+    }
     /// Number of LBA formats (NLBAF is 0-based).
     pub fn lba_formats(&self) -> usize {
         self.0[25] as usize + 1
@@ -246,6 +250,10 @@ impl IdentifyNamespace {
         for at in [0, 8, 16] {
             self.0[at..at + 8].copy_from_slice(&blocks.to_le_bytes());
         }
+    }
+    /// Sets the utilization (NUSE) alone.
+    pub fn set_utilization(&mut self, blocks: u64) {
+        self.0[16..24].copy_from_slice(&blocks.to_le_bytes());
     }
     /// Sets the LBA formats and selects `current`.
     pub fn set_formats(&mut self, formats: &[LbaFormat], current: usize) {
@@ -312,6 +320,9 @@ mod tests {
         n.set_size(1 << 20);
         n.set_formats(&fmts, 2);
         assert_eq!(n.nsze(), 1 << 20);
+        assert_eq!(n.nuse(), 1 << 20);
+        n.set_utilization(5);
+        assert_eq!((n.nsze(), n.ncap(), n.nuse()), (1 << 20, 1 << 20, 5));
         assert_eq!(n.lba_formats(), 3);
         assert_eq!(n.current_format(), 2);
         assert_eq!(n.current_lba_format().unwrap().block_size(), 4096);

@@ -6,6 +6,7 @@ pub mod desc;
 pub mod dptr;
 mod error;
 pub mod identify;
+pub mod iocs;
 pub mod log;
 pub mod prp;
 pub mod queue;

@@ -59,9 +59,25 @@ impl Cap {
     pub const fn nssr_supported(self) -> bool {
         bits(self.0, 36, 1) != 0
     }
-    /// Command Sets Supported: bit 0 is the NVM command set.
+    /// Command Sets Supported: bit 0 is the NVM command set, bit 6 one or
+    /// more I/O command sets (CC.CSS = 110b), bit 7 no I/O command set.
     pub const fn css(self) -> u8 {
         bits(self.0, 37, 8) as u8
+    }
+    /// Whether the controller supports I/O command sets beyond NVM and
+    /// their selection with CC.CSS = 110b (CAP.CSS bit 6, CAP bit 43).
+    pub const fn io_command_sets(self) -> bool {
+        self.css() & (1 << 6) != 0
+    }
+    /// The CC.CSS value to enable the controller with: every supported I/O
+    /// command set ([`css::ALL_IO`]) when the controller supports that
+    /// selection, else the NVM command set only ([`css::NVM`]).
+    pub const fn css_to_select(self) -> u8 {
+        if self.io_command_sets() {
+            css::ALL_IO
+        } else {
+            css::NVM
+        }
     }
     /// Memory Page Size Minimum, in bytes.
     pub const fn mps_min(self) -> u64 {
@@ -96,6 +112,16 @@ impl Version {
     }
 }
 
+/// I/O Command Set Selected (CC.CSS) values.
+pub mod css {
+    /// The NVM command set only.
+    pub const NVM: u8 = 0b000;
+    /// Every I/O command set the controller supports (needs CAP.CSS bit 6).
+    pub const ALL_IO: u8 = 0b110;
+    /// Admin commands only (needs CAP.CSS bit 7).
+    pub const ADMIN_ONLY: u8 = 0b111;
+}
+
 /// Shutdown Notification (CC.SHN).
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Shutdown {
@@ -120,9 +146,13 @@ impl Cc {
     pub const fn with_enable(self, on: bool) -> Self {
         Cc((self.0 & !1) | on as u32)
     }
-    /// I/O Command Set Selected (0: NVM).
+    /// I/O Command Set Selected (see [`css`]).
     pub const fn with_css(self, css: u8) -> Self {
         Cc((self.0 & !(0x7 << 4)) | ((css as u32 & 0x7) << 4))
+    }
+    /// The I/O Command Set Selected field.
+    pub const fn css(self) -> u8 {
+        ((self.0 >> 4) & 0x7) as u8
     }
     /// Memory Page Size: `2^(12 + mps)` bytes.
     pub const fn with_mps(self, mps: u8) -> Self {
@@ -306,6 +336,13 @@ mod tests {
         assert_eq!(cap.timeout_ms(), 7500);
         assert_eq!(cap.doorbell_stride(), 4);
         assert_eq!(cap.css() & 1, 1);
+        // NVM, I/O command sets (bit 6) and admin only (bit 7).
+        assert_eq!(cap.css(), 0xc1);
+        assert!(cap.io_command_sets());
+        assert_eq!(cap.css_to_select(), css::ALL_IO);
+        let nvm_only = Cap(cap.0 & !(0x40 << 37));
+        assert!(!nvm_only.io_command_sets());
+        assert_eq!(nvm_only.css_to_select(), css::NVM);
         assert_eq!(cap.mps_min(), 4096);
         assert_eq!(cap.mps_max(), 65536);
         assert_eq!(Version(0x10400).major(), 1);
@@ -314,6 +351,8 @@ mod tests {
 
     #[test]
     fn cc_and_aqa_fields() {
+        assert_eq!(Cc::default().with_css(css::ALL_IO).0, 0x60);
+        assert_eq!(Cc(0x60).css(), css::ALL_IO);
         let cc = Cc::default()
             .with_css(0)
             .with_mps(0)
