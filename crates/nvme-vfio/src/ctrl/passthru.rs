@@ -205,8 +205,14 @@ fn checked(
 }
 
 impl Controller {
-    /// Runs an admin command the application built (see the
-    /// [module](self) for what is refused). With `data`, the buffer is the
+    /// Runs an admin command the application built. The driver knows
+    /// how many bytes each command it takes moves and builds its data
+    /// pointer (the caller's data and metadata pointers, PSDT and fused
+    /// bits are never sent); it refuses queue creation and deletion,
+    /// Asynchronous Event Requests, Doorbell Buffer Config, Set Features of
+    /// the number of queues, the event configuration and a host memory
+    /// buffer, and a buffer with a command whose transfer it does not know
+    /// (use [`admin_passthru_unchecked`](Self::admin_passthru_unchecked)). With `data`, the buffer is the
     /// command's data, in the direction its opcode says: it must hold what
     /// the command moves (the length given with it is not used: the
     /// driver knows it from the command); the buffer comes back with the
@@ -323,9 +329,10 @@ impl Controller {
 
 impl QueuePair {
     /// Runs an I/O command the application built for namespace `ns` (its
-    /// NSID is set from `ns`) to completion (see the [module](self) for
-    /// what is refused: data transfers other than Read, Write, Compare and
-    /// Dataset Management). With `data`, the buffer is the command's data,
+    /// NSID is set from `ns`) to completion. As with
+    /// [`Controller::admin_passthru`], the driver builds the data pointer
+    /// from what the command moves; it takes data only with Read, Write,
+    /// Compare and Dataset Management. With `data`, the buffer is the command's data,
     /// in the direction its opcode says, and must hold what the command
     /// moves; it comes back. A command that fails gives it up (it is
     /// dropped, or kept out of reach if the controller could not be
