@@ -98,6 +98,180 @@ enum Cmd {
         /// PCI address.
         device: String,
     },
+    /// Get Features: the result dword (and the feature's data with
+    /// --data-len).
+    GetFeature(GetFeatureArgs),
+    /// Set Features.
+    SetFeature(SetFeatureArgs),
+    /// Get Log Page: any log, length, offset and log specific field.
+    GetLog(GetLogArgs),
+    /// The Error Information log.
+    ErrorLog {
+        /// PCI address.
+        device: String,
+        /// Entries to show (newest first).
+        #[arg(short = 'e', long = "log-entries", default_value_t = 16)]
+        entries: usize,
+    },
+    /// The Firmware Slot Information log.
+    FwLog {
+        /// PCI address.
+        device: String,
+    },
+    /// Format NVM: a namespace to an LBA format (erases its data).
+    Format(FormatArgs),
+    /// Send an admin command built from its fields.
+    AdminPassthru(PassthruArgs),
+    /// Send an I/O command built from its fields to a namespace.
+    IoPassthru(PassthruArgs),
+    /// The controller's registers.
+    ShowRegs {
+        /// PCI address.
+        device: String,
+    },
+    /// Reset the controller (disable, enable, queues again).
+    Reset {
+        /// PCI address.
+        device: String,
+    },
+}
+
+/// A number in decimal or 0x-prefixed hex.
+fn num(s: &str) -> Result<u64, String> {
+    match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        Some(h) => u64::from_str_radix(h, 16),
+        None => s.parse(),
+    }
+    .map_err(|e| format!("{s}: {e}"))
+}
+
+fn num32(s: &str) -> Result<u32, String> {
+    num(s).and_then(|v| u32::try_from(v).map_err(|_| format!("{s}: more than 32 bits")))
+}
+
+fn num8(s: &str) -> Result<u8, String> {
+    num(s).and_then(|v| u8::try_from(v).map_err(|_| format!("{s}: more than 8 bits")))
+}
+
+#[derive(Args)]
+struct GetFeatureArgs {
+    /// PCI address.
+    device: String,
+    /// Feature identifier.
+    #[arg(short = 'f', long = "feature-id", value_parser = num8)]
+    fid: u8,
+    /// Namespace ID (for namespace features).
+    #[arg(short = 'n', long = "namespace-id", default_value = "0", value_parser = num32)]
+    nsid: u32,
+    /// Select: 0 current, 1 default, 2 saved, 3 supported capabilities.
+    #[arg(short = 's', long = "sel", default_value = "0", value_parser = num8)]
+    sel: u8,
+    /// Dword 11 (some features take a value there).
+    #[arg(short = 'c', long = "cdw11", default_value = "0", value_parser = num32)]
+    cdw11: u32,
+    /// Bytes of feature data to read (at most 4096).
+    #[arg(short = 'l', long = "data-len", default_value_t = 0)]
+    data_len: usize,
+}
+
+#[derive(Args)]
+struct SetFeatureArgs {
+    /// PCI address.
+    device: String,
+    /// Feature identifier.
+    #[arg(short = 'f', long = "feature-id", value_parser = num8)]
+    fid: u8,
+    /// The value (dword 11).
+    #[arg(short = 'v', long = "value", value_parser = num32)]
+    value: u32,
+    /// Namespace ID (for namespace features).
+    #[arg(short = 'n', long = "namespace-id", default_value = "0", value_parser = num32)]
+    nsid: u32,
+    /// Keep the value across power cycles.
+    #[arg(short = 's', long = "save")]
+    save: bool,
+}
+
+#[derive(Args)]
+struct GetLogArgs {
+    /// PCI address.
+    device: String,
+    /// Log page identifier.
+    #[arg(short = 'i', long = "log-id", value_parser = num8)]
+    lid: u8,
+    /// Bytes to read (a multiple of 4).
+    #[arg(short = 'l', long = "log-len")]
+    len: usize,
+    /// Namespace ID (default: the controller's).
+    #[arg(short = 'n', long = "namespace-id", default_value = "0xffffffff", value_parser = num32)]
+    nsid: u32,
+    /// Byte offset in the log (a multiple of 4).
+    #[arg(short = 'o', long = "lpo", default_value = "0", value_parser = num)]
+    offset: u64,
+    /// Log specific field.
+    #[arg(short = 's', long = "lsp", default_value = "0", value_parser = num8)]
+    lsp: u8,
+    /// Write the log's bytes to stdout as they are.
+    #[arg(short = 'b', long = "raw-binary")]
+    raw: bool,
+}
+
+#[derive(Args)]
+struct FormatArgs {
+    /// PCI address.
+    device: String,
+    /// Namespace ID (0xffffffff: all).
+    #[arg(short = 'n', long = "namespace-id", default_value = "1", value_parser = num32)]
+    nsid: u32,
+    /// LBA format index (see id-ns).
+    #[arg(short = 'l', long = "lbaf", value_parser = num8)]
+    lbaf: u8,
+    /// Secure erase: 0 none, 1 user data, 2 cryptographic.
+    #[arg(short = 's', long = "ses", default_value = "0", value_parser = num8)]
+    ses: u8,
+    /// Confirm erasing the namespace.
+    #[arg(short = 'y', long, alias = "force")]
+    yes: bool,
+}
+
+#[derive(Args)]
+struct PassthruArgs {
+    /// PCI address.
+    device: String,
+    /// Opcode.
+    #[arg(short = 'O', long = "opcode", value_parser = num8)]
+    opcode: u8,
+    /// Namespace ID.
+    #[arg(short = 'n', long = "namespace-id", default_value = "0", value_parser = num32)]
+    nsid: u32,
+    /// Command dwords 10 to 15.
+    #[arg(long = "cdw10", default_value = "0", value_parser = num32)]
+    cdw10: u32,
+    #[arg(long = "cdw11", default_value = "0", value_parser = num32, help = "Command dword 11")]
+    cdw11: u32,
+    #[arg(long = "cdw12", default_value = "0", value_parser = num32, help = "Command dword 12")]
+    cdw12: u32,
+    #[arg(long = "cdw13", default_value = "0", value_parser = num32, help = "Command dword 13")]
+    cdw13: u32,
+    #[arg(long = "cdw14", default_value = "0", value_parser = num32, help = "Command dword 14")]
+    cdw14: u32,
+    #[arg(long = "cdw15", default_value = "0", value_parser = num32, help = "Command dword 15")]
+    cdw15: u32,
+    /// Bytes of data the command moves (0: none).
+    #[arg(short = 'l', long = "data-len", default_value_t = 0)]
+    data_len: usize,
+    /// The data comes from the device (printed).
+    #[arg(short = 'r', long = "read", conflicts_with = "write")]
+    read: bool,
+    /// The data goes to the device (from --input-file).
+    #[arg(short = 'w', long = "write")]
+    write: bool,
+    /// File holding the data to send (with --write).
+    #[arg(short = 'i', long = "input-file")]
+    input: Option<PathBuf>,
+    /// Write the data read to stdout as it is.
+    #[arg(short = 'b', long = "raw-binary")]
+    raw: bool,
 }
 
 #[derive(Args)]
@@ -319,7 +493,279 @@ fn run(cli: &Cli) -> Result<(), Fail> {
             Ok(())
         }
         Cmd::SmartLog { device } => smart_log(&*open(device)?, cli.json),
+        Cmd::GetFeature(a) => get_feature(&*open(&a.device)?, a, cli.json),
+        Cmd::SetFeature(a) => set_feature(&*open(&a.device)?, a, cli.json),
+        Cmd::GetLog(a) => get_log(&*open(&a.device)?, a, cli.json),
+        Cmd::ErrorLog { device, entries } => error_log(&*open(device)?, *entries, cli.json),
+        Cmd::FwLog { device } => fw_log(&*open(device)?, cli.json),
+        Cmd::Format(a) => format(&*open(&a.device)?, a, cli.json),
+        Cmd::AdminPassthru(a) => passthru(&*open(&a.device)?, a, false, cli.json),
+        Cmd::IoPassthru(a) => passthru(&*open(&a.device)?, a, true, cli.json),
+        Cmd::ShowRegs { device } => show_regs(&*open(device)?, cli.json),
+        Cmd::Reset { device } => {
+            open(device)?.reset()?;
+            if cli.json {
+                println!("{{\"command\":\"reset\",\"status\":\"success\"}}");
+            } else {
+                eprintln!("reset: success");
+            }
+            Ok(())
+        }
     }
+}
+
+/// `data` as nvme-cli prints it: 16 bytes a line, offset, hex, text.
+fn hexdump(data: &[u8]) {
+    for (i, line) in data.chunks(16).enumerate() {
+        let hex: Vec<String> = line.iter().map(|b| format!("{b:02x}")).collect();
+        let text: String = line
+            .iter()
+            .map(|&b| {
+                if b.is_ascii_graphic() || b == b' ' {
+                    b as char
+                } else {
+                    '.'
+                }
+            })
+            .collect();
+        println!("{:04x}: {:<48} \"{text}\"", i * 16, hex.join(" "));
+    }
+}
+
+fn hex_json(data: &[u8]) -> String {
+    let mut s = String::with_capacity(data.len() * 2 + 2);
+    s.push('"');
+    for b in data {
+        let _ = write!(s, "{b:02x}");
+    }
+    s.push('"');
+    s
+}
+
+fn get_feature(ctrl: &Controller, a: &GetFeatureArgs, json: bool) -> Result<(), Fail> {
+    use nvme_vfio::nvme::cmd::{admin, Command};
+    if a.sel > 3 || a.data_len > 4096 {
+        return Err(Fail::Input(
+            "--sel is 0 to 3, --data-len at most 4096".into(),
+        ));
+    }
+    let mut cmd = Command::new(admin::GET_FEATURES, a.nsid);
+    cmd.cdw10 = u32::from(a.fid) | u32::from(a.sel) << 8;
+    cmd.cdw11 = a.cdw11;
+    let data = if a.data_len > 0 {
+        Some((ctrl.dma_alloc(4096)?, 4096))
+    } else {
+        None
+    };
+    let (result, buf) = ctrl.admin_passthru(cmd, data)?;
+    let bytes = buf.map(|b| b.as_slice()[..a.data_len].to_vec());
+    if json {
+        let data = bytes.as_deref().map_or("null".into(), hex_json);
+        println!(
+            "{{\"feature_id\":{},\"sel\":{},\"result\":{result},\"data\":{data}}}",
+            a.fid, a.sel
+        );
+    } else {
+        println!(
+            "get-feature:{:#04x} (sel {}), Current value:{result:#010x}",
+            a.fid, a.sel
+        );
+        if let Some(b) = &bytes {
+            hexdump(b);
+        }
+    }
+    Ok(())
+}
+
+fn set_feature(ctrl: &Controller, a: &SetFeatureArgs, json: bool) -> Result<(), Fail> {
+    use nvme_vfio::nvme::cmd::{admin, Command};
+    let mut cmd = Command::new(admin::SET_FEATURES, a.nsid);
+    cmd.cdw10 = u32::from(a.fid) | u32::from(a.save) << 31;
+    cmd.cdw11 = a.value;
+    let (result, _) = ctrl.admin_passthru(cmd, None)?;
+    if json {
+        println!(
+            "{{\"feature_id\":{},\"value\":{},\"save\":{},\"result\":{result}}}",
+            a.fid, a.value, a.save
+        );
+    } else {
+        println!(
+            "set-feature:{:#04x}, value:{:#010x}, save:{}, result:{result:#010x}",
+            a.fid, a.value, a.save
+        );
+    }
+    Ok(())
+}
+
+fn get_log(ctrl: &Controller, a: &GetLogArgs, json: bool) -> Result<(), Fail> {
+    let b = ctrl.get_log_page(a.lid, a.nsid, a.lsp, a.offset, a.len)?;
+    if a.raw {
+        std::io::stdout()
+            .write_all(&b)
+            .map_err(|e| Fail::Input(format!("stdout: {e}")))?;
+    } else if json {
+        println!(
+            "{{\"log_id\":{},\"offset\":{},\"length\":{},\"data\":{}}}",
+            a.lid,
+            a.offset,
+            b.len(),
+            hex_json(&b)
+        );
+    } else {
+        println!(
+            "Device log page {:#04x} ({} bytes from {}):",
+            a.lid,
+            b.len(),
+            a.offset
+        );
+        hexdump(&b);
+    }
+    Ok(())
+}
+
+fn error_log(ctrl: &Controller, entries: usize, json: bool) -> Result<(), Fail> {
+    let log = ctrl.error_log(entries.clamp(1, 64))?;
+    if json {
+        let items: Vec<String> = log
+            .iter()
+            .map(|e| {
+                format!(
+                    "{{\"error_count\":{},\"sqid\":{},\"cmdid\":{},\"status\":{},\"nsid\":{},\"lba\":{},\"text\":{}}}",
+                    e.error_count,
+                    e.sqid,
+                    e.cid,
+                    e.status,
+                    e.nsid,
+                    e.lba,
+                    js(&e.to_string())
+                )
+            })
+            .collect();
+        println!("{{\"errors\":[{}]}}", items.join(","));
+    } else {
+        println!("Error Log Entries for device ({} in use):", log.len());
+        for e in &log {
+            println!("  {e}");
+        }
+    }
+    Ok(())
+}
+
+fn fw_log(ctrl: &Controller, json: bool) -> Result<(), Fail> {
+    let f = ctrl.firmware_log()?;
+    if json {
+        let slots: Vec<String> = f
+            .revisions
+            .iter()
+            .enumerate()
+            .filter_map(|(i, r)| Some(format!("\"frs{}\":{}", i + 1, js(r.as_deref()?))))
+            .collect();
+        println!(
+            "{{\"active_slot\":{},\"next_slot\":{},{}}}",
+            f.active_slot,
+            f.next_slot.map_or("null".into(), |n| n.to_string()),
+            slots.join(",")
+        );
+    } else {
+        println!("Firmware Log for device:");
+        println!(
+            "afi  : active slot {}, next {:?}",
+            f.active_slot, f.next_slot
+        );
+        for (i, r) in f.revisions.iter().enumerate() {
+            if let Some(r) = r {
+                println!("frs{} : {r}", i + 1);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn format(ctrl: &Controller, a: &FormatArgs, json: bool) -> Result<(), Fail> {
+    if !a.yes {
+        return Err(Fail::Input(format!(
+            "format erases namespace {:#x}: add --yes to confirm",
+            a.nsid
+        )));
+    }
+    ctrl.format_nvm(a.nsid, a.lbaf, a.ses)?;
+    if json {
+        println!(
+            "{{\"command\":\"format\",\"namespace\":{},\"lbaf\":{},\"ses\":{},\"status\":\"success\"}}",
+            a.nsid, a.lbaf, a.ses
+        );
+    } else {
+        eprintln!("format: success");
+    }
+    Ok(())
+}
+
+fn passthru(ctrl: &Controller, a: &PassthruArgs, io: bool, json: bool) -> Result<(), Fail> {
+    use nvme_vfio::nvme::cmd::Command;
+    let mut cmd = Command::new(a.opcode, a.nsid);
+    (cmd.cdw10, cmd.cdw11, cmd.cdw12) = (a.cdw10, a.cdw11, a.cdw12);
+    (cmd.cdw13, cmd.cdw14, cmd.cdw15) = (a.cdw13, a.cdw14, a.cdw15);
+    if a.data_len > 0 && !a.read && !a.write {
+        return Err(Fail::Input("--data-len needs --read or --write".into()));
+    }
+    let data = if a.data_len > 0 {
+        let mut buf = ctrl.dma_alloc(a.data_len)?;
+        if a.write {
+            let mut input = Vec::new();
+            match &a.input {
+                Some(p) => std::fs::File::open(p).and_then(|mut f| f.read_to_end(&mut input)),
+                None => std::io::stdin().read_to_end(&mut input),
+            }
+            .map_err(|e| Fail::Input(format!("input: {e}")))?;
+            let n = input.len().min(a.data_len);
+            buf.as_mut_slice()[..n].copy_from_slice(&input[..n]);
+        }
+        Some((buf, a.data_len))
+    } else {
+        None
+    };
+    let (result, buf) = if io {
+        let ns = ctrl.namespace(a.nsid)?;
+        let mut qp = ctrl.queue_pair(QueueConfig::default())?;
+        (0, qp.io_passthru(&ns, cmd, data)?)
+    } else {
+        ctrl.admin_passthru(cmd, data)?
+    };
+    let read = buf
+        .filter(|_| a.read)
+        .map(|b| b.as_slice()[..a.data_len].to_vec());
+    if a.raw {
+        if let Some(b) = &read {
+            std::io::stdout()
+                .write_all(b)
+                .map_err(|e| Fail::Input(format!("stdout: {e}")))?;
+        }
+    } else if json {
+        let data = read.as_deref().map_or("null".into(), hex_json);
+        println!(
+            "{{\"opcode\":{},\"result\":{result},\"data\":{data}}}",
+            a.opcode
+        );
+    } else {
+        println!("NVMe command result:{result:08x}");
+        if let Some(b) = &read {
+            hexdump(b);
+        }
+    }
+    Ok(())
+}
+
+fn show_regs(ctrl: &Controller, json: bool) -> Result<(), Fail> {
+    let regs = ctrl.registers();
+    if json {
+        let items: Vec<String> = regs.iter().map(|(k, v)| format!("{}:{v}", js(k))).collect();
+        println!("{{{}}}", items.join(","));
+    } else {
+        for (k, v) in &regs {
+            println!("{k:<8}: {v:x}");
+        }
+    }
+    Ok(())
 }
 
 fn done(json: bool, what: &str, ns: &Namespace, lba: u64, blocks: u64) {

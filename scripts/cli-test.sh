@@ -50,6 +50,33 @@ json() {
     fi
 }
 
+# The admin commands operators use and passthrough, on device $1 (the start
+# of the model string of its Identify in $2).
+admin_checks() {
+    local d=$1 mn=$2
+    json "get-feature --json (number of queues)" 'j["feature_id"] == 7 and j["data"] is None' -- "$cli" get-feature $d -f 7 --json
+    expect "get-feature text" 0 "^get-feature:0x07 (sel 0), Current value:0x" -- "$cli" get-feature $d -f 0x7
+    json "get-feature with data" 'len(j["data"]) == 2 * 64' -- "$cli" get-feature $d -f 0x07 -l 64 --json
+    expect "set-feature (temperature threshold, 100 C)" 0 "^set-feature:0x04, value:0x00000175" -- "$cli" set-feature $d -f 4 -v 0x175
+    expect "set-feature of the driver's own" 2 "the driver sets this feature" -- "$cli" set-feature $d -f 7 -v 0
+    json "get-log SMART at an offset" 'j["log_id"] == 2 and j["offset"] == 4 and len(j["data"]) == 2 * 16' -- "$cli" get-log $d -i 2 -l 16 -o 4 --json
+    expect "get-log text" 0 "^0000: " -- "$cli" get-log $d -i 0x02 -l 32
+    "$cli" get-log $d -i 2 -l 512 -b >"$work/smart.bin"
+    if [ "$(stat -c %s "$work/smart.bin")" = 512 ]; then ok "get-log --raw-binary"; else bad "get-log --raw-binary: wrong size"; fi
+    expect "get-log of a bad length" 2 "multiples of 4" -- "$cli" get-log $d -i 2 -l 6
+    json "error-log --json" '"errors" in j' -- "$cli" error-log $d --json
+    json "fw-log --json" 'j["active_slot"] >= 1 and "frs1" in j' -- "$cli" fw-log $d --json
+    expect "fw-log text" 0 "^frs1 : " -- "$cli" fw-log $d
+    expect "format without --yes" 2 "add --yes" -- "$cli" format $d -n 1 -l 0
+    expect "format to a format the namespace lacks" 1 "Invalid Format" -- "$cli" format $d -n 1 -l 15 --yes
+    expect "admin-passthru Identify" 0 "$mn" -- "$cli" admin-passthru $d -O 6 --cdw10 1 -l 4096 -r
+    expect "admin-passthru too short for Identify" 2 "moves 4096 bytes" -- "$cli" admin-passthru $d -O 6 --cdw10 1 -l 512 -r
+    expect "admin-passthru of a queue command" 2 "the driver owns the queues" -- "$cli" admin-passthru $d -O 5
+    json "io-passthru read" 'j["opcode"] == 2 and len(j["data"]) == 2 * 512' -- "$cli" io-passthru $d -O 2 -n 1 -l 512 -r --json
+    json "show-regs --json" 'j["csts"] & 1 == 1 and j["cc"] & 1 == 1 and j["cap"] > 0' -- "$cli" show-regs $d --json
+    expect "reset" 0 "reset: success" -- "$cli" reset $d
+}
+
 if [ "$scenario" = nvme-driver ]; then
     expect "id-ctrl on a device still on the nvme driver" 2 "bound to nvme" -- "$cli" id-ctrl $dev
     json "list shows the kernel driver" 'j[0]["driver"] == "nvme" and not j[0]["usable"]' -- "$cli" list --json
@@ -125,6 +152,7 @@ elif [ "$scenario" = sim ]; then
     json "smart-log --json" 'j["host_write_commands"] == 0 and j["temperature"] > 200' -- "$cli" smart-log $dev --json
     expect "smart-log text" 0 "temperature" -- "$cli" smart-log $dev
     expect "usage error" 2 "Usage" -- "$cli" frobnicate
+    admin_checks $dev nvme-sim
 
     # I/O command sets, on a sim device with an NVM and a zoned namespace
     # (zones of 2048 blocks, at most 8 open and 14 active).
@@ -213,6 +241,7 @@ else
     json "smart-log --json" 'j["host_write_commands"] > 0 and j["temperature"] > 200' -- "$cli" smart-log $dev --json
     expect "smart-log text" 0 "temperature" -- "$cli" smart-log $dev
     expect "usage error" 2 "Usage" -- "$cli" frobnicate
+    admin_checks $dev "QEMU NVM"
 fi
 
 rm -rf "$work"

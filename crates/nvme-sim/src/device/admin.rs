@@ -57,6 +57,7 @@ impl Device {
             admin::DELETE_SQ => self.delete_sq(cmd),
             admin::DELETE_CQ => self.delete_cq(cmd),
             admin::ABORT => self.abort(cmd),
+            admin::FORMAT_NVM => self.format_nvm(cmd),
             admin::ASYNC_EVENT => self.async_event(cmd),
             admin::DOORBELL_BUFFER_CONFIG if self.sh.config.doorbell_buffer_config => {
                 self.doorbell_buffer_config(cmd)
@@ -97,6 +98,33 @@ impl Device {
             return Err(invalid(0x13));
         }
         Ok((qid, size, base))
+    }
+
+    /// Format NVM: to the namespace's own LBA format only (the model's
+    /// block size is fixed), erasing its data; any other format is an
+    /// Invalid Format.
+    fn format_nvm(&mut self, cmd: &Command) -> Outcome {
+        let lbaf = (cmd.cdw10 & 0xf) | ((cmd.cdw10 >> 12) & 0x3) << 4;
+        let targets: Vec<&crate::storage::Namespace> = self
+            .sh
+            .namespaces
+            .iter()
+            .filter(|n| n.attached() && (cmd.nsid == u32::MAX || n.id == cmd.nsid))
+            .collect();
+        if targets.is_empty() {
+            return fail(invalid(sc::INVALID_NAMESPACE));
+        }
+        // Format 0 is 512-byte blocks, format 1 4 KiB (see Identify).
+        if targets
+            .iter()
+            .any(|n| lbaf != u32::from(n.block_size == 4096))
+        {
+            return fail(specific(csc::INVALID_FORMAT));
+        }
+        for n in targets {
+            n.zero(0, n.bytes());
+        }
+        ok(0)
     }
 
     fn create_cq(&mut self, cmd: &Command) -> Outcome {

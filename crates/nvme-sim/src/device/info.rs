@@ -275,6 +275,16 @@ impl Device {
         let lid = cmd.cdw10 as u8;
         let page: Vec<u8> = match lid {
             log_page::SMART => self.smart_log().to_bytes().to_vec(),
+            log_page::FIRMWARE_SLOT => {
+                // Slot 1, active, holding this model's version.
+                let mut b = vec![0u8; 512];
+                b[0] = 1;
+                let rev = env!("CARGO_PKG_VERSION").as_bytes();
+                let n = rev.len().min(8);
+                b[8..8 + n].copy_from_slice(&rev[..n]);
+                b[8 + n..16].fill(b' ');
+                b
+            }
             l if u32::from(l) == CHANGED_NAMESPACE_LOG => {
                 let mut b = vec![0u8; IDENTIFY_LEN];
                 for (slot, id) in b.chunks_exact_mut(4).zip(&self.changed_namespaces) {

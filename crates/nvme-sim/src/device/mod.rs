@@ -57,6 +57,7 @@ pub(crate) mod csc {
     pub const INVALID_LOG_PAGE: u8 = 0x09;
     pub const INVALID_QUEUE_DELETION: u8 = 0x0c;
     pub const NOT_SAVEABLE: u8 = 0x0d;
+    pub const INVALID_FORMAT: u8 = 0x0a;
     pub const ZONE_BOUNDARY_ERROR: u8 = 0xb8;
     pub const ZONE_INVALID_WRITE: u8 = 0xbc;
 }

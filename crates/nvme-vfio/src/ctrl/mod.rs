@@ -605,6 +605,28 @@ impl Controller {
         })
     }
 
+    /// The controller's registers as they read now, by name (CAP, VS,
+    /// INTMS, INTMC, CC, CSTS, AQA, ASQ, ACQ, CMBLOC, CMBSZ), for display.
+    pub fn registers(&self) -> Vec<(&'static str, u64)> {
+        let r = &self.shared.regs;
+        let mut v: Vec<(&'static str, u64)> = vec![
+            ("cap", r.read64(offset::CAP)),
+            ("version", u64::from(r.read32(offset::VS))),
+            ("intms", u64::from(r.read32(offset::INTMS))),
+            ("intmc", u64::from(r.read32(offset::INTMC))),
+            ("cc", u64::from(r.read32(offset::CC))),
+            ("csts", u64::from(r.read32(offset::CSTS))),
+            ("aqa", u64::from(r.read32(offset::AQA))),
+            ("asq", r.read64(offset::ASQ)),
+            ("acq", r.read64(offset::ACQ)),
+        ];
+        if self.shared.cap.cmb_supported() {
+            v.push(("cmbloc", u64::from(r.read32(offset::CMBLOC))));
+            v.push(("cmbsz", u64::from(r.read32(offset::CMBSZ))));
+        }
+        v
+    }
+
     /// The SMART / Health Information log (controller-wide).
     pub fn smart_log(&self) -> Result<SmartLog, Error> {
         let buf = self.shared.admin_read(

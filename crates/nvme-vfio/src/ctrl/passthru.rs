@@ -186,7 +186,8 @@ fn checked(
     data: &Option<(DmaBuf, usize)>,
 ) -> Result<Option<usize>, Error> {
     let op = cmd.opcode();
-    match (transfer_len(q, cmd)?, data) {
+    let want = transfer_len(q, cmd)?;
+    match (want, data) {
         (Moves::Nothing | Moves::Optional(_), None) => Ok(None),
         (Moves::Nothing, Some(_)) => Err(Error::Invalid(format!(
             "opcode {op:#04x} moves no data the driver knows of: no buffer may go with it"
@@ -195,8 +196,13 @@ fn checked(
             "opcode {op:#04x} moves {n} bytes: give a buffer of at least that"
         ))),
         (Moves::Bytes(n) | Moves::Optional(n), Some((buf, _))) if n > buf.len() => {
+            let up_to = if matches!(want, Moves::Optional(_)) {
+                "up to "
+            } else {
+                ""
+            };
             Err(Error::Invalid(format!(
-                "opcode {op:#04x} moves up to {n} bytes, the buffer holds {}",
+                "opcode {op:#04x} moves {up_to}{n} bytes, the buffer holds {}",
                 buf.len()
             )))
         }
