@@ -515,29 +515,6 @@ fn an_event_loop_waits_on_the_interrupt_fd() {
     }
 }
 
-/// The driver over the model in interrupt mode (the model's eventfd
-/// vectors).
 fn open_with_interrupts(io_timeout: Duration) -> (SimController, Controller) {
-    let sim = SimController::new(Config::default()).unwrap();
-    let space = DmaSpace::new(sim.iommu().clone(), SpaceConfig { hugepages: false });
-    let driver = DriverConfig {
-        space: SpaceConfig { hugepages: false },
-        io_queues: 2,
-        io_timeout,
-        ..DriverConfig::default()
-    };
-    let irqs = sim.interrupts(3).unwrap();
-    // SAFETY: the registers, the IOMMU under the DMA space, the PCI
-    // function and the interrupt vectors all belong to `sim`.
-    let ctrl = unsafe {
-        Controller::with_interrupts(
-            sim.registers(),
-            space,
-            driver,
-            Some(sim.pci_function()),
-            Box::new(irqs),
-        )
-    }
-    .unwrap();
-    (sim, ctrl)
+    common::driver::open_with_interrupts(io_timeout)
 }

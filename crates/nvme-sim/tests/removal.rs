@@ -8,8 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nvme_sim::{Config, FaultAction, FaultRule, Match, Released, SimController};
-use nvme_vfio::ctrl::{Config as DriverConfig, Controller, Done, Io, QueueConfig, QueuePair};
-use nvme_vfio::mem::{DmaSpace, SpaceConfig};
+use nvme_vfio::ctrl::{Controller, Done, Io, QueueConfig, QueuePair};
 use nvme_vfio::nvme::cmd::admin;
 use nvme_vfio::Error;
 
@@ -136,26 +135,7 @@ fn blocked_callers_end_with_device_lost() {
 /// timeout check.
 #[test]
 fn a_waiter_asleep_on_its_interrupt_is_woken() {
-    let sim = SimController::new(Config::default()).unwrap();
-    let space = DmaSpace::new(sim.iommu().clone(), SpaceConfig { hugepages: false });
-    let driver = DriverConfig {
-        space: SpaceConfig { hugepages: false },
-        io_queues: 2,
-        ..DriverConfig::default()
-    };
-    let irqs = sim.interrupts(3).unwrap();
-    // SAFETY: the registers, the IOMMU under the DMA space, the PCI
-    // function and the interrupt vectors all belong to `sim`.
-    let ctrl = unsafe {
-        Controller::with_interrupts(
-            sim.registers(),
-            space,
-            driver,
-            Some(sim.pci_function()),
-            Box::new(irqs),
-        )
-    }
-    .unwrap();
+    let (sim, ctrl) = common::driver::open_with_interrupts(Duration::from_secs(30));
     let ns = ctrl.namespace(1).unwrap();
     let mut qp = ctrl.queue_pair(QueueConfig::default()).unwrap();
     sim.inject(FaultRule::next(

@@ -80,19 +80,7 @@ impl Target {
     /// Opens the controller at PCI address `addr` (bound to vfio-pci) with
     /// `queues` I/O queue pairs.
     pub fn device(addr: &str, queues: u16, interrupts: bool) -> Result<Self, Error> {
-        let config = Config {
-            io_queues: queues.max(1),
-            interrupts,
-            ..Config::default()
-        };
-        let ctrl = Controller::open(addr, config)?;
-        Ok(Self::new(
-            ctrl,
-            None,
-            "device",
-            addr.to_string(),
-            interrupts,
-        ))
+        Self::open_device(addr, queues, interrupts, None)
     }
 
     /// Opens the controller at `addr` into `space`, the DMA space of a
@@ -104,12 +92,24 @@ impl Target {
         interrupts: bool,
         space: &std::sync::Arc<nvme_vfio::mem::DmaSpace>,
     ) -> Result<Self, Error> {
+        Self::open_device(addr, queues, interrupts, Some(space))
+    }
+
+    fn open_device(
+        addr: &str,
+        queues: u16,
+        interrupts: bool,
+        space: Option<&std::sync::Arc<nvme_vfio::mem::DmaSpace>>,
+    ) -> Result<Self, Error> {
         let config = Config {
             io_queues: queues.max(1),
             interrupts,
             ..Config::default()
         };
-        let ctrl = Controller::open_in(addr, space, config)?;
+        let ctrl = match space {
+            Some(space) => Controller::open_in(addr, space, config)?,
+            None => Controller::open(addr, config)?,
+        };
         Ok(Self::new(
             ctrl,
             None,
