@@ -439,7 +439,7 @@ fn a_device_that_leaves_the_bus_fails_everything_with_device_lost() {
     std::thread::sleep(Duration::from_millis(20));
     let start = Instant::now();
     sim.surprise_remove();
-    let done = wait_all_within(&mut qp, 1, Duration::from_millis(500));
+    let done = common::driver::poll_within(&mut qp, 1, Duration::from_millis(500));
     assert!(
         start.elapsed() < Duration::from_millis(300),
         "{:?}",
@@ -462,16 +462,6 @@ fn a_device_that_leaves_the_bus_fails_everything_with_device_lost() {
     drop(qp);
     drop(ctrl);
     assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
-}
-
-fn wait_all_within(qp: &mut nvme_vfio::ctrl::QueuePair, n: usize, d: Duration) -> Vec<Done> {
-    let mut done = Vec::new();
-    let start = Instant::now();
-    while done.len() < n {
-        qp.poll(&mut done);
-        assert!(start.elapsed() < d, "not completed within {d:?}");
-    }
-    done
 }
 
 /// An event loop waits on the queue pair's interrupt eventfd: it becomes

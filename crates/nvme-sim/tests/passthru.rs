@@ -198,3 +198,35 @@ fn commands_that_take_the_drivers_state_are_refused() {
     // The controller still works.
     assert!(ctrl.smart_log().is_ok());
 }
+
+/// Format NVM to the namespace's own LBA format erases its data; to a
+/// format it lacks fails with Invalid Format, the data kept.
+#[test]
+fn format_nvm_erases_and_checks_the_format() {
+    let (_sim, ctrl) = open();
+    let ns = ctrl.namespace(1).unwrap();
+    let mut qp = ctrl.queue_pair(QueueConfig::default()).unwrap();
+    let data = pattern(4096);
+    qp.write(&ns, 8, &data, false).unwrap();
+    match ctrl.format_nvm(1, 15, 0) {
+        Err(e @ Error::Command { .. }) => assert!(e.to_string().contains("Invalid Format"), "{e}"),
+        other => panic!("{other:?}"),
+    }
+    let mut back = vec![0u8; 4096];
+    qp.read(&ns, 8, &mut back).unwrap();
+    assert!(back == data, "a refused format erases nothing");
+    let lbaf = u8::from(ns.block_size() == 4096);
+    ctrl.format_nvm(1, lbaf, 0).unwrap();
+    qp.read(&ns, 8, &mut back).unwrap();
+    assert!(back.iter().all(|&b| b == 0), "formatted");
+    assert!(matches!(ctrl.format_nvm(1, 64, 0), Err(Error::Invalid(_))));
+}
+
+/// The firmware slot log parses from the controller's page.
+#[test]
+fn the_firmware_slot_log() {
+    let (_sim, ctrl) = open();
+    let f = ctrl.firmware_log().unwrap();
+    assert_eq!(f.active_slot, 1);
+    assert_eq!(f.revisions[0].as_deref(), Some(env!("CARGO_PKG_VERSION")));
+}

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nvme_sim::{Config, FaultAction, FaultRule, Match, Released, SimController};
-use nvme_vfio::ctrl::{Controller, Done, Io, QueueConfig, QueuePair};
+use nvme_vfio::ctrl::{Controller, Io, QueueConfig};
 use nvme_vfio::nvme::cmd::admin;
 use nvme_vfio::Error;
 
@@ -22,17 +22,6 @@ const STOPPED: Released = Released {
     bus_master: false,
     ready: false,
 };
-
-fn poll_until(qp: &mut QueuePair, n: usize, within: Duration) -> Vec<Done> {
-    let mut done = Vec::new();
-    let start = Instant::now();
-    while done.len() < n {
-        qp.poll(&mut done);
-        assert!(start.elapsed() < within, "not completed within {within:?}");
-        std::thread::sleep(Duration::from_micros(200));
-    }
-    done
-}
 
 /// A request in flight when the removal is asked for fails with
 /// `DeviceLost` at the next poll, its buffer back; the device was stopped
@@ -56,7 +45,7 @@ fn a_removal_request_fails_requests_in_flight_and_lets_go_of_the_device() {
     assert_eq!(sim.released(), None);
     let start = Instant::now();
     assert!(sim.request_removal(), "the driver armed the notice");
-    let done = poll_until(&mut qp, 1, Duration::from_secs(1));
+    let done = common::driver::poll_within(&mut qp, 1, Duration::from_secs(1));
     let took = start.elapsed();
     assert!(took < Duration::from_millis(300), "failed after {took:?}");
     assert_eq!(done[0].tag, 7);

@@ -310,21 +310,13 @@ fn queue_main(ctx: &Ctx<'_>, q: usize) -> Result<Option<QueueResult>, Error> {
     if ctx.o.verify && w.error.is_none() && w.mismatch.is_none() {
         w.phase(Mode::Check)?;
     }
-    Ok(Some(QueueResult {
-        qid: w.qid(),
-        hist: std::mem::replace(&mut w.hist, new_histogram()),
-        reads: w.reads,
-        writes: w.writes,
-        bytes: w.bytes,
-        errors: w.errors,
-        error: w.error.take(),
-        mismatch: w.mismatch.take(),
-        checked: w.checked,
-        written: w.written,
+    let qid = w.qid();
+    Ok(Some(w.result(
+        qid,
         elapsed,
         cpu,
-        doorbells: (db1.0 - db0.0, db1.1 - db0.1),
-    }))
+        (db1.0 - db0.0, db1.1 - db0.1),
+    )))
 }
 
 /// A thread running the queue pairs `t, t + threads, ...` as one poll
@@ -404,21 +396,8 @@ fn group_main(ctx: &Ctx<'_>, t: usize) -> Result<Vec<QueueResult>, Error> {
             let share = (w.reads + w.writes) as f64 / ios as f64;
             let (a, b) = (db0.get(i).copied(), db1.get(i).copied());
             let (a, b) = (a.unwrap_or_default(), b.unwrap_or_default());
-            QueueResult {
-                qid: qids.get(i).copied().unwrap_or(0),
-                hist: std::mem::replace(&mut w.hist, new_histogram()),
-                reads: w.reads,
-                writes: w.writes,
-                bytes: w.bytes,
-                errors: w.errors,
-                error: w.error.take(),
-                mismatch: w.mismatch.take(),
-                checked: w.checked,
-                written: w.written,
-                elapsed,
-                cpu: cpu.mul_f64(share),
-                doorbells: (b.0 - a.0, b.1 - a.1),
-            }
+            let qid = qids.get(i).copied().unwrap_or(0);
+            w.result(qid, elapsed, cpu.mul_f64(share), (b.0 - a.0, b.1 - a.1))
         })
         .collect())
 }
@@ -878,6 +857,31 @@ impl<'a> Worker<'a> {
     /// The queue pair's ID (0 while it is in a poll group).
     fn qid(&self) -> u16 {
         self.qp.as_ref().map_or(0, QueuePair::qid)
+    }
+
+    /// The queue's results (its histogram and errors taken out).
+    fn result(
+        &mut self,
+        qid: u16,
+        elapsed: Duration,
+        cpu: Duration,
+        doorbells: (u64, u64),
+    ) -> QueueResult {
+        QueueResult {
+            qid,
+            hist: std::mem::replace(&mut self.hist, new_histogram()),
+            reads: self.reads,
+            writes: self.writes,
+            bytes: self.bytes,
+            errors: self.errors,
+            error: self.error.take(),
+            mismatch: self.mismatch.take(),
+            checked: self.checked,
+            written: self.written,
+            elapsed,
+            cpu,
+            doorbells,
+        }
     }
 
     /// Starts phase `mode`.

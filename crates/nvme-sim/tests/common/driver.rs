@@ -13,13 +13,7 @@ use nvme_vfio::mem::{DmaSpace, SpaceConfig};
 /// if `function`.
 pub fn open(config: Config, io_timeout: Duration, function: bool) -> (SimController, Controller) {
     let sim = SimController::new(config).unwrap();
-    let space = DmaSpace::new(sim.iommu().clone(), SpaceConfig { hugepages: false });
-    let driver = DriverConfig {
-        space: SpaceConfig { hugepages: false },
-        io_queues: 2,
-        io_timeout,
-        ..DriverConfig::default()
-    };
+    let (space, driver) = space_and_config(&sim, io_timeout);
     let f = function.then(|| sim.pci_function());
     // SAFETY: the registers, the IOMMU under the DMA space and the PCI
     // function all belong to `sim`, which nothing else drives.
@@ -27,10 +21,12 @@ pub fn open(config: Config, io_timeout: Duration, function: bool) -> (SimControl
     (sim, ctrl)
 }
 
-/// The driver over the model in interrupt mode (the model's eventfd
-/// vectors), two I/O queues.
-pub fn open_with_interrupts(io_timeout: Duration) -> (SimController, Controller) {
-    let sim = SimController::new(Config::default()).unwrap();
+/// A DMA space over `sim`'s IOMMU, and the driver settings of these tests
+/// (two I/O queues, no hugepages).
+fn space_and_config(
+    sim: &SimController,
+    io_timeout: Duration,
+) -> (std::sync::Arc<DmaSpace>, DriverConfig) {
     let space = DmaSpace::new(sim.iommu().clone(), SpaceConfig { hugepages: false });
     let driver = DriverConfig {
         space: SpaceConfig { hugepages: false },
@@ -38,6 +34,14 @@ pub fn open_with_interrupts(io_timeout: Duration) -> (SimController, Controller)
         io_timeout,
         ..DriverConfig::default()
     };
+    (space, driver)
+}
+
+/// The driver over the model in interrupt mode (the model's eventfd
+/// vectors), two I/O queues.
+pub fn open_with_interrupts(io_timeout: Duration) -> (SimController, Controller) {
+    let sim = SimController::new(Config::default()).unwrap();
+    let (space, driver) = space_and_config(&sim, io_timeout);
     let irqs = sim.interrupts(3).unwrap();
     // SAFETY: the registers, the IOMMU under the DMA space, the PCI
     // function and the interrupt vectors all belong to `sim`.
@@ -75,6 +79,19 @@ pub fn poll_for(qp: &mut QueuePair, d: Duration) -> Vec<Done> {
     while start.elapsed() < d {
         qp.poll(&mut done);
         std::thread::sleep(Duration::from_millis(1));
+    }
+    done
+}
+
+/// Polls (a fraction of a millisecond apart) until `n` requests have
+/// completed; fails the test if that takes longer than `within`.
+pub fn poll_within(qp: &mut QueuePair, n: usize, within: Duration) -> Vec<Done> {
+    let mut done = Vec::new();
+    let start = Instant::now();
+    while done.len() < n {
+        qp.poll(&mut done);
+        assert!(start.elapsed() < within, "not completed within {within:?}");
+        std::thread::sleep(Duration::from_micros(200));
     }
     done
 }
