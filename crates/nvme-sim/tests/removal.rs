@@ -73,6 +73,68 @@ fn a_removal_request_fails_requests_in_flight_and_lets_go_of_the_device() {
     assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
 }
 
+/// A busy application (32 reads kept in flight, a new one submitted for
+/// each completion) sees only `DeviceLost` once the removal starts: every
+/// request refused or failed while the driver stops the device and after
+/// says so, never the retryable `Reset` a loop would retry.
+#[test]
+fn a_busy_queue_pair_sees_only_device_lost() {
+    for round in 0..3 {
+        let (sim, ctrl) = open();
+        let ns = ctrl.namespace(1).unwrap();
+        let mut qp = ctrl.queue_pair(QueueConfig::default()).unwrap();
+        let depth = 32;
+        for i in 0..depth {
+            let buf = ctrl.dma_alloc(4096).unwrap();
+            qp.submit(Io::read(&ns, i * 8, buf))
+                .map_err(|(e, _)| e)
+                .unwrap();
+        }
+        qp.flush();
+        let (ok, errors) = std::thread::scope(|scope| {
+            let remover = scope.spawn(|| {
+                std::thread::sleep(Duration::from_millis(20 + 7 * round));
+                sim.request_removal()
+            });
+            let (mut ok, mut errors, mut inflight) = (0usize, Vec::new(), depth);
+            let start = Instant::now();
+            let mut done = Vec::new();
+            while inflight > 0 {
+                assert!(
+                    start.elapsed() < Duration::from_secs(5),
+                    "{inflight} requests never ended"
+                );
+                qp.poll(&mut done);
+                for d in done.drain(..) {
+                    inflight -= 1;
+                    match d.result {
+                        Ok(_) => ok += 1,
+                        Err(e) => {
+                            errors.push(e);
+                            continue;
+                        }
+                    }
+                    // Resubmitted until the device goes: every refusal
+                    // counts.
+                    match qp.submit(Io::read(&ns, (ok as u64 % 1024) * 8, d.buf)) {
+                        Ok(()) => inflight += 1,
+                        Err((e, _)) => errors.push(e),
+                    }
+                }
+                qp.flush();
+            }
+            assert!(remover.join().unwrap(), "the driver armed the notice");
+            (ok, errors)
+        });
+        assert!(ok > 0, "reads completed before the removal");
+        assert!(!errors.is_empty(), "the removal ended the reads");
+        for e in &errors {
+            assert!(matches!(e, Error::DeviceLost), "round {round}: {e}");
+        }
+        assert_eq!(sim.released(), Some(STOPPED));
+    }
+}
+
 /// Callers blocked in the driver when the removal comes end promptly with
 /// `DeviceLost`: a blocking read on one thread, an admin command that the
 /// controller holds on another.

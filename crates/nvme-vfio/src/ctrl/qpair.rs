@@ -878,8 +878,8 @@ impl QueuePair {
                 return self.submit_one(op, ns, lba, *seg, buf, tag);
             }
         }
-        if self.shared.is_resetting() {
-            return Err((Error::Reset, buf));
+        if let Some(e) = self.shared.refusal() {
+            return Err((e, buf));
         }
         if let Err(e) = self.recover_if_reset() {
             return Err((e, buf));
@@ -1077,8 +1077,8 @@ impl QueuePair {
 
     /// Runs a command without data to completion.
     pub(super) fn exec(&mut self, mut cmd: Command, what: &'static str) -> Result<(), Error> {
-        if self.shared.is_resetting() {
-            return Err(Error::Reset);
+        if let Some(e) = self.shared.refusal() {
+            return Err(e);
         }
         self.recover_if_reset()?;
         if self.shared.is_disabled() {

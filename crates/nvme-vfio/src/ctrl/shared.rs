@@ -321,15 +321,19 @@ impl Shared {
             "the device is being removed (its owner asked for it back): stopping it; \
              requests fail with DeviceLost"
         );
-        // A reset in progress on another thread finishes first.
+        // Lost from now on, before anything else: queue pairs publish
+        // nothing more, nothing enables the controller again, and every
+        // request refused or failed from here on says DeviceLost (never
+        // Reset, even while the stop below is under way). DISABLED only
+        // once the device is stopped: that is what lets queue pairs hand
+        // buffers back.
+        self.state.fetch_or(LOST, SeqCst);
+        // A reset in progress on another thread finishes first (it finds
+        // the controller lost and leaves it disabled).
         while self.state.fetch_or(RESETTING, SeqCst) & RESETTING != 0 {
             std::thread::sleep(Duration::from_micros(100));
         }
-        // Lost from now on: nothing enables the controller again and
-        // waiting admin calls end with DeviceLost. DISABLED only once the
-        // device is stopped: that is what lets queue pairs hand buffers
-        // back.
-        let stopped = self.state.fetch_or(LOST, SeqCst) & (DISABLED | CLOSED) == DISABLED | CLOSED;
+        let stopped = self.state.load(SeqCst) & (DISABLED | CLOSED) == DISABLED | CLOSED;
         self.wait_publishers();
         if !self.is_dead() && !stopped {
             if let Err(e) = self.quiesce() {
@@ -469,8 +473,8 @@ impl Shared {
         data: Option<blk_dma::Iova>,
         what: &'static str,
     ) -> Result<Completion, Error> {
-        if self.is_resetting() {
-            return Err(Error::Reset);
+        if let Some(e) = self.refusal() {
+            return Err(e);
         }
         let mut r = self.admin_raw(cmd, data, what, false);
         if let Err(e) = &mut r {
@@ -770,6 +774,21 @@ impl Shared {
             a.cq.set_shadow(cq);
         }
         Ok(())
+    }
+
+    /// Why a new command is refused at once, if it is: the device is lost
+    /// ([`Error::DeviceLost`], also while its removal is stopping it), or a
+    /// reset is in progress (the retryable [`Error::Reset`]).
+    #[inline]
+    pub(crate) fn refusal(&self) -> Option<Error> {
+        let state = self.state.load(std::sync::atomic::Ordering::SeqCst);
+        if state & LOST != 0 {
+            Some(Error::DeviceLost)
+        } else if state & RESETTING != 0 {
+            Some(Error::Reset)
+        } else {
+            None
+        }
     }
 
     /// Whether a reset is in progress.
