@@ -8,7 +8,8 @@
 # - blk-dma: all its tests (the mapping iterator, the fake mapper).
 # - nvme-vfio: the PRP/SGL builders (tests/builders.rs and the unit tests
 #   of nvme::prp, prp::interior, sgl, dptr, desc, the rest of nvme::), the
-#   DMA memory (mem::) and the VFIO tests that need no device files; twice:
+#   DMA memory (mem::), the word copies to device memory (ctrl::mmio_copy)
+#   and the VFIO tests that need no device files; twice:
 #   once as built for any x86-64, where the interior PRP fill takes its SSE2
 #   path, and once built with AVX2 (-C target-feature=+avx2, which Miri's
 #   CPU feature detection follows), where it takes the AVX2 path.
@@ -78,7 +79,7 @@ step "blk-dma: all tests" miri -p blk-dma
 
 # nvme-vfio's unit tests that need no device files (the other vfio:: tests
 # read sysfs and issue ioctls on files Miri cannot open).
-lib_filters=(nvme:: mem:: vfio::info vfio::ioctl
+lib_filters=(nvme:: mem:: ctrl::mmio_copy vfio::info vfio::ioctl
     vfio::bar::tests::accesses_are_bounds_checked_and_volatile)
 step "nvme-vfio: unit tests (SSE2 interior)" miri -p nvme-vfio --lib -- "${lib_filters[@]}"
 step "nvme-vfio: PRP/SGL builders (SSE2 interior)" miri -p nvme-vfio --test builders

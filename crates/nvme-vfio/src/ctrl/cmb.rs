@@ -8,8 +8,8 @@ use core::ptr::NonNull;
 use std::sync::{Arc, Mutex};
 
 use blk_dma::{HostAddr, HostSeg, Iova};
-use vm_memory::VolatileSlice;
 
+use super::mmio_copy::{copy_from_device, copy_to_device, Volatile};
 use crate::mem::{DmaSpace, RangeAllocator, Registration};
 use crate::nvme::regs::{offset, Registers};
 use crate::vfio::{Bar, Device};
@@ -192,13 +192,11 @@ impl CmbBuf {
             return Err(Error::Invalid("copy past the end of the CMB buffer".into()));
         }
         // SAFETY: `at + src.len() <= len` (checked): inside this buffer's
-        // part of the CMB mapping, which lives as long as `self`; the
-        // device memory is only ever accessed through volatile slices or
-        // by address, never as a Rust reference.
-        let dst = unsafe { VolatileSlice::new(self.ptr().add(at), src.len()) };
-        // Whole words (a memcpy for more than 8 bytes), not a byte per
-        // MMIO transaction.
-        dst.copy_from(src);
+        // part of the CMB mapping, which lives as long as `self`, and not
+        // overlapping `src` (a Rust slice, never device memory: device
+        // memory is only ever accessed volatile or by address). Aligned
+        // words, not a byte per MMIO transaction.
+        unsafe { copy_to_device::<Volatile>(self.ptr().add(at), src) };
         Ok(())
     }
 
@@ -208,8 +206,7 @@ impl CmbBuf {
             return Err(Error::Invalid("copy past the end of the CMB buffer".into()));
         }
         // SAFETY: as in `write`, reading.
-        let src = unsafe { VolatileSlice::new(self.ptr().add(at), dst.len()) };
-        src.copy_to(dst);
+        unsafe { copy_from_device::<Volatile>(self.ptr().add(at), dst) };
         Ok(())
     }
 }

@@ -17,6 +17,7 @@ mod function;
 mod group;
 mod inflight;
 mod io;
+mod mmio_copy;
 mod ns;
 mod passthru;
 mod pool;
