@@ -3,7 +3,9 @@
 # integration, doc tests; no hardware needed), the instruction budgets of
 # the hot paths (callgrind), the unsafe code's tests under Miri (undefined
 # behaviour, data races), the nvme-cli example against its in-process
-# nvme-sim device, then the VM tests, which boot
+# nvme-sim device, the embedding examples, the C API's example and the fio
+# engine (Debian's fio, ioengine=external) against nvme-sim, then the VM
+# tests, which boot
 # QEMU with an emulated NVMe controller behind an emulated IOMMU (scripts/vm)
 # and run the VFIO, DMA-memory and driver test binaries inside it, in four scenarios:
 # the controller on vfio-pci, left on the kernel's nvme driver, a low
@@ -11,7 +13,8 @@
 # large-transfer test on a controller with an MDTS of 1; then a controller
 # of another shape (one I/O queue pair, three namespaces of 4 KiB blocks,
 # MDTS 5); then the hot unplug of a controller nvme-bench is running on;
-# then two controllers sharing one DMA space; then a smoke run of
+# then two controllers sharing one DMA space; then the C example and fio
+# through the engine on the controller; then a smoke run of
 # nvme-bench against the kernel's driver with fio in one more boot
 # (scripts/bench-vm.sh --smoke).
 #
@@ -42,6 +45,22 @@ echo
 echo "== embedding examples against nvme-sim (async-tokio in interrupt mode, busy-poll)"
 cargo run --quiet -p nvme-vfio --example async-tokio
 cargo run --quiet --release -p nvme-vfio --example busy-poll -- sim 2 128
+
+echo
+echo "== C API and fio engine against nvme-sim (scripts/fio-test.sh sim)"
+# The engine is built against the installed fio's own headers (its Debian
+# source package), fio installed first if missing.
+if [ "$(id -u)" != 0 ] && ! command -v fio >/dev/null; then
+    echo "SKIPPED: fio engine tests (fio is not installed, and installing it needs root)"
+    engine=
+else
+    engine=$(scripts/build-fio-engine.sh -q)
+fi
+hello=target/release/nvme-hello
+cargo build --release --quiet -p nvme-capi
+cc -O2 -Wall -Wextra -Werror -Icrates/nvme-capi/include examples/c/nvme-hello.c \
+    target/release/libnvmevfio.a -lpthread -ldl -lm -o "$hello"
+[ -z "$engine" ] || scripts/fio-test.sh "$engine" "$hello" sim
 
 echo
 echo "== VM tests (scripts/vm)"
@@ -87,10 +106,12 @@ run_scenario() {
     start=$(date +%s)
     status=0
     # shellcheck disable=SC2016 # expanded by the guest's shell
-    scripts/vm/run.sh "$@" --env NVME_VM_SCENARIO="$name" --env NVME_VM_REQUIRE=1 -- \
+    scripts/vm/run.sh "$@" --env NVME_VM_SCENARIO="$name" --env NVME_VM_REQUIRE=1 \
+        --env FIO_ENGINE="$engine" --env NVME_HELLO="$hello" -- \
         sh -c 'cli=$1 cs=$2; shift 2
             for b in "$@"; do "$b" --test-threads=1 || exit 1; done
-            [ -z "$cs" ] || scripts/cli-test.sh "$cli" "$cs"' \
+            [ -z "$cs" ] || scripts/cli-test.sh "$cli" "$cs" || exit 1
+            [ "$cs" != nvme-driver ] || scripts/fio-test.sh "$FIO_ENGINE" "$NVME_HELLO" nvme-driver' \
         vm-tests "$cli" "$cli_scenario" "${bins[@]:0:3}" ||
         status=$?
     echo "-- scenario $name: exit $status, $(($(date +%s) - start)) s"
@@ -173,6 +194,20 @@ run_single hot-unplug "${bins[3]}" --hotplug -- --nocapture
 # Two controllers in one DMA space: one registered buffer used by both,
 # and nvme-bench on both at once.
 run_single two-controllers "${bins[4]}" --controllers 2 --image-size 64M --
+
+# The C API's example and the fio engine on the controller (Debian's fio
+# with ioengine=external): a verified write of the whole namespace, two job
+# threads with verification, trim and fsync, bad job options.
+echo "-- scenario fio-engine"
+start=$(date +%s)
+status=0
+scripts/vm/run.sh --image-size 64M -- scripts/fio-test.sh "$engine" "$hello" bound || status=$?
+echo "-- scenario fio-engine: exit $status, $(($(date +%s) - start)) s"
+if [ "$status" = 0 ]; then
+    passed=$((passed + 1))
+else
+    failed=$((failed + 1))
+fi
 
 # nvme-bench in the VM, side by side with the kernel's driver and fio: a
 # smoke run (2 s per workload) that checks every figure is produced.
