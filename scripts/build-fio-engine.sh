@@ -22,6 +22,16 @@ root=$PWD
 quiet=0
 [ "${1:-}" = -q ] && quiet=1
 say() { [ "$quiet" = 1 ] || echo "build-fio-engine: $*" >&2; }
+# apt's output, shown unless -q (then only on failure, from the log).
+apt_log=$(mktemp)
+trap 'rm -f "$apt_log"' EXIT
+quietly() {
+    if [ "$quiet" = 1 ]; then
+        "$@" >>"$apt_log" 2>&1 || { cat "$apt_log" >&2; return 1; }
+    else
+        "$@" >&2
+    fi
+}
 die() {
     echo "build-fio-engine: $*" >&2
     exit 1
@@ -30,7 +40,7 @@ die() {
 if ! command -v fio >/dev/null; then
     [ "$(id -u)" = 0 ] || die "fio is not installed (apt-get install fio, as root)"
     say "installing fio"
-    (apt-get install -y -q fio || { apt-get update -q && apt-get install -y -q fio; }) >&2
+    quietly sh -c 'apt-get install -y -q fio || { apt-get update -q && apt-get install -y -q fio; }'
 fi
 version=$(dpkg-query -W -f='${Version}' fio 2>/dev/null) ||
     die "fio is not a Debian package here: cannot fetch its sources"
@@ -44,12 +54,16 @@ if [ ! -f "$tree/config-host.h" ]; then
     say "fetching the sources of fio $version"
     rm -rf "$src"
     mkdir -p "$src/lists/partial"
-    echo "deb-src http://deb.debian.org/debian $(. /etc/os-release && echo "$VERSION_CODENAME") main" \
-        >"$src/sources.list"
+    codename=$(. /etc/os-release && echo "$VERSION_CODENAME")
+    {
+        echo "deb-src http://deb.debian.org/debian $codename main"
+        echo "deb-src http://deb.debian.org/debian $codename-updates main"
+        echo "deb-src http://deb.debian.org/debian-security $codename-security main"
+    } >"$src/sources.list"
     apt_opts=(-q -o "Dir::Etc::SourceList=$src/sources.list" -o Dir::Etc::SourceParts=/dev/null
         -o "Dir::State::Lists=$src/lists" -o APT::Sandbox::User=root)
-    apt-get "${apt_opts[@]}" update >&2 || die "apt-get update of the deb-src list failed"
-    (cd "$src" && apt-get "${apt_opts[@]}" source --download-only "fio=$version" >&2) ||
+    quietly apt-get "${apt_opts[@]}" update || die "apt-get update of the deb-src list failed"
+    (cd "$src" && quietly apt-get "${apt_opts[@]}" source --download-only "fio=$version") ||
         die "cannot download the source package fio=$version"
     tar -C "$src" -xzf "$src/fio_$upstream.orig.tar.gz" || die "cannot unpack fio's sources"
     [ -d "$tree" ] || die "unexpected layout of fio's sources (no $tree)"

@@ -76,6 +76,14 @@ PY
         bad "fio read of the whole namespace: $(cat "$work/err")"
     fi
 
+    # Every rw pattern; those that write are verified.
+    for rw in read write randread randwrite rw randrw trim randtrim trimwrite randtrimwrite; do
+        # (Reads alone have nothing of fio's to verify.)
+        case $rw in write | randwrite | rw | randrw) v=(--verify=crc32c) ;; *) v=() ;; esac
+        expect "fio rw=$rw" 0 "err= 0" -- \
+            fio_run --name="$rw" --rw="$rw" --bs=8k --iodepth=8 --size=2m --offset=48m "${v[@]}"
+    done
+
     # Two job threads, a queue pair each, random reads and writes with md5
     # verification, each on its own 8 MiB.
     expect "fio randrw numjobs=2 with verify=md5" 0 "jobs=2): err= 0" -- \
