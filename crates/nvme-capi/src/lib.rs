@@ -414,6 +414,15 @@ unsafe fn ctrl_ref<'a>(ctrl: *mut NvmevCtrl) -> Result<&'a CtrlInner, c_int> {
     }
 }
 
+/// Runs `f` on what a handle lookup found (or returns its error), with
+/// [`guard`]'s panic barrier.
+fn with<T>(found: Result<T, c_int>, f: impl FnOnce(T) -> c_int) -> c_int {
+    guard(|| match found {
+        Ok(x) => f(x),
+        Err(e) => e,
+    })
+}
+
 /// Lists active namespace IDs.
 ///
 /// # Safety
@@ -426,12 +435,9 @@ pub unsafe extern "C" fn nvmev_ctrl_namespaces(
     ids: *mut u32,
     cap: usize,
 ) -> c_int {
-    guard(|| {
-        // SAFETY: the caller's promise.
-        let c = match unsafe { ctrl_ref(ctrl) } {
-            Ok(c) => c,
-            Err(e) => return e,
-        };
+    // SAFETY: the caller's promise.
+    let c = unsafe { ctrl_ref(ctrl) };
+    with(c, |c| {
         if ids.is_null() && cap != 0 {
             return invalid("NULL ids with a capacity");
         }
@@ -459,12 +465,9 @@ pub unsafe extern "C" fn nvmev_ns_info(
     nsid: u32,
     out: *mut NvmevNsInfo,
 ) -> c_int {
-    guard(|| {
-        // SAFETY: the caller's promise.
-        let c = match unsafe { ctrl_ref(ctrl) } {
-            Ok(c) => c,
-            Err(e) => return e,
-        };
+    // SAFETY: the caller's promise.
+    let c = unsafe { ctrl_ref(ctrl) };
+    with(c, |c| {
         if out.is_null() {
             return invalid("NULL result pointer");
         }
@@ -551,12 +554,9 @@ pub unsafe extern "C" fn nvmev_register(
     addr: *mut c_void,
     len: usize,
 ) -> c_int {
-    guard(|| {
-        // SAFETY: the caller's promise.
-        let c = match unsafe { ctrl_ref(ctrl) } {
-            Ok(c) => c,
-            Err(e) => return e,
-        };
+    // SAFETY: the caller's promise.
+    let c = unsafe { ctrl_ref(ctrl) };
+    with(c, |c| {
         if addr.is_null() {
             return invalid("NULL address");
         }
@@ -583,19 +583,14 @@ pub unsafe extern "C" fn nvmev_register(
 /// `ctrl` is a live handle; no I/O on the memory is in flight.
 #[no_mangle]
 pub unsafe extern "C" fn nvmev_unregister(ctrl: *mut NvmevCtrl, addr: *mut c_void) -> c_int {
-    guard(|| {
-        // SAFETY: the caller's promise.
-        let c = match unsafe { ctrl_ref(ctrl) } {
-            Ok(c) => c,
-            Err(e) => return e,
-        };
-        match lock(&c.registered).remove(&(addr as usize)) {
-            Some(r) => {
-                drop(r);
-                0
-            }
-            None => invalid("no registration at this address"),
+    // SAFETY: the caller's promise.
+    let c = unsafe { ctrl_ref(ctrl) };
+    with(c, |c| match lock(&c.registered).remove(&(addr as usize)) {
+        Some(r) => {
+            drop(r);
+            0
         }
+        None => invalid("no registration at this address"),
     })
 }
 
@@ -688,12 +683,9 @@ unsafe fn submit(
     len: usize,
     tag: u64,
 ) -> c_int {
-    guard(|| {
-        // SAFETY: the caller's promise.
-        let q = match unsafe { qp_mut(qp) } {
-            Ok(q) => q,
-            Err(e) => return e,
-        };
+    // SAFETY: the caller's promise.
+    let q = unsafe { qp_mut(qp) };
+    with(q, |q| {
         if buf.is_null() || len == 0 {
             return invalid("NULL or empty buffer");
         }
@@ -774,12 +766,9 @@ unsafe fn run_now(
     tag: u64,
     f: impl FnOnce(&mut QueuePair, &Namespace) -> Result<(), Error>,
 ) -> c_int {
-    guard(|| {
-        // SAFETY: the caller's promise.
-        let q = match unsafe { qp_mut(qp) } {
-            Ok(q) => q,
-            Err(e) => return e,
-        };
+    // SAFETY: the caller's promise.
+    let q = unsafe { qp_mut(qp) };
+    with(q, |q| {
         let r = q.namespace(nsid).and_then(|ns| f(&mut q.qp, &ns));
         q.completed_now(tag, r)
     })
@@ -890,12 +879,9 @@ unsafe fn poll_or_wait(
     max: usize,
     wait: Option<Duration>,
 ) -> c_int {
-    guard(|| {
-        // SAFETY: the caller's promise.
-        let q = match unsafe { qp_mut(qp) } {
-            Ok(q) => q,
-            Err(e) => return e,
-        };
+    // SAFETY: the caller's promise.
+    let q = unsafe { qp_mut(qp) };
+    with(q, |q| {
         if out.is_null() && max != 0 {
             return invalid("NULL completion array");
         }
