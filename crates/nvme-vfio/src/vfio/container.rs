@@ -235,16 +235,30 @@ unsafe impl DmaMap for Container {
         Ok(())
     }
 
-    /// VFIO_IOMMU_UNMAP_DMA.
+    /// VFIO_IOMMU_UNMAP_DMA. When the container has no IOMMU any more
+    /// (its last group left: the device was unplugged, or released), the
+    /// kernel removed every mapping with it and the unmap's EINVAL means
+    /// just that: the range counts as unmapped, and its memory may go back.
     unsafe fn unmap_dma(&self, iova: Iova, len: u64) -> Result<u64, VfioError> {
         let iova = iova.raw();
-        let unmapped =
-            sys::iommu_unmap_dma(&self.file, iova, len).map_err(|source| VfioError::Dma {
-                op: "unmap",
-                iova,
-                len,
-                source,
-            })?;
+        let unmapped = match sys::iommu_unmap_dma(&self.file, iova, len) {
+            Ok(n) => n,
+            Err(source) if source.raw_os_error() == Some(libc::EINVAL) && !self.has_iommu() => {
+                log::debug!(
+                    "unmapping {len:#x} bytes at IOVA {iova:#x}: the container's IOMMU is gone \
+                     (its mappings with it)"
+                );
+                len
+            }
+            Err(source) => {
+                return Err(VfioError::Dma {
+                    op: "unmap",
+                    iova,
+                    len,
+                    source,
+                })
+            }
+        };
         // Saturating: mappings made before a failed update are not lost.
         let _ = self
             .mapped
@@ -252,6 +266,16 @@ unsafe impl DmaMap for Container {
                 Some(m.saturating_sub(unmapped))
             });
         Ok(unmapped)
+    }
+}
+
+impl Container {
+    /// Whether the container still has an IOMMU (VFIO_IOMMU_GET_INFO
+    /// answers): false once its last group has left, which tears the
+    /// IOMMU and all its mappings down.
+    fn has_iommu(&self) -> bool {
+        let mut buf = info::InfoBuf::new(size_of::<b::vfio_iommu_type1_info>());
+        sys::iommu_get_info(&self.file, &mut buf).is_ok()
     }
 }
 
