@@ -13,10 +13,12 @@
 # Prints "N passed, N failed" and exits non-zero on failure.
 set -uo pipefail
 
-engine=$1
-hello=$2
+engine=$(realpath "$1")
+hello=$(realpath "$2")
 scenario=$3
 work=$(mktemp -d)
+# fio writes its verify state files in the current directory.
+cd "$work" || exit 1
 passed=0
 failed=0
 ok() { passed=$((passed + 1)); echo "PASS $*"; }
@@ -110,6 +112,6 @@ fi
 expect "fio on a device that does not exist" 1 "no PCI device 0000:00:1f.7" -- \
     fio --ioengine="external:$engine" --thread=1 --filename="trtype=PCIe traddr=0000.00.1f.7 ns=1" --name=bad --rw=read --size=1m
 
-rm -rf "$work"
+cd / && rm -rf "$work"
 echo "fio-test ($scenario): $passed passed, $failed failed"
 [ "$failed" = 0 ]
