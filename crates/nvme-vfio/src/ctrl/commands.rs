@@ -61,6 +61,31 @@ impl QueuePair {
     /// most MSRC + 1 source ranges (and 256), each at most MSSRL blocks
     /// (and 65536), at most MCL blocks in all ([`Error::OverLimit`]), or
     /// when a source or the destination is outside the namespace.
+    ///
+    /// ```
+    /// # use nvme_sim::{Config as SimConfig, SimController};
+    /// # use nvme_vfio::ctrl::{Config, Controller};
+    /// # use nvme_vfio::mem::{DmaSpace, SpaceConfig};
+    /// # let sim = SimController::new(SimConfig::default()).unwrap();
+    /// # let space = DmaSpace::new(sim.iommu().clone(), SpaceConfig { hugepages: false });
+    /// # let config = Config { space: SpaceConfig { hugepages: false }, ..Config::default() };
+    /// # // SAFETY: the registers, IOMMU and PCI function all belong to `sim`.
+    /// # let ctrl = unsafe { Controller::with_backend(sim.registers(), space, config, Some(sim.pci_function())) }?;
+    /// use nvme_vfio::ctrl::{CopyRange, DsmAttributes, DsmRange, OptionalCommand, QueueConfig};
+    /// let ns = ctrl.namespace(1)?;
+    /// let mut qp = ctrl.queue_pair(QueueConfig::default())?;
+    /// qp.write(&ns, 0, &[7u8; 4096], false)?;
+    /// if ctrl.supports(OptionalCommand::Copy) {
+    ///     // Blocks 4 to 7, then 0 to 3, to blocks 100 to 107.
+    ///     qp.copy(&ns, &[CopyRange::new(4, 4), CopyRange::new(0, 4)], 100)?;
+    ///     qp.compare(&ns, 100, &[7u8; 4096])?;
+    /// }
+    /// // Deallocate two ranges, the first one read sequentially before.
+    /// let ranges = [DsmRange::new(0, 8).with_attributes(nvme_vfio::nvme::nvm::context::SEQUENTIAL_READ),
+    ///     DsmRange::new(100, 8)];
+    /// qp.dataset_management(&ns, &ranges, DsmAttributes::DEALLOCATE)?;
+    /// # Ok::<(), nvme_vfio::Error>(())
+    /// ```
     pub fn copy(&mut self, ns: &Namespace, sources: &[CopyRange], dest: u64) -> Result<(), Error> {
         let op = Op::Copy;
         self.check_op(op, ns)?;
