@@ -1,6 +1,7 @@
 //! An nvme-cli-like tool on the userspace driver: list NVMe functions and
 //! their namespaces, identify, list namespaces, read and write blocks,
-//! flush, trim, write zeroes, SMART log.
+//! flush, trim, write zeroes, compare, verify, write uncorrectable, copy,
+//! dataset management, SMART log.
 //!
 //! ```text
 //! cargo run --release --example nvme-cli -- list
@@ -19,7 +20,10 @@
 //! its first Read fails with Unrecovered Read Error and an error log entry
 //! naming LBA (to see how a failed command is reported). `sim:KIND[,KIND...]`
 //! gives it one 64 MiB namespace per KIND, `nvm` or `zoned` (zones of 1 MiB,
-//! at most 8 open and 14 active): `sim:nvm,zoned`.
+//! at most 8 open and 14 active): `sim:nvm,zoned`. With
+//! `NVME_SIM_WITHOUT=compare,verify,write-uncor,copy,dsm,write-zeroes` (any
+//! of them) the device lacks those optional commands (to see how a refusal
+//! is reported).
 //!
 //! A command that fails with the More bit set is reported with the
 //! controller's Error Information log entry for it, on a line of its own.
@@ -30,6 +34,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
+
+#[path = "nvme-cli/io_commands.rs"]
+mod io_commands;
 use nvme_vfio::ctrl::{CommandSet, Config, Controller, Namespace, QueueConfig};
 
 /// Transfers larger than this show a progress line on a terminal.
@@ -93,6 +100,20 @@ enum Cmd {
     Trim(RangeArgs),
     /// Write zeroes to blocks.
     WriteZeroes(RangeArgs),
+    /// Compare blocks with data (Compare): "compare: Success", or the
+    /// Compare Failure status and exit 1.
+    Compare(io_commands::CompareArgs),
+    /// Verify blocks (Verify: the controller reads and checks them, no
+    /// data moves).
+    Verify(io_commands::BlocksArgs),
+    /// Make blocks unreadable until written (Write Uncorrectable).
+    WriteUncor(io_commands::BlocksArgs),
+    /// Copy source ranges to consecutive blocks (Copy, descriptor format
+    /// 0).
+    Copy(io_commands::CopyArgs),
+    /// Dataset Management of ranges: deallocate (--ad), integral dataset
+    /// hints (--idr, --idw), context attributes per range.
+    Dsm(io_commands::DsmArgs),
     /// SMART / health log.
     SmartLog {
         /// PCI address.
@@ -346,7 +367,9 @@ impl From<nvme_vfio::Error> for Fail {
             nvme_vfio::Error::Invalid(m) => Fail::Input(m),
             nvme_vfio::Error::NoNamespace { .. }
             | nvme_vfio::Error::ZonedNamespace { .. }
-            | nvme_vfio::Error::UnsupportedCommandSet { .. } => Fail::Input(e.to_string()),
+            | nvme_vfio::Error::UnsupportedCommandSet { .. }
+            | nvme_vfio::Error::UnsupportedCommand { .. }
+            | nvme_vfio::Error::OverLimit { .. } => Fail::Input(e.to_string()),
             e => Fail::Device(device_message(&e)),
         }
     }
@@ -428,6 +451,25 @@ fn open(device: &str) -> Result<Device, Fail> {
 
 fn open_sim(config: Config, sim_config: nvme_sim::Config) -> Result<Device, Fail> {
     use nvme_vfio::mem::{DmaSpace, SpaceConfig};
+    let mut sim_config = sim_config;
+    if let Ok(list) = std::env::var("NVME_SIM_WITHOUT") {
+        for c in list.split(',').filter(|c| !c.is_empty()) {
+            sim_config = match c {
+                "compare" => sim_config.compare(false),
+                "verify" => sim_config.verify(false),
+                "write-uncor" => sim_config.write_uncorrectable(false),
+                "copy" => sim_config.copy(false),
+                "dsm" => sim_config.dataset_management(false),
+                "write-zeroes" => sim_config.write_zeroes(false),
+                c => {
+                    return Err(Fail::Input(format!(
+                        "NVME_SIM_WITHOUT: unknown command '{c}' (compare, verify, write-uncor, \
+                         copy, dsm, write-zeroes)"
+                    )))
+                }
+            };
+        }
+    }
     let sim = nvme_sim::SimController::new(sim_config).map_err(|e| Fail::Device(e.to_string()))?;
     if let Ok(lba) = std::env::var("NVME_SIM_READ_ERROR") {
         let lba = lba
@@ -492,6 +534,11 @@ fn run(cli: &Cli) -> Result<(), Fail> {
             done(cli.json, what, &ns, a.lba, a.blocks);
             Ok(())
         }
+        Cmd::Compare(a) => io_commands::compare(a, cli.json),
+        Cmd::Verify(a) => io_commands::verify(a, cli.json),
+        Cmd::WriteUncor(a) => io_commands::write_uncor(a, cli.json),
+        Cmd::Copy(a) => io_commands::copy(a, cli.json),
+        Cmd::Dsm(a) => io_commands::dsm(a, cli.json),
         Cmd::SmartLog { device } => smart_log(&*open(device)?, cli.json),
         Cmd::GetFeature(a) => get_feature(&*open(&a.device)?, a, cli.json),
         Cmd::SetFeature(a) => set_feature(&*open(&a.device)?, a, cli.json),

@@ -77,6 +77,57 @@ admin_checks() {
     expect "reset" 0 "reset: success" -- "$cli" reset $d
 }
 
+# The optional NVM commands on the sim device, each check one command
+# (fresh blocks read as zeroes).
+io_command_checks_sim() {
+    local d=sim
+    head -c 4096 /dev/zero >"$work/zero4k"
+    head -c 4096 /dev/urandom >"$work/rand4k"
+    expect "compare: equal" 0 "^compare: Success$" -- "$cli" compare $d -s 0 -d "$work/zero4k"
+    expect "compare from stdin, --block-count 0-based" 0 "^compare: Success$" -- sh -c '"$1" compare sim -s 8 -c 3 <"$2"' sh "$cli" "$work/zero4k"
+    expect "compare: a mismatch names Compare Failure" 1 "^nvme-cli: Compare failed: Compare Failure (SCT 0x2, SC 0x85, do not retry, more info in the error log): the data did not match in a Compare command$" -- "$cli" compare $d -s 0 -d "$work/rand4k"
+    expect "compare: the mismatch's error log entry" 1 "^  error log entry 1 (SQ 1, command 0x[0-9a-f]*, opcode 0x05): namespace 1, LBA [0-7] " -- "$cli" compare $d -s 0 -d "$work/rand4k"
+    json "compare --json" 'j["command"] == "compare" and j["lba"] == 16 and j["blocks"] == 2 and j["status"] == "success"' -- "$cli" compare $d -s 16 -z 1024 -d "$work/zero4k" --json
+    expect "compare: size and count disagree" 2 "does not match --block-count" -- "$cli" compare $d -s 0 -c 1 -z 4096 -d "$work/zero4k"
+    expect "compare: data too short" 2 "the data holds 4096 bytes, the compare needs 8192" -- "$cli" compare $d -s 0 -z 8192 -d "$work/zero4k"
+    expect "compare past the end" 2 "past the end of namespace 1" -- "$cli" compare $d -s 131070 -d "$work/zero4k"
+    expect "verify" 0 "^NVME Verify Success$" -- "$cli" verify $d -s 0 -c 4095
+    json "verify --json" 'j["command"] == "verify" and j["blocks"] == 1 and j["status"] == "success"' -- "$cli" verify $d -s 7 --json
+    expect "verify past the end" 2 "past the end of namespace 1" -- "$cli" verify $d -s 131071 -c 1
+    expect "write-uncor without --yes" 2 "add --yes" -- "$cli" write-uncor $d -s 0 -c 7
+    expect "write-uncor" 0 "^NVME Write Uncorrectable Success$" -- "$cli" write-uncor $d -s 0 -c 7 --yes
+    expect "copy" 0 "^NVMe Copy: success$" -- "$cli" copy $d -d 1000 -s 0,100,200 -b 7,3,0 --yes
+    json "copy --json" 'j["command"] == "copy" and j["sdlba"] == 1000 and j["ranges"] == [{"slba": 0, "blocks": 8}, {"slba": 100, "blocks": 4}] and j["blocks"] == 12' -- "$cli" copy $d -d 1000 -s 0,100 -b 7,3 --yes --json
+    expect "copy without --yes" 2 "add --yes" -- "$cli" copy $d -d 1000 -s 0 -b 7
+    expect "copy: lists of different lengths" 2 "2 source starting blocks (--slbs) but 1 block counts" -- "$cli" copy $d -d 1000 -s 0,8 -b 7 --yes
+    expect "copy over the namespace's range length (MSSRL)" 2 "Copy source range length in blocks: 129, over the limit of 128 (Identify Namespace MSSRL)" -- "$cli" copy $d -d 1000 -s 0 -b 128 --yes
+    expect "copy over the namespace's copy length (MCL)" 2 "Copy length in blocks: 192, over the limit of 128 (Identify Namespace MCL)" -- "$cli" copy $d -d 1000 -s 0,200 -b 127,63 --yes
+    expect "copy of too many ranges (MSRC)" 2 "Copy source ranges: 129, over the limit of 128 (Identify Namespace MSRC)" -- "$cli" copy $d -d 1000 -s "$(seq -s, 0 128)" -b "$(printf '0%.0s,' $(seq 128))0" --yes
+    expect "copy to past the end" 2 "past the end of namespace 1" -- "$cli" copy $d -d 131070 -s 0 -b 7 --yes
+    expect "dsm hints" 0 "^NVMe DSM: success$" -- "$cli" dsm $d -s 0,100 -b 8,8 -a 0x102,1 --idr --idw
+    expect "dsm --ad without --yes" 2 "add --yes" -- "$cli" dsm $d -s 0 -b 8 --ad
+    json "dsm --ad of 300 ranges (two commands) --json" 'j["command"] == "dsm" and j["ranges"] == 300 and j["attributes"] == {"ad": True, "idw": False, "idr": False}' -- "$cli" dsm $d -s "$(seq -s, 0 2 598)" -b "$(printf '1%.0s,' $(seq 299))1" --ad --yes --json
+    json "dsm --cdw11 sets the attributes" 'j["attributes"] == {"ad": False, "idw": True, "idr": True}' -- "$cli" dsm $d -s 0 -b 8 --cdw11 3 --json
+    expect "dsm: lists of different lengths" 2 "the range lists differ in length" -- "$cli" dsm $d -s 0,8 -b 8
+    expect "dsm past the end" 2 "past the end of namespace 1" -- "$cli" dsm $d -s 131071 -b 2 --ad --yes
+    # refused WITHOUT NAME ARGS...: the sim device without command WITHOUT
+    # refuses ARGS, naming the command NAME.
+    refused() {
+        local without=$1 name=$2
+        shift 2
+        expect "$1 refused on a device without $without" 2 "the controller does not support the $name command" -- \
+            env NVME_SIM_WITHOUT="$without" "$cli" "$@"
+    }
+    refused compare Compare compare $d -s 0 -d "$work/zero4k"
+    refused verify Verify verify $d -s 0
+    refused write-uncor "Write Uncorrectable" write-uncor $d -s 0 --yes
+    refused copy Copy copy $d -d 100 -s 0 -b 0 --yes
+    refused dsm "Dataset Management" dsm $d -s 0 -b 1
+    refused dsm "Dataset Management" trim $d --lba 0 --blocks 8 --yes
+    refused write-zeroes "Write Zeroes" write-zeroes $d --lba 0 --blocks 8 --yes
+    expect "NVME_SIM_WITHOUT of an unknown command" 2 "unknown command 'frob'" -- env NVME_SIM_WITHOUT=frob "$cli" id-ctrl $d
+}
+
 if [ "$scenario" = nvme-driver ]; then
     expect "id-ctrl on a device still on the nvme driver" 2 "bound to nvme" -- "$cli" id-ctrl $dev
     json "list shows the kernel driver" 'j[0]["driver"] == "nvme" and not j[0]["usable"]' -- "$cli" list --json
@@ -153,6 +204,7 @@ elif [ "$scenario" = sim ]; then
     expect "smart-log text" 0 "temperature" -- "$cli" smart-log $dev
     expect "usage error" 2 "Usage" -- "$cli" frobnicate
     admin_checks $dev nvme-sim
+    io_command_checks_sim
 
     # I/O command sets, on a sim device with an NVM and a zoned namespace
     # (zones of 2048 blocks, at most 8 open and 14 active).
@@ -241,6 +293,26 @@ else
     json "smart-log --json" 'j["host_write_commands"] > 0 and j["temperature"] > 200' -- "$cli" smart-log $dev --json
     expect "smart-log text" 0 "temperature" -- "$cli" smart-log $dev
     expect "usage error" 2 "Usage" -- "$cli" frobnicate
+
+    # The optional NVM commands on QEMU's controller (7.2: Compare, Copy,
+    # Dataset Management; Verify only in its Commands Supported and
+    # Effects log; no Write Uncorrectable).
+    head -c 8192 /dev/urandom >"$work/cmp"
+    "$cli" write $dev -n 1 --lba 30000 -i "$work/cmp" --yes 2>/dev/null
+    expect "compare: equal" 0 "^compare: Success$" -- "$cli" compare $dev -s 30000 -d "$work/cmp"
+    head -c 8192 /dev/urandom >"$work/other"
+    expect "compare: a mismatch names Compare Failure" 1 "^nvme-cli: Compare failed: Compare Failure (SCT 0x2, SC 0x85" -- "$cli" compare $dev -s 30000 -d "$work/other"
+    expect "verify (split at QEMU's Verify size limit)" 0 "^NVME Verify Success$" -- "$cli" verify $dev -s 0 -c 4095
+    expect "write-uncor is refused: QEMU lacks it" 2 "the controller does not support the Write Uncorrectable command" -- "$cli" write-uncor $dev -s 30000 --yes
+    expect "copy" 0 "^NVMe Copy: success$" -- "$cli" copy $dev -d 31000 -s 30008,30000 -b 7,7 --yes
+    "$cli" read $dev -n 1 --lba 31000 --blocks 16 -o "$work/copied"
+    { tail -c 4096 "$work/cmp"; head -c 4096 "$work/cmp"; } >"$work/want"
+    if cmp -s "$work/want" "$work/copied"; then ok "copy: the ranges read back in order"; else bad "copy: the destination holds something else"; fi
+    expect "copy over QEMU's range length (MSSRL 128)" 2 "over the limit of 128 (Identify Namespace MSSRL)" -- "$cli" copy $dev -d 31000 -s 0 -b 128 --yes
+    json "dsm --ad of several ranges --json" 'j["command"] == "dsm" and j["ranges"] == 2 and j["attributes"]["ad"]' -- "$cli" dsm $dev -s 31000,31008 -b 8,8 -a 0,0x100 --ad --idr --yes --json
+    expect "dsm hints" 0 "^NVMe DSM: success$" -- "$cli" dsm $dev -s 30000 -b 16 --idw
+    "$cli" read $dev -n 1 --lba 30000 --blocks 16 -o "$work/hinted"
+    if cmp -s "$work/cmp" "$work/hinted"; then ok "dsm without --ad leaves the data"; else bad "dsm hints changed the data"; fi
     admin_checks $dev "QEMU NVM"
 fi
 

@@ -6,6 +6,8 @@ use std::time::Duration;
 use crate::iommu::IommuConfig;
 use crate::Error;
 
+pub use nvme_vfio::nvme::nvm::CopyLimits;
+
 /// One RAM-backed namespace.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct NamespaceConfig {
@@ -101,6 +103,24 @@ impl NamespaceConfig {
     }
 }
 
+/// The NVM command set's Identify Controller limits the software
+/// controller reports ([`Config::nvm_limits`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NvmLimitsConfig {
+    /// Verify Size Limit: `2^vsl` minimum pages per Verify (0: none).
+    pub vsl: u8,
+    /// Write Zeroes Size Limit (0: none).
+    pub wzsl: u8,
+    /// Write Uncorrectable Size Limit (0: none).
+    pub wusl: u8,
+    /// Dataset Management Ranges Limit (0: none).
+    pub dmrl: u8,
+    /// Dataset Management Range Size Limit, in blocks (0: none).
+    pub dmrsl: u32,
+    /// Dataset Management Size Limit, in blocks (0: none).
+    pub dmsl: u64,
+}
+
 /// The software controller's configuration. Start from [`Config::default`]
 /// and adjust with the builder methods (or the public fields).
 ///
@@ -159,6 +179,41 @@ pub struct Config {
     /// Whether Dataset Management (deallocate) is supported (Identify
     /// ONCS bit 2).
     pub dataset_management: bool,
+    /// Whether Compare is supported (Identify ONCS bit 0): the data sent
+    /// is compared with the blocks', Compare Failure if they differ.
+    pub compare: bool,
+    /// Whether Write Uncorrectable is supported (Identify ONCS bit 1): its
+    /// blocks fail reads, compares, verifies and copies with Unrecovered
+    /// Read Error until written (Write, Write Zeroes, deallocation, or as
+    /// a Copy's destination).
+    pub write_uncorrectable: bool,
+    /// Whether Verify is supported (Identify ONCS bit 7, unless
+    /// [`verify_in_oncs`](Self::verify_in_oncs) is off): Unrecovered Read
+    /// Error on an uncorrectable block.
+    pub verify: bool,
+    /// Whether ONCS lists Verify when it is supported. Off, Verify is only
+    /// in the Commands Supported and Effects log, as on QEMU's controller
+    /// (up to at least 7.2).
+    pub verify_in_oncs: bool,
+    /// Whether Copy is supported (Identify ONCS bit 8), with source range
+    /// descriptors of format 0 (OCFS bit 0), within the namespaces' copy
+    /// limits ([`copy_limits`](Self::copy_limits)).
+    pub copy: bool,
+    /// The copy limits every namespace reports and enforces (Command Size
+    /// Limit Exceeded past them): blocks per source range (MSSRL), blocks
+    /// per Copy (MCL), source ranges per Copy, 0-based (MSRC).
+    pub copy_limits: CopyLimits,
+    /// The NVM command set's Identify Controller limits (CNS 06h CSI 00h),
+    /// reported and enforced: Verify, Write Zeroes and Write Uncorrectable
+    /// sizes (`2^n` minimum pages, 0: no limit; over it, Invalid Field in
+    /// Command as on QEMU's controller), and for a deallocating Dataset
+    /// Management the ranges (DMRL), blocks per range (DMRSL) and blocks
+    /// in all (DMSL), 0: no limit (over them, Command Size Limit
+    /// Exceeded).
+    pub nvm_limits: NvmLimitsConfig,
+    /// Whether the Commands Supported and Effects log (log page 05h; LPA
+    /// bit 1) is offered: it lists every command the controller executes.
+    pub effects_log: bool,
     /// Null mode: I/O commands are checked (namespace, LBA range, MDTS,
     /// PSDT) and complete successfully without walking their data pointer
     /// or moving data; for measuring the driver's own overhead.
@@ -193,7 +248,10 @@ pub struct Config {
 impl Default for Config {
     /// A controller like QEMU's emulated NVMe device, scaled down: 1024
     /// entries per queue, 64 I/O queues, MDTS 5 (128 KiB), SGLs, a 1 ms
-    /// ready delay, and one namespace of 64 MiB in 512-byte blocks.
+    /// ready delay, and one namespace of 64 MiB in 512-byte blocks; every
+    /// optional command, with QEMU's limits (Copy: 128 ranges of up to 128
+    /// blocks, 128 in all; Verify: 512 KiB), and the Commands Supported and
+    /// Effects log.
     fn default() -> Self {
         Self {
             max_queue_entries: 1024,
@@ -213,6 +271,23 @@ impl Default for Config {
             doorbell_buffer_config: true,
             write_zeroes: true,
             dataset_management: true,
+            compare: true,
+            write_uncorrectable: true,
+            verify: true,
+            verify_in_oncs: true,
+            copy: true,
+            // QEMU's: 128 blocks per range and per Copy, 128 ranges.
+            copy_limits: CopyLimits {
+                mssrl: 128,
+                mcl: 128,
+                msrc: 127,
+            },
+            // QEMU's: Verify up to 512 KiB, no other limit.
+            nvm_limits: NvmLimitsConfig {
+                vsl: 7,
+                ..NvmLimitsConfig::default()
+            },
+            effects_log: true,
             null: false,
             serial: "SIM0001".into(),
             volatile_write_cache: true,
@@ -277,6 +352,55 @@ impl Config {
     /// Sets Dataset Management support.
     pub fn dataset_management(mut self, on: bool) -> Self {
         self.dataset_management = on;
+        self
+    }
+
+    /// Sets Compare support.
+    pub fn compare(mut self, on: bool) -> Self {
+        self.compare = on;
+        self
+    }
+
+    /// Sets Write Uncorrectable support.
+    pub fn write_uncorrectable(mut self, on: bool) -> Self {
+        self.write_uncorrectable = on;
+        self
+    }
+
+    /// Sets Verify support.
+    pub fn verify(mut self, on: bool) -> Self {
+        self.verify = on;
+        self
+    }
+
+    /// Sets whether ONCS lists Verify ([`Config::verify_in_oncs`]).
+    pub fn verify_in_oncs(mut self, on: bool) -> Self {
+        self.verify_in_oncs = on;
+        self
+    }
+
+    /// Sets Copy support.
+    pub fn copy(mut self, on: bool) -> Self {
+        self.copy = on;
+        self
+    }
+
+    /// Sets the copy limits ([`Config::copy_limits`]).
+    pub fn copy_limits(mut self, limits: CopyLimits) -> Self {
+        self.copy_limits = limits;
+        self
+    }
+
+    /// Sets the NVM command set's Identify Controller limits
+    /// ([`Config::nvm_limits`]).
+    pub fn nvm_limits(mut self, limits: NvmLimitsConfig) -> Self {
+        self.nvm_limits = limits;
+        self
+    }
+
+    /// Sets whether the Commands Supported and Effects log is offered.
+    pub fn effects_log(mut self, on: bool) -> Self {
+        self.effects_log = on;
         self
     }
 
@@ -436,6 +560,17 @@ impl Config {
         match self.max_nsid {
             0 => self.namespace_ids().into_iter().max().unwrap_or(0),
             nn => nn,
+        }
+    }
+
+    /// The largest transfer of a command whose size limit is `2^n`
+    /// minimum pages (`None`: no limit, `n` = 0).
+    pub fn size_limit(&self, n: u8) -> Option<u64> {
+        match n {
+            0 => None,
+            n => 1u64
+                .checked_shl(u32::from(n) + 12 + u32::from(self.mps_min))
+                .or(Some(u64::MAX)),
         }
     }
 

@@ -17,7 +17,15 @@
 //!   queues granted, namespaces (block sizes, IDs with gaps, attached later
 //!   with [`SimController::attach_namespace`] and its notice), and optional
 //!   features (shadow doorbells, volatile write cache, Write Zeroes,
-//!   Dataset Management) present or not.
+//!   Dataset Management, Compare, Verify, Write Uncorrectable, Copy, the
+//!   Commands Supported and Effects log) present or not.
+//! - The NVM command set's optional commands, with their limits reported
+//!   and enforced ([`Config::copy_limits`], [`Config::nvm_limits`]):
+//!   Compare (Compare Failure on a mismatch), Write Uncorrectable (its
+//!   blocks fail reads, compares, verifies and copies with Unrecovered Read
+//!   Error, logged with their LBA, until written), Verify, Copy (source
+//!   range descriptors of format 0) and Dataset Management (ranges
+//!   deallocated, reading back as zeroes; the other attributes accepted).
 //! - I/O command sets: with [`Config::io_command_sets`] (the default, as
 //!   on QEMU's controller) CAP.CSS offers CC.CSS = 110b, namespaces carry
 //!   their Command Set Identifier in their descriptor list, and the
@@ -103,7 +111,7 @@ mod irq;
 mod regs;
 mod storage;
 
-pub use config::{Config, NamespaceConfig, ZoneConfig};
+pub use config::{Config, CopyLimits, NamespaceConfig, NvmLimitsConfig, ZoneConfig};
 pub use controller::{Released, SimController, Stats};
 pub use fault::{CqeCorruption, ErrorDetail, FaultAction, FaultRule, Match};
 pub use iommu::{IommuConfig, Mapping, SimIommu};

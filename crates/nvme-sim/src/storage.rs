@@ -24,6 +24,64 @@ pub(crate) struct Namespace {
     /// A zoned namespace's zones.
     pub(crate) zoned: Option<Zones>,
     chunks: Mutex<HashMap<u64, Box<[u8]>>>,
+    /// Blocks marked by Write Uncorrectable.
+    uncorrectable: Mutex<Extents>,
+}
+
+/// A set of blocks, as sorted, disjoint, non-adjacent `[start, end)`
+/// extents: a Write Uncorrectable of many blocks is one entry.
+#[derive(Debug, Default)]
+pub(crate) struct Extents(Vec<(u64, u64)>);
+
+impl Extents {
+    /// Adds blocks `[lba, lba + n)`.
+    pub(crate) fn insert(&mut self, lba: u64, n: u64) {
+        let (mut start, mut end) = (lba, lba.saturating_add(n));
+        if start >= end {
+            return;
+        }
+        // Every extent that overlaps or touches the new one merges into it.
+        let first = self.0.partition_point(|&(_, e)| e < start);
+        let mut last = first;
+        while last < self.0.len() && self.0[last].0 <= end {
+            start = start.min(self.0[last].0);
+            end = end.max(self.0[last].1);
+            last += 1;
+        }
+        self.0.splice(first..last, [(start, end)]);
+    }
+
+    /// Removes blocks `[lba, lba + n)`.
+    pub(crate) fn remove(&mut self, lba: u64, n: u64) {
+        let (start, end) = (lba, lba.saturating_add(n));
+        if start >= end {
+            return;
+        }
+        let first = self.0.partition_point(|&(_, e)| e <= start);
+        let mut last = first;
+        let mut keep = Vec::with_capacity(2);
+        while last < self.0.len() && self.0[last].0 < end {
+            let (s, e) = self.0[last];
+            if s < start {
+                keep.push((s, start));
+            }
+            if e > end {
+                keep.push((end, e));
+            }
+            last += 1;
+        }
+        self.0.splice(first..last, keep);
+    }
+
+    /// The first block of `[lba, lba + n)` in the set.
+    pub(crate) fn first_in(&self, lba: u64, n: u64) -> Option<u64> {
+        let end = lba.saturating_add(n);
+        let i = self.0.partition_point(|&(_, e)| e <= lba);
+        self.0
+            .get(i)
+            .filter(|&&(s, _)| s < end)
+            .map(|&(s, _)| s.max(lba))
+    }
 }
 
 /// Why a write to a zoned namespace is refused.
@@ -93,7 +151,30 @@ impl Namespace {
             metadata: c.metadata,
             zoned: c.zoned.map(|z| Zones::new(z, c.blocks)),
             chunks: Mutex::new(HashMap::new()),
+            uncorrectable: Mutex::new(Extents::default()),
         }
+    }
+
+    fn uncorrectable(&self) -> MutexGuard<'_, Extents> {
+        // Updates are plain vector edits: a panicking holder leaves a
+        // valid set behind.
+        self.uncorrectable.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Marks blocks `[lba, lba + n)` uncorrectable (Write Uncorrectable).
+    pub(crate) fn mark_uncorrectable(&self, lba: u64, n: u64) {
+        self.uncorrectable().insert(lba, n);
+    }
+
+    /// Clears the uncorrectable mark of blocks `[lba, lba + n)` (they were
+    /// written or deallocated).
+    pub(crate) fn clear_uncorrectable(&self, lba: u64, n: u64) {
+        self.uncorrectable().remove(lba, n);
+    }
+
+    /// The first uncorrectable block of `[lba, lba + n)`, if any.
+    pub(crate) fn first_uncorrectable(&self, lba: u64, n: u64) -> Option<u64> {
+        self.uncorrectable().first_in(lba, n)
     }
 
     /// Whether the namespace is attached.
@@ -222,6 +303,34 @@ mod tests {
             &back[10 + 2 * CHUNK as usize..data.len()],
             &data[10 + 2 * CHUNK as usize..]
         );
+    }
+
+    #[test]
+    fn uncorrectable_extents_merge_split_and_find() {
+        let mut x = Extents::default();
+        x.insert(10, 5);
+        x.insert(20, 5);
+        x.insert(15, 5);
+        assert_eq!(x.0, [(10, 25)], "touching extents merge");
+        x.insert(0, 0);
+        x.insert(30, 10);
+        x.insert(5, 2);
+        assert_eq!(x.0, [(5, 7), (10, 25), (30, 40)]);
+        x.insert(6, 30);
+        assert_eq!(x.0, [(5, 40)]);
+        x.remove(10, 5);
+        x.remove(38, 100);
+        assert_eq!(x.0, [(5, 10), (15, 38)]);
+        assert_eq!(x.first_in(0, 5), None);
+        assert_eq!(x.first_in(0, 6), Some(5));
+        assert_eq!(x.first_in(10, 5), None);
+        assert_eq!(x.first_in(12, 10), Some(15));
+        assert_eq!(x.first_in(20, 1), Some(20));
+        assert_eq!(x.first_in(38, u64::MAX), None);
+        x.remove(0, u64::MAX);
+        assert!(x.0.is_empty());
+        x.insert(u64::MAX - 1, 5);
+        assert_eq!(x.first_in(u64::MAX - 1, 1), Some(u64::MAX - 1));
     }
 
     #[test]

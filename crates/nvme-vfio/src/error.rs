@@ -4,6 +4,7 @@ use blk_dma::MapError;
 
 use crate::nvme::iocs::CommandSet;
 use crate::nvme::log::ErrorLogEntry;
+use crate::nvme::nvm::OptionalCommand;
 use crate::nvme::status::{CommandKind, Status};
 use crate::nvme::DptrError;
 use crate::vfio::VfioError;
@@ -86,6 +87,29 @@ pub enum Error {
     /// The controller lacks something the driver needs.
     #[error("unsupported controller: {0}")]
     Unsupported(&'static str),
+    /// An optional command of the NVM command set that the controller does
+    /// not support, refused before anything is submitted: neither
+    /// Identify Controller ONCS (with OCFS for Copy's descriptor format 0)
+    /// nor the Commands Supported and Effects log lists it.
+    #[error("the controller does not support the {command} command (Identify Controller ONCS)")]
+    UnsupportedCommand {
+        /// The command.
+        command: OptionalCommand,
+    },
+    /// A request over a limit the controller or the namespace reports
+    /// (Copy's source ranges and lengths, Dataset Management's ranges),
+    /// refused before anything is submitted.
+    #[error("{what}: {requested}, over the limit of {max} ({limit})")]
+    OverLimit {
+        /// What was counted.
+        what: &'static str,
+        /// How many the request has.
+        requested: u64,
+        /// How many are allowed.
+        max: u64,
+        /// The field that sets the limit.
+        limit: &'static str,
+    },
     /// A namespace that does not exist or is not active.
     #[error("namespace {nsid} is not active on this controller")]
     NoNamespace {
@@ -103,10 +127,11 @@ pub enum Error {
         /// Metadata bytes per block.
         metadata: u16,
     },
-    /// A plain write or a Write Zeroes to a zoned namespace (Zoned
-    /// Namespace command set), refused before anything is submitted: such a
-    /// namespace takes writes only at each zone's write pointer (or by Zone
-    /// Append), which this driver does not issue. Reads work.
+    /// A plain write, Write Zeroes, Write Uncorrectable or Copy to a zoned
+    /// namespace (Zoned Namespace command set), refused before anything is
+    /// submitted: such a namespace takes writes only at each zone's write
+    /// pointer (or by Zone Append), which this driver does not issue.
+    /// Reads, Compare, Verify and Dataset Management work.
     #[error(
         "namespace {nsid} is zoned: plain writes are refused, it needs zone-aware writes \
          (at each zone's write pointer, or Zone Append), which this driver does not issue"

@@ -8,7 +8,9 @@
 //!   [`QueuePair`](ctrl::QueuePair) submits requests ([`Io`](ctrl::Io),
 //!   whose buffer comes back with the completion, [`Done`](ctrl::Done)) and
 //!   polls for completions, or runs blocking reads and writes of any
-//!   length; [`AsyncQueuePair`](ctrl::AsyncQueuePair) makes each request a
+//!   length, and the NVM command set's optional commands (Compare, Verify,
+//!   Write Uncorrectable, Copy, Dataset Management) where the controller
+//!   has them; [`AsyncQueuePair`](ctrl::AsyncQueuePair) makes each request a
 //!   future for any executor; [`PollGroup`](ctrl::PollGroup) polls many
 //!   queue pairs from one thread. Recovery (timeouts, aborts, resets),
 //!   device removal, asynchronous events and the error log are handled

@@ -981,3 +981,198 @@ fn shadow_doorbells_in_use_and_optional() {
         assert!(back == pattern(0, 4096));
     }
 }
+
+/// The optional commands of the NVM command set on QEMU's controller:
+/// what it supports (7.2: Compare, Dataset Management, Write Zeroes and
+/// Copy in ONCS; Verify only in its Commands Supported and Effects log; no
+/// Write Uncorrectable, which is then refused before submission), its
+/// limits, and each supported command blocking and asynchronous.
+#[test]
+fn optional_nvm_commands_on_qemus_controller() {
+    use nvme_vfio::ctrl::{
+        CopyLimits, CopyRange, Done, DsmAttributes, DsmRange, Io, IoBuf, OptionalCommand,
+    };
+    if !in_vm() {
+        return;
+    }
+    let _g = DEVICE.lock().unwrap_or_else(|e| e.into_inner());
+    let ctrl = Controller::open(NVME, Config::default()).expect("bring-up");
+    let ns = ctrl.namespace(1).unwrap();
+    let mut qp = ctrl.queue_pair(QueueConfig::default()).unwrap();
+    let oncs = ctrl.identify().oncs();
+    let supported: Vec<OptionalCommand> = OptionalCommand::ALL
+        .into_iter()
+        .filter(|&c| ctrl.supports(c))
+        .collect();
+    eprintln!(
+        "QEMU {}: ONCS {oncs:#x}, supported {supported:?}, limits {:?}, copy {:?}",
+        ctrl.identify().firmware(),
+        ctrl.nvm_limits(),
+        ns.copy_limits()
+    );
+    for c in [
+        OptionalCommand::Compare,
+        OptionalCommand::DatasetManagement,
+        OptionalCommand::WriteZeroes,
+        OptionalCommand::Copy,
+        OptionalCommand::Verify,
+    ] {
+        assert!(ctrl.supports(c), "{c} (ONCS {oncs:#x})");
+    }
+    // QEMU's Verify Size Limit (VSL 7: 512 KiB) and copy limits.
+    assert_eq!(ctrl.nvm_limits().verify_bytes, Some(512 << 10));
+    assert_eq!(
+        ns.copy_limits(),
+        CopyLimits {
+            mssrl: 128,
+            mcl: 128,
+            msrc: 127
+        }
+    );
+    let base = 60_000u64;
+
+    // Compare: equal data, any memory and length; a mismatch by name.
+    let data = pattern(301, 1 << 20);
+    qp.write(&ns, base, &data, false).unwrap();
+    qp.compare(&ns, base, &data).unwrap();
+    let mut dma = ctrl.dma_alloc(8192).unwrap();
+    dma.as_mut_slice()[..8192].copy_from_slice(&data[..8192]);
+    qp.compare(&ns, base, &dma.as_slice()[..8192]).unwrap();
+    let mut other = data[..8192].to_vec();
+    other[4096 + 17] ^= 0x10;
+    let e = qp.compare(&ns, base, &other).unwrap_err();
+    let status = e.status().expect("a command error");
+    assert_eq!((status.sct(), status.sc()), (2, 0x85), "{e}");
+    assert!(
+        e.to_string()
+            .starts_with("Compare failed: Compare Failure (SCT 0x2, SC 0x85"),
+        "{e}"
+    );
+
+    // Verify: 4096 blocks, split at the 512 KiB limit.
+    qp.verify(&ns, 0, 4096).unwrap();
+    qp.verify(&ns, ns.blocks() - 1, 1).unwrap();
+
+    // Copy: two ranges, in order, read back.
+    let sources = [CopyRange::new(base + 64, 16), CopyRange::new(base, 8)];
+    qp.copy(&ns, &sources, base + 3000).unwrap();
+    let mut back = vec![0u8; 24 * 512];
+    qp.read(&ns, base + 3000, &mut back).unwrap();
+    assert!(back[..16 * 512] == data[64 * 512..80 * 512]);
+    assert!(back[16 * 512..] == data[..8 * 512]);
+    // Over QEMU's limits: refused before submission.
+    let e = qp
+        .copy(&ns, &[CopyRange::new(base, 129)], base + 3000)
+        .unwrap_err();
+    assert!(
+        matches!(e, Error::OverLimit { requested: 129, max: 128, limit, .. } if limit.contains("MSSRL")),
+        "{e}"
+    );
+    let e = qp
+        .copy(&ns, &[CopyRange::new(base, 100); 2], base + 3000)
+        .unwrap_err();
+    assert!(
+        matches!(e, Error::OverLimit { limit, .. } if limit.contains("MCL")),
+        "{e}"
+    );
+
+    // Dataset Management: hints leave the data; a deallocation of several
+    // ranges with context attributes completes. Deallocation is advisory:
+    // QEMU 7.2 reports DLFEAT "reads as zeroes" for blocks it deallocates,
+    // but on the VM's raw image (no discard) keeps their data.
+    let ranges: Vec<DsmRange> = (0..4)
+        .map(|i| {
+            DsmRange::new(base + 3000 + 4 * i, 2)
+                .with_attributes(nvme_vfio::nvme::nvm::context::SEQUENTIAL_READ)
+        })
+        .collect();
+    let hints = DsmAttributes {
+        deallocate: false,
+        integral_read: true,
+        integral_write: true,
+    };
+    qp.dataset_management(&ns, &ranges, hints).unwrap();
+    qp.read(&ns, base + 3000, &mut back).unwrap();
+    assert!(back[..16 * 512] == data[64 * 512..80 * 512], "hints only");
+    let dealloc = DsmAttributes {
+        deallocate: true,
+        ..hints
+    };
+    qp.dataset_management(&ns, &ranges, dealloc).unwrap();
+    let many: Vec<DsmRange> = (0..300)
+        .map(|i| DsmRange::new(base + 5000 + 2 * i, 1))
+        .collect();
+    qp.dataset_management(&ns, &many, DsmAttributes::DEALLOCATE)
+        .unwrap();
+    let dlfeat = ctrl.identify_namespace(1).unwrap().dlfeat();
+    qp.read(&ns, base + 3000, &mut back).unwrap();
+    let zeroed = (0..4).all(|i| {
+        let at = (4 * i * 512) as usize;
+        back[at..at + 1024].iter().all(|&b| b == 0)
+    });
+    eprintln!("DLFEAT {dlfeat:#x}; the deallocated blocks read as zeroes: {zeroed}");
+    assert!(
+        back[2 * 512..4 * 512] == data[66 * 512..68 * 512],
+        "the blocks between the ranges are kept"
+    );
+
+    // Write Uncorrectable: where QEMU lacks it, refused before submission.
+    if ctrl.supports(OptionalCommand::WriteUncorrectable) {
+        qp.write_uncorrectable(&ns, base + 6000, 4).unwrap();
+        let e = qp.verify(&ns, base + 6000, 4).unwrap_err();
+        assert_eq!(
+            e.status().map(|s| (s.sct(), s.sc())),
+            Some((2, 0x81)),
+            "{e}"
+        );
+        qp.write(&ns, base + 6000, &data[..4 * 512], false).unwrap();
+    } else {
+        let e = qp.write_uncorrectable(&ns, base + 6000, 4).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                Error::UnsupportedCommand {
+                    command: OptionalCommand::WriteUncorrectable
+                }
+            ),
+            "{e}"
+        );
+        let (e, _) = qp
+            .submit(Io::write_uncorrectable(&ns, base + 6000, 4))
+            .unwrap_err();
+        assert!(matches!(e, Error::UnsupportedCommand { .. }), "{e}");
+    }
+
+    // Every supported one asynchronously, in flight together.
+    let requests = [
+        Io::compare(&ns, base, data[..64 * 512].to_vec()).tag(1),
+        Io::compare(&ns, base, other.clone()).tag(2),
+        Io::verify(&ns, 0, 3000).tag(3),
+        Io::copy(&ns, &[CopyRange::new(base + 128, 32)], base + 4000).tag(4),
+        Io::dataset_management(&ns, &[DsmRange::new(base + 4500, 8)], dealloc).tag(5),
+    ];
+    for io in requests {
+        qp.submit(io).map_err(|(e, _)| e).unwrap();
+    }
+    let mut done: Vec<Done> = Vec::new();
+    while done.len() < 5 {
+        qp.poll(&mut done);
+    }
+    done.sort_by_key(|d| d.tag);
+    for d in done {
+        match d.tag {
+            2 => {
+                let s = d.result.unwrap_err().status().unwrap();
+                assert_eq!((s.sct(), s.sc()), (2, 0x85));
+            }
+            3 => {
+                d.result.unwrap();
+                assert!(matches!(d.buf, IoBuf::Raw));
+            }
+            t => d.result.unwrap_or_else(|e| panic!("tag {t}: {e}")),
+        }
+    }
+    let mut copied = vec![0u8; 32 * 512];
+    qp.read(&ns, base + 4000, &mut copied).unwrap();
+    assert!(copied == data[128 * 512..160 * 512]);
+}

@@ -123,6 +123,7 @@ impl Device {
         }
         for n in targets {
             n.zero(0, n.bytes());
+            n.clear_uncorrectable(0, n.blocks);
         }
         ok(0)
     }

@@ -2,12 +2,16 @@
 
 use std::sync::atomic::Ordering;
 
-use nvme_vfio::nvme::cmd::{cns, log_page, Command};
+use nvme_vfio::nvme::cmd::{admin, cns, io, log_page, Command};
 use nvme_vfio::nvme::identify::{IdentifyController, IdentifyNamespace, LbaFormat, IDENTIFY_LEN};
 use nvme_vfio::nvme::iocs::{
     build_descriptors, nidt, CommandSet, IdentifyNamespaceIndependent, IdentifyZonedNamespace,
 };
 use nvme_vfio::nvme::log::{SmartLog, ERROR_ENTRY_LEN};
+use nvme_vfio::nvme::nvm::{
+    CommandEffects, IdentifyNvmController, OptionalCommand, EFFECTS_CSUPP, EFFECTS_LBCC,
+    OCFS_FORMAT_0,
+};
 
 use super::{csc, fail, invalid, sc, specific, Device, Outcome, AER_LIMIT, ERROR_LOG_ENTRIES};
 use crate::regs::VERSION_1_4;
@@ -16,10 +20,9 @@ use crate::regs::VERSION_1_4;
 const MAX_LOG_TRANSFER: u64 = 1 << 20;
 /// OACS bit 8: Doorbell Buffer Config.
 const OACS_DBBC: u16 = 1 << 8;
-/// ONCS bit 2: Dataset Management.
-const ONCS_DSM: u16 = 1 << 2;
-/// ONCS bit 3: Write Zeroes.
-const ONCS_WZ: u16 = 1 << 3;
+/// LPA: SMART per namespace (bit 0), Commands Supported and Effects log
+/// (bit 1).
+const LPA_EFFECTS: u8 = 1 << 1;
 /// OAES bit 8: Namespace Attribute Notices.
 const OAES_NAMESPACE_NOTICES: u32 = 1 << 8;
 /// SGLS bit 16: Bit Bucket descriptors supported.
@@ -38,6 +41,15 @@ const VWC_PRESENT: u8 = 0x7;
 /// as zeroes (bits 2:0 = 001b).
 const DLFEAT_ZEROES: u8 = 0x09;
 
+/// `bits` if `on`, else none.
+fn flag<T: Default>(on: bool, bits: T) -> T {
+    if on {
+        bits
+    } else {
+        T::default()
+    }
+}
+
 impl Device {
     /// The Identify Controller data this controller returns.
     pub(crate) fn identify_controller(&self) -> IdentifyController {
@@ -46,31 +58,94 @@ impl Device {
         // No PCI vendor: this is no PCI device.
         id.set_identity(0, &c.serial, "nvme-sim", env!("CARGO_PKG_VERSION"));
         id.set_limits(c.mdts, 0, VERSION_1_4);
-        fn flag<T: Default>(on: bool, bits: T) -> T {
-            if on {
-                bits
-            } else {
-                T::default()
-            }
-        }
         id.set_features(
             flag(c.doorbell_buffer_config, OACS_DBBC),
             ACL,
             0x66,
             0x44,
             c.nn(),
-            flag(c.dataset_management, ONCS_DSM) | flag(c.write_zeroes, ONCS_WZ),
+            self.oncs(),
             flag(c.volatile_write_cache, VWC_PRESENT),
             flag(
                 c.sgl,
                 SGLS_BYTE_ALIGNED | flag(c.sgl_bit_bucket, SGLS_BIT_BUCKET),
             ),
         );
+        id.set_log_and_copy_support(
+            flag(c.effects_log, LPA_EFFECTS),
+            flag(c.copy, OCFS_FORMAT_0),
+        );
         id.0[92..96].copy_from_slice(&OAES_NAMESPACE_NOTICES.to_le_bytes());
         // AERL (0-based), ELPE (0-based), CNTRLTYPE = I/O controller.
         id.0[259] = AER_LIMIT as u8 - 1;
         id.0[262] = ERROR_LOG_ENTRIES as u8 - 1;
         id.0[111] = 1;
+        id
+    }
+
+    /// Whether the controller executes optional command `c`.
+    pub(super) fn executes(&self, c: OptionalCommand) -> bool {
+        let k = &self.sh.config;
+        match c {
+            OptionalCommand::Compare => k.compare,
+            OptionalCommand::WriteUncorrectable => k.write_uncorrectable,
+            OptionalCommand::DatasetManagement => k.dataset_management,
+            OptionalCommand::WriteZeroes => k.write_zeroes,
+            OptionalCommand::Verify => k.verify,
+            OptionalCommand::Copy => k.copy,
+        }
+    }
+
+    /// Identify Controller ONCS: the optional commands executed (Verify
+    /// left out unless [`verify_in_oncs`](crate::Config::verify_in_oncs)).
+    fn oncs(&self) -> u16 {
+        OptionalCommand::ALL
+            .iter()
+            .filter(|&&c| self.executes(c))
+            .filter(|&&c| c != OptionalCommand::Verify || self.sh.config.verify_in_oncs)
+            .fold(0, |oncs, c| oncs | c.oncs_bit())
+    }
+
+    /// The Commands Supported and Effects log: every command executed.
+    fn command_effects(&self) -> CommandEffects {
+        let mut log = CommandEffects::default();
+        let c = &self.sh.config;
+        let mut admins = vec![
+            admin::DELETE_SQ,
+            admin::CREATE_SQ,
+            admin::GET_LOG_PAGE,
+            admin::DELETE_CQ,
+            admin::CREATE_CQ,
+            admin::IDENTIFY,
+            admin::ABORT,
+            admin::SET_FEATURES,
+            admin::GET_FEATURES,
+            admin::ASYNC_EVENT,
+            admin::FORMAT_NVM,
+        ];
+        if c.doorbell_buffer_config {
+            admins.push(admin::DOORBELL_BUFFER_CONFIG);
+        }
+        for op in admins {
+            log.set_admin(op, EFFECTS_CSUPP);
+        }
+        log.set_io(io::FLUSH, EFFECTS_CSUPP | EFFECTS_LBCC);
+        log.set_io(io::WRITE, EFFECTS_CSUPP | EFFECTS_LBCC);
+        log.set_io(io::READ, EFFECTS_CSUPP);
+        for cmd in OptionalCommand::ALL {
+            if self.executes(cmd) {
+                let changes = !matches!(cmd, OptionalCommand::Compare | OptionalCommand::Verify);
+                log.set_io(cmd.opcode(), EFFECTS_CSUPP | flag(changes, EFFECTS_LBCC));
+            }
+        }
+        log
+    }
+
+    /// The NVM command set's Identify Controller data (CNS 06h, CSI 00h).
+    fn identify_nvm_controller(&self) -> IdentifyNvmController {
+        let l = self.sh.config.nvm_limits;
+        let mut id = IdentifyNvmController::default();
+        id.set_limits(l.vsl, l.wzsl, l.wusl, l.dmrl, l.dmrsl, l.dmsl);
         id
     }
 
@@ -101,6 +176,9 @@ impl Device {
         ];
         id.set_formats(&formats, if ns.block_size == 4096 { 1 } else { 0 });
         id.0[33] = DLFEAT_ZEROES;
+        if self.sh.config.copy {
+            id.set_copy_limits(self.sh.config.copy_limits);
+        }
         Some(id)
     }
 
@@ -236,7 +314,10 @@ impl Device {
         match cns {
             cns::CSI_NAMESPACE if !valid_nsid => Err(sc::INVALID_NAMESPACE),
             cns::CSI_NAMESPACE => self.identify_namespace_csi(cmd.nsid, csi),
-            // NVM's and Zoned's (ZASL 0: MDTS) are all zeroes here.
+            cns::CSI_CONTROLLER if CommandSet::from_csi(csi) == CommandSet::Nvm => {
+                Ok(self.identify_nvm_controller().0)
+            }
+            // Zoned's (ZASL 0: MDTS) is all zeroes here.
             cns::CSI_CONTROLLER if known => Ok(Box::new([0u8; IDENTIFY_LEN])),
             cns::CSI_ACTIVE_NAMESPACES if cmd.nsid >= 0xffff_fffe => Err(sc::INVALID_NAMESPACE),
             cns::CSI_ACTIVE_NAMESPACES if known => {
@@ -291,6 +372,9 @@ impl Device {
                     slot.copy_from_slice(&id.to_le_bytes());
                 }
                 b
+            }
+            log_page::COMMAND_EFFECTS if self.sh.config.effects_log => {
+                self.command_effects().0.to_vec()
             }
             log_page::ERROR => {
                 let mut b = vec![0u8; ERROR_LOG_ENTRIES * ERROR_ENTRY_LEN];

@@ -8,8 +8,17 @@ use nvme_vfio::nvme::cmd::{io, Command, Status};
 use nvme_vfio::nvme::spec::SglDescriptor;
 use nvme_vfio::nvme::walk::{walk_prp, walk_sgl, walk_sgl_bit_bucket, SglPiece, WalkError};
 
+use nvme_vfio::nvme::nvm::{
+    CopyRange, DsmAttributes, DsmRange, OptionalCommand, COPY_RANGE_LEN, DSM_RANGE_LEN,
+};
+
 use super::{csc, fail, invalid, ok, sc, specific, Device, Outcome, DATA_TRANSFER_ERROR};
 use crate::storage::{Namespace, ZoneError};
+
+/// Unrecovered Read Error (media and data integrity), not worth retrying.
+const UNRECOVERED_READ_ERROR: Status = Status::new(2, 0x81, true);
+/// Compare Failure (media and data integrity).
+const COMPARE_FAILURE: Status = Status::new(2, 0x85, true);
 
 /// The status of a write a zone refuses.
 fn zone_status(e: ZoneError) -> Status {
@@ -116,13 +125,13 @@ impl Device {
     /// Executes an I/O command.
     pub(super) fn io(&self, cmd: &Command) -> Outcome {
         self.sh.stats.io_commands.fetch_add(1, Ordering::Relaxed);
+        self.media_lba.set(None);
         let op = cmd.opcode();
-        let c = &self.sh.config;
         let supported = match op {
             io::READ | io::WRITE | io::FLUSH => true,
-            io::WRITE_ZEROES => c.write_zeroes,
-            io::DSM => c.dataset_management,
-            _ => false,
+            _ => OptionalCommand::ALL
+                .iter()
+                .any(|&c| c.opcode() == op && self.executes(c)),
         };
         if !supported {
             return fail(invalid(sc::INVALID_OPCODE));
@@ -138,14 +147,153 @@ impl Device {
         let Some(ns) = self.active_namespace(cmd.nsid) else {
             return fail(invalid(sc::INVALID_NAMESPACE));
         };
-        match op {
-            io::READ => self.read_write(cmd, ns, false),
-            io::WRITE => self.read_write(cmd, ns, true),
-            io::WRITE_ZEROES => self.write_zeroes(cmd, ns),
-            io::DSM => self.dataset_management(cmd, ns),
+        let done = match op {
+            io::READ => return self.read_write(cmd, ns, false),
+            io::WRITE => return self.read_write(cmd, ns, true),
+            io::WRITE_ZEROES => return self.write_zeroes(cmd, ns),
+            io::DSM => return self.dataset_management(cmd, ns),
+            io::COMPARE => self.compare(cmd, ns),
+            io::VERIFY => self.verify(cmd, ns),
+            io::WRITE_UNCORRECTABLE => self.write_uncorrectable(cmd, ns),
+            io::COPY => self.copy(cmd, ns),
             // Flush: the store is the medium.
-            _ => ok(0),
+            _ => Ok(()),
+        };
+        match done {
+            Ok(()) => ok(0),
+            Err(s) => fail(s),
         }
+    }
+
+    /// Unrecovered Read Error if a block of `[lba, lba + n)` is marked
+    /// uncorrectable (the first one is the error's LBA).
+    fn readable(&self, ns: &Namespace, lba: u64, n: u64) -> Result<(), Status> {
+        match ns.first_uncorrectable(lba, n) {
+            Some(bad) => {
+                self.media_lba.set(Some(bad));
+                Err(UNRECOVERED_READ_ERROR)
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// The byte range of `n` blocks at `lba`, or LBA Out of Range.
+    fn blocks(ns: &Namespace, lba: u64, n: u64) -> Result<(u64, u64), Status> {
+        ns.byte_range(lba, n).ok_or(invalid(sc::LBA_OUT_OF_RANGE))
+    }
+
+    /// Compare: the data sent against the blocks'; Compare Failure at the
+    /// first block that differs.
+    fn compare(&self, cmd: &Command, ns: &Namespace) -> Result<(), Status> {
+        let (lba, n) = (cmd.slba(), u64::from(cmd.nlb()));
+        let (off, len) = Self::blocks(ns, lba, n)?;
+        if self.sh.config.max_transfer().is_some_and(|max| len > max) {
+            return Err(invalid(sc::INVALID_FIELD));
+        }
+        if let Some(z) = &ns.zoned {
+            if !z.within_one_zone(lba, n) {
+                return Err(specific(csc::ZONE_BOUNDARY_ERROR));
+            }
+        }
+        if self.sh.config.null {
+            return Ok(());
+        }
+        let sent = self.receive(cmd, len, true)?;
+        self.readable(ns, lba, n)?;
+        let mut stored = vec![0u8; len as usize];
+        ns.read(off, &mut stored);
+        let bs = u64::from(ns.block_size);
+        match (sent.chunks(bs as usize).zip(stored.chunks(bs as usize))).position(|(a, b)| a != b) {
+            Some(i) => {
+                self.media_lba.set(Some(lba + i as u64));
+                Err(COMPARE_FAILURE)
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Verify: the blocks can be read (none is uncorrectable), within the
+    /// Verify size limit.
+    fn verify(&self, cmd: &Command, ns: &Namespace) -> Result<(), Status> {
+        let (lba, n) = (cmd.slba(), u64::from(cmd.nlb()));
+        let (_, len) = Self::blocks(ns, lba, n)?;
+        let c = &self.sh.config;
+        if c.size_limit(c.nvm_limits.vsl).is_some_and(|max| len > max) {
+            return Err(invalid(sc::INVALID_FIELD));
+        }
+        self.readable(ns, lba, n)
+    }
+
+    /// Write Uncorrectable: marks the blocks, within the Write
+    /// Uncorrectable size limit (and a zone's write pointer).
+    fn write_uncorrectable(&self, cmd: &Command, ns: &Namespace) -> Result<(), Status> {
+        let (lba, n) = (cmd.slba(), u64::from(cmd.nlb()));
+        let (_, len) = Self::blocks(ns, lba, n)?;
+        let c = &self.sh.config;
+        if c.size_limit(c.nvm_limits.wusl).is_some_and(|max| len > max) {
+            return Err(invalid(sc::INVALID_FIELD));
+        }
+        if let Some(z) = &ns.zoned {
+            z.write(lba, n).map_err(zone_status)?;
+        }
+        ns.mark_uncorrectable(lba, n);
+        Ok(())
+    }
+
+    /// Copy: source range descriptors of format 0, within the namespace's
+    /// copy limits (Command Size Limit Exceeded past them); every source is
+    /// read before the destination is written, so overlapping ranges copy
+    /// what the sources held.
+    fn copy(&self, cmd: &Command, ns: &Namespace) -> Result<(), Status> {
+        let nr = (cmd.cdw12 & 0xff) as usize + 1;
+        let format = (cmd.cdw12 >> 8) & 0xf;
+        if format != 0 {
+            return Err(invalid(sc::INVALID_FIELD));
+        }
+        let limits = self.sh.config.copy_limits;
+        if nr > limits.max_ranges() {
+            return Err(specific(csc::COMMAND_SIZE_LIMIT_EXCEEDED));
+        }
+        let list = self.receive(cmd, (nr * COPY_RANGE_LEN) as u64, true)?;
+        let mut sources = Vec::with_capacity(nr);
+        let mut total = 0u64;
+        for d in list.chunks_exact(COPY_RANGE_LEN) {
+            let Ok(d) = <&[u8; COPY_RANGE_LEN]>::try_from(d) else {
+                return Err(invalid(sc::INVALID_FIELD));
+            };
+            let r = CopyRange::from_bytes(d);
+            let n = u64::from(r.blocks);
+            if n > limits.max_range_blocks() {
+                return Err(specific(csc::COMMAND_SIZE_LIMIT_EXCEEDED));
+            }
+            Self::blocks(ns, r.lba, n)?;
+            total += n;
+            sources.push(r);
+        }
+        if limits.max_blocks().is_some_and(|max| total > max) {
+            return Err(specific(csc::COMMAND_SIZE_LIMIT_EXCEEDED));
+        }
+        let dest = cmd.slba();
+        let (dest_off, _) = Self::blocks(ns, dest, total)?;
+        if self.sh.config.null {
+            return Ok(());
+        }
+        let bs = u64::from(ns.block_size);
+        let mut data = vec![0u8; (total * bs) as usize];
+        let mut at = 0usize;
+        for r in &sources {
+            let n = u64::from(r.blocks);
+            self.readable(ns, r.lba, n)?;
+            let len = (n * bs) as usize;
+            ns.read(r.lba * bs, &mut data[at..at + len]);
+            at += len;
+        }
+        if let Some(z) = &ns.zoned {
+            z.write(dest, total).map_err(zone_status)?;
+        }
+        ns.write(dest_off, &data);
+        ns.clear_uncorrectable(dest, total);
+        Ok(())
     }
 
     /// Read or Write (FUA accepted: every write is durable here).
@@ -194,8 +342,10 @@ impl Device {
                     z.write(cmd.slba(), cmd.nlb() as u64).map_err(zone_status)?;
                 }
                 ns.write(off, &data);
+                ns.clear_uncorrectable(cmd.slba(), cmd.nlb() as u64);
             } else {
                 let pieces = self.read_pieces(cmd, len)?;
+                self.readable(ns, cmd.slba(), cmd.nlb() as u64)?;
                 ns.read(off, &mut data);
                 // What Bit Buckets discard is left out.
                 let mut ranges = Vec::with_capacity(pieces.len());
@@ -265,43 +415,65 @@ impl Device {
                 return fail(zone_status(e));
             }
         }
-        if !self.sh.config.null {
+        let c = &self.sh.config;
+        if c.size_limit(c.nvm_limits.wzsl).is_some_and(|max| len > max) {
+            return fail(invalid(sc::INVALID_FIELD));
+        }
+        if !c.null {
             ns.zero(off, len);
+            ns.clear_uncorrectable(cmd.slba(), cmd.nlb() as u64);
         }
         ok(0)
     }
 
     /// Dataset Management: the Deallocate attribute zeroes the ranges
-    /// (Identify Namespace DLFEAT says deallocated blocks read as zeroes);
-    /// the other attributes are hints and change nothing.
+    /// (Identify Namespace DLFEAT says deallocated blocks read as zeroes)
+    /// and clears their uncorrectable marks, within the deallocation
+    /// limits (DMRL, DMRSL, DMSL: Command Size Limit Exceeded past them);
+    /// the other attributes and the ranges' context attributes are hints
+    /// and change nothing. A range outside the namespace is LBA Out of
+    /// Range, and nothing is deallocated.
     fn dataset_management(&self, cmd: &Command, ns: &Namespace) -> Outcome {
         let nr = (cmd.cdw10 & 0xff) as u64 + 1;
-        let deallocate = cmd.cdw11 & (1 << 2) != 0;
+        let attributes = DsmAttributes::from_cdw11(cmd.cdw11);
+        let limits = self.sh.config.nvm_limits;
+        let too_many = attributes.deallocate && limits.dmrl != 0 && nr > u64::from(limits.dmrl);
+        if too_many {
+            return fail(specific(csc::COMMAND_SIZE_LIMIT_EXCEEDED));
+        }
         if self.sh.config.null {
             return ok(0);
         }
-        let list = match self.receive(cmd, nr * 16, true) {
+        let list = match self.receive(cmd, nr * DSM_RANGE_LEN as u64, true) {
             Ok(l) => l,
             Err(s) => return fail(s),
         };
-        if !deallocate {
-            return ok(0);
-        }
         let mut extents = Vec::with_capacity(nr as usize);
-        for r in list.chunks_exact(16) {
-            let mut w = [0u8; 4];
-            w.copy_from_slice(&r[4..8]);
-            let blocks = u32::from_le_bytes(w) as u64;
-            let mut q = [0u8; 8];
-            q.copy_from_slice(&r[8..16]);
-            let slba = u64::from_le_bytes(q);
-            match ns.byte_range(slba, blocks) {
-                Some(e) => extents.push(e),
+        let mut total = 0u64;
+        for r in list.chunks_exact(DSM_RANGE_LEN) {
+            let Ok(r) = <&[u8; DSM_RANGE_LEN]>::try_from(r) else {
+                return fail(invalid(sc::INVALID_FIELD));
+            };
+            let r = DsmRange::from_bytes(r);
+            let blocks = u64::from(r.blocks);
+            if attributes.deallocate && limits.dmrsl != 0 && r.blocks > limits.dmrsl {
+                return fail(specific(csc::COMMAND_SIZE_LIMIT_EXCEEDED));
+            }
+            total += blocks;
+            match ns.byte_range(r.lba, blocks) {
+                Some(e) => extents.push((r.lba, blocks, e)),
                 None => return fail(invalid(sc::LBA_OUT_OF_RANGE)),
             }
         }
-        for (off, len) in extents {
+        if attributes.deallocate && limits.dmsl != 0 && total > limits.dmsl {
+            return fail(specific(csc::COMMAND_SIZE_LIMIT_EXCEEDED));
+        }
+        if !attributes.deallocate {
+            return ok(0);
+        }
+        for (lba, blocks, (off, len)) in extents {
             ns.zero(off, len);
+            ns.clear_uncorrectable(lba, blocks);
         }
         ok(0)
     }

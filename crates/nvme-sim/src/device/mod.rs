@@ -58,6 +58,7 @@ pub(crate) mod csc {
     pub const INVALID_QUEUE_DELETION: u8 = 0x0c;
     pub const NOT_SAVEABLE: u8 = 0x0d;
     pub const INVALID_FORMAT: u8 = 0x0a;
+    pub const COMMAND_SIZE_LIMIT_EXCEEDED: u8 = 0x83;
     pub const ZONE_BOUNDARY_ERROR: u8 = 0xb8;
     pub const ZONE_INVALID_WRITE: u8 = 0xbc;
 }
@@ -250,6 +251,10 @@ pub(crate) struct Device {
     /// A Namespace Attribute Changed event was reported and the host has
     /// not read the log page since: further ones are masked.
     namespace_notice_masked: bool,
+    /// The block a media error of the command being executed names
+    /// (Unrecovered Read Error, Compare Failure): its error log entry gets
+    /// it, and its status the More bit.
+    media_lba: std::cell::Cell<Option<u64>>,
 }
 
 impl std::fmt::Debug for Device {
@@ -288,6 +293,7 @@ impl Device {
             error_count: 0,
             changed_namespaces: Vec::new(),
             namespace_notice_masked: false,
+            media_lba: std::cell::Cell::new(None),
         }
     }
 
@@ -620,13 +626,21 @@ impl Device {
     /// Executes `cmd` (recording a failure in the error log); `None` if it
     /// completes later.
     fn run(&mut self, sqid: u16, cmd: &Command) -> Outcome {
-        let out = if sqid == 0 {
+        let mut out = if sqid == 0 {
             self.admin(cmd)
         } else {
             self.io(cmd)
         };
-        if let Some((status, _)) = out.filter(|(s, _)| !s.is_success()) {
-            self.log_error(sqid, cmd, status);
+        let media_lba = self.media_lba.take();
+        if let Some((status, _)) = &mut out {
+            if let Some(lba) = media_lba.filter(|_| !status.is_success()) {
+                // A media error: logged with the block it names.
+                *status = status.with_more(true);
+                let detail = crate::fault::ErrorDetail::at_lba(lba);
+                self.log_error_detail(sqid, cmd, *status, &detail);
+            } else if !status.is_success() {
+                self.log_error(sqid, cmd, *status);
+            }
         }
         out
     }
@@ -739,9 +753,15 @@ impl Device {
         detail: &crate::fault::ErrorDetail,
     ) {
         self.error_count += 1;
+        // Commands with a starting LBA (SLBA) in dwords 10 and 11.
         let rw = matches!(
             cmd.opcode(),
-            nvme_vfio::nvme::cmd::io::READ | nvme_vfio::nvme::cmd::io::WRITE
+            io_op::READ
+                | io_op::WRITE
+                | io_op::COMPARE
+                | io_op::VERIFY
+                | io_op::WRITE_UNCORRECTABLE
+                | io_op::WRITE_ZEROES
         );
         let e = ErrorLogEntry {
             error_count: self.error_count,

@@ -41,9 +41,25 @@ impl QueuePair {
     pub fn write(&mut self, ns: &Namespace, lba: u64, buf: &[u8], fua: bool) -> Result<(), Error> {
         let seg = HostSeg::from_slice(buf);
         if !self.describable(&[seg]) {
-            return self.write_bounced(ns, lba, &[buf], fua);
+            return self.write_bounced(Op::Write { fua }, ns, lba, &[buf]);
         }
         self.run_blocking(Op::Write { fua }, ns, lba, &[seg])
+    }
+
+    /// Compares `buf` with the blocks starting at `lba` and waits: `Ok` if
+    /// they hold the same bytes, else the controller's error, Compare
+    /// Failure ([`Error::Command`] with status type 2h, code 85h; inside
+    /// [`Error::At`] when a long compare ran in waves). Any memory and
+    /// length (whole blocks), as for [`write`](Self::write): split at the
+    /// maximum transfer. Refused before submission if the controller does
+    /// not support Compare ([`Error::UnsupportedCommand`]).
+    pub fn compare(&mut self, ns: &Namespace, lba: u64, buf: &[u8]) -> Result<(), Error> {
+        self.check_op(Op::Compare, ns)?;
+        let seg = HostSeg::from_slice(buf);
+        if !self.describable(&[seg]) {
+            return self.write_bounced(Op::Compare, ns, lba, &[buf]);
+        }
+        self.run_blocking(Op::Compare, ns, lba, &[seg])
     }
 
     /// Reads `len` bytes at `lba` into a controller memory buffer and waits:
@@ -104,7 +120,7 @@ impl QueuePair {
     ) -> Result<(), Error> {
         let segs: Vec<HostSeg> = bufs.iter().map(|b| HostSeg::from_slice(b)).collect();
         if !self.describable(&segs) {
-            return self.write_bounced(ns, lba, bufs, fua);
+            return self.write_bounced(Op::Write { fua }, ns, lba, bufs);
         }
         self.run_blocking(Op::Write { fua }, ns, lba, &segs)
     }
@@ -132,13 +148,14 @@ impl QueuePair {
         Ok(total.min((BOUNCE_MAX / bs).max(1) * bs))
     }
 
-    /// [`write_vectored`](Self::write_vectored) through a DMA buffer.
+    /// [`write_vectored`](Self::write_vectored) (or a compare, `op`)
+    /// through a DMA buffer.
     fn write_bounced(
         &mut self,
+        op: Op,
         ns: &Namespace,
         lba: u64,
         bufs: &[&[u8]],
-        fua: bool,
     ) -> Result<(), Error> {
         let total: u64 = bufs.iter().map(|b| b.len() as u64).sum();
         let step = self.bounce_len(ns, lba, total)?;
@@ -150,7 +167,7 @@ impl QueuePair {
             let b = &mut bounce.as_mut_slice()[..n as usize];
             src.copy_to(b);
             let at = lba + done / ns.block_size();
-            let r = self.run_blocking(Op::Write { fua }, ns, at, &[HostSeg::from_slice(b)]);
+            let r = self.run_blocking(op, ns, at, &[HostSeg::from_slice(b)]);
             if let Err(e) = r {
                 return Err(bounced_error(
                     e,
@@ -203,62 +220,30 @@ impl QueuePair {
     }
 
     /// Writes zeroes to `blocks` blocks at `lba` (split at 65536 blocks per
-    /// command). Refused on a zoned namespace ([`Error::ZonedNamespace`]).
+    /// command, or the controller's Write Zeroes size limit). Refused on a
+    /// zoned namespace ([`Error::ZonedNamespace`]), and on a controller
+    /// without Write Zeroes ([`Error::UnsupportedCommand`]).
     pub fn write_zeroes(&mut self, ns: &Namespace, lba: u64, blocks: u64) -> Result<(), Error> {
+        use crate::nvme::nvm::{NvmLimits, OptionalCommand};
+        if !self.nvm.commands.contains(OptionalCommand::WriteZeroes) {
+            return Err(Error::UnsupportedCommand {
+                command: OptionalCommand::WriteZeroes,
+            });
+        }
         if ns.is_zoned() {
             return Err(Error::ZonedNamespace { nsid: ns.id() });
         }
         check_range(ns, lba, blocks)?;
+        let per =
+            NvmLimits::blocks_per_command(self.nvm.limits.write_zeroes_bytes, ns.block_size());
         let mut done = 0;
         while done < blocks {
-            let n = (blocks - done).min(1 << 16);
+            let n = (blocks - done).min(per);
             self.exec(
                 Command::write_zeroes(ns.id(), lba + done, n as u32, false),
                 "Write Zeroes",
             )?;
             done += n;
-        }
-        Ok(())
-    }
-
-    /// Deallocates (trims) the given `(lba, blocks)` ranges: one Dataset
-    /// Management command per 256 ranges. Each range holds at most
-    /// `u32::MAX` blocks.
-    pub fn deallocate(&mut self, ns: &Namespace, ranges: &[(u64, u64)]) -> Result<(), Error> {
-        if ranges.is_empty() {
-            return Err(Error::Invalid("no ranges to deallocate".into()));
-        }
-        for &(lba, blocks) in ranges {
-            check_range(ns, lba, blocks)?;
-            if blocks > u32::MAX as u64 {
-                return Err(Error::Invalid(format!(
-                    "range of {blocks} blocks is longer than a DSM range"
-                )));
-            }
-        }
-        let mut buf = self.shared.space.alloc(4096)?;
-        for group in ranges.chunks(256) {
-            let b = buf.as_mut_slice();
-            for (i, &(lba, blocks)) in group.iter().enumerate() {
-                let e = &mut b[16 * i..16 * i + 16];
-                e[0..4].fill(0);
-                e[4..8].copy_from_slice(&(blocks as u32).to_le_bytes());
-                e[8..16].copy_from_slice(&lba.to_le_bytes());
-            }
-            let mut cmd = Command::deallocate(ns.id(), group.len() as u32);
-            cmd.set_data(crate::nvme::spec::DataPtr::Prp {
-                prp1: buf.iova(),
-                prp2: blk_dma::Iova::new(0),
-            });
-            // `buf` outlives the command: exec returns only when it is done
-            // or the controller is stopped; if the controller could not be
-            // stopped, the device may still read it: leak it.
-            if let Err(e) = self.exec(cmd, "Dataset Management (Deallocate)") {
-                if matches!(e, Error::Dead) {
-                    core::mem::forget(buf);
-                }
-                return Err(e);
-            }
         }
         Ok(())
     }

@@ -4,6 +4,9 @@ use blk_dma::HostSeg;
 
 use super::Namespace;
 use crate::mem::DmaBuf;
+use crate::nvme::nvm::{
+    CopyRange, DsmAttributes, DsmRange, OptionalCommand, COPY_RANGE_LEN, DSM_RANGE_LEN,
+};
 use crate::Error;
 
 /// A buffer that an I/O owns while the device may access it.
@@ -13,7 +16,8 @@ pub enum IoBuf {
     Dma(DmaBuf),
     /// Ordinary memory: mapped for the I/O as one coalesced IOVA range.
     Vec(Vec<u8>),
-    /// No buffer: the completion of a command submitted with
+    /// No buffer: a request that moves no data (Verify, Write
+    /// Uncorrectable), or the completion of a command submitted with
     /// [`QueuePair::submit_raw`](super::QueuePair::submit_raw), whose memory
     /// the caller owns.
     Raw,
@@ -99,6 +103,48 @@ pub enum Op {
         /// Force Unit Access.
         fua: bool,
     },
+    /// Compare the buffer with the blocks (the data goes to the
+    /// controller): Compare Failure if they differ.
+    Compare,
+    /// Verify the blocks: the controller reads and checks them; no data
+    /// moves.
+    Verify,
+    /// Write Uncorrectable: the blocks read as Unrecovered Read Error until
+    /// written again; no data moves.
+    WriteUncorrectable,
+    /// Copy: the buffer holds the source range descriptors (format 0), the
+    /// request's LBA is the destination.
+    Copy,
+    /// Dataset Management: the buffer holds the ranges (the attributes
+    /// are the request's, [`Io::dataset_management`]).
+    DatasetManagement,
+}
+
+impl Op {
+    /// Whether the op moves the buffer's data to or from blocks (Read,
+    /// Write, Compare): the ops [`QueuePair::submit_raw`](super::QueuePair::submit_raw)
+    /// takes and the ones a request's length applies to.
+    pub const fn moves_blocks(self) -> bool {
+        matches!(self, Op::Read | Op::Write { .. } | Op::Compare)
+    }
+
+    /// The optional command the op needs, if any.
+    pub const fn optional_command(self) -> Option<OptionalCommand> {
+        match self {
+            Op::Read | Op::Write { .. } => None,
+            Op::Compare => Some(OptionalCommand::Compare),
+            Op::Verify => Some(OptionalCommand::Verify),
+            Op::WriteUncorrectable => Some(OptionalCommand::WriteUncorrectable),
+            Op::Copy => Some(OptionalCommand::Copy),
+            Op::DatasetManagement => Some(OptionalCommand::DatasetManagement),
+        }
+    }
+
+    /// Whether the op writes blocks at the LBAs it names, which a zoned
+    /// namespace refuses (Write, Write Uncorrectable, Copy's destination).
+    pub(crate) const fn writes_at_lba(self) -> bool {
+        matches!(self, Op::Write { .. } | Op::WriteUncorrectable | Op::Copy)
+    }
 }
 
 /// An I/O request: the buffer moves in with it and comes back in [`Done`].
@@ -137,6 +183,8 @@ pub struct Io {
     pub(crate) len: usize,
     pub(crate) buf: IoBuf,
     pub(crate) tag: u64,
+    /// A Dataset Management's attributes.
+    pub(crate) attributes: DsmAttributes,
 }
 
 impl Io {
@@ -152,9 +200,59 @@ impl Io {
         Self::new(Op::Write { fua: false }, ns, lba, buf.into())
     }
 
+    /// A Compare of the buffer with the blocks at `lba`: the request fails
+    /// with Compare Failure (status type 2h, code 85h) if they differ. The
+    /// buffer is only read.
+    pub fn compare(ns: &Namespace, lba: u64, buf: impl Into<IoBuf>) -> Self {
+        Self::new(Op::Compare, ns, lba, buf.into())
+    }
+
+    /// A Verify of `blocks` blocks at `lba` (split at the controller's
+    /// Verify size limit into commands that complete as one request). No
+    /// buffer: [`IoBuf::Raw`] comes back.
+    pub fn verify(ns: &Namespace, lba: u64, blocks: u64) -> Self {
+        Self::without_data(Op::Verify, ns, lba, blocks)
+    }
+
+    /// A Write Uncorrectable of `blocks` blocks at `lba`: they read as
+    /// Unrecovered Read Error until written again (refused on a zoned
+    /// namespace). No buffer: [`IoBuf::Raw`] comes back.
+    pub fn write_uncorrectable(ns: &Namespace, lba: u64, blocks: u64) -> Self {
+        Self::without_data(Op::WriteUncorrectable, ns, lba, blocks)
+    }
+
+    /// A Copy of `sources` (at most 256, and the namespace's limits) to
+    /// `dest`, one command. The source range descriptors are built into a
+    /// buffer of ordinary memory, which the request owns and which comes
+    /// back in [`Done::buf`]. Refused on a zoned namespace.
+    pub fn copy(ns: &Namespace, sources: &[CopyRange], dest: u64) -> Self {
+        let mut list = Vec::with_capacity(sources.len() * COPY_RANGE_LEN);
+        for r in sources {
+            list.extend_from_slice(&r.to_bytes());
+        }
+        Self::with_list(Op::Copy, ns, dest, list)
+    }
+
+    /// A Dataset Management of `ranges` (at most 256) with `attributes`,
+    /// one command. The ranges are built into a buffer of ordinary memory,
+    /// which the request owns and which comes back in [`Done::buf`].
+    pub fn dataset_management(
+        ns: &Namespace,
+        ranges: &[DsmRange],
+        attributes: DsmAttributes,
+    ) -> Self {
+        let mut list = Vec::with_capacity(ranges.len() * DSM_RANGE_LEN);
+        for r in ranges {
+            list.extend_from_slice(&r.to_bytes());
+        }
+        let mut io = Self::with_list(Op::DatasetManagement, ns, 0, list);
+        io.attributes = attributes;
+        io
+    }
+
     fn new(op: Op, ns: &Namespace, lba: u64, buf: IoBuf) -> Self {
         let mut ns = ns.clone();
-        if op != Op::Read && ns.is_zoned() {
+        if matches!(op, Op::Write { .. }) && ns.is_zoned() {
             // Refused at submission (Error::ZonedNamespace). With no
             // blocks, the request fails the fast path's range check, so the
             // refusal costs the fast path nothing; the general path checks
@@ -168,12 +266,46 @@ impl Io {
             len: buf.len(),
             buf,
             tag: 0,
+            attributes: DsmAttributes::default(),
         }
     }
 
-    /// Transfers only the first `len` bytes of the buffer.
+    /// A request without data: `blocks` blocks' worth of length, and no
+    /// buffer, so the fast path (which needs a buffer that holds the
+    /// length) never takes it.
+    fn without_data(op: Op, ns: &Namespace, lba: u64, blocks: u64) -> Self {
+        let len = blocks.saturating_mul(ns.block_size());
+        Io {
+            op,
+            ns: ns.clone(),
+            lba,
+            len: usize::try_from(len).unwrap_or(usize::MAX),
+            buf: IoBuf::Raw,
+            tag: 0,
+            attributes: DsmAttributes::default(),
+        }
+    }
+
+    /// A request whose buffer is its range list: a length of 0, so the
+    /// fast path (which needs a non-empty transfer) never takes it.
+    fn with_list(op: Op, ns: &Namespace, lba: u64, list: Vec<u8>) -> Self {
+        Io {
+            op,
+            ns: ns.clone(),
+            lba,
+            len: 0,
+            buf: IoBuf::Vec(list),
+            tag: 0,
+            attributes: DsmAttributes::default(),
+        }
+    }
+
+    /// Transfers only the first `len` bytes of the buffer (reads, writes
+    /// and compares; other requests keep their length).
     pub fn with_len(mut self, len: usize) -> Self {
-        self.len = len;
+        if self.op.moves_blocks() {
+            self.len = len;
+        }
         self
     }
 

@@ -10,6 +10,7 @@ mod blocking;
 mod cids;
 mod clock;
 mod cmb;
+mod commands;
 mod errlog;
 mod events;
 mod free;
@@ -24,6 +25,7 @@ mod pool;
 mod qpair;
 mod recovery;
 mod shared;
+mod support;
 mod unplug;
 
 use std::sync::{Arc, Mutex};
@@ -38,6 +40,9 @@ use crate::nvme::regs::{self, offset, Cap, Cc, Registers, Shutdown, ShutdownStat
 use crate::nvme::spec::PageSize;
 use crate::Error;
 
+pub use crate::nvme::nvm::{
+    CopyLimits, CopyRange, DsmAttributes, DsmRange, NvmLimits, OptionalCommand,
+};
 pub use asyncio::{AsyncQueuePair, IoFuture};
 pub use cmb::CmbBuf;
 pub use events::{AsyncEvent, AsyncEventKind};
@@ -115,6 +120,7 @@ pub struct Namespace {
     blocks: u64,
     command_set: CommandSet,
     zones: Option<ZoneInfo>,
+    copy: CopyLimits,
 }
 
 impl Namespace {
@@ -148,6 +154,11 @@ impl Namespace {
     /// the controller did not report a zone size).
     pub fn zones(&self) -> Option<&ZoneInfo> {
         self.zones.as_ref()
+    }
+    /// The namespace's Copy limits (Identify Namespace MSSRL, MCL, MSRC),
+    /// against which [`QueuePair::copy`] checks a Copy before submission.
+    pub fn copy_limits(&self) -> CopyLimits {
+        self.copy
     }
 }
 
@@ -184,6 +195,9 @@ pub struct Controller {
     /// Whether Identify CNS 08h may work (cleared when the controller
     /// refuses it).
     independent_ns: std::sync::atomic::AtomicBool,
+    /// The optional NVM commands the controller supports, and their
+    /// limits.
+    nvm: support::NvmSupport,
 }
 
 impl core::fmt::Debug for Controller {
@@ -420,8 +434,10 @@ impl Controller {
             io_queues: 0,
             cmb: None,
             independent_ns: std::sync::atomic::AtomicBool::new(true),
+            nvm: support::NvmSupport::default(),
         };
         ctrl.identify = ctrl.identify_controller()?;
+        ctrl.nvm = ctrl.discover_nvm_support()?;
         ctrl.io_queues = ctrl.negotiate_queues()?;
         if ctrl.shared.config.shadow_doorbells && ctrl.identify.oacs() & (1 << 8) != 0 {
             ctrl.setup_shadow_doorbells()?;
@@ -603,6 +619,7 @@ impl Controller {
             blocks: id.nsze(),
             command_set,
             zones: info.zones(),
+            copy: id.copy_limits(),
         })
     }
 

@@ -133,7 +133,7 @@ impl NamespaceInfo {
 
 /// `Ok(None)` for a command the controller refused (logged), the error
 /// otherwise: optional Identify data that a controller may not have.
-fn optional<T>(r: Result<T, Error>, what: &str) -> Result<Option<T>, Error> {
+pub(super) fn optional<T>(r: Result<T, Error>, what: &str) -> Result<Option<T>, Error> {
     match r {
         Ok(v) => Ok(Some(v)),
         Err(Error::Command { status, .. }) => {

@@ -160,11 +160,19 @@ fn transfer_len(q: Queue, cmd: &Command) -> Result<Moves, Error> {
             _ => Ok(Moves::Nothing),
         },
         Queue::Io(block) => match cmd.opcode() {
-            io::READ | io::WRITE | 0x05 => Ok(Moves::Bytes(
+            io::READ | io::WRITE | io::COMPARE => Ok(Moves::Bytes(
                 ((u64::from(cmd.cdw12 & 0xffff) + 1) * block) as usize,
             )),
             // Dataset Management: NR + 1 ranges of 16 bytes.
             io::DSM => Ok(Moves::Bytes(((cmd.cdw10 & 0xff) as usize + 1) * 16)),
+            // Copy: NR + 1 source range descriptors, 32 bytes each in
+            // format 0.
+            io::COPY => match (cmd.cdw12 >> 8) & 0xf {
+                0 => Ok(Moves::Bytes(((cmd.cdw12 & 0xff) as usize + 1) * 32)),
+                _ => refuse(
+                    "a Copy descriptor format other than 0, whose length the driver does not know",
+                ),
+            },
             _ => Ok(Moves::Nothing),
         },
     }
@@ -338,7 +346,7 @@ impl QueuePair {
     /// NSID is set from `ns`) to completion. As with
     /// [`Controller::admin_passthru`], the driver builds the data pointer
     /// from what the command moves; it takes data only with Read, Write,
-    /// Compare and Dataset Management. With `data`, the buffer is the command's data,
+    /// Compare, Dataset Management and Copy (descriptor format 0). With `data`, the buffer is the command's data,
     /// in the direction its opcode says, and must hold what the command
     /// moves; it comes back. A command that fails gives it up (it is
     /// dropped, or kept out of reach if the controller could not be

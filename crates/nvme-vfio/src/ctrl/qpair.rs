@@ -23,7 +23,7 @@ use super::io::{Done, Io, IoBuf, Op};
 use super::pool::DmaDescPool;
 use super::{Controller, Namespace, Shared};
 use crate::mem::VfioMapper;
-use crate::nvme::cmd::Command;
+use crate::nvme::cmd::{io, Command};
 use crate::nvme::dptr::{self, Policy, QueueKind, Setup};
 use crate::nvme::queue::{CompletionQueue, SubmissionQueue};
 use crate::nvme::spec::DataPtr;
@@ -145,6 +145,9 @@ pub struct QueuePair {
     pub(super) interrupts: u64,
     /// Set while [`flush`](Self::flush) publishes, for a reset to wait on.
     pub(super) publishing: Arc<super::shared::Publishing>,
+    /// The optional NVM commands the controller supports, and their
+    /// limits.
+    pub(super) nvm: super::support::NvmSupport,
 }
 
 impl QueuePair {
@@ -248,6 +251,7 @@ impl QueuePair {
             cleaned: shared.generation(),
             retry_at: 0,
             publishing: shared.add_publisher(),
+            nvm: ctrl.nvm,
         })
     }
 
@@ -292,15 +296,17 @@ impl QueuePair {
     pub fn submit(&mut self, io: Io) -> Result<(), (Error, Io)> {
         if let Some(seg) = io.buf.prefix(io.len) {
             if let Some((cid, dp)) = self.try_fast(&io.ns, io.lba, seg) {
+                // Reads and writes only: other ops are checked (is the
+                // command supported?) on the general path.
+                let parts = match io.op {
+                    Op::Read => READ_PARTS,
+                    Op::Write { fua } => (io::WRITE, fua, "Write"),
+                    _ => return self.submit_slow(io),
+                };
                 let Io {
-                    op,
-                    ns,
-                    lba,
-                    buf,
-                    tag,
-                    ..
+                    ns, lba, buf, tag, ..
                 } = io;
-                self.commit_one(cid, dp, op, &ns, lba, seg.len, buf, Tag::Caller(tag));
+                self.commit_one(cid, dp, parts, &ns, lba, seg.len, buf, Tag::Caller(tag));
                 return Ok(());
             }
         }
@@ -312,6 +318,9 @@ impl QueuePair {
     #[inline(never)]
     #[allow(clippy::result_large_err)]
     fn submit_slow(&mut self, io: Io) -> Result<(), (Error, Io)> {
+        if !io.op.moves_blocks() {
+            return self.submit_command(io);
+        }
         let Some(seg) = io.buf.prefix(io.len) else {
             let len = io.len;
             return Err((
@@ -326,6 +335,7 @@ impl QueuePair {
             len,
             buf,
             tag,
+            attributes,
         } = io;
         self.submit_request(op, &ns, lba, &[seg], buf, Tag::Caller(tag))
             .map_err(|(e, buf)| {
@@ -338,14 +348,16 @@ impl QueuePair {
                         len,
                         buf,
                         tag,
+                        attributes,
                     },
                 )
             })
     }
 
-    /// Submits a read or write of caller-managed memory with no buffer
-    /// ownership: the zero-overhead path for embedding. Its completion comes
-    /// back from [`poll`](Self::poll) with [`IoBuf::Raw`] and `tag`.
+    /// Submits a read, write or compare of caller-managed memory with no
+    /// buffer ownership: the zero-overhead path for embedding. Its
+    /// completion comes back from [`poll`](Self::poll) with [`IoBuf::Raw`]
+    /// and `tag`. Other ops are refused (use [`submit`](Self::submit)).
     ///
     /// # Safety
     ///
@@ -365,6 +377,11 @@ impl QueuePair {
         segs: &[HostSeg],
         tag: u64,
     ) -> Result<(), Error> {
+        if !op.moves_blocks() {
+            return Err(Error::Invalid(format!(
+                "submit_raw takes reads, writes and compares, not {op:?}"
+            )));
+        }
         self.submit_request(op, ns, lba, segs, IoBuf::Raw, Tag::Caller(tag))
             .map_err(|(e, _)| e)
     }
@@ -743,12 +760,15 @@ impl QueuePair {
         buf: IoBuf,
         tag: Tag,
     ) -> Result<(), (Error, IoBuf)> {
-        if op != Op::Read && ns.is_zoned() {
-            return Err((Error::ZonedNamespace { nsid: ns.id() }, buf));
+        if op != Op::Read {
+            if let Err(e) = self.check_op(op, ns) {
+                return Err((e, buf));
+            }
         }
         if let [seg] = segs {
             if let Some((cid, dp)) = self.try_fast(ns, lba, *seg) {
-                self.commit_one(cid, dp, op, ns, lba, seg.len, buf, tag);
+                let (opcode, fua, what, _) = op_parts(op);
+                self.commit_one(cid, dp, (opcode, fua, what), ns, lba, seg.len, buf, tag);
                 return Ok(());
             }
         }
@@ -787,17 +807,16 @@ impl QueuePair {
         &mut self,
         cid: u16,
         dp: DataPtr,
-        op: Op,
+        (opcode, fua, what): (u8, bool, &'static str),
         ns: &Namespace,
         lba: u64,
         len: u64,
         buf: IoBuf,
         tag: Tag,
     ) {
-        let (write, fua, what, _) = op_parts(op);
         let id = self.inflight.start_one(cid, buf, tag, what);
         let blocks = len >> ns.block_size().trailing_zeros();
-        let mut cmd = Command::rw(write, ns.id(), lba, blocks as u32, fua);
+        let mut cmd = Command::blocks(opcode, ns.id(), lba, blocks as u32, fua);
         cmd.set_cid(id);
         cmd.set_data(dp);
         // Room is guaranteed: in-flight commands never exceed the ring
@@ -853,7 +872,8 @@ impl QueuePair {
         };
         match dptr::map_one_uncached(seg, dir, &self.mapper, &mut slot.state, setup) {
             Ok(dp) => {
-                self.commit_one(cid, dp, op, ns, lba, seg.len, buf, tag);
+                let (opcode, fua, what, _) = op_parts(op);
+                self.commit_one(cid, dp, (opcode, fua, what), ns, lba, seg.len, buf, tag);
                 Ok(())
             }
             Err(e) => Err((e.into(), buf)),
@@ -910,7 +930,7 @@ impl QueuePair {
                 buf,
             ));
         }
-        let (write, fua, what, dir) = op_parts(op);
+        let (opcode, fua, what, dir) = op_parts(op);
         let borrowed = matches!(tag, Tag::Blocking);
         let pending = Pending::new(buf, tag, borrowed, children as u32, what);
         let req = match self.inflight.start_request(pending) {
@@ -958,7 +978,7 @@ impl QueuePair {
             ) {
                 Ok(dp) => {
                     let id = self.inflight.assign(cid, req);
-                    let mut cmd = Command::rw(write, ns.id(), lba, blocks as u32, fua);
+                    let mut cmd = Command::blocks(opcode, ns.id(), lba, blocks as u32, fua);
                     cmd.set_cid(id);
                     cmd.set_data(dp);
                     // Room is guaranteed: in-flight commands never exceed
@@ -1014,9 +1034,7 @@ impl QueuePair {
         lba: u64,
         segs: &[HostSeg],
     ) -> Result<(), Error> {
-        if op != Op::Read && ns.is_zoned() {
-            return Err(Error::ZonedNamespace { nsid: ns.id() });
-        }
+        self.check_op(op, ns)?;
         let total: u64 = segs.iter().map(|s| s.len).sum();
         let bs = ns.block_size();
         let chunk = (self.max_transfer / bs).max(1) * bs;
@@ -1059,7 +1077,7 @@ impl QueuePair {
     /// for the next [`poll`](Self::poll). Never returns while the device may
     /// still access the request's memory. A failed command whose status has
     /// the More bit set gets its error log entry attached.
-    fn wait_blocking(&mut self) -> Result<(), Error> {
+    pub(super) fn wait_blocking(&mut self) -> Result<(), Error> {
         let mut stash = std::mem::take(&mut self.stash);
         let mut r = loop {
             self.reap(&mut stash);
@@ -1125,19 +1143,33 @@ fn slice_segments(segs: &[HostSeg], off: u64, len: u64, out: &mut Vec<HostSeg>) 
     }
 }
 
-/// Whether `op` writes, its FUA bit, its name in errors and its direction.
+/// A read's opcode, FUA bit and name in errors.
+const READ_PARTS: (u8, bool, &str) = (io::READ, false, "Read");
+
+/// The opcode of `op`, its FUA bit, its name in errors and the direction
+/// of its data.
 #[inline(always)]
-fn op_parts(op: Op) -> (bool, bool, &'static str, Direction) {
+pub(super) fn op_parts(op: Op) -> (u8, bool, &'static str, Direction) {
     match op {
-        Op::Read => (false, false, "Read", Direction::FromDevice),
-        Op::Write { fua } => (true, fua, "Write", Direction::ToDevice),
+        Op::Read => (io::READ, false, "Read", Direction::FromDevice),
+        Op::Write { fua } => (io::WRITE, fua, "Write", Direction::ToDevice),
+        Op::Compare => (io::COMPARE, false, "Compare", Direction::ToDevice),
+        Op::Verify => (io::VERIFY, false, "Verify", Direction::ToDevice),
+        Op::WriteUncorrectable => (
+            io::WRITE_UNCORRECTABLE,
+            false,
+            "Write Uncorrectable",
+            Direction::ToDevice,
+        ),
+        Op::Copy => (io::COPY, false, "Copy", Direction::ToDevice),
+        Op::DatasetManagement => (io::DSM, false, "Dataset Management", Direction::ToDevice),
     }
 }
 
 /// Maps `segs` for the command in `slot` (its DMA state and descriptor
 /// pages) and builds its data pointer.
 #[inline(always)]
-fn map_into(
+pub(super) fn map_into(
     slot: &mut Slot,
     segs: &[HostSeg],
     dir: Direction,

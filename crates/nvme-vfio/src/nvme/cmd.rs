@@ -45,10 +45,18 @@ pub mod io {
     pub const WRITE: u8 = 0x01;
     /// Read.
     pub const READ: u8 = 0x02;
+    /// Write Uncorrectable.
+    pub const WRITE_UNCORRECTABLE: u8 = 0x04;
+    /// Compare.
+    pub const COMPARE: u8 = 0x05;
     /// Write Zeroes.
     pub const WRITE_ZEROES: u8 = 0x08;
     /// Dataset Management.
     pub const DSM: u8 = 0x09;
+    /// Verify.
+    pub const VERIFY: u8 = 0x0c;
+    /// Copy.
+    pub const COPY: u8 = 0x19;
 }
 
 /// Identify CNS values.
@@ -91,6 +99,8 @@ pub mod log_page {
     pub const SMART: u8 = 0x02;
     /// Firmware Slot Information.
     pub const FIRMWARE_SLOT: u8 = 0x03;
+    /// Commands Supported and Effects.
+    pub const COMMAND_EFFECTS: u8 = 0x05;
 }
 
 /// A 64-byte submission queue entry.
@@ -270,10 +280,66 @@ impl Command {
 
     /// Read or Write of `blocks` (1 to 65536) logical blocks at `lba`.
     pub fn rw(write: bool, nsid: u32, lba: u64, blocks: u32, fua: bool) -> Self {
-        let mut c = Self::new(if write { io::WRITE } else { io::READ }, nsid);
+        Self::blocks(
+            if write { io::WRITE } else { io::READ },
+            nsid,
+            lba,
+            blocks,
+            fua,
+        )
+    }
+
+    /// A command of `opcode` on `blocks` (1 to 65536) logical blocks at
+    /// `lba`: SLBA in dwords 10 and 11, NLB (0-based) and FUA in dword 12.
+    /// The layout of Read, Write, Compare, Verify and Write Uncorrectable.
+    #[inline(always)]
+    pub fn blocks(opcode: u8, nsid: u32, lba: u64, blocks: u32, fua: bool) -> Self {
+        let mut c = Self::new(opcode, nsid);
         c.cdw10 = lba as u32;
         c.cdw11 = (lba >> 32) as u32;
-        c.cdw12 = (blocks - 1) & 0xffff | (fua as u32) << 30;
+        c.cdw12 = blocks.wrapping_sub(1) & 0xffff | (fua as u32) << 30;
+        c
+    }
+
+    /// Compare of `blocks` (1 to 65536) logical blocks at `lba` with the
+    /// data the caller points DPTR at.
+    pub fn compare(nsid: u32, lba: u64, blocks: u32) -> Self {
+        Self::blocks(io::COMPARE, nsid, lba, blocks, false)
+    }
+
+    /// Verify of `blocks` (1 to 65536) logical blocks at `lba` (no data).
+    pub fn verify(nsid: u32, lba: u64, blocks: u32) -> Self {
+        Self::blocks(io::VERIFY, nsid, lba, blocks, false)
+    }
+
+    /// Write Uncorrectable of `blocks` (1 to 65536) logical blocks at
+    /// `lba` (no data).
+    pub fn write_uncorrectable(nsid: u32, lba: u64, blocks: u32) -> Self {
+        Self::blocks(io::WRITE_UNCORRECTABLE, nsid, lba, blocks, false)
+    }
+
+    /// Copy to `dest` from `ranges` (1 to 256) source range descriptors of
+    /// format 0 in a buffer the caller points DPTR at.
+    pub fn copy(nsid: u32, dest: u64, ranges: u32) -> Self {
+        let mut c = Self::new(io::COPY, nsid);
+        c.cdw10 = dest as u32;
+        c.cdw11 = (dest >> 32) as u32;
+        // NR (7:0, 0-based); descriptor format 0 (11:8); no protection
+        // information, no FUA, no limited retry.
+        c.cdw12 = ranges.wrapping_sub(1) & 0xff;
+        c
+    }
+
+    /// Dataset Management of `ranges` (1 to 256) range entries in a buffer
+    /// the caller points DPTR at, with `attributes`.
+    pub fn dataset_management(
+        nsid: u32,
+        ranges: u32,
+        attributes: super::nvm::DsmAttributes,
+    ) -> Self {
+        let mut c = Self::new(io::DSM, nsid);
+        c.cdw10 = ranges.wrapping_sub(1) & 0xff;
+        c.cdw11 = attributes.cdw11();
         c
     }
 
@@ -290,19 +356,17 @@ impl Command {
     /// Dataset Management with the Deallocate attribute over `ranges`
     /// (1 to 256) range entries in a buffer the caller points DPTR at.
     pub fn deallocate(nsid: u32, ranges: u32) -> Self {
-        let mut c = Self::new(io::DSM, nsid);
-        c.cdw10 = (ranges - 1) & 0xff;
-        // AD: attribute - deallocate.
-        c.cdw11 = 1 << 2;
-        c
+        Self::dataset_management(nsid, ranges, super::nvm::DsmAttributes::DEALLOCATE)
     }
 
-    /// The starting LBA of a Read, Write or Write Zeroes.
+    /// The starting LBA of a Read, Write, Write Zeroes, Compare, Verify or
+    /// Write Uncorrectable (the destination of a Copy).
     pub const fn slba(&self) -> u64 {
         self.cdw10 as u64 | (self.cdw11 as u64) << 32
     }
 
-    /// The number of logical blocks of a Read, Write or Write Zeroes.
+    /// The number of logical blocks of a Read, Write, Write Zeroes,
+    /// Compare, Verify or Write Uncorrectable.
     pub const fn nlb(&self) -> u32 {
         (self.cdw12 & 0xffff) + 1
     }

@@ -102,9 +102,21 @@ impl IdentifyController {
     pub fn nn(&self) -> u32 {
         le32(&self.0[..], 516)
     }
-    /// Optional NVM Command Support (bit 2: DSM, bit 3: Write Zeroes).
+    /// Log Page Attributes (bit 1: the Commands Supported and Effects log
+    /// page is supported).
+    pub fn lpa(&self) -> u8 {
+        self.0[261]
+    }
+    /// Optional NVM Command Support: bit 0 Compare, 1 Write Uncorrectable,
+    /// 2 Dataset Management, 3 Write Zeroes, 7 Verify, 8 Copy (see
+    /// [`OptionalCommand`](super::nvm::OptionalCommand)).
     pub fn oncs(&self) -> u16 {
         le16(&self.0[..], 520)
+    }
+    /// Optional Copy Formats Supported (bit 0: source range descriptors of
+    /// format 0).
+    pub fn ocfs(&self) -> u16 {
+        le16(&self.0[..], 534)
     }
     /// Volatile Write Cache (bit 0: present).
     pub fn vwc(&self) -> u8 {
@@ -129,6 +141,11 @@ impl IdentifyController {
         set_ascii(&mut self.0[4..24], serial);
         set_ascii(&mut self.0[24..64], model);
         set_ascii(&mut self.0[64..72], firmware);
+    }
+    /// Sets LPA and OCFS (for device models).
+    pub fn set_log_and_copy_support(&mut self, lpa: u8, ocfs: u16) {
+        self.0[261] = lpa;
+        self.0[534..536].copy_from_slice(&ocfs.to_le_bytes());
     }
     /// Sets MDTS, CNTLID and VER.
     pub fn set_limits(&mut self, mdts: u8, cntlid: u16, ver: u32) {
@@ -240,6 +257,19 @@ impl IdentifyNamespace {
     pub fn current_lba_format(&self) -> Option<LbaFormat> {
         self.lba_format(self.current_format())
     }
+    /// Deallocate Logical Block Features: bits 2:0 say what deallocated
+    /// blocks read as (001b zeroes, 010b all ones, 000b not reported).
+    pub fn dlfeat(&self) -> u8 {
+        self.0[33]
+    }
+    /// The copy limits: MSSRL (bytes 75:74), MCL (79:76) and MSRC (80).
+    pub fn copy_limits(&self) -> super::nvm::CopyLimits {
+        super::nvm::CopyLimits {
+            mssrl: le16(&self.0[..], 74),
+            mcl: le32(&self.0[..], 76),
+            msrc: self.0[80],
+        }
+    }
     /// Whether the namespace is active (a size is reported).
     pub fn is_active(&self) -> bool {
         self.nsze() != 0
@@ -254,6 +284,12 @@ impl IdentifyNamespace {
     /// Sets the utilization (NUSE) alone.
     pub fn set_utilization(&mut self, blocks: u64) {
         self.0[16..24].copy_from_slice(&blocks.to_le_bytes());
+    }
+    /// Sets the copy limits (MSSRL, MCL, MSRC).
+    pub fn set_copy_limits(&mut self, limits: super::nvm::CopyLimits) {
+        self.0[74..76].copy_from_slice(&limits.mssrl.to_le_bytes());
+        self.0[76..80].copy_from_slice(&limits.mcl.to_le_bytes());
+        self.0[80] = limits.msrc;
     }
     /// Sets the LBA formats and selects `current`.
     pub fn set_formats(&mut self, formats: &[LbaFormat], current: usize) {
@@ -292,6 +328,8 @@ mod tests {
         assert_eq!(c.firmware(), "7.2.0");
         assert_eq!((c.mdts(), c.ver(), c.nn()), (7, 0x10400, 256));
         assert!(c.sgl_supported());
+        c.set_log_and_copy_support(0x07, 0x3);
+        assert_eq!((c.lpa(), c.ocfs(), c.0[534]), (0x07, 0x3, 0x3));
         assert!(!c.sgl_dword_aligned());
         assert_eq!(&c.0[24..38], b"QEMU NVMe Ctrl");
         assert_eq!(c.0[38], b' ');
@@ -328,6 +366,14 @@ mod tests {
         assert_eq!(n.current_lba_format().unwrap().block_size(), 4096);
         assert_eq!(n.lba_format(1).unwrap().metadata, 8);
         assert_eq!(n.lba_format(3), None);
+        let limits = crate::nvme::nvm::CopyLimits {
+            mssrl: 128,
+            mcl: 0x1_0000,
+            msrc: 127,
+        };
+        n.set_copy_limits(limits);
+        assert_eq!(n.copy_limits(), limits);
+        assert_eq!((n.0[74], n.0[78], n.0[80]), (128, 1, 127));
         assert!(n.is_active());
         // FLBAS bits 6:5 carry format index bits 5:4.
         n.set_formats(&[fmts[0]; 20], 17);

@@ -8,6 +8,7 @@ mod error;
 pub mod identify;
 pub mod iocs;
 pub mod log;
+pub mod nvm;
 pub mod prp;
 pub mod queue;
 pub mod regs;
