@@ -12,8 +12,9 @@
 # of another shape (one I/O queue pair, three namespaces of 4 KiB blocks,
 # MDTS 5); then the hot unplug of a controller nvme-bench is running on;
 # then two controllers sharing one DMA space; then a smoke run of
-# nvme-bench against the kernel's driver with fio in one more boot
-# (scripts/bench-vm.sh --smoke).
+# nvme-bench against the kernel's driver with fio in one more boot (with
+# tsc=reliable), and of nvme-bench's clocks with the guest's default clock
+# source in another (scripts/bench-vm.sh --smoke).
 #
 # The VM tests need root (they install QEMU with apt-get on first use). Where
 # they cannot run, they are skipped with the reason printed, never passed.
