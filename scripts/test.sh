@@ -15,8 +15,9 @@
 # MDTS 5); then the hot unplug of a controller nvme-bench is running on;
 # then two controllers sharing one DMA space; then the C example and fio
 # through the engine on the controller; then a smoke run of
-# nvme-bench against the kernel's driver with fio in one more boot
-# (scripts/bench-vm.sh --smoke).
+# nvme-bench against the kernel's driver with fio in one more boot (with
+# tsc=reliable), and of nvme-bench's clocks with the guest's default clock
+# source in another (scripts/bench-vm.sh --smoke).
 #
 # The VM tests need root (they install QEMU with apt-get on first use). Where
 # they cannot run, they are skipped with the reason printed, never passed.

@@ -75,6 +75,11 @@ Options (environment variable in brackets):
                       QMP and writes $VM_CTL/unplugged: "ok" once QEMU
                       reports the device deleted, else "error: ...".
                       Needs python3 on the host. [VM_HOTPLUG=1]
+  --tsc-reliable      boot the guest kernel with tsc=reliable: it keeps the
+                      TSC as its clock source (QEMU's TCG CPUs do not say
+                      the TSC is invariant, so the guest otherwise marks it
+                      unstable and runs on the HPET, whose every read costs
+                      microseconds). For timing runs. [VM_TSC_RELIABLE=1]
   --memlock KB        RLIMIT_MEMLOCK of the command (default unlimited). A
                       value also drops CAP_IPC_LOCK from the command, since
                       root would otherwise bypass the limit. [VM_MEMLOCK]
@@ -144,6 +149,7 @@ parse_options() {
     PREFILL=${VM_PREFILL:-}
     NO_BIND=${VM_NO_BIND:-0}
     HOTPLUG=${VM_HOTPLUG:-0}
+    TSC_RELIABLE=${VM_TSC_RELIABLE:-0}
     MEMLOCK=${VM_MEMLOCK:-}
     KEEP_IPC_LOCK=${VM_KEEP_IPC_LOCK:-0}
     TIMEOUT=${VM_TIMEOUT:-600}
@@ -188,6 +194,7 @@ parse_options() {
             --prefill) PREFILL=$val ;;
             --no-bind) NO_BIND=1 ;;
             --hotplug) HOTPLUG=1 ;;
+            --tsc-reliable) TSC_RELIABLE=1 ;;
             --memlock) MEMLOCK=$val ;;
             --keep-ipc-lock) KEEP_IPC_LOCK=1 ;;
             --env) EXTRA_ENV+=("$val") ;;
@@ -661,6 +668,8 @@ build_qemu_args() {
     local out=$1 log=$2 cmdline=$KERNEL_CMDLINE
     # -v shows the whole kernel log on the console.
     [[ "$VERBOSE" != 1 ]] || cmdline=${cmdline/ quiet/}
+    # Timing runs: the guest keeps the TSC as its clock source.
+    [[ "$TSC_RELIABLE" != 1 ]] || cmdline+=" tsc=reliable"
     # shellcheck disable=SC2054 # commas belong to QEMU's syntax
     QEMU_ARGS=(
         "${ACCEL_ARGS[@]}" -cpu "$CPU_MODEL"

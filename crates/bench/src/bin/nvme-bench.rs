@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use nvme_bench::perf::{
-    self, parse_duration, parse_size, Buffers, Options, Progress, Report, Rw, SglMode, SimOptions,
-    Stop, Target,
+    self, parse_duration, parse_size, Buffers, ClockMode, ClockSource, Options, Progress, Report,
+    Rw, SglMode, SimOptions, Stop, Target,
 };
 
 /// A fio-like NVMe benchmark for the userspace driver.
@@ -92,6 +92,12 @@ struct Cli {
     /// every read; read everything written back at the end.
     #[arg(long)]
     verify: bool,
+    /// Clock for latencies and the run time: auto (the TSC where the CPU
+    /// says it is invariant or the kernel's clock source is tsc, else
+    /// CLOCK_MONOTONIC), tsc (calibrated against CLOCK_MONOTONIC), or
+    /// monotonic (clock_gettime).
+    #[arg(long, value_enum, default_value = "auto")]
+    clock: ClockMode,
     /// Print the report as JSON (schema "nvme-bench/1").
     #[arg(long)]
     json: bool,
@@ -127,6 +133,7 @@ fn options(cli: &Cli) -> Options {
         interrupts: cli.interrupts,
         seed: cli.seed,
         verify: cli.verify,
+        clock: cli.clock,
     }
 }
 
@@ -144,6 +151,13 @@ fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let cli = Cli::parse();
     let opts = options(&cli);
+    if cli.clock == ClockMode::Tsc && perf::clock::tsc_trust().is_none() {
+        eprintln!(
+            "nvme-bench: --clock tsc: the CPU does not say its TSC is invariant and the \
+             kernel's clock source is {}: reading it anyway",
+            perf::clock::kernel_clocksource().unwrap_or_else(|| "unknown".into())
+        );
+    }
     let targets = match open_targets(&cli) {
         Ok(t) => t,
         Err(e) => {
@@ -363,6 +377,10 @@ fn print_text(r: &Report) {
         us(l.p99_9 as f64),
         us(l.max as f64)
     );
+    match (w.clock, w.tsc_hz) {
+        (ClockSource::Tsc, Some(hz)) => println!("  clock: TSC at {:.1} MHz", hz / 1e6),
+        _ => println!("  clock: CLOCK_MONOTONIC"),
+    }
     match (s.driver_ns_per_io, s.device_ns_per_io) {
         (Some(drv), Some(dev)) => println!(
             "  CPU per I/O: {:.0} ns (driver {:.0} ns + inline device {:.0} ns)",

@@ -5,7 +5,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Barrier;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use blk_dma::{HostAddr, HostSeg};
 use hdrhistogram::Histogram;
@@ -13,6 +13,7 @@ use nvme_vfio::ctrl::{Done, Io, IoBuf, Namespace, Op, PollGroup, QueueConfig, Qu
 use nvme_vfio::mem::{DmaBuf, Registration};
 use nvme_vfio::nvme::dptr::DEFAULT_SGL_THRESHOLD;
 
+use super::clock::{Clock, Stamp};
 use super::options::{Buffers, Options, SglMode, Stop};
 use super::report::{Latency, QueueSummary, Report, Summary, VerifySummary, WorkloadInfo, SCHEMA};
 use super::target::Target;
@@ -75,6 +76,8 @@ struct Ctx<'a> {
     start: Barrier,
     end: Barrier,
     inline_nanos: [AtomicU64; 2],
+    /// What requests are stamped with.
+    clock: Clock,
 }
 
 /// One queue's results.
@@ -203,6 +206,7 @@ pub fn run(target: &Target, o: &Options, progress: &Progress) -> Result<Report, 
             DEFAULT_SGL_THRESHOLD
         },
     };
+    let clock = Clock::new(o.clock).map_err(Error::Input)?;
     let ctx = Ctx {
         target,
         o,
@@ -216,6 +220,7 @@ pub fn run(target: &Target, o: &Options, progress: &Progress) -> Result<Report, 
         start: Barrier::new(threads as usize),
         end: Barrier::new(threads as usize),
         inline_nanos: [AtomicU64::new(0), AtomicU64::new(0)],
+        clock,
     };
     let results: Vec<Result<Vec<QueueResult>, Error>> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..threads as usize)
@@ -290,13 +295,13 @@ fn queue_main(ctx: &Ctx<'_>, q: usize) -> Result<Option<QueueResult>, Error> {
     }
     let db0 = w.doorbell_stats();
     let cpu0 = thread_cpu();
-    let t0 = Instant::now();
+    let t0 = ctx.clock.now();
     let r = if ctx.abort.load(Ordering::Relaxed) {
         Ok(())
     } else {
         w.phase(Mode::Work)
     };
-    let elapsed = t0.elapsed();
+    let elapsed = ctx.clock.now() - t0;
     let cpu = thread_cpu().saturating_sub(cpu0);
     let db1 = w.doorbell_stats();
     if r.is_err() {
@@ -358,13 +363,13 @@ fn group_main(ctx: &Ctx<'_>, t: usize) -> Result<Vec<QueueResult>, Error> {
     };
     let db0 = stats(&mut group);
     let cpu0 = thread_cpu();
-    let t0 = Instant::now();
+    let t0 = ctx.clock.now();
     let r = if ctx.abort.load(Ordering::Relaxed) {
         Ok(())
     } else {
         group_phase(&mut workers, &mut group, Mode::Work)
     };
-    let elapsed = t0.elapsed();
+    let elapsed = ctx.clock.now() - t0;
     let cpu = thread_cpu().saturating_sub(cpu0);
     let db1 = stats(&mut group);
     if r.is_err() {
@@ -406,8 +411,10 @@ fn group_main(ctx: &Ctx<'_>, t: usize) -> Result<Vec<QueueResult>, Error> {
 /// worker `i`'s): each keeps its requests in flight; the group is polled
 /// once per round.
 fn group_phase(workers: &mut [Worker<'_>], group: &mut PollGroup, mode: Mode) -> Result<(), Error> {
-    let o = workers.first().map(|w| w.ctx.o);
-    let Some(o) = o else { return Ok(()) };
+    let first = workers.first().map(|w| (w.ctx.o, w.ctx.clock));
+    let Some((o, clock)) = first else {
+        return Ok(());
+    };
     let limit = match (mode, o.stop) {
         (Mode::Work, Stop::Time(d)) => Some(d),
         _ => None,
@@ -416,7 +423,7 @@ fn group_phase(workers: &mut [Worker<'_>], group: &mut PollGroup, mode: Mode) ->
         w.begin(mode);
     }
     let budget = workers.len() * o.qd as usize;
-    let t0 = Instant::now();
+    let t0 = clock.now();
     let mut now = t0;
     let mut idle = 0u32;
     loop {
@@ -432,7 +439,7 @@ fn group_phase(workers: &mut [Worker<'_>], group: &mut PollGroup, mode: Mode) ->
         {
             return Ok(());
         }
-        let at = Instant::now();
+        let at = clock.now();
         let (mut n, mut bytes) = (0u64, 0u64);
         group.poll(budget, |i, _, d| {
             if let Some(w) = workers.get_mut(i) {
@@ -454,7 +461,7 @@ fn group_phase(workers: &mut [Worker<'_>], group: &mut PollGroup, mode: Mode) ->
                 continue;
             }
             idle = 0;
-            now = Instant::now();
+            now = clock.now();
         }
         let all =
             limit.is_some_and(|d| now - t0 >= d) || workers[0].ctx.abort.load(Ordering::Relaxed);
@@ -544,6 +551,8 @@ fn merge(ctx: &Ctx<'_>, queues: Vec<QueueResult>) -> Report {
             interrupts: o.interrupts,
             seed: o.seed,
             verify: o.verify,
+            clock: ctx.clock.source(),
+            tsc_hz: ctx.clock.tsc_hz(),
         },
         result: s,
         queues: per_queue,
@@ -573,6 +582,15 @@ fn new_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, MAX_LATENCY_NS, 3).unwrap_or_else(|_| {
         Histogram::new(3).unwrap_or_else(|_| unreachable!("3 significant figures are valid"))
     })
+}
+
+/// What is left where a queue's histogram was taken out: the smallest
+/// there is. (A full one is some 220 KiB, allocated and freed for nothing
+/// at the end of every run; with it glibc trimmed its heap every other
+/// run, a system call the steady-state test saw.)
+fn empty_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 2, 1)
+        .unwrap_or_else(|_| unreachable!("1..2 at 1 significant figure is valid"))
 }
 
 /// CPU time of the calling thread.
@@ -633,7 +651,7 @@ enum Mode {
 /// A request slot: one buffer, at most one request in flight.
 #[derive(Clone, Copy, Debug)]
 struct Slot {
-    start: Instant,
+    start: Stamp,
     /// The unit's index in this queue's share.
     k: u64,
     write: bool,
@@ -804,7 +822,7 @@ impl<'a> Worker<'a> {
             Stop::Time(_) => u64::MAX,
         };
         let verify_len = if o.verify { share as usize } else { 0 };
-        let now = Instant::now();
+        let now = ctx.clock.now();
         Ok(Self {
             qp: Some(qp),
             bufs,
@@ -869,7 +887,7 @@ impl<'a> Worker<'a> {
     ) -> QueueResult {
         QueueResult {
             qid,
-            hist: std::mem::replace(&mut self.hist, new_histogram()),
+            hist: std::mem::replace(&mut self.hist, empty_histogram()),
             reads: self.reads,
             writes: self.writes,
             bytes: self.bytes,
@@ -919,7 +937,8 @@ impl<'a> Worker<'a> {
             _ => None,
         };
         let interrupts = self.ctx.o.interrupts;
-        let t0 = Instant::now();
+        let clock = self.ctx.clock;
+        let t0 = clock.now();
         let mut now = t0;
         let mut idle = 0u32;
         let mut done = std::mem::take(&mut self.done);
@@ -938,7 +957,7 @@ impl<'a> Worker<'a> {
                 qp.poll(&mut done)
             };
             if n > 0 || interrupts {
-                now = Instant::now();
+                now = clock.now();
                 idle = 0;
                 let mut bytes = 0;
                 for d in done.drain(..) {
@@ -955,7 +974,7 @@ impl<'a> Worker<'a> {
                     continue;
                 }
                 idle = 0;
-                now = Instant::now();
+                now = clock.now();
             }
             if limit.is_some_and(|d| now - t0 >= d)
                 || self.error.is_some()
@@ -970,7 +989,7 @@ impl<'a> Worker<'a> {
     }
 
     /// Submits requests into the free slots.
-    fn refill(&mut self, qp: &mut QueuePair, now: Instant) -> Result<(), Error> {
+    fn refill(&mut self, qp: &mut QueuePair, now: Stamp) -> Result<(), Error> {
         while self.more() {
             let Some(slot) = self.free.pop() else {
                 return Ok(());
@@ -1067,7 +1086,7 @@ impl<'a> Worker<'a> {
         slot: usize,
         k: u64,
         write: bool,
-        now: Instant,
+        now: Stamp,
     ) -> Result<(), Error> {
         let o = self.ctx.o;
         let lba = self.lba(k);
@@ -1133,7 +1152,7 @@ impl<'a> Worker<'a> {
     }
 
     /// Takes a completion back; returns the bytes it moved.
-    fn complete(&mut self, d: Done, now: Instant) -> u64 {
+    fn complete(&mut self, d: Done, now: Stamp) -> u64 {
         let slot = d.tag as usize;
         let Some(&s) = self.slots.get(slot) else {
             return 0;
@@ -1176,7 +1195,7 @@ impl<'a> Worker<'a> {
                     }
                 }
                 if self.mode == Mode::Work {
-                    let ns = now.saturating_duration_since(s.start).as_nanos() as u64;
+                    let ns = now.as_nanos().saturating_sub(s.start.as_nanos());
                     self.hist.saturating_record(ns.max(1));
                     if s.write {
                         self.writes += 1;

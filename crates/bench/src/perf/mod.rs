@@ -5,7 +5,9 @@
 //! One thread per queue pair, polled (or interrupt driven), each keeping
 //! `qd` requests in flight on its share of the LBA range. Latencies go into
 //! one HDR histogram per queue, merged at the end; the steady-state loop
-//! allocates nothing and makes no system call.
+//! allocates nothing and makes no system call. Requests are stamped with
+//! the TSC where it can be trusted, as fio and SPDK do, else with
+//! `CLOCK_MONOTONIC` ([`clock`]).
 //!
 //! ```
 //! use nvme_bench::perf::{run, Options, Progress, Rw, SimOptions, Stop, Target};
@@ -18,6 +20,7 @@
 //! # Ok::<(), nvme_bench::perf::Error>(())
 //! ```
 
+pub mod clock;
 mod engine;
 mod options;
 mod plot;
@@ -25,6 +28,7 @@ mod report;
 mod target;
 mod verify;
 
+pub use clock::{Clock, ClockMode, ClockSource, Stamp};
 pub use engine::{run, Progress};
 pub use options::{parse_duration, parse_size, Buffers, Options, Rw, SglMode, Stop};
 pub use plot::svg;

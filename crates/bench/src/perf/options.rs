@@ -4,6 +4,8 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use super::clock::ClockMode;
+
 /// The access pattern.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -104,6 +106,8 @@ pub struct Options {
     /// Write blocks that carry their LBA and a sequence tag, check them on
     /// every read and read everything written back at the end.
     pub verify: bool,
+    /// The clock requests are stamped with.
+    pub clock: ClockMode,
 }
 
 impl Default for Options {
@@ -124,6 +128,7 @@ impl Default for Options {
             interrupts: false,
             seed: 1,
             verify: false,
+            clock: ClockMode::Auto,
         }
     }
 }

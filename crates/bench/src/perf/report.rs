@@ -8,6 +8,7 @@
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
+use super::clock::ClockSource;
 use super::options::{Buffers, Rw, SglMode};
 use super::target::TargetInfo;
 
@@ -72,6 +73,10 @@ pub struct WorkloadInfo {
     pub seed: u64,
     /// Verify mode.
     pub verify: bool,
+    /// The clock requests were stamped with (`--clock auto` resolved).
+    pub clock: ClockSource,
+    /// The TSC's calibrated rate in Hz, when it was the clock.
+    pub tsc_hz: Option<f64>,
 }
 
 /// Latency percentiles, in nanoseconds.
