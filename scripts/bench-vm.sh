@@ -2,7 +2,8 @@
 # Side by side in one VM boot, on the same emulated disk (QEMU's NVMe behind
 # an emulated Intel IOMMU) and the same workloads: the guest kernel's nvme
 # driver with fio (io_uring, direct I/O) against nvme-bench through VFIO
-# (polled, and with interrupts), plus the cost of user buffers mapped per
+# (polled, and with interrupts) and fio through the nvme-vfio engine
+# (scripts/build-fio-engine.sh), plus the cost of user buffers mapped per
 # I/O against pool buffers. Prints both and the ratios. That boot is a
 # timing run: the guest kernel gets tsc=reliable and keeps the TSC as its
 # clock source. A second, shorter boot with the guest's default clock
@@ -39,6 +40,8 @@ if ! command -v fio >/dev/null; then
 fi
 
 cargo build --release --quiet -p nvme-bench --bin nvme-bench
+# The fio engine, for "fio + nvme-vfio engine" beside the kernel's driver.
+engine=$(scripts/build-fio-engine.sh -q)
 target_dir=${CARGO_TARGET_DIR:-target}
 [[ "$target_dir" == /* ]] || target_dir=$PWD/$target_dir
 bin=$target_dir/release/nvme-bench
@@ -51,7 +54,8 @@ trap 'rm -f "$out" "$out2" "$image"' EXIT
 echo "bench-vm: booting the VM (tsc=reliable); $secs s per workload"
 status=0
 scripts/vm/run.sh --no-bind --tsc-reliable --image "$image" --image-size 256M --prefill 0x5a \
-    --timeout $((120 + 12 * secs * 4)) -- python3 scripts/vm/bench-guest.py "$bin" "$secs" \
+    --env FIO_ENGINE="$engine" \
+    --timeout $((120 + 12 * secs * 5)) -- python3 scripts/vm/bench-guest.py "$bin" "$secs" \
     >"$out" || status=$?
 if [ "$status" != 0 ]; then
     cat "$out"
@@ -98,6 +102,25 @@ for name, k in r["kernel"].items():
           f"   {us(k['p50_ns']):>5}/{us(b['p50_ns']):<6}   {us(k['cpu_ns_per_io']):>6}/{us(b['cpu_ns_per_io']):<7}")
     for v in (k["iops"], b["iops"], i["iops"]):
         ok &= v > 0
+print("\nThe same tool over two drivers: fio with io_uring on the kernel's driver, and fio with the")
+print("nvme-vfio engine (polled) on this driver; nvme-bench beside them, and the engine's cost over it")
+head = (f"{'workload':18} {'kernel+fio':>11} {'engine+fio':>11} {'ratio':>6} {'nvme-bench':>11}"
+        f" {'fio/bench':>9}   {'p50 us k/e':>11}   {'CPU us/IO e/b':>14} {'added us/IO':>11}")
+print(head)
+print("-" * len(head))
+for name, e in r["engine"].items():
+    k, b = r["kernel"][name], r["vfio"][name]
+    ratio = e["iops"] / k["iops"] if k["iops"] else 0
+    rb = e["iops"] / b["iops"] if b["iops"] else 0
+    # fio's own work per I/O on the polling thread (1/IOPS difference).
+    added = (1 / e["iops"] - 1 / b["iops"]) * 1e6 if e["iops"] and b["iops"] else 0
+    print(f"{name:18} {k['iops']:11.0f} {e['iops']:11.0f} {ratio:5.2f}x {b['iops']:11.0f} {rb:8.2f}x"
+          f"   {us(k['p50_ns']):>5}/{us(e['p50_ns']):<5}   {us(e['cpu_ns_per_io']):>6}/{us(b['cpu_ns_per_io']):<7}"
+          f" {added:11.1f}")
+    ok &= e["iops"] > 0
+if not r["engine"]:
+    print("bench-vm: no results from fio through the engine", file=sys.stderr)
+    ok = False
 print("\nUser buffers (mapped per I/O: IOVA allocation, VFIO_IOMMU_MAP_DMA, UNMAP_DMA) vs pool buffers")
 head = f"{'workload':18} {'pool IOPS':>10} {'user IOPS':>10} {'user/pool':>9} {'added us/IO':>12}"
 print(head)

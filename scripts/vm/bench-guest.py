@@ -5,8 +5,9 @@ host's tree), with the NVMe controller on the guest kernel's nvme driver.
 1. fio (io_uring, direct I/O) on /dev/nvme0n1 for each workload;
 2. scripts/setup-vfio.sh bind: the controller moves to vfio-pci;
 3. nvme-bench --device for the same workloads (pool buffers; user buffers
-   too for the 4 KiB random reads, the per-I/O IOVA mapping cost), and
-   the clock comparison below;
+   too for the 4 KiB random reads, the per-I/O IOVA mapping cost), fio
+   through the nvme-vfio engine (the .so in $FIO_ENGINE) for the same
+   workloads, and the clock comparison below;
 4. scripts/setup-vfio.sh reset.
 
 The clock comparison: nvme-bench at 4 KiB random read QD 1 stamping with
@@ -48,14 +49,23 @@ def wait_for(path, seconds=20):
     raise SystemExit(f"bench-guest: {path} did not appear")
 
 
-def fio(dev, rw, bs, qd, secs):
+def fio(dev, rw, bs, qd, secs, engine=None):
+    """fio on the kernel's block device with io_uring, or (engine: the
+    nvme-vfio engine's .so) on the controller through the driver."""
+    if engine:
+        target = [f"--ioengine=external:{engine}", "--thread=1",
+                  f"--filename=trtype=PCIe traddr={BDF.replace(':', '.')} ns=1"]
+    else:
+        target = [f"--filename={dev}", "--ioengine=io_uring", "--direct=1"]
     cmd = [
-        "fio", "--name=kernel", f"--filename={dev}", "--ioengine=io_uring",
-        "--direct=1", f"--rw={rw}", f"--bs={bs}", f"--iodepth={qd}",
+        "fio", "--name=kernel", *target, f"--rw={rw}", f"--bs={bs}", f"--iodepth={qd}",
         f"--runtime={secs}", "--time_based", "--norandommap", "--randrepeat=0",
         "--output-format=json",
     ]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    p = subprocess.run(cmd, capture_output=True, text=True)
+    if p.returncode != 0:
+        raise SystemExit(f"bench-guest: {' '.join(cmd)} failed: {p.stderr.strip()}")
+    out = p.stdout
     j = json.loads(out[out.index("{"):])
     job = j["jobs"][0]
     r = job["read"]
@@ -132,7 +142,9 @@ def main():
     mode = sys.argv[3] if len(sys.argv) > 3 else "all"
     if mode not in ("all", "clocks"):
         raise SystemExit(f"bench-guest: unknown mode {mode!r} (all or clocks)")
-    results = {"seconds": secs, "kernel": {}, "vfio": {}, "vfio_irq": {}, "vfio_user": {}}
+    engine = os.environ.get("FIO_ENGINE")
+    results = {"seconds": secs, "kernel": {}, "vfio": {}, "vfio_irq": {}, "vfio_user": {},
+               "engine": {}}
     dev = wait_for("/dev/nvme*n1")
     log(f"kernel nvme driver: {dev}")
     if mode == "all":
@@ -151,6 +163,9 @@ def main():
         if bs == "4k":
             log(f"nvme-bench {name} --buffers user")
             results["vfio_user"][name] = bench(binary, rw, bs, qd, secs, ["--buffers=user"])
+        if engine:
+            log(f"fio {name} --ioengine=external:nvme-vfio")
+            results["engine"][name] = fio(None, rw, bs, qd, secs, engine)
     subprocess.run(["scripts/setup-vfio.sh", "reset", BDF], check=True, env=env,
                    stdout=sys.stderr)
     print("NVME-BENCH-VM " + json.dumps(results), flush=True)
