@@ -5,7 +5,7 @@
 //! limit. `clock_gettime(CLOCK_MONOTONIC)` costs some 20 ns where the
 //! kernel's clock source is the TSC (read in the vDSO), but microseconds
 //! where it is the HPET or the ACPI PM timer, device registers read through
-//! the kernel (about 3 µs per call in a QEMU TCG guest, which then shows in
+//! the kernel (one to three µs per call in a QEMU TCG guest, which can show in
 //! the figures at QD 1). fio and SPDK read the CPU's time stamp counter
 //! directly, and so does nvme-bench where the TSC can be trusted.
 //!
