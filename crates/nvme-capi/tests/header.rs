@@ -72,8 +72,13 @@ fn include_dir() -> PathBuf {
 /// into `out`; `None` (with the reason printed) when there is no C
 /// compiler.
 fn compile(source: &Path, out: &Path) -> Option<()> {
-    let lib = target_dir().join("libnvmevfio.a");
-    assert!(lib.exists(), "{} not built", lib.display());
+    // `cargo test` leaves the library its tests link in deps/; `cargo
+    // build` also copies it up.
+    let dir = target_dir();
+    let lib = [dir.join("deps/libnvmevfio.a"), dir.join("libnvmevfio.a")]
+        .into_iter()
+        .find(|l| l.exists())
+        .unwrap_or_else(|| panic!("libnvmevfio.a not built under {}", dir.display()));
     let r = Command::new("cc")
         .args([
             "-O1",
