@@ -200,8 +200,9 @@ pub struct Config {
     /// limits ([`copy_limits`](Self::copy_limits)).
     pub copy: bool,
     /// The copy limits every namespace reports and enforces (Command Size
-    /// Limit Exceeded past them): blocks per source range (MSSRL), blocks
-    /// per Copy (MCL), source ranges per Copy, 0-based (MSRC).
+    /// Limit Exceeded past them, and past 256 MiB per Copy whatever they
+    /// say): blocks per source range (MSSRL), blocks per Copy (MCL, 0: no
+    /// limit), source ranges per Copy, 0-based (MSRC).
     pub copy_limits: CopyLimits,
     /// The NVM command set's Identify Controller limits (CNS 06h CSI 00h),
     /// reported and enforced: Verify, Write Zeroes and Write Uncorrectable

@@ -19,6 +19,8 @@ use crate::storage::{Namespace, ZoneError};
 const UNRECOVERED_READ_ERROR: Status = Status::new(2, 0x81, true);
 /// Compare Failure (media and data integrity).
 const COMPARE_FAILURE: Status = Status::new(2, 0x85, true);
+/// The most a Copy moves, whatever the copy limits say.
+const MAX_COPY_BYTES: u64 = 256 << 20;
 
 /// The status of a write a zone refuses.
 fn zone_status(e: ZoneError) -> Status {
@@ -241,9 +243,9 @@ impl Device {
     }
 
     /// Copy: source range descriptors of format 0, within the namespace's
-    /// copy limits (Command Size Limit Exceeded past them); every source is
-    /// read before the destination is written, so overlapping ranges copy
-    /// what the sources held.
+    /// copy limits (Command Size Limit Exceeded past them, and past 256 MiB
+    /// in all); every source is read before the destination is written, so
+    /// overlapping ranges copy what the sources held.
     fn copy(&self, cmd: &Command, ns: &Namespace) -> Result<(), Status> {
         let nr = (cmd.cdw12 & 0xff) as usize + 1;
         let format = (cmd.cdw12 >> 8) & 0xf;
@@ -274,12 +276,17 @@ impl Device {
             return Err(specific(csc::COMMAND_SIZE_LIMIT_EXCEEDED));
         }
         let dest = cmd.slba();
-        let (dest_off, _) = Self::blocks(ns, dest, total)?;
+        let (dest_off, len) = Self::blocks(ns, dest, total)?;
+        // What one command may move at most here (the copy is held in
+        // memory whole), as a Read or Write of 65536 4 KiB blocks.
+        if len > MAX_COPY_BYTES {
+            return Err(specific(csc::COMMAND_SIZE_LIMIT_EXCEEDED));
+        }
         if self.sh.config.null {
             return Ok(());
         }
         let bs = u64::from(ns.block_size);
-        let mut data = vec![0u8; (total * bs) as usize];
+        let mut data = vec![0u8; len as usize];
         let mut at = 0usize;
         for r in &sources {
             let n = u64::from(r.blocks);
