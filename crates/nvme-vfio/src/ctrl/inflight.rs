@@ -48,9 +48,10 @@ impl Slot {
 pub(super) struct Pending {
     buf: IoBuf,
     tag: u64,
-    /// The blocking call's request (its result goes to the queue pair's
-    /// blocking result, not into a `Done`).
-    blocking: bool,
+    /// How the request completes ([`Pending::BLOCKING`],
+    /// [`Pending::APPEND`]); 0 for a caller's request whose completion
+    /// carries nothing but its status, the common case.
+    flags: u8,
     /// The request's memory is the caller's borrow (a blocking read or
     /// write): it goes back when the call returns, whatever happens.
     borrowed: bool,
@@ -59,18 +60,29 @@ pub(super) struct Pending {
     /// on every completion).
     error: Option<Box<Error>>,
     what: &'static str,
+    /// A Zone Append's zone: the LBAs its data may land at, first and last
+    /// (the zone's start, and its end less the append's length).
+    append_range: (u64, u64),
 }
 
 impl Pending {
+    /// The blocking call's request: its result goes to the queue pair's
+    /// blocking result, not into a `Done`.
+    const BLOCKING: u8 = 1 << 0;
+    /// A Zone Append: its completion's dwords 0 and 1 are the LBA where
+    /// the data landed, checked against `append_range`.
+    const APPEND: u8 = 1 << 1;
+
     /// A free entry.
     const FREE: Pending = Pending {
         buf: IoBuf::Raw,
         tag: 0,
-        blocking: false,
+        flags: 0,
         borrowed: false,
         remaining: 0,
         error: None,
         what: "",
+        append_range: (0, 0),
     };
 
     /// A request of `commands` commands on `buf`, named `what` in errors.
@@ -86,19 +98,29 @@ impl Pending {
         Pending {
             buf,
             tag,
-            blocking,
+            flags: blocking as u8,
             borrowed,
             remaining: commands,
             error: None,
             what,
+            append_range: (0, 0),
         }
+    }
+
+    /// The same request, a Zone Append (of one command) whose data may
+    /// land at LBAs `first..=last` only: the LBA its completion reports
+    /// is checked against them and handed back.
+    pub(super) fn append(mut self, first: u64, last: u64) -> Self {
+        self.flags |= Self::APPEND;
+        self.append_range = (first, last);
+        self
     }
 
     /// Frees the entry; returns its tag, buffer and error.
     #[inline]
     fn take(&mut self) -> (u64, IoBuf, Option<Box<Error>>) {
         self.remaining = 0;
-        self.blocking = false;
+        self.flags = 0;
         self.borrowed = false;
         (
             self.tag,
@@ -154,6 +176,8 @@ pub(super) struct Inflight {
     stamped: u32,
     /// The blocking call's result, once its request completed.
     blocking_done: Option<Result<(), Error>>,
+    /// The LBA the blocking call's Zone Append landed at.
+    blocking_lba: Option<u64>,
 }
 
 impl Inflight {
@@ -176,6 +200,7 @@ impl Inflight {
             quarantined: 0,
             stamped: 0,
             blocking_done: None,
+            blocking_lba: None,
         }
     }
 
@@ -247,8 +272,10 @@ impl Inflight {
         debug_assert!(p.remaining == 0 && matches!(p.buf, IoBuf::Raw));
         // SAFETY: overwrites IoBuf::Raw (nothing to drop) with the buffer.
         unsafe { core::ptr::write(&mut p.buf, buf) };
-        (p.tag, p.blocking) = tag.parts();
-        p.borrowed = p.blocking;
+        let (t, blocking) = tag.parts();
+        p.tag = t;
+        p.flags = blocking as u8;
+        p.borrowed = blocking;
         p.remaining = 1;
         p.what = what;
         id
@@ -343,6 +370,12 @@ impl Inflight {
         self.blocking_done.take()
     }
 
+    /// The LBA the blocking call's Zone Append landed at, once it
+    /// completed successfully.
+    pub(super) fn take_blocking_lba(&mut self) -> Option<u64> {
+        self.blocking_lba.take()
+    }
+
     /// Sets request `req`'s error to what `make` builds from its command
     /// name, unless it has one already (the first error of a request
     /// wins) or has completed.
@@ -357,9 +390,11 @@ impl Inflight {
 
     /// Counts one command of request `req` done; completes the request when
     /// it was the last: into `out`, or, for the blocking call's, into the
-    /// result [`take_blocking`](Self::take_blocking) returns.
+    /// result [`take_blocking`](Self::take_blocking) returns. `result` is
+    /// the command's completion dwords 0 and 1 (only a Zone Append's are
+    /// looked at).
     #[inline(always)]
-    pub(super) fn finish_child(&mut self, req: u32, out: &mut Vec<Done>) {
+    pub(super) fn finish_child(&mut self, req: u32, out: &mut Vec<Done>, result: u64) {
         let Some(p) = self.reqs.get_mut(req as usize) else {
             return;
         };
@@ -371,8 +406,8 @@ impl Inflight {
                 return;
             }
         }
-        if p.error.is_some() || p.blocking {
-            return self.finish_request_rare(req, out);
+        if p.error.is_some() || p.flags != 0 {
+            return self.finish_request_rare(req, out, result);
         }
         if out.len() == out.capacity() {
             grow(out);
@@ -392,6 +427,7 @@ impl Inflight {
             core::ptr::copy_nonoverlapping(&p.buf, core::ptr::addr_of_mut!((*dst).buf), 1);
             core::ptr::write(&mut p.buf, IoBuf::Raw);
             core::ptr::addr_of_mut!((*dst).result).write(Ok(()));
+            core::ptr::addr_of_mut!((*dst).appended_lba).write(None);
             out.set_len(len + 1);
         }
         if (req as usize) < self.slots.len() {
@@ -399,23 +435,50 @@ impl Inflight {
         }
     }
 
-    /// [`finish_child`](Self::finish_child) for a request that failed or
-    /// is the blocking call's.
+    /// [`finish_child`](Self::finish_child) for a request that failed, is
+    /// the blocking call's, or is a Zone Append (whose `result` is the LBA
+    /// its data landed at: believed only inside the append's zone).
     #[inline(never)]
-    fn finish_request_rare(&mut self, req: u32, out: &mut Vec<Done>) {
-        let is_blocking = self.reqs[req as usize].blocking;
+    fn finish_request_rare(&mut self, req: u32, out: &mut Vec<Done>, result: u64) {
+        let p = &self.reqs[req as usize];
+        let (flags, (first, last), what) = (p.flags, p.append_range, p.what);
         let (tag, buf, error) = self.reqs[req as usize].take();
         if (req as usize) < self.slots.len() {
             self.free_reqs.push(req);
         }
+        let mut appended_lba = None;
         let result = match error {
             Some(e) => Err(*e),
+            None if flags & Pending::APPEND != 0 => {
+                if (first..=last).contains(&result) {
+                    appended_lba = Some(result);
+                    Ok(())
+                } else {
+                    log::warn!(
+                        "{what}: the controller reported LBA {result:#x}, outside the zone \
+                         ({first:#x} to {last:#x})"
+                    );
+                    Err(Error::DeviceData {
+                        what,
+                        detail: format!(
+                            "its completion reports LBA {result:#x}, but the data can only \
+                             have landed at {first:#x} to {last:#x}"
+                        ),
+                    })
+                }
+            }
             None => Ok(()),
         };
-        if is_blocking {
+        if flags & Pending::BLOCKING != 0 {
             self.blocking_done = Some(result);
+            self.blocking_lba = appended_lba;
         } else {
-            out.push(Done { tag, buf, result });
+            out.push(Done {
+                tag,
+                buf,
+                result,
+                appended_lba,
+            });
         }
     }
 
@@ -505,7 +568,7 @@ impl Inflight {
             }
             let req = self.finish(cid, pool, mapper);
             self.fail(req, &make);
-            self.finish_child(req, out);
+            self.finish_child(req, out, 0);
         }
     }
 
@@ -549,7 +612,7 @@ impl Inflight {
             }
             core::mem::forget(core::mem::replace(&mut p.buf, IoBuf::Raw));
             p.error = Some(Box::new(Error::Dead));
-            self.finish_child(req, out);
+            self.finish_child(req, out, 0);
         }
     }
 }
