@@ -12,8 +12,9 @@ use nvme_vfio::nvme::nvm::{
     CopyRange, DsmAttributes, DsmRange, OptionalCommand, COPY_RANGE_LEN, DSM_RANGE_LEN,
 };
 
+use super::zoned::zone_status;
 use super::{csc, fail, invalid, ok, sc, specific, Device, Outcome, DATA_TRANSFER_ERROR};
-use crate::storage::{Namespace, ZoneError};
+use crate::storage::Namespace;
 
 /// Unrecovered Read Error (media and data integrity), not worth retrying.
 const UNRECOVERED_READ_ERROR: Status = Status::new(2, 0x81, true);
@@ -21,14 +22,6 @@ const UNRECOVERED_READ_ERROR: Status = Status::new(2, 0x81, true);
 const COMPARE_FAILURE: Status = Status::new(2, 0x85, true);
 /// The most a Copy moves, whatever the copy limits say.
 const MAX_COPY_BYTES: u64 = 256 << 20;
-
-/// The status of a write a zone refuses.
-fn zone_status(e: ZoneError) -> Status {
-    specific(match e {
-        ZoneError::InvalidWrite => csc::ZONE_INVALID_WRITE,
-        ZoneError::Boundary => csc::ZONE_BOUNDARY_ERROR,
-    })
-}
 
 /// The status a controller reports for a malformed or unreachable data
 /// pointer: malformed ones are not worth retrying, failed transfers may be.
@@ -130,7 +123,10 @@ impl Device {
         self.media_lba.set(None);
         let op = cmd.opcode();
         let supported = match op {
+            // The zoned command set's, on zoned namespaces only (checked
+            // with the namespace).
             io::READ | io::WRITE | io::FLUSH => true,
+            io::ZONE_APPEND | io::ZONE_MGMT_SEND | io::ZONE_MGMT_RECV => true,
             _ => OptionalCommand::ALL
                 .iter()
                 .any(|&c| c.opcode() == op && self.executes(c)),
@@ -154,6 +150,9 @@ impl Device {
             io::WRITE => return self.read_write(cmd, ns, true),
             io::WRITE_ZEROES => return self.write_zeroes(cmd, ns),
             io::DSM => return self.dataset_management(cmd, ns),
+            io::ZONE_APPEND => return self.zone_append(cmd, ns),
+            io::ZONE_MGMT_SEND => return self.zone_mgmt_send(cmd, ns),
+            io::ZONE_MGMT_RECV => return self.zone_mgmt_recv(cmd, ns),
             io::COMPARE => self.compare(cmd, ns),
             io::VERIFY => self.verify(cmd, ns),
             io::WRITE_UNCORRECTABLE => self.write_uncorrectable(cmd, ns),
@@ -329,12 +328,11 @@ impl Device {
         if self.sh.config.max_transfer().is_some_and(|max| len > max) {
             return Err(invalid(sc::INVALID_FIELD));
         }
-        if let Some(z) = &ns.zoned {
-            // No reads across zone boundaries (OZCS bit 0 clear), as on
-            // QEMU's controller by default.
-            if !write && !z.within_one_zone(cmd.slba(), cmd.nlb() as u64) {
-                return Err(specific(csc::ZONE_BOUNDARY_ERROR));
-            }
+        if let Some(z) = ns.zoned.as_ref().filter(|_| !write) {
+            // Within one zone (no reads across zone boundaries: OZCS bit 0
+            // clear, as on QEMU's controller by default), not an Offline
+            // one.
+            z.read(cmd.slba(), cmd.nlb() as u64).map_err(zone_status)?;
         }
         if !self.sh.config.null {
             // The data pointer is checked whole before any data moves.
