@@ -60,9 +60,6 @@ pub(super) struct Pending {
     /// on every completion).
     error: Option<Box<Error>>,
     what: &'static str,
-    /// A Zone Append's zone: the LBAs its data may land at, first and last
-    /// (the zone's start, and its end less the append's length).
-    append_range: (u64, u64),
 }
 
 impl Pending {
@@ -70,7 +67,8 @@ impl Pending {
     /// blocking result, not into a `Done`.
     const BLOCKING: u8 = 1 << 0;
     /// A Zone Append: its completion's dwords 0 and 1 are the LBA where
-    /// the data landed, checked against `append_range`.
+    /// the data landed, checked against the range
+    /// [`Inflight::set_append_range`] gave it.
     const APPEND: u8 = 1 << 1;
 
     /// A free entry.
@@ -82,7 +80,6 @@ impl Pending {
         remaining: 0,
         error: None,
         what: "",
-        append_range: (0, 0),
     };
 
     /// A request of `commands` commands on `buf`, named `what` in errors.
@@ -103,16 +100,14 @@ impl Pending {
             remaining: commands,
             error: None,
             what,
-            append_range: (0, 0),
         }
     }
 
-    /// The same request, a Zone Append (of one command) whose data may
-    /// land at LBAs `first..=last` only: the LBA its completion reports
-    /// is checked against them and handed back.
-    pub(super) fn append(mut self, first: u64, last: u64) -> Self {
+    /// The same request, a Zone Append (of one command): the LBA its
+    /// completion reports is checked against the range
+    /// [`Inflight::set_append_range`] gives it, and handed back.
+    pub(super) fn append(mut self) -> Self {
         self.flags |= Self::APPEND;
-        self.append_range = (first, last);
         self
     }
 
@@ -178,6 +173,11 @@ pub(super) struct Inflight {
     blocking_done: Option<Result<(), Error>>,
     /// The LBA the blocking call's Zone Append landed at.
     blocking_lba: Option<u64>,
+    /// The LBAs each Zone Append's data may land at, first and last (its
+    /// zone's start, and its end less the append's length), by request
+    /// (appends take requests `0..depth`). Apart from [`Pending`], which
+    /// every completion touches.
+    append_ranges: Vec<(u64, u64)>,
 }
 
 impl Inflight {
@@ -201,6 +201,7 @@ impl Inflight {
             stamped: 0,
             blocking_done: None,
             blocking_lba: None,
+            append_ranges: vec![(0, 0); depth],
         }
     }
 
@@ -289,6 +290,14 @@ impl Inflight {
         };
         self.reqs[req as usize] = pending;
         Ok(req)
+    }
+
+    /// Sets the LBAs the data of Zone Append request `req` (started with
+    /// [`start_request`](Self::start_request)) may land at, `first..=last`.
+    pub(super) fn set_append_range(&mut self, req: u32, first: u64, last: u64) {
+        if let Some(r) = self.append_ranges.get_mut(req as usize) {
+            *r = (first, last);
+        }
     }
 
     /// Takes the oldest free slot, for a command of a request being
@@ -441,7 +450,14 @@ impl Inflight {
     #[inline(never)]
     fn finish_request_rare(&mut self, req: u32, out: &mut Vec<Done>, result: u64) {
         let p = &self.reqs[req as usize];
-        let (flags, (first, last), what) = (p.flags, p.append_range, p.what);
+        let (flags, what) = (p.flags, p.what);
+        // An append's request is one of `0..depth`: (1, 0) for any other
+        // makes every LBA outside its range.
+        let (first, last) = self
+            .append_ranges
+            .get(req as usize)
+            .copied()
+            .unwrap_or((1, 0));
         let (tag, buf, error) = self.reqs[req as usize].take();
         if (req as usize) < self.slots.len() {
             self.free_reqs.push(req);

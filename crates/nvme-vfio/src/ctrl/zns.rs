@@ -269,25 +269,35 @@ impl QueuePair {
             ));
         }
         let borrowed = matches!(tag, Tag::Blocking);
-        let pending = Pending::new(buf, tag, borrowed, 1, "Zone Append").append(first, last);
+        let pending = Pending::new(buf, tag, borrowed, 1, "Zone Append").append();
         // blocks <= the append limit in blocks, at most 1 MiB of 512-byte
         // blocks.
         let cmd = Command::zone_append(ns.id(), zslba, blocks as u32, fua);
-        self.queue_command(cmd, Some((seg, Direction::ToDevice)), pending)
+        self.queue_command(
+            cmd,
+            Some((seg, Direction::ToDevice)),
+            pending,
+            Some((first, last)),
+        )
     }
 
-    /// Queues one command of request `pending`, with `data` mapped for it.
-    /// On error nothing is queued and the request's buffer comes back.
+    /// Queues one command of request `pending`, with `data` mapped for it
+    /// (and for a Zone Append, the LBAs its data may land at). On error
+    /// nothing is queued and the request's buffer comes back.
     fn queue_command(
         &mut self,
         mut cmd: Command,
         data: Option<(HostSeg, Direction)>,
         pending: Pending,
+        append_range: Option<(u64, u64)>,
     ) -> Result<(), (Error, IoBuf)> {
         let req = match self.inflight.start_request(pending) {
             Ok(req) => req,
             Err(buf) => return Err((Error::QueueFull { needed: 1, free: 0 }, buf)),
         };
+        if let Some((first, last)) = append_range {
+            self.inflight.set_append_range(req, first, last);
+        }
         let page = self.shared.page;
         let Some((cid, slot)) = self.inflight.pop() else {
             let buf = self.inflight.cancel(req);
@@ -412,7 +422,7 @@ impl QueuePair {
             let seg = HostSeg::from_mut_slice(&mut buf.as_mut_slice()[..len]);
             let pending = Pending::new(IoBuf::Raw, Tag::Blocking, true, 1, "Report Zones");
             let r = self
-                .queue_command(cmd, Some((seg, Direction::FromDevice)), pending)
+                .queue_command(cmd, Some((seg, Direction::FromDevice)), pending, None)
                 .map_err(|(e, _)| e)
                 .and_then(|()| self.wait_blocking());
             if let Err(e) = r {
