@@ -770,3 +770,55 @@ fn an_append_longer_than_a_zone_and_a_smaller_capacity() {
     let d = qp.report_zones(&ns, 0, ReportFilter::All, 1).unwrap()[0];
     assert_eq!(d.state, ZoneState::Full, "written to its capacity");
 }
+
+#[test]
+fn appends_as_futures_resolve_to_their_lbas() {
+    use nvme_vfio::ctrl::AsyncQueuePair;
+    use std::future::Future;
+    use std::task::{Context, Poll, Waker};
+    let z = open(config());
+    let ns = z.ns.clone();
+    let aq = AsyncQueuePair::new(z.qp).map_err(|(e, _)| e).unwrap();
+    let futures: Vec<_> = (0..8u8)
+        .map(|i| {
+            aq.zone_append(&ns, 5 * ZONE, vec![i; 1024])
+                .map_err(|(e, _)| e)
+                .unwrap()
+        })
+        .collect();
+    let mut cx = Context::from_waker(Waker::noop());
+    let mut landed = HashSet::new();
+    for f in futures {
+        let mut f = std::pin::pin!(f);
+        let (buf, lba) = loop {
+            if let Poll::Ready(v) = f.as_mut().poll(&mut cx) {
+                break v;
+            }
+            aq.poll();
+        };
+        let lba = lba.unwrap();
+        assert!(
+            (5 * ZONE..5 * ZONE + 16).contains(&lba) && landed.insert(lba),
+            "{lba}"
+        );
+        assert_eq!(buf.len(), 1024);
+    }
+    // A failed append resolves to its error, named.
+    let f = aq.zone_append(&ns, 5 * ZONE + 1, vec![0u8; 512]);
+    assert!(matches!(f, Err((Error::Invalid(_), _))));
+    z.sim
+        .set_zone_state(2, 6 * ZONE, ZoneState::ReadOnly)
+        .unwrap();
+    let mut f = std::pin::pin!(aq
+        .zone_append(&ns, 6 * ZONE, vec![0u8; 512])
+        .map_err(|(e, _)| e)
+        .unwrap());
+    let (_, r) = loop {
+        if let Poll::Ready(v) = f.as_mut().poll(&mut cx) {
+            break v;
+        }
+        aq.poll();
+    };
+    assert_eq!(status(&r.unwrap_err()).0, "Zone Is Read Only");
+    drop(aq);
+}

@@ -47,7 +47,7 @@ pub use crate::nvme::nvm::{
 pub use crate::nvme::zns::{
     ReportFilter, ZoneAction, ZoneAttributes, ZoneDescriptor, ZoneState, ZoneType,
 };
-pub use asyncio::{AsyncQueuePair, IoFuture};
+pub use asyncio::{AppendFuture, AsyncQueuePair, IoFuture};
 pub use cmb::CmbBuf;
 pub use events::{AsyncEvent, AsyncEventKind};
 pub use function::{Interrupts, PciFunction};
