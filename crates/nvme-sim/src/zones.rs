@@ -26,6 +26,9 @@
 //!   the starting LBA, with the write pointer of Full, Read Only and
 //!   Offline zones reported as all ones, as QEMU does.
 //!
+//! A controller shutdown closes every open zone: Closed if written, Empty
+//! if not (QEMU's `nvme_zoned_ns_shutdown`).
+//!
 //! Read Only and Offline states come only from the device's side
 //! ([`SimController::set_zone_state`](crate::SimController::set_zone_state)).
 
@@ -378,6 +381,22 @@ impl Zones {
                 true
             }
             Err(_) => false,
+        }
+    }
+
+    /// At a controller shutdown: every open zone becomes Closed, or
+    /// Empty if nothing was written in it.
+    pub(crate) fn shutdown(&self) {
+        let mut t = self.table();
+        for i in 0..t.zones.len() {
+            let Zone { state, wp } = t.zones[i];
+            if state.is_open() {
+                let to = match wp == i as u64 * self.zb() {
+                    true => ZoneState::Empty,
+                    false => ZoneState::Closed,
+                };
+                self.assign(&mut t, i, to);
+            }
         }
     }
 

@@ -822,3 +822,60 @@ fn appends_as_futures_resolve_to_their_lbas() {
     assert_eq!(status(&r.unwrap_err()).0, "Zone Is Read Only");
     drop(aq);
 }
+
+#[test]
+fn a_shutdown_closes_the_open_zones() {
+    let z = open(config());
+    let ns = z.ns.clone();
+    let mut qp = z.qp;
+    qp.write(&ns, 0, &[1u8; 512], false).unwrap();
+    qp.zone_action(&ns, ZONE, ZoneAction::Open).unwrap();
+    qp.zone_append(&ns, 2 * ZONE, &[1u8; 512], false).unwrap();
+    qp.zone_action(&ns, 2 * ZONE, ZoneAction::Open).unwrap();
+    assert_eq!(z.sim.zone_resources(2), Some((3, 3)));
+    // The driver shuts the controller down when it is dropped.
+    drop(qp);
+    drop(z.ctrl);
+    let (ctrl, sim) = (
+        {
+            let space = nvme_vfio::mem::DmaSpace::new(
+                z.sim.iommu().clone(),
+                nvme_vfio::mem::SpaceConfig { hugepages: false },
+            );
+            let config = nvme_vfio::ctrl::Config {
+                space: nvme_vfio::mem::SpaceConfig { hugepages: false },
+                io_queues: 2,
+                ..Default::default()
+            };
+            // SAFETY: the registers, IOMMU and PCI function all belong to
+            // `z.sim`, which nothing else drives now.
+            unsafe {
+                Controller::with_backend(
+                    z.sim.registers(),
+                    space,
+                    config,
+                    Some(z.sim.pci_function()),
+                )
+            }
+            .unwrap()
+        },
+        z.sim,
+    );
+    let mut qp = ctrl.queue_pair(QueueConfig::default()).unwrap();
+    let states: Vec<_> = (qp.report_zones(&ns, 0, ReportFilter::All, 3).unwrap())
+        .iter()
+        .map(|d| (d.state, d.write_pointer))
+        .collect();
+    assert_eq!(
+        states,
+        [
+            (ZoneState::Closed, 1),
+            (ZoneState::Empty, ZONE),
+            (ZoneState::Closed, 2 * ZONE + 1)
+        ],
+        "written open zones closed, the unwritten one empty"
+    );
+    assert_eq!(sim.zone_resources(2), Some((0, 2)));
+    drop(qp);
+    drop(ctrl);
+}

@@ -382,6 +382,11 @@ impl Device {
         if self.shutdown_at.is_some_and(|t| t <= now) {
             self.shutdown_at = None;
             self.shut_down = true;
+            // Open zones are closed (or emptied, if nothing was written),
+            // as QEMU's controller does.
+            for z in self.sh.namespaces.iter().filter_map(|n| n.zoned.as_ref()) {
+                z.shutdown();
+            }
             self.set_shst(ShutdownStatus::Complete);
             busy = true;
         }
