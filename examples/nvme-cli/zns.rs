@@ -1,8 +1,9 @@
 //! nvme-cli's `zns` plugin subcommands: report-zones (nvme-cli's text and
 //! `--json`), reset-zone, open-zone, close-zone, finish-zone and
-//! offline-zone (`-s/--start-lba`, `-a/--select-all`), and zone-append
-//! (`-s/--zslba`, `-z/--data-size`, `-d/--data`), which prints the LBA the
-//! data landed at.
+//! offline-zone (`-s/--start-lba`, `-a/--select-all`; reset-zone and
+//! offline-zone destroy data, and ask for `--yes` as trim does here), and
+//! zone-append (`-s/--zslba`, `-z/--data-size`, `-d/--data`), which prints
+//! the LBA the data landed at.
 
 use std::io::Read;
 use std::path::PathBuf;
