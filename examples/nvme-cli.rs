@@ -1,7 +1,9 @@
 //! An nvme-cli-like tool on the userspace driver: list NVMe functions and
 //! their namespaces, identify, list namespaces, read and write blocks,
 //! flush, trim, write zeroes, compare, verify, write uncorrectable, copy,
-//! dataset management, SMART log.
+//! dataset management, SMART log, and nvme-cli's zns plugin commands on
+//! zoned namespaces (report-zones, reset-zone, open-zone, close-zone,
+//! finish-zone, offline-zone, zone-append).
 //!
 //! ```text
 //! cargo run --release --example nvme-cli -- list
@@ -20,7 +22,7 @@
 //! its first Read fails with Unrecovered Read Error and an error log entry
 //! naming LBA (to see how a failed command is reported). `sim:KIND[,KIND...]`
 //! gives it one 64 MiB namespace per KIND, `nvm` or `zoned` (zones of 1 MiB,
-//! at most 8 open and 14 active): `sim:nvm,zoned`. With
+//! at most 8 open and 14 active, all empty at first): `sim:nvm,zoned`. With
 //! `NVME_SIM_WITHOUT=compare,verify,write-uncor,copy,dsm,write-zeroes` (any
 //! of them) the device lacks those optional commands (to see how a refusal
 //! is reported).
@@ -37,6 +39,8 @@ use clap::{Args, Parser, Subcommand};
 
 #[path = "nvme-cli/io_commands.rs"]
 mod io_commands;
+#[path = "nvme-cli/zns.rs"]
+mod zns;
 use nvme_vfio::ctrl::{CommandSet, Config, Controller, Namespace, QueueConfig};
 
 /// Transfers larger than this show a progress line on a terminal.
@@ -114,6 +118,13 @@ enum Cmd {
     /// Dataset Management of ranges: deallocate (--ad), integral dataset
     /// hints (--idr, --idw), context attributes per range.
     Dsm(io_commands::DsmArgs),
+    /// Zoned namespace commands (nvme-cli's zns plugin): report-zones,
+    /// reset-zone, open-zone, close-zone, finish-zone, offline-zone,
+    /// zone-append.
+    Zns {
+        #[command(subcommand)]
+        cmd: zns::ZnsCmd,
+    },
     /// SMART / health log.
     SmartLog {
         /// PCI address.
@@ -367,6 +378,8 @@ impl From<nvme_vfio::Error> for Fail {
             nvme_vfio::Error::Invalid(m) => Fail::Input(m),
             nvme_vfio::Error::NoNamespace { .. }
             | nvme_vfio::Error::ZonedNamespace { .. }
+            | nvme_vfio::Error::NotZoned { .. }
+            | nvme_vfio::Error::CrossesZone { .. }
             | nvme_vfio::Error::UnsupportedCommandSet { .. }
             | nvme_vfio::Error::UnsupportedCommand { .. }
             | nvme_vfio::Error::OverLimit { .. } => Fail::Input(e.to_string()),
@@ -539,6 +552,7 @@ fn run(cli: &Cli) -> Result<(), Fail> {
         Cmd::WriteUncor(a) => io_commands::write_uncor(a, cli.json),
         Cmd::Copy(a) => io_commands::copy(a, cli.json),
         Cmd::Dsm(a) => io_commands::dsm(a, cli.json),
+        Cmd::Zns { cmd } => zns::run(cmd, cli.json),
         Cmd::SmartLog { device } => smart_log(&*open(device)?, cli.json),
         Cmd::GetFeature(a) => get_feature(&*open(&a.device)?, a, cli.json),
         Cmd::SetFeature(a) => set_feature(&*open(&a.device)?, a, cli.json),

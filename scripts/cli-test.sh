@@ -77,6 +77,39 @@ admin_checks() {
     expect "reset" 0 "reset: success" -- "$cli" reset $d
 }
 
+# The zns plugin's commands on the sim device sim:nvm,zoned (64 zones of
+# 2048 blocks, all empty at every invocation), one command each.
+zns_checks_sim() {
+    local z=sim:nvm,zoned
+    head -c 4096 /dev/urandom >"$work/zdata"
+    expect "zns report-zones" 0 "^nr_zones: 64$" -- "$cli" zns report-zones $z -n 2
+    expect "zns report-zones: nvme-cli's zone line" 0 "^SLBA: 0x800      WP: 0x800      Cap: 0x800      State: EMPTY        Type: SEQWRITE_REQ   Attrs: 0x0$" -- "$cli" zns report-zones $z -n 2 -d 2
+    json "zns report-zones --json" 'j["nr_zones"] == 3 and [(d["slba"], d["wp"], d["cap"], d["state"], d["type"], d["attrs"]) for d in j["zone_list"]] == [(s, s, 2048, "EMPTY", "SEQWRITE_REQ", 0) for s in (4096, 6144, 8192)]' -- "$cli" zns report-zones $z -n 2 -s 4100 -d 3 --json
+    json "zns report-zones --state empty" 'j["nr_zones"] == 64' -- "$cli" zns report-zones $z -n 2 -S 1 --json
+    json "zns report-zones --state full" 'j["nr_zones"] == 0 and j["zone_list"] == []' -- "$cli" zns report-zones $z -n 2 --state 5 --json
+    expect "zns report-zones of a bad state" 2 "0 to 7" -- "$cli" zns report-zones $z -n 2 -S 8
+    expect "zns report-zones of an NVM namespace" 2 "namespace 1 is not zoned" -- "$cli" zns report-zones $z -n 1
+    expect "zns report-zones past the end" 2 "past the end of namespace 2" -- "$cli" zns report-zones $z -n 2 -s 131072
+    expect "zns zone-append" 0 "^Success appended data to LBA 0x800$" -- "$cli" zns zone-append $z -n 2 -s 0x800 -d "$work/zdata"
+    json "zns zone-append --json" 'j["command"] == "zone-append" and j["zslba"] == 4096 and j["lba"] == 4096 and j["blocks"] == 2' -- "$cli" zns zone-append $z -n 2 --zslba 4096 --data-size 1024 --data "$work/zdata" --json
+    expect "zns zone-append from stdin" 0 "^Success appended data to LBA 0x0$" -- sh -c '"$1" zns zone-append "$2" -n 2 -s 0 <"$3"' _ "$cli" $z "$work/zdata"
+    expect "zns zone-append off a zone start" 2 "LBA 2049 is not the start of a zone (zones of 2048 blocks)" -- "$cli" zns zone-append $z -n 2 -s 2049 -d "$work/zdata"
+    expect "zns zone-append of part of a block" 2 "not a non-zero multiple of the 512-byte block size" -- "$cli" zns zone-append $z -n 2 -s 0 -z 1000 -d "$work/zdata"
+    expect "zns zone-append of more than the data" 2 "the data holds 4096 bytes" -- "$cli" zns zone-append $z -n 2 -s 0 -z 8192 -d "$work/zdata"
+    head -c $((256 << 10)) /dev/zero >"$work/zbig"
+    expect "zns zone-append over MDTS (ZASL 0)" 2 "Zone Append bytes: 262144, over the limit of 131072 (MDTS)" -- "$cli" zns zone-append $z -n 2 -s 0 -d "$work/zbig"
+    expect "zns zone-append to an NVM namespace" 2 "namespace 1 is not zoned" -- "$cli" zns zone-append $z -n 1 -s 0 -d "$work/zdata"
+    expect "zns reset-zone" 0 "^reset-zone: Success, action:4 zone:800 all:0 nsid:2$" -- "$cli" zns reset-zone $z -n 2 -s 0x800 --yes
+    expect "zns reset-zone --select-all" 0 "^reset-zone: Success, action:4 zone:0 all:1 nsid:2$" -- "$cli" zns reset-zone $z -n 2 -a -y
+    expect "zns reset-zone without --yes" 2 "add --yes" -- "$cli" zns reset-zone $z -n 2 -s 0
+    expect "zns open-zone" 0 "^open-zone: Success, action:3 zone:1000 all:0 nsid:2$" -- "$cli" zns open-zone $z -n 2 -s 0x1000
+    json "zns finish-zone --json" 'j["command"] == "finish-zone" and j["zone"] == 4096 and j["action"] == 2 and not j["select_all"]' -- "$cli" zns finish-zone $z -n 2 -s 4096 --json
+    expect "zns close-zone of an empty zone: Invalid Zone State Transition" 1 "^nvme-cli: Close Zone failed: Invalid Zone State Transition (SCT 0x1, SC 0xbf" -- "$cli" zns close-zone $z -n 2 -s 0
+    expect "zns offline-zone of an empty zone" 1 "Offline Zone failed: Invalid Zone State Transition" -- "$cli" zns offline-zone $z -n 2 -s 0 --yes
+    expect "zns close-zone off a zone start" 2 "LBA 5 is not the start of a zone" -- "$cli" zns close-zone $z -n 2 -s 5
+    expect "zns close-zone --select-all (none open)" 0 "^close-zone: Success, action:1 zone:0 all:1 nsid:2$" -- "$cli" zns close-zone $z -n 2 -a
+}
+
 # The optional NVM commands on the sim device, each check one command
 # (fresh blocks read as zeroes).
 io_command_checks_sim() {
@@ -223,8 +256,12 @@ elif [ "$scenario" = sim ]; then
     expect "id-ns text: active zones" 0 "mar     : 14 active zones at most" -- "$cli" id-ns $zdev -n 2
     expect "read a zoned namespace, across a zone boundary" 0 "" -- "$cli" read $zdev -n 2 --lba 2040 --blocks 16 -o "$work/zread"
     if [ "$(stat -c %s "$work/zread")" = 8192 ]; then ok "zoned read: 16 blocks"; else bad "zoned read: wrong size"; fi
-    expect "write to a zoned namespace is refused" 2 "namespace 2 is zoned: plain writes are refused, it needs zone-aware writes" -- "$cli" write $zdev -n 2 --lba 0 -i "$work/odd" --pad --yes
-    expect "write-zeroes to a zoned namespace is refused" 2 "namespace 2 is zoned" -- "$cli" write-zeroes $zdev -n 2 --lba 0 --blocks 8 --yes
+    expect "write to a zoned namespace at its write pointer" 0 "2 blocks at LBA 0: success" -- "$cli" write $zdev -n 2 --lba 0 -i "$work/odd" --pad --yes
+    expect "write off the write pointer: Zone Invalid Write" 1 "^nvme-cli: Write failed: Zone Invalid Write (SCT 0x1, SC 0xbc" -- "$cli" write $zdev -n 2 --lba 8 -i "$work/odd" --pad --yes
+    expect "write across a zone boundary is refused" 2 "crosses a zone boundary (zones of 2048 blocks)" -- "$cli" write $zdev -n 2 --lba 2047 -i "$work/odd" --pad --yes
+    expect "write-zeroes at the write pointer" 0 "success" -- "$cli" write-zeroes $zdev -n 2 --lba 2048 --blocks 8 --yes
+    expect "write-uncor on a zoned namespace is refused" 2 "namespace 2 is zoned: Write Uncorrectable and Copy are refused" -- "$cli" write-uncor $zdev -n 2 -s 0 --yes
+    zns_checks_sim
     expect "write to its NVM namespace" 0 "2 blocks at LBA 0: success" -- "$cli" write $zdev -n 1 --lba 0 -i "$work/odd" --pad --yes
     expect "list: a row per namespace" 0 "^sim:nvm,zoned  *SIM0001  *nvme-sim  *2  *0.00 B / 67.11 MB  *512 B + 0 B  *[0-9]" -- "$cli" list $zdev
     json "list --json: namespaces" 'j[0]["model"] == "nvme-sim" and j[0]["serial"] == "SIM0001" and [(n["nsid"], n["command_set"], n["size_bytes"], n["used_bytes"], n["block_size"]) for n in j[0]["namespaces"]] == [(1, "nvm", 67108864, 0, 512), (2, "zoned", 67108864, 0, 512)]' -- "$cli" list $zdev --json
@@ -243,10 +280,38 @@ elif [ "$scenario" = zoned ]; then
     expect "read the zoned namespace, across a zone boundary" 0 "" -- "$cli" read $dev -n 2 --lba 8184 --blocks 16 -o "$work/zread"
     if [ "$(stat -c %s "$work/zread")" = 8192 ]; then ok "zoned read: 16 blocks"; else bad "zoned read: wrong size"; fi
     head -c 4096 /dev/urandom >"$work/data"
-    expect "write to the zoned namespace is refused" 2 "namespace 2 is zoned: plain writes are refused, it needs zone-aware writes" -- "$cli" write $dev -n 2 --lba 0 -i "$work/data" --yes
-    expect "write-zeroes to the zoned namespace is refused" 2 "namespace 2 is zoned" -- "$cli" write-zeroes $dev -n 2 --lba 0 --blocks 8 --yes
-    "$cli" read $dev -n 2 --lba 0 --blocks 8 -o "$work/zback"
-    if ! cmp -s "$work/data" "$work/zback"; then ok "the refused write wrote nothing"; else bad "the refused write reached the disk"; fi
+    # The zns plugin's commands on QEMU's model: the zones keep their
+    # state from one command to the next (and from vm_ctrl's zoned test
+    # before, which leaves them empty), but each command ends with a
+    # controller shutdown, at which QEMU (as the ZNS specification has it)
+    # closes every open zone: Closed if written, else Empty.
+    expect "zns reset-zone --select-all" 0 "^reset-zone: Success, action:4 zone:0 all:1 nsid:2$" -- "$cli" zns reset-zone $dev -n 2 -a --yes
+    expect "zns report-zones" 0 "^nr_zones: 16$" -- "$cli" zns report-zones $dev -n 2
+    expect "zns report-zones: nvme-cli's zone line" 0 "^SLBA: 0x2000     WP: 0x2000     Cap: 0x2000     State: EMPTY        Type: SEQWRITE_REQ   Attrs: 0x0$" -- "$cli" zns report-zones $dev -n 2 -d 2
+    expect "zns zone-append" 0 "^Success appended data to LBA 0x0$" -- "$cli" zns zone-append $dev -n 2 -s 0 -d "$work/data"
+    expect "zns zone-append: the next one lands after it" 0 "^Success appended data to LBA 0x8$" -- "$cli" zns zone-append $dev -n 2 -s 0 -d "$work/data"
+    json "zns report-zones --json: the pointer moved, the zone closed at shutdown" 'j["nr_zones"] == 1 and j["zone_list"][0]["state"] == "CLOSED" and j["zone_list"][0]["wp"] == 16' -- "$cli" zns report-zones $dev -n 2 -d 1 --json
+    expect "write at the write pointer" 0 "success" -- "$cli" write $dev -n 2 --lba 16 -i "$work/data" --yes
+    expect "write off the write pointer: Zone Invalid Write" 1 "^nvme-cli: Write failed: Zone Invalid Write (SCT 0x1, SC 0xbc" -- "$cli" write $dev -n 2 --lba 0 -i "$work/data" --yes
+    expect "write across a zone boundary is refused" 2 "crosses a zone boundary (zones of 8192 blocks)" -- "$cli" write $dev -n 2 --lba 8190 -i "$work/data" --yes
+    "$cli" read $dev -n 2 --lba 8 --blocks 8 -o "$work/zback"
+    if cmp -s "$work/data" "$work/zback"; then ok "the appended data reads back where it landed"; else bad "the appended data is not at LBA 8"; fi
+    expect "zns open-zone" 0 "^open-zone: Success, action:3 zone:2000 all:0 nsid:2$" -- "$cli" zns open-zone $dev -n 2 -s 0x2000
+    json "zns report-zones --state 1: opened, nothing written, empty again after shutdown" '8192 in [d["slba"] for d in j["zone_list"]]' -- "$cli" zns report-zones $dev -n 2 -S 1 --json
+    expect "zns close-zone of it: Invalid Zone State Transition" 1 "Close Zone failed: Invalid Zone State Transition" -- "$cli" zns close-zone $dev -n 2 -s 0x2000
+    expect "zns zone-append to it" 0 "^Success appended data to LBA 0x2000$" -- "$cli" zns zone-append $dev -n 2 -s 0x2000 -d "$work/data"
+    expect "zns open-zone of a closed zone" 0 "^open-zone: Success, action:3 zone:2000 all:0 nsid:2$" -- "$cli" zns open-zone $dev -n 2 -s 0x2000
+    expect "zns close-zone" 0 "^close-zone: Success, action:1 zone:2000 all:0 nsid:2$" -- "$cli" zns close-zone $dev -n 2 -s 0x2000
+    expect "zns finish-zone" 0 "^finish-zone: Success, action:2 zone:4000 all:0 nsid:2$" -- "$cli" zns finish-zone $dev -n 2 -s 0x4000
+    json "zns report-zones: closed and full" '[(d["slba"], d["state"]) for d in j["zone_list"]] == [(0, "CLOSED"), (8192, "CLOSED"), (16384, "FULL")]' -- "$cli" zns report-zones $dev -n 2 -d 3 --json
+    expect "zns zone-append to a full zone: Zone Is Full" 1 "^nvme-cli: Zone Append failed: Zone Is Full (SCT 0x1, SC 0xb9" -- "$cli" zns zone-append $dev -n 2 -s 0x4000 -d "$work/data"
+    expect "zns close-zone of an empty zone: Invalid Zone State Transition" 1 "Close Zone failed: Invalid Zone State Transition (SCT 0x1, SC 0xbf" -- "$cli" zns close-zone $dev -n 2 -s 0x6000
+    expect "zns reset-zone" 0 "^reset-zone: Success, action:4 zone:0 all:0 nsid:2$" -- "$cli" zns reset-zone $dev -n 2 -s 0 --yes
+    "$cli" read $dev -n 2 --lba 0 --blocks 24 -o "$work/zreset"
+    if [ "$(tr -d '\0' <"$work/zreset" | wc -c)" = 0 ]; then ok "a reset zone reads zeroes"; else bad "the reset zone still holds data"; fi
+    expect "zns zone-append to the NVM namespace" 2 "namespace 1 is not zoned" -- "$cli" zns zone-append $dev -n 1 -s 0 -d "$work/data"
+    expect "zns reset-zone --select-all, last" 0 "all:1" -- "$cli" zns reset-zone $dev -n 2 -a --yes
+    json "zns report-zones: every zone empty again" 'j["nr_zones"] == 16' -- "$cli" zns report-zones $dev -n 2 --state 1 --json
     expect "write to the NVM namespace" 0 "success" -- "$cli" write $dev -n 1 --lba 0 -i "$work/data" --yes
     expect "list: the zoned namespace's row" 0 "^$dev  *vmnvme0  *QEMU NVMe Ctrl  *2  .* / 67.11 MB  *512 B + 0 B  *[0-9]" -- "$cli" list
     json "list --json: both namespaces" 'j[0]["address"] == "'$dev'" and j[0]["model"] == "QEMU NVMe Ctrl" and [(n["nsid"], n["command_set"], n["size_bytes"], n["block_size"]) for n in j[0]["namespaces"]] == [(1, "nvm", 67108864, 512), (2, "zoned", 67108864, 512)]' -- "$cli" list --json

@@ -148,9 +148,10 @@ rm -f "$image"
 run_scenario nvme-driver cli --no-bind
 run_scenario low-memlock - --memlock 64
 # Two namespaces, the second zoned (Zoned Namespace command set, 4 MiB
-# zones), both filled with 0x5a: command set discovery, reads of the zoned
-# one, writes to it refused (vm_ctrl's zoned test and the CLI's zoned
-# checks).
+# zones, at most 8 open and 14 active), both filled with 0x5a: command set
+# discovery, reads of the zoned one, Report Zones, the zone actions, Zone
+# Append and writes at the write pointer on QEMU's zone model (vm_ctrl's
+# zoned test and the CLI's zns checks).
 run_scenario zoned cli --namespaces 2 --zoned 2 --image-size 64M --prefill 0x5a
 
 # run_single NAME BINARY RUN.SH-OPTIONS... -- TEST-ARGS...: one test binary

@@ -54,7 +54,7 @@ fn every_workload_and_buffer_kind_runs_its_exact_count() {
                 assert_eq!(r.queues.iter().map(|q| q.ios).sum::<u64>(), 301);
                 match rw {
                     Rw::Read | Rw::Randread => assert_eq!(s.writes, 0),
-                    Rw::Write | Rw::Randwrite => assert_eq!(s.reads, 0),
+                    Rw::Write | Rw::Randwrite | Rw::ZonedWrite => assert_eq!(s.reads, 0),
                     Rw::Randrw => assert!(s.reads > 90 && s.writes > 90, "{s:?}"),
                 }
                 let l = s.latency_ns;
@@ -481,4 +481,179 @@ fn the_drivers_log_is_on_stderr_at_the_rust_log_level() {
     };
     assert!(run(Some("info")).contains("controller up: nvme-sim"));
     assert!(!run(None).contains("controller up"));
+}
+
+/// A zoned namespace of `size` bytes in zones of `zone` bytes (4 KiB
+/// blocks, at most 8 open and 14 active zones).
+fn zoned_sim(size: u64, zone: u64) -> Target {
+    let o = SimOptions {
+        size,
+        zone_size: Some(zone),
+        ..SimOptions::default()
+    };
+    Target::sim(&o, 4).unwrap()
+}
+
+#[test]
+fn zoned_writes_append_zone_by_zone_and_reset_zones_as_they_wrap() {
+    use nvme_vfio::ctrl::{QueueConfig, ReportFilter, ZoneState};
+    // 8 zones of 256 KiB (64 I/Os of 4 KiB each); 2 queue pairs own 4
+    // zones each: 1000 appends per queue pair go round them almost 4
+    // times, resetting each zone before it is written again.
+    let t = zoned_sim(2 << 20, 256 << 10);
+    for threads in [0, 1] {
+        let o = Options {
+            rw: Rw::ZonedWrite,
+            qd: 16,
+            queues: 2,
+            threads,
+            verify: true,
+            ..opts(Rw::ZonedWrite, 2000)
+        };
+        let r = run(&t, &o, &Progress::default()).unwrap();
+        assert_eq!(
+            (r.result.writes, r.result.reads, r.result.errors),
+            (2000, 0, 0)
+        );
+        assert_eq!(r.result.error, None);
+        // 1000 appends per queue: 15 full zones and then some; every zone
+        // but the first 4 of each queue's was reset first.
+        assert_eq!(
+            r.result.zone_resets,
+            2 * (1000 / 64 - 3),
+            "threads {threads}"
+        );
+        let v = r.verify.unwrap();
+        assert_eq!(v.mismatch, None);
+        assert_eq!(v.blocks_written, 2000);
+        // What the last pass wrote of each zone is read back: 4 zones per
+        // queue, the last one in part.
+        assert_eq!(v.blocks_checked, 2 * (3 * 64 + 1000 % 64));
+        assert_eq!(r.workload.blocks, 512);
+    }
+    // The model's zones after the run: the full ones and the one the last
+    // appends were in, resources released as the zones filled.
+    let ctrl = t.controller();
+    let ns = ctrl.namespace(1).unwrap();
+    let mut qp = ctrl.queue_pair(QueueConfig::default()).unwrap();
+    let zones = qp.report_zones(&ns, 0, ReportFilter::All, 100).unwrap();
+    let states: Vec<_> = zones.iter().map(|z| z.state).collect();
+    let open = states.iter().filter(|s| s.is_open()).count();
+    assert_eq!(open, 2, "{states:?}");
+    assert_eq!(states.iter().filter(|&&s| s == ZoneState::Full).count(), 6);
+}
+
+#[test]
+fn zoned_write_verify_catches_an_append_that_lies_about_its_lba() {
+    let config = nvme_sim::Config::default().namespaces(&[NamespaceConfig::new(1024, 4096)
+        .zoned(256)
+        .zone_limits(8, 14)]);
+    let s = SimController::new(config).unwrap();
+    // The 3rd append says it landed at LBA 0, where the first one did.
+    s.inject(FaultRule::nth(
+        Match::io().opcode(io::ZONE_APPEND),
+        3,
+        FaultAction::Corrupt(nvme_sim::CqeCorruption::Result(0)),
+    ));
+    let t = Target::with_sim(s, 1).unwrap();
+    let o = Options {
+        qd: 1,
+        verify: true,
+        ..opts(Rw::ZonedWrite, 100)
+    };
+    let r = run(&t, &o, &Progress::default()).unwrap();
+    let m = r.verify.unwrap().mismatch.expect("the lie is found");
+    assert_eq!(m, "LBA 0: two appends landed there");
+}
+
+#[test]
+fn zoned_workloads_are_refused_with_a_reason() {
+    let zoned = zoned_sim(4 << 20, 1 << 20);
+    let nvm = sim(4 << 20, 4096);
+    let z = |o: Options| Options {
+        rw: Rw::ZonedWrite,
+        ..o
+    };
+    let cases: Vec<(&Target, Options, &str)> = vec![
+        (
+            &nvm,
+            z(Options::default()),
+            "needs a zoned namespace (namespace 1 is NVM)",
+        ),
+        (
+            &zoned,
+            opts(Rw::Randwrite, 10),
+            "namespace 1 is zoned: write it with --rw zoned-write",
+        ),
+        (
+            &zoned,
+            Options {
+                verify: true,
+                ..opts(Rw::Randread, 10)
+            },
+            "write it with --rw zoned-write",
+        ),
+        (
+            &zoned,
+            z(Options {
+                bs: 384 << 10,
+                ..Options::default()
+            }),
+            "must divide the zone capacity of 1048576 bytes",
+        ),
+        (
+            &zoned,
+            z(Options {
+                buffers: Buffers::Registered,
+                ..Options::default()
+            }),
+            "--buffers pool or user",
+        ),
+        (
+            &zoned,
+            z(Options {
+                offset: 64 << 10,
+                ..Options::default()
+            }),
+            "multiple of the zone size (1048576 bytes)",
+        ),
+        (
+            &zoned,
+            z(Options {
+                size: Some(3 << 19),
+                queues: 2,
+                ..Options::default()
+            }),
+            "holds 1 whole zones",
+        ),
+        (
+            &zoned,
+            z(Options {
+                bs: 2 << 20,
+                ..Options::default()
+            }),
+            "over the Zone Append size limit",
+        ),
+    ];
+    for (t, o, want) in cases {
+        match run(t, &o, &Progress::default()) {
+            Err(Error::Input(m)) => assert!(m.contains(want), "{m} (wanted {want})"),
+            other => panic!("{want}: {other:?}"),
+        }
+    }
+    // Five queue pairs would keep up to 10 zones open, over the 8 allowed.
+    let many = SimOptions {
+        size: 64 << 20,
+        zone_size: Some(1 << 20),
+        ..SimOptions::default()
+    };
+    let t = Target::sim(&many, 5).unwrap();
+    let o = Options {
+        queues: 5,
+        ..z(Options::default())
+    };
+    match run(&t, &o, &Progress::default()) {
+        Err(Error::Input(m)) => assert!(m.contains("2 zones open per queue pair"), "{m}"),
+        other => panic!("{other:?}"),
+    }
 }

@@ -62,7 +62,8 @@ struct nvmev_ns_info {
 	/* Largest transfer of one command in bytes (larger reads and writes
 	 * are split by the driver). */
 	uint32_t max_transfer;
-	/* 1: a zoned namespace (reads only through this API). */
+	/* 1: a zoned namespace: written at each zone's write pointer only (the
+	 * controller fails other writes); zone commands are not in this API. */
 	uint8_t zoned;
 	uint8_t reserved[7];
 };

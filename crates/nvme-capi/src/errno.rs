@@ -7,14 +7,14 @@ use nvme_vfio::Error;
 ///
 /// | errno | errors |
 /// | --- | --- |
-/// | `EINVAL` | a bad argument or request (`Invalid`, `ZeroLength`, descriptor and mapping refusals, a limit of the controller or namespace), a bad PCI address |
+/// | `EINVAL` | a bad argument or request (`Invalid`, `ZeroLength`, descriptor and mapping refusals, a limit of the controller or namespace, a write across a zone boundary), a bad PCI address |
 /// | `ENOMEM` | no DMA memory or IOVA space; the locked-memory limit or VFIO's DMA entry limit |
 /// | `ETIMEDOUT` | a command or the controller timed out |
-/// | `EIO` | the command failed (the NVMe status is in the completion), the controller's fatal status, an ioctl failure |
+/// | `EIO` | the command failed (the NVMe status is in the completion), the controller's fatal status, data the controller returned that cannot be right, an ioctl failure |
 /// | `ENODEV` | the device is gone, missing, not bound to vfio-pci, or VFIO or the IOMMU is unavailable |
 /// | `EACCES` | no permission on the VFIO files |
 /// | `EBUSY` | the IOMMU group is in use, every I/O queue is taken |
-/// | `ENOTSUP` | the controller, namespace format, command set or optional command is not supported; a plain write to a zoned namespace |
+/// | `ENOTSUP` | the controller, namespace format, command set or optional command is not supported; Write Uncorrectable or Copy on a zoned namespace, a zone command on one that is not zoned |
 /// | `ENOENT` | no such namespace |
 /// | `EAGAIN` | the queue is full for now, or its queues are being created again |
 /// | `E2BIG` | the request can never fit the queue pair |
@@ -26,7 +26,8 @@ pub fn status_of(e: &Error) -> i32 {
         | Error::ZeroLength
         | Error::Dptr(_)
         | Error::Map(_)
-        | Error::OverLimit { .. } => libc::EINVAL,
+        | Error::OverLimit { .. }
+        | Error::CrossesZone { .. } => libc::EINVAL,
         Error::OutOfDmaMemory { .. } | Error::IovaExhausted { .. } => libc::ENOMEM,
         Error::Timeout { .. } => libc::ETIMEDOUT,
         Error::ControllerFatal { .. } | Error::Command { .. } => libc::EIO,
@@ -34,6 +35,7 @@ pub fn status_of(e: &Error) -> i32 {
         Error::Unsupported(_)
         | Error::MetadataFormat { .. }
         | Error::ZonedNamespace { .. }
+        | Error::NotZoned { .. }
         | Error::UnsupportedCommandSet { .. }
         | Error::UnsupportedCommand { .. } => libc::ENOTSUP,
         Error::NoNamespace { .. } => libc::ENOENT,

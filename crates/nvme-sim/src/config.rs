@@ -31,11 +31,11 @@ pub struct NamespaceConfig {
     pub zoned: Option<ZoneConfig>,
 }
 
-/// The zones of a zoned namespace. Each zone is written sequentially from
-/// its start: a write (or Write Zeroes) must begin at the zone's write
-/// pointer and stay inside the zone, else it fails with Zone Invalid Write
-/// (or Zone Boundary Error); a zone fills up and stays full (there is no
-/// Zone Management). Reads work anywhere inside one zone.
+/// The zones of a zoned namespace, with their states, write pointers and
+/// resources modelled as QEMU's controller has them (see the `zones`
+/// module): written sequentially at the write pointer or by Zone Append,
+/// managed with Zone Management Send, listed with Report Zones. Reads work
+/// anywhere inside one zone.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ZoneConfig {
     /// Zone size in logical blocks (the namespace size is a multiple of
@@ -45,6 +45,9 @@ pub struct ZoneConfig {
     pub max_open: u32,
     /// Most zones active at once, as Identify reports it (0: no limit).
     pub max_active: u32,
+    /// Zone capacity: the blocks of each zone that can be written (0: the
+    /// zone size).
+    pub capacity: u64,
 }
 
 impl NamespaceConfig {
@@ -80,7 +83,18 @@ impl NamespaceConfig {
             zone_blocks,
             max_open: 0,
             max_active: 0,
+            capacity: 0,
         });
+        self
+    }
+
+    /// The same zoned namespace, with `blocks` of each zone writable (the
+    /// zone capacity, at most the zone size). No effect on an NVM
+    /// namespace.
+    pub const fn zone_capacity(mut self, blocks: u64) -> Self {
+        if let Some(z) = &mut self.zoned {
+            z.capacity = blocks;
+        }
         self
     }
 
@@ -200,8 +214,9 @@ pub struct Config {
     /// limits ([`copy_limits`](Self::copy_limits)).
     pub copy: bool,
     /// The copy limits every namespace reports and enforces (Command Size
-    /// Limit Exceeded past them): blocks per source range (MSSRL), blocks
-    /// per Copy (MCL), source ranges per Copy, 0-based (MSRC).
+    /// Limit Exceeded past them, and past 256 MiB per Copy whatever they
+    /// say): blocks per source range (MSSRL), blocks per Copy (MCL, 0: no
+    /// limit), source ranges per Copy, 0-based (MSRC).
     pub copy_limits: CopyLimits,
     /// The NVM command set's Identify Controller limits (CNS 06h CSI 00h),
     /// reported and enforced: Verify, Write Zeroes and Write Uncorrectable
@@ -243,6 +258,11 @@ pub struct Config {
     /// active only while CC.CSS = 110b. Without it, CC.CSS must be NVM and
     /// every namespace is an NVM one.
     pub io_command_sets: bool,
+    /// The Zoned Namespace command set's Zone Append Size Limit (its
+    /// Identify Controller data, CNS 06h CSI 02h): `2^zasl` minimum pages
+    /// per Zone Append, 0 for MDTS. Over it, Invalid Field in Command, as
+    /// on QEMU's controller.
+    pub zasl: u8,
 }
 
 impl Default for Config {
@@ -295,6 +315,7 @@ impl Default for Config {
             inline: false,
             iommu: IommuConfig::default(),
             io_command_sets: true,
+            zasl: 0,
         }
     }
 }
@@ -494,6 +515,12 @@ impl Config {
             | (self.mps_max as u64) << 52
     }
 
+    /// With the Zone Append Size Limit `zasl` (see [`zasl`](Self::zasl)).
+    pub fn zasl(mut self, zasl: u8) -> Self {
+        self.zasl = zasl;
+        self
+    }
+
     /// Checks the configuration's ranges.
     pub fn validate(&self) -> Result<(), Error> {
         let bad = |what: &'static str| Err(Error::Config(what));
@@ -539,6 +566,9 @@ impl Config {
                 }
                 if z.max_open != 0 && z.max_active != 0 && z.max_open > z.max_active {
                     return bad("a zoned namespace's max_open must not exceed max_active");
+                }
+                if z.capacity > z.zone_blocks {
+                    return bad("a zoned namespace's zone capacity must not exceed its zone size");
                 }
             }
         }

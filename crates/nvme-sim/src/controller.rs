@@ -573,6 +573,34 @@ impl SimController {
         }
     }
 
+    /// Puts the zone of zoned namespace `nsid` that starts at `zslba` in
+    /// `state`, as the device's own doing: Read Only or Offline (worn out
+    /// media, which no command brings about), or any other state for a
+    /// test's setup (resources taken or released without limits).
+    pub fn set_zone_state(
+        &self,
+        nsid: u32,
+        zslba: u64,
+        state: nvme_vfio::nvme::zns::ZoneState,
+    ) -> Result<(), Error> {
+        let ns = self.ns(nsid).ok_or(Error::NoNamespace { nsid })?;
+        let zones = ns.zoned.as_ref().ok_or(Error::NoNamespace { nsid })?;
+        match zones.set_state(zslba, state) {
+            true => Ok(()),
+            false => Err(Error::OutOfRange {
+                nsid,
+                lba: zslba,
+                len: 0,
+            }),
+        }
+    }
+
+    /// The open and active zones of zoned namespace `nsid` now, if it is
+    /// one.
+    pub fn zone_resources(&self, nsid: u32) -> Option<(u32, u32)> {
+        self.ns(nsid)?.zoned.as_ref().map(|z| z.resources())
+    }
+
     /// Test helper: copies `buf.len()` bytes of namespace `nsid` from the
     /// start of block `lba`, as stored (not through the queues).
     pub fn read_blocks(&self, nsid: u32, lba: u64, buf: &mut [u8]) -> Result<(), Error> {

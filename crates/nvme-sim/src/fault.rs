@@ -251,6 +251,9 @@ pub enum CqeCorruption {
     /// completion nor any later one on that queue; the device, whose head
     /// doorbell no longer moves, eventually finds the queue full.
     InvertPhase,
+    /// Dwords 0 and 1 (the command specific result: a Zone Append's LBA)
+    /// are replaced by this value.
+    Result(u64),
 }
 
 /// One fault injection rule: fires on the matching commands it selects.

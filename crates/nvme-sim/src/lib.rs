@@ -31,8 +31,14 @@
 //!   their Command Set Identifier in their descriptor list, and the
 //!   command set Identify data is answered (CNS 05h to 08h). A zoned
 //!   namespace ([`NamespaceConfig::zoned`]) is active only with CC.CSS =
-//!   110b, reads within a zone, and takes writes only at a zone's write
-//!   pointer (else Zone Invalid Write or Zone Boundary Error).
+//!   110b and models zone states, write pointers and the open and active
+//!   limits as QEMU's controller does: reads within a zone, writes at a
+//!   zone's write pointer, Zone Append (the completion says where the data
+//!   landed, within [`Config::zasl`]), Zone Management Send (open, close,
+//!   finish, reset, offline; one zone or all) and Receive (Report Zones,
+//!   with its filters and Partial Report), each failure with the Zoned
+//!   Namespace command set's status; zones go Read Only or Offline at the
+//!   test's word ([`SimController::set_zone_state`]).
 //! - [`FaultRule`]: fault injection per command (error status, with the
 //!   More bit and an Error Information log entry of the caller's choosing
 //!   ([`FaultAction::Logged`]), dropped, delayed or out-of-order
@@ -110,6 +116,7 @@ mod iommu;
 mod irq;
 mod regs;
 mod storage;
+mod zones;
 
 pub use config::{Config, CopyLimits, NamespaceConfig, NvmLimitsConfig, ZoneConfig};
 pub use controller::{Released, SimController, Stats};

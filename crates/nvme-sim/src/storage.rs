@@ -6,7 +6,8 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
-use crate::config::{NamespaceConfig, ZoneConfig};
+use crate::config::NamespaceConfig;
+use crate::zones::Zones;
 
 /// Chunk size of the sparse store.
 const CHUNK: u64 = 64 << 10;
@@ -81,62 +82,6 @@ impl Extents {
             .get(i)
             .filter(|&&(s, _)| s < end)
             .map(|&(s, _)| s.max(lba))
-    }
-}
-
-/// Why a write to a zoned namespace is refused.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum ZoneError {
-    /// It does not start at its zone's write pointer (or the zone is full).
-    InvalidWrite,
-    /// It runs past the end of its zone.
-    Boundary,
-}
-
-/// The zones of a zoned namespace: their size and write pointers.
-#[derive(Debug)]
-pub(crate) struct Zones {
-    pub(crate) config: ZoneConfig,
-    /// Each zone's write pointer, as an LBA.
-    write_pointers: Mutex<Vec<u64>>,
-}
-
-impl Zones {
-    fn new(config: ZoneConfig, blocks: u64) -> Self {
-        let n = blocks / config.zone_blocks.max(1);
-        Self {
-            config,
-            write_pointers: Mutex::new((0..n).map(|z| z * config.zone_blocks).collect()),
-        }
-    }
-
-    /// Checks a write of `n` blocks at `lba` (inside the namespace) against
-    /// its zone and advances the zone's write pointer.
-    pub(crate) fn write(&self, lba: u64, n: u64) -> Result<(), ZoneError> {
-        let zb = self.config.zone_blocks.max(1);
-        let zone = lba / zb;
-        let mut wps = self
-            .write_pointers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        let Some(wp) = usize::try_from(zone).ok().and_then(|z| wps.get_mut(z)) else {
-            return Err(ZoneError::InvalidWrite);
-        };
-        let end = (zone + 1) * zb;
-        if lba != *wp {
-            return Err(ZoneError::InvalidWrite);
-        }
-        if lba.checked_add(n).is_none_or(|e| e > end) {
-            return Err(ZoneError::Boundary);
-        }
-        *wp = lba + n;
-        Ok(())
-    }
-
-    /// Whether blocks `[lba, lba + n)` lie in one zone.
-    pub(crate) fn within_one_zone(&self, lba: u64, n: u64) -> bool {
-        let zb = self.config.zone_blocks.max(1);
-        n == 0 || lba / zb == (lba + n - 1) / zb
     }
 }
 
@@ -331,24 +276,5 @@ mod tests {
         assert!(x.0.is_empty());
         x.insert(u64::MAX - 1, 5);
         assert_eq!(x.first_in(u64::MAX - 1, 1), Some(u64::MAX - 1));
-    }
-
-    #[test]
-    fn zones_take_writes_at_their_write_pointer_only() {
-        let ns = Namespace::new(1, NamespaceConfig::new(4096, 512).zoned(1024));
-        let z = ns.zoned.as_ref().unwrap();
-        assert_eq!(z.write(5, 1), Err(ZoneError::InvalidWrite));
-        assert_eq!(z.write(0, 1000), Ok(()));
-        assert_eq!(z.write(0, 1), Err(ZoneError::InvalidWrite));
-        assert_eq!(z.write(1000, 25), Err(ZoneError::Boundary));
-        assert_eq!(z.write(1000, 24), Ok(()));
-        // Zone 0 is full; zone 1 is empty, its write pointer at its start.
-        assert_eq!(z.write(1023, 1), Err(ZoneError::InvalidWrite));
-        assert_eq!(z.write(1024, 1), Ok(()));
-        assert_eq!(z.write(1024, 1), Err(ZoneError::InvalidWrite));
-        assert_eq!(z.write(2048, 8), Ok(()));
-        assert_eq!(z.write(u64::MAX, 1), Err(ZoneError::InvalidWrite));
-        assert!(z.within_one_zone(1020, 4));
-        assert!(!z.within_one_zone(1020, 5));
     }
 }

@@ -1,9 +1,9 @@
 //! I/O command sets: the driver enables every command set the controller
 //! has (CC.CSS = 110b) or NVM alone, finds each namespace's command set
 //! (descriptor list, per command set namespace lists, CNS 08h), reads a
-//! zoned namespace's zones, reads from it, and refuses writes to it before
-//! anything reaches the device. The model's side: a zoned namespace is
-//! active only with CC.CSS = 110b, and takes writes only at a zone's write
+//! zoned namespace's zones and reads from it (`zoned.rs` has the zone
+//! commands and writes). The model's side: a zoned namespace is active
+//! only with CC.CSS = 110b, and takes writes only at a zone's write
 //! pointer.
 
 mod common;
@@ -11,7 +11,7 @@ mod common;
 use std::time::Duration;
 
 use nvme_sim::{Config, NamespaceConfig, SimController};
-use nvme_vfio::ctrl::{CommandSet, Controller, Io, NamespaceEntry, Op, QueueConfig};
+use nvme_vfio::ctrl::{CommandSet, Controller, Io, NamespaceEntry, QueueConfig};
 use nvme_vfio::nvme::cmd::{cns, io, Command};
 use nvme_vfio::nvme::identify::IDENTIFY_LEN;
 use nvme_vfio::nvme::iocs::{IdentifyZonedNamespace, NamespaceIds};
@@ -163,96 +163,6 @@ fn a_zoned_namespace_reads() {
     let (buf, r) = done.into_iter().next().unwrap().into_parts();
     r.unwrap();
     assert_eq!(&buf.as_slice()[..4096], &data[..4096]);
-}
-
-#[test]
-fn writes_to_a_zoned_namespace_are_refused_before_submission() {
-    let (sim, ctrl) = open(two_namespaces());
-    let ns = ctrl.namespace(2).unwrap();
-    let mut qp = ctrl.queue_pair(QueueConfig::default()).unwrap();
-    let before = sim.stats().io_commands;
-    let data = pattern(8192, 1);
-    let is_zoned_refusal = |e: &Error| {
-        let msg = e.to_string();
-        matches!(e, Error::ZonedNamespace { nsid: 2 })
-            && msg.contains("namespace 2 is zoned")
-            && msg.contains("zone-aware writes")
-    };
-
-    // At a zone's start (its write pointer) as elsewhere: no plain writes.
-    for lba in [0, 5, ZONE] {
-        let e = qp.write(&ns, lba, &data, false).unwrap_err();
-        assert!(is_zoned_refusal(&e), "write at {lba}: {e}");
-    }
-    let e = qp.write(&ns, 0, &data, true).unwrap_err();
-    assert!(is_zoned_refusal(&e), "FUA write: {e}");
-    let e = qp
-        .write_vectored(&ns, 0, &[&data[..4096], &data[4096..]], false)
-        .unwrap_err();
-    assert!(is_zoned_refusal(&e), "vectored write: {e}");
-    // Larger than one wave of the queue pair: refused whole, not per wave.
-    let big = vec![0u8; 8 << 20];
-    let e = qp.write(&ns, 0, &big[..(8 * ZONE * 512) as usize], false);
-    assert!(
-        is_zoned_refusal(&e.unwrap_err()),
-        "a write of the whole namespace"
-    );
-    let e = qp.write_zeroes(&ns, 0, 8).unwrap_err();
-    assert!(is_zoned_refusal(&e), "write zeroes: {e}");
-
-    // The asynchronous path gives the request back, buffer and all, from
-    // the fast path's memory (a DMA buffer the mapper has just translated
-    // for a read, so that a write would take the fast path) as from any
-    // other.
-    assert_eq!(
-        sim.stats().io_commands,
-        before,
-        "no blocking write reached the controller"
-    );
-    let buf = ctrl.dma_alloc(4096).unwrap();
-    qp.submit(Io::read(&ns, 0, buf))
-        .map_err(|(e, _)| e)
-        .unwrap();
-    let (buf, r) = common::driver::wait_all(&mut qp, 1)
-        .pop()
-        .unwrap()
-        .into_parts();
-    r.unwrap();
-    let before = sim.stats().io_commands;
-    for io in [
-        Io::write(&ns, 0, buf),
-        Io::write(&ns, 0, vec![9u8; 4096]).fua(),
-    ] {
-        let (e, back) = qp.submit(io).unwrap_err();
-        assert!(is_zoned_refusal(&e), "submit: {e}");
-        assert_eq!(back.into_buf().len(), 4096);
-    }
-    let seg = blk_dma::HostSeg::from_slice(&data);
-    // SAFETY: `data` outlives the call, and the request is refused before
-    // anything is submitted (checked below).
-    let e = unsafe { qp.submit_raw(Op::Write { fua: false }, &ns, 0, &[seg], 1) }.unwrap_err();
-    assert!(is_zoned_refusal(&e), "submit_raw: {e}");
-    assert_eq!(qp.inflight(), 0);
-
-    assert_eq!(
-        sim.stats().io_commands,
-        before,
-        "no submitted write reached the controller"
-    );
-    let mut stored = vec![0u8; 4096];
-    sim.read_blocks(2, 0, &mut stored).unwrap();
-    assert!(stored.iter().all(|&b| b == 0), "the namespace is unchanged");
-
-    // Reads, trims and flushes of it, and writes to the NVM namespace on
-    // the same queue pair, go on.
-    let mut back = vec![0u8; 4096];
-    qp.read(&ns, 0, &mut back).unwrap();
-    qp.deallocate(&ns, &[(0, 8)]).unwrap();
-    qp.flush_cache(&ns).unwrap();
-    let nvm = ctrl.namespace(1).unwrap();
-    qp.write(&nvm, 0, &data, false).unwrap();
-    qp.read(&nvm, 0, &mut back).unwrap();
-    assert_eq!(back, data[..4096]);
 }
 
 /// The test driver with CC.CSS = `css`, I/O queue 1 of 64 entries.

@@ -127,21 +127,56 @@ pub enum Error {
         /// Metadata bytes per block.
         metadata: u16,
     },
-    /// A plain write, Write Zeroes, Write Uncorrectable or Copy to a zoned
-    /// namespace (Zoned Namespace command set), refused before anything is
-    /// submitted: such a namespace takes writes only at each zone's write
-    /// pointer (or by Zone Append), which this driver does not issue.
-    /// Reads, Compare, Verify and Dataset Management work.
+    /// Write Uncorrectable or Copy to a zoned namespace (Zoned Namespace
+    /// command set), refused before anything is submitted: a zoned
+    /// namespace is written sequentially, at each zone's write pointer
+    /// (Write, Write Zeroes) or by Zone Append
+    /// ([`QueuePair::zone_append`](crate::ctrl::QueuePair::zone_append)).
     #[error(
-        "namespace {nsid} is zoned: plain writes are refused, it needs zone-aware writes \
-         (at each zone's write pointer, or Zone Append), which this driver does not issue"
+        "namespace {nsid} is zoned: Write Uncorrectable and Copy are refused on it \
+         (write at each zone's write pointer, or with Zone Append)"
     )]
     ZonedNamespace {
         /// The namespace ID.
         nsid: u32,
     },
+    /// A zone command (Zone Append, Zone Management Send or Receive) on a
+    /// namespace that is not zoned, refused before anything is submitted.
+    #[error(
+        "namespace {nsid} is not zoned: zone commands need a Zoned Namespace command set namespace"
+    )]
+    NotZoned {
+        /// The namespace ID.
+        nsid: u32,
+    },
+    /// A write (or Write Zeroes) to a zoned namespace whose blocks span
+    /// two zones, refused before anything is submitted (the controller
+    /// would fail it with Zone Boundary Error).
+    #[error(
+        "LBA range {lba}+{blocks} crosses a zone boundary (zones of {zone_blocks} blocks): \
+         a write stays inside one zone"
+    )]
+    CrossesZone {
+        /// The first block.
+        lba: u64,
+        /// The number of blocks.
+        blocks: u64,
+        /// The zone size in blocks.
+        zone_blocks: u64,
+    },
+    /// Data the controller returned makes no sense (a Zone Append's
+    /// completion naming an LBA outside its zone, a zone report listing
+    /// zones out of order or outside the namespace): a device error. The
+    /// command's effect is unknown.
+    #[error("{what}: the controller returned data that cannot be right: {detail}")]
+    DeviceData {
+        /// The command.
+        what: &'static str,
+        /// What was wrong.
+        detail: String,
+    },
     /// A namespace of an I/O command set the driver does no block I/O on
-    /// (only NVM and, for reads, Zoned Namespace).
+    /// (only NVM and Zoned Namespace).
     #[error(
         "namespace {nsid} uses the {command_set} command set, which this driver does not support"
     )]

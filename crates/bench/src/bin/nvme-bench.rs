@@ -41,6 +41,10 @@ struct Cli {
     /// nvme-sim: block size (512 or 4096).
     #[arg(long, default_value_t = 4096, requires = "sim")]
     sim_block_size: u32,
+    /// nvme-sim: a zoned namespace with zones of this size (at most 8
+    /// open and 14 active), for --rw zoned-write.
+    #[arg(long, value_parser = parse_size, requires = "sim")]
+    sim_zone_size: Option<u64>,
     /// Access pattern.
     #[arg(long, value_enum, default_value = "randread")]
     rw: Rw,
@@ -265,6 +269,7 @@ fn open_targets(cli: &Cli) -> Result<Vec<Target>, perf::Error> {
             block_size: cli.sim_block_size,
             null: cli.sim_null,
             inline: cli.sim_inline,
+            zone_size: cli.sim_zone_size,
             ..SimOptions::default()
         };
         return Ok(vec![Target::sim(&sim, cli.queues)?]);
@@ -340,6 +345,7 @@ fn print_text(r: &Report) {
     );
     let rw = match w.rw {
         Rw::Randrw => format!("randrw {}% reads", w.mix),
+        Rw::ZonedWrite => "zoned-write (Zone Append)".into(),
         other => format!("{other:?}").to_lowercase(),
     };
     let threads = if w.threads < w.queues {
@@ -394,6 +400,9 @@ fn print_text(r: &Report) {
         s.sq_mmio_per_io,
         if t.shadow_doorbells { "on" } else { "off" }
     );
+    if w.rw == Rw::ZonedWrite {
+        println!("  zones reset as the run wrapped: {}", s.zone_resets);
+    }
     if let Some(v) = &r.verify {
         println!(
             "  verify: {} blocks written, {} checked, {}",

@@ -9,7 +9,10 @@ use std::time::Duration;
 
 use blk_dma::{HostAddr, HostSeg};
 use hdrhistogram::Histogram;
-use nvme_vfio::ctrl::{Done, Io, IoBuf, Namespace, Op, PollGroup, QueueConfig, QueuePair};
+use nvme_vfio::ctrl::{
+    Controller, Done, Io, IoBuf, Namespace, Op, PollGroup, QueueConfig, QueuePair, ReportFilter,
+    ZoneAction, ZoneState,
+};
 use nvme_vfio::mem::{DmaBuf, Registration};
 use nvme_vfio::nvme::dptr::DEFAULT_SGL_THRESHOLD;
 
@@ -60,12 +63,26 @@ struct Geometry {
     block: u64,
 }
 
+/// The zones a zoned-write run works on: each queue pair writes zones
+/// `q, q + queues, ...` of the range, one after the other.
+#[derive(Clone, Copy, Debug)]
+struct ZoneGeometry {
+    /// Blocks per zone (the zone size).
+    zone_blocks: u64,
+    /// I/Os of `--bs` per zone: its capacity over `--bs`.
+    per_zone: u64,
+    /// Zones in the range.
+    zones: u64,
+}
+
 /// What the queue threads share.
 struct Ctx<'a> {
     target: &'a Target,
     o: &'a Options,
     ns: Namespace,
     g: Geometry,
+    /// The zones, for zoned-write.
+    zoned: Option<ZoneGeometry>,
     qcfg: QueueConfig,
     run_id: u32,
     progress: &'a Progress,
@@ -92,6 +109,7 @@ struct QueueResult {
     mismatch: Option<String>,
     checked: u64,
     written: u64,
+    zone_resets: u64,
     elapsed: Duration,
     cpu: Duration,
     doorbells: (u64, u64),
@@ -163,12 +181,27 @@ pub fn run(target: &Target, o: &Options, progress: &Progress) -> Result<Report, 
             ns.bytes()
         ));
     }
-    let g = Geometry {
+    if ns.is_zoned() && !o.rw.zoned() && (o.rw.writes() || o.verify) {
+        return input(format!(
+            "namespace {} is zoned: write it with --rw zoned-write",
+            o.nsid
+        ));
+    }
+    let mut g = Geometry {
         first_lba: o.offset / block,
         blocks: size / block,
         bpi: o.bs / block,
         units: size / o.bs,
         block,
+    };
+    let zoned = match o.rw.zoned() {
+        true => {
+            let z = zoned_setup(ctrl, &ns, o, g.first_lba, g.blocks)?;
+            g.blocks = z.zones * z.zone_blocks;
+            g.units = z.zones * z.per_zone;
+            Some(z)
+        }
+        false => None,
     };
     if g.units < o.queues as u64 {
         return input(format!(
@@ -212,6 +245,7 @@ pub fn run(target: &Target, o: &Options, progress: &Progress) -> Result<Report, 
         o,
         ns: ns.clone(),
         g,
+        zoned,
         qcfg,
         run_id: run_id(o.seed),
         progress,
@@ -254,6 +288,103 @@ pub fn run(target: &Target, o: &Options, progress: &Progress) -> Result<Report, 
         queues.extend(r?);
     }
     Ok(merge(&ctx, queues))
+}
+
+/// Checks a zoned-write workload against zoned namespace `ns` (the range
+/// of `blocks` from `first_lba` in whole zones, each of the same capacity
+/// and writable, `--bs` dividing it and within the Zone Append limit, two
+/// open and active zones per queue pair within the limits) and resets the
+/// range's zones that are not empty, so the run starts on empty zones.
+fn zoned_setup(
+    ctrl: &Controller,
+    ns: &Namespace,
+    o: &Options,
+    first_lba: u64,
+    blocks: u64,
+) -> Result<ZoneGeometry, Error> {
+    let input = |m: String| Err(Error::Input(m));
+    let Some(info) = ns.zones().filter(|_| ns.is_zoned()) else {
+        return input(format!(
+            "--rw zoned-write needs a zoned namespace (namespace {} is {})",
+            ns.id(),
+            ns.command_set()
+        ));
+    };
+    if o.buffers == Buffers::Registered {
+        return input("--rw zoned-write takes --buffers pool or user".into());
+    }
+    let block = ns.block_size();
+    let zone_blocks = info.zone_blocks();
+    let zone_bytes = zone_blocks * block;
+    if first_lba % zone_blocks != 0 {
+        return input(format!(
+            "--rw zoned-write: --offset must be a multiple of the zone size ({zone_bytes} bytes)"
+        ));
+    }
+    let zones = blocks / zone_blocks;
+    if zones < o.queues as u64 {
+        return input(format!(
+            "--rw zoned-write: the range holds {zones} whole zones of {zone_bytes} bytes, \
+             fewer than --queues"
+        ));
+    }
+    let per_queue = 2 * o.queues as u32;
+    for (limit, what) in [(info.max_open(), "open"), (info.max_active(), "active")] {
+        if limit.is_some_and(|max| per_queue > max) {
+            return input(format!(
+                "--rw zoned-write keeps up to 2 zones {what} per queue pair: --queues {} \
+                 needs {per_queue}, the namespace allows {}",
+                o.queues,
+                limit.unwrap_or(0)
+            ));
+        }
+    }
+    let mut qp = ctrl.queue_pair(QueueConfig::default())?;
+    let limit = qp.zone_append_limit(ns);
+    if o.bs > limit {
+        return input(format!(
+            "--bs {} is over the Zone Append size limit of {limit} bytes",
+            o.bs
+        ));
+    }
+    let report = qp.report_zones(ns, first_lba, ReportFilter::All, zones as usize)?;
+    let capacity = report.first().map_or(0, |z| z.capacity);
+    if report.len() as u64 != zones {
+        return input(format!(
+            "the controller reports {} zones in the range, not {zones}",
+            report.len()
+        ));
+    }
+    for z in &report {
+        if z.capacity != capacity {
+            return input(format!(
+                "zone {:#x} has a capacity of {} blocks, zone {:#x} {capacity}: \
+                 --rw zoned-write needs zones of one capacity",
+                z.start, z.capacity, first_lba
+            ));
+        }
+        if matches!(z.state, ZoneState::ReadOnly | ZoneState::Offline) {
+            return input(format!(
+                "zone {:#x} is {}: leave it out of the range (--offset, --size)",
+                z.start, z.state
+            ));
+        }
+    }
+    let capacity_bytes = capacity * block;
+    if capacity_bytes < o.bs || capacity_bytes % o.bs != 0 {
+        return input(format!(
+            "--bs {} must divide the zone capacity of {capacity_bytes} bytes",
+            o.bs
+        ));
+    }
+    for z in report.iter().filter(|z| z.state != ZoneState::Empty) {
+        qp.zone_action(ns, z.start, ZoneAction::Reset)?;
+    }
+    Ok(ZoneGeometry {
+        zone_blocks,
+        per_zone: capacity_bytes / o.bs,
+        zones,
+    })
 }
 
 /// A run ID for verify tags: differs between runs, so a block left by an
@@ -495,6 +626,7 @@ fn merge(ctx: &Ctx<'_>, queues: Vec<QueueResult>) -> Report {
         }
         v.blocks_checked += r.checked;
         v.blocks_written += r.written;
+        s.zone_resets += r.zone_resets;
         cpu += r.cpu;
         db += r.doorbells.0;
         mmio += r.doorbells.1;
@@ -685,13 +817,13 @@ enum Bufs {
     Registered(RegisteredMem),
 }
 
-/// Submits a request that takes its buffer from `home`; a refused request's
-/// buffer goes back there (`back` unwraps it).
+/// Submits a read, write or Zone Append (`op`; `lba` is an append's zone
+/// start) that takes its buffer from `home`; a refused request's buffer
+/// goes back there (`back` unwraps it).
 fn submit_owned<B: Into<IoBuf>>(
     qp: &mut QueuePair,
     ns: &Namespace,
-    lba: u64,
-    write: bool,
+    (op, lba): (Op, u64),
     tag: u64,
     home: &mut Option<B>,
     back: fn(IoBuf) -> Option<B>,
@@ -699,10 +831,10 @@ fn submit_owned<B: Into<IoBuf>>(
     let Some(b) = home.take() else {
         return Err(nvme_vfio::Error::Invalid("buffer missing".into()));
     };
-    let io = if write {
-        Io::write(ns, lba, b)
-    } else {
-        Io::read(ns, lba, b)
+    let io = match op {
+        Op::Write { .. } => Io::write(ns, lba, b),
+        Op::ZoneAppend { .. } => Io::zone_append(ns, lba, b),
+        _ => Io::read(ns, lba, b),
     };
     qp.submit(io.tag(tag)).map_err(|(e, io)| {
         *home = back(io.into_buf());
@@ -745,6 +877,29 @@ struct Worker<'a> {
     mismatch: Option<String>,
     checked: u64,
     written: u64,
+    /// zoned-write: where the appends go.
+    zone: Option<ZoneCursor>,
+    /// zoned-write in verify mode: for each unit its data landed at, the
+    /// unit (in its zone) the data was filled for, which it carries as its
+    /// LBA field (appends land where the controller says).
+    keys: Vec<u32>,
+    zone_resets: u64,
+}
+
+/// A queue pair's progress through its zones in a zoned-write run.
+#[derive(Debug)]
+struct ZoneCursor {
+    /// The zone (of this queue's) being appended to.
+    cur: u64,
+    /// Appends issued to it.
+    issued: u64,
+    /// Appends in flight, per zone.
+    inflight: Vec<u32>,
+    /// Whether each zone was written since the run began (it is reset
+    /// before it is written again).
+    used: Vec<bool>,
+    /// The current zone waits for its reset.
+    reset_due: bool,
 }
 
 impl<'a> Worker<'a> {
@@ -816,7 +971,20 @@ impl<'a> Worker<'a> {
             }
         };
         let nq = o.queues as u64;
-        let share = (ctx.g.units - q as u64).div_ceil(nq);
+        let (share, zone) = match ctx.zoned {
+            Some(z) => {
+                let owned = (z.zones - q as u64).div_ceil(nq);
+                let cursor = ZoneCursor {
+                    cur: 0,
+                    issued: 0,
+                    inflight: vec![0; owned as usize],
+                    used: vec![false; owned as usize],
+                    reset_due: false,
+                };
+                (owned * z.per_zone, Some(cursor))
+            }
+            None => ((ctx.g.units - q as u64).div_ceil(nq), None),
+        };
         let quota = match o.stop {
             Stop::Ios(n) => n / nq + u64::from((q as u64) < n % nq),
             Stop::Time(_) => u64::MAX,
@@ -859,6 +1027,13 @@ impl<'a> Worker<'a> {
             mismatch: None,
             checked: 0,
             written: 0,
+            keys: if zone.is_some() && o.verify {
+                vec![0; verify_len]
+            } else {
+                Vec::new()
+            },
+            zone,
+            zone_resets: 0,
         })
     }
 
@@ -896,6 +1071,7 @@ impl<'a> Worker<'a> {
             mismatch: self.mismatch.take(),
             checked: self.checked,
             written: self.written,
+            zone_resets: self.zone_resets,
             elapsed,
             cpu,
             doorbells,
@@ -991,6 +1167,9 @@ impl<'a> Worker<'a> {
     /// Submits requests into the free slots.
     fn refill(&mut self, qp: &mut QueuePair, now: Stamp) -> Result<(), Error> {
         while self.more() {
+            if !self.reset_zone_if_due(qp) {
+                return Ok(());
+            }
             let Some(slot) = self.free.pop() else {
                 return Ok(());
             };
@@ -1025,10 +1204,11 @@ impl<'a> Worker<'a> {
                 }
                 None
             }
+            Mode::Work if self.zone.is_some() => self.next_append(),
             Mode::Work => {
                 let write = match o.rw {
                     super::Rw::Read | super::Rw::Randread => false,
-                    super::Rw::Write | super::Rw::Randwrite => true,
+                    super::Rw::Write | super::Rw::Randwrite | super::Rw::ZonedWrite => true,
                     super::Rw::Randrw => self.rng.below(100) >= o.mix as u64,
                 };
                 let k = if o.rw.random() {
@@ -1061,7 +1241,86 @@ impl<'a> Worker<'a> {
 
     fn lba(&self, k: u64) -> u64 {
         let g = &self.ctx.g;
-        g.first_lba + (self.q + k * self.ctx.o.queues as u64) * g.bpi
+        match &self.ctx.zoned {
+            Some(z) => self.zone_start(k / z.per_zone) + k % z.per_zone * g.bpi,
+            None => g.first_lba + (self.q + k * self.ctx.o.queues as u64) * g.bpi,
+        }
+    }
+
+    /// zoned-write: the first LBA of this queue's zone `j`.
+    fn zone_start(&self, j: u64) -> u64 {
+        let (g, nq) = (&self.ctx.g, self.ctx.o.queues as u64);
+        let zb = self.ctx.zoned.map_or(0, |z| z.zone_blocks);
+        g.first_lba + (self.q + j * nq) * zb
+    }
+
+    /// The LBA unit `k`'s blocks carry in verify mode: its own, or for an
+    /// append the one of the unit it was filled for.
+    fn verify_key(&self, k: u64) -> u64 {
+        match (&self.ctx.zoned, self.keys.get(k as usize)) {
+            (Some(z), Some(&i)) => self.lba(k / z.per_zone * z.per_zone + u64::from(i)),
+            _ => self.lba(k),
+        }
+    }
+
+    /// zoned-write: the next append (the unit it is filled for), moving to
+    /// the next zone when this one has all its appends; `None` while a
+    /// zone written before waits for its reset.
+    fn next_append(&mut self) -> Option<(u64, bool)> {
+        let per_zone = self.ctx.zoned?.per_zone;
+        let c = self.zone.as_mut()?;
+        if c.reset_due {
+            return None;
+        }
+        if c.issued == per_zone {
+            c.cur = (c.cur + 1) % c.used.len() as u64;
+            c.issued = 0;
+            if c.used[c.cur as usize] {
+                c.reset_due = true;
+                return None;
+            }
+        }
+        c.used[c.cur as usize] = true;
+        let k = c.cur * per_zone + c.issued;
+        c.issued += 1;
+        Some((k, true))
+    }
+
+    /// zoned-write: resets the zone about to be written again, once no
+    /// append to it is in flight. Whether appends may go on (not while the
+    /// zone waits, nor after a failed reset, which ends the run).
+    fn reset_zone_if_due(&mut self, qp: &mut QueuePair) -> bool {
+        let Some(c) = &self.zone else { return true };
+        if !c.reset_due || self.mode != Mode::Work {
+            return true;
+        }
+        let cur = c.cur;
+        if c.inflight[cur as usize] > 0 {
+            return false;
+        }
+        let zslba = self.zone_start(cur);
+        if let Err(e) = qp.zone_action(&self.ns, zslba, ZoneAction::Reset) {
+            self.errors += 1;
+            self.error
+                .get_or_insert_with(|| format!("Reset Zone at LBA {zslba}: {e}"));
+            self.stopping = true;
+            return false;
+        }
+        self.zone_resets += 1;
+        if let (Some(c), Some(z)) = (self.zone.as_mut(), self.ctx.zoned) {
+            c.reset_due = false;
+            // Its blocks read as zeroes now: nothing to check there.
+            let units = cur * z.per_zone..(cur + 1) * z.per_zone;
+            for s in self
+                .seqs
+                .get_mut(units.start as usize..units.end as usize)
+                .into_iter()
+                .flatten()
+            {
+                *s = 0;
+            }
+        }
+        true
     }
 
     /// Slot `slot`'s buffer; only while no request on it is in flight.
@@ -1105,25 +1364,22 @@ impl<'a> Worker<'a> {
             }
             self.busy[k as usize] = true;
         }
-        let op = if write {
-            Op::Write { fua: false }
-        } else {
-            Op::Read
+        let append = self.appends(k, write);
+        let (op, at) = match (append, write) {
+            (Some(j), _) => (Op::ZoneAppend { fua: false }, self.zone_start(j)),
+            (None, true) => (Op::Write { fua: false }, lba),
+            (None, false) => (Op::Read, lba),
         };
         let tag = slot as u64;
         let r = match &mut self.bufs {
-            Bufs::Pool(v) => {
-                submit_owned(qp, &self.ns, lba, write, tag, &mut v[slot], |b| match b {
-                    IoBuf::Dma(b) => Some(b),
-                    _ => None,
-                })
-            }
-            Bufs::User(v) => {
-                submit_owned(qp, &self.ns, lba, write, tag, &mut v[slot], |b| match b {
-                    IoBuf::Vec(b) => Some(b),
-                    _ => None,
-                })
-            }
+            Bufs::Pool(v) => submit_owned(qp, &self.ns, (op, at), tag, &mut v[slot], |b| match b {
+                IoBuf::Dma(b) => Some(b),
+                _ => None,
+            }),
+            Bufs::User(v) => submit_owned(qp, &self.ns, (op, at), tag, &mut v[slot], |b| match b {
+                IoBuf::Vec(b) => Some(b),
+                _ => None,
+            }),
             Bufs::Registered(m) => {
                 let bs = o.bs as usize;
                 let seg = HostSeg::new(HostAddr::new(m.ptr as usize + slot * bs), o.bs);
@@ -1141,6 +1397,9 @@ impl<'a> Worker<'a> {
             }
             return Err(e.into());
         }
+        if let (Some(j), Some(c)) = (append, self.zone.as_mut()) {
+            c.inflight[j as usize] += 1;
+        }
         self.slots[slot] = Slot {
             start: now,
             k,
@@ -1151,12 +1410,48 @@ impl<'a> Worker<'a> {
         Ok(())
     }
 
+    /// zoned-write: the zone (of this queue's) that a write of unit `k`
+    /// in the measured phase appends to; `None` for other requests.
+    fn appends(&self, k: u64, write: bool) -> Option<u64> {
+        let z = self.ctx.zoned?;
+        (write && self.mode == Mode::Work).then_some(k / z.per_zone)
+    }
+
+    /// zoned-write in verify mode: records where the append filled for
+    /// unit `s.k` (to this queue's zone `j`) landed, `at`: a unit of that
+    /// zone no other append of this pass took, or a mismatch.
+    fn record_append(&mut self, j: u64, s: Slot, at: Option<u64>) {
+        let Some(z) = self.ctx.zoned else { return };
+        let (start, bpi) = (self.zone_start(j), self.ctx.g.bpi);
+        let unit = at
+            .and_then(|l| l.checked_sub(start))
+            .filter(|off| off % bpi == 0 && off / bpi < z.per_zone)
+            .map(|off| j * z.per_zone + off / bpi);
+        let Some(u) = unit else {
+            self.mismatch.get_or_insert_with(|| {
+                format!("an append to the zone at LBA {start} landed at {at:?}, not at an I/O unit of the zone")
+            });
+            return;
+        };
+        let seq = self.seqs[u as usize];
+        if seq != 0 && seq != UNKNOWN {
+            let lba = self.lba(u);
+            self.mismatch
+                .get_or_insert_with(|| format!("LBA {lba}: two appends landed there"));
+            return;
+        }
+        self.seqs[u as usize] = s.seq;
+        self.keys[u as usize] = (s.k % z.per_zone) as u32;
+        self.written += bpi;
+    }
+
     /// Takes a completion back; returns the bytes it moved.
     fn complete(&mut self, d: Done, now: Stamp) -> u64 {
         let slot = d.tag as usize;
         let Some(&s) = self.slots.get(slot) else {
             return 0;
         };
+        let appended = d.appended_lba;
         let (buf, result) = d.into_parts();
         match (buf, &mut self.bufs) {
             (IoBuf::Dma(b), Bufs::Pool(v)) => v[slot] = Some(b),
@@ -1166,12 +1461,18 @@ impl<'a> Worker<'a> {
         let o = self.ctx.o;
         let lba = self.lba(s.k);
         let k = s.k as usize;
+        let append = self.appends(s.k, s.write);
+        if let (Some(j), Some(c)) = (append, self.zone.as_mut()) {
+            c.inflight[j as usize] = c.inflight[j as usize].saturating_sub(1);
+        }
         let mut moved = 0;
         match result {
             Ok(()) => {
                 if o.verify {
                     self.busy[k] = false;
-                    if s.write {
+                    if let Some(j) = append {
+                        self.record_append(j, s, appended);
+                    } else if s.write {
                         self.seqs[k] = s.seq;
                         self.written += self.ctx.g.bpi;
                     } else {
@@ -1181,8 +1482,9 @@ impl<'a> Worker<'a> {
                                 self.ctx.g.block as usize,
                                 verify::tag(self.ctx.run_id, want),
                             );
+                            let key = self.verify_key(s.k);
                             let r = match self.slot_buf(slot) {
-                                Some(b) => verify::check(b, lba, block, tag),
+                                Some(b) => verify::check(b, key, block, tag),
                                 None => Err(format!("LBA {lba}: read buffer missing")),
                             };
                             match r {
@@ -1209,14 +1511,21 @@ impl<'a> Worker<'a> {
             Err(e) => {
                 if o.verify {
                     self.busy[k] = false;
-                    if s.write {
+                    if s.write && append.is_none() {
                         self.seqs[k] = UNKNOWN;
                     }
                 }
                 self.errors += 1;
-                let what = if s.write { "write" } else { "read" };
-                self.error
-                    .get_or_insert_with(|| format!("{what} of {} bytes at LBA {lba}: {e}", o.bs));
+                let at = match append {
+                    Some(j) => format!(
+                        "append of {} bytes to the zone at LBA {}",
+                        o.bs,
+                        self.zone_start(j)
+                    ),
+                    None if s.write => format!("write of {} bytes at LBA {lba}", o.bs),
+                    None => format!("read of {} bytes at LBA {lba}", o.bs),
+                };
+                self.error.get_or_insert_with(|| format!("{at}: {e}"));
             }
         }
         self.free.push(slot);

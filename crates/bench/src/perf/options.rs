@@ -20,6 +20,11 @@ pub enum Rw {
     Randwrite,
     /// Random reads and writes, `mix` percent reads.
     Randrw,
+    /// A zoned namespace written sequentially zone by zone with Zone
+    /// Append (each queue pair on its own zones, `qd` appends in flight),
+    /// each zone reset before it is written again as the run wraps.
+    #[serde(rename = "zoned-write")]
+    ZonedWrite,
 }
 
 impl Rw {
@@ -31,6 +36,11 @@ impl Rw {
     /// Whether the workload writes.
     pub fn writes(self) -> bool {
         !matches!(self, Rw::Read | Rw::Randread)
+    }
+
+    /// Whether the workload writes a zoned namespace zone by zone.
+    pub fn zoned(self) -> bool {
+        matches!(self, Rw::ZonedWrite)
     }
 }
 

@@ -150,6 +150,9 @@ pub struct Summary {
     pub errors: u64,
     /// The first error, if any (the run stops at it).
     pub error: Option<String>,
+    /// Zones reset during the measured phase (zoned-write: each zone
+    /// before it is written again).
+    pub zone_resets: u64,
 }
 
 /// One queue's share.

@@ -26,6 +26,9 @@ pub struct SimOptions {
     pub mdts: u8,
     /// How long the device thread polls before sleeping.
     pub spin: Duration,
+    /// A zoned namespace with zones of this many bytes (at most 8 open
+    /// and 14 active, as the VM's QEMU namespace), instead of an NVM one.
+    pub zone_size: Option<u64>,
 }
 
 impl Default for SimOptions {
@@ -37,6 +40,7 @@ impl Default for SimOptions {
             inline: false,
             mdts: 8,
             spin: Duration::from_millis(2),
+            zone_size: None,
         }
     }
 }
@@ -131,8 +135,19 @@ impl Target {
         if blocks == 0 {
             return Err(Error::Input("simulated namespace of zero blocks".into()));
         }
+        let mut ns = NamespaceConfig::new(blocks, o.block_size);
+        if let Some(z) = o.zone_size {
+            let zone_blocks = z / o.block_size as u64;
+            if zone_blocks == 0 || z % o.block_size as u64 != 0 || blocks % zone_blocks != 0 {
+                return Err(Error::Input(format!(
+                    "simulated zone size {z}: a non-zero multiple of the block size that \
+                     divides the namespace size"
+                )));
+            }
+            ns = ns.zoned(zone_blocks).zone_limits(8, 14);
+        }
         let config = nvme_sim::Config::default()
-            .namespaces(&[NamespaceConfig::new(blocks, o.block_size)])
+            .namespaces(&[ns])
             .null(o.null)
             .inline(o.inline)
             .mdts(o.mdts)

@@ -363,7 +363,7 @@ impl Device {
         match self.deferred.iter().position(|d| d.wait == Wait::Event) {
             Some(i) => {
                 let d = self.deferred.remove(i);
-                self.post(0, d.cmd.cid(), Status::SUCCESS, result);
+                self.post(0, d.cmd.cid(), Status::SUCCESS, u64::from(result));
             }
             None => self.pending_events.push(result),
         }

@@ -317,8 +317,12 @@ impl Device {
             cns::CSI_CONTROLLER if CommandSet::from_csi(csi) == CommandSet::Nvm => {
                 Ok(self.identify_nvm_controller().0)
             }
-            // Zoned's (ZASL 0: MDTS) is all zeroes here.
-            cns::CSI_CONTROLLER if known => Ok(Box::new([0u8; IDENTIFY_LEN])),
+            // Zoned's: ZASL in byte 0, the rest reserved.
+            cns::CSI_CONTROLLER if known => {
+                let mut b = Box::new([0u8; IDENTIFY_LEN]);
+                b[0] = self.sh.config.zasl;
+                Ok(b)
+            }
             cns::CSI_ACTIVE_NAMESPACES if cmd.nsid >= 0xffff_fffe => Err(sc::INVALID_NAMESPACE),
             cns::CSI_ACTIVE_NAMESPACES if known => {
                 Ok(self.namespace_list(cmd.nsid, Some(CommandSet::from_csi(csi))))

@@ -12,21 +12,16 @@ use nvme_vfio::nvme::nvm::{
     CopyRange, DsmAttributes, DsmRange, OptionalCommand, COPY_RANGE_LEN, DSM_RANGE_LEN,
 };
 
+use super::zoned::zone_status;
 use super::{csc, fail, invalid, ok, sc, specific, Device, Outcome, DATA_TRANSFER_ERROR};
-use crate::storage::{Namespace, ZoneError};
+use crate::storage::Namespace;
 
 /// Unrecovered Read Error (media and data integrity), not worth retrying.
 const UNRECOVERED_READ_ERROR: Status = Status::new(2, 0x81, true);
 /// Compare Failure (media and data integrity).
 const COMPARE_FAILURE: Status = Status::new(2, 0x85, true);
-
-/// The status of a write a zone refuses.
-fn zone_status(e: ZoneError) -> Status {
-    specific(match e {
-        ZoneError::InvalidWrite => csc::ZONE_INVALID_WRITE,
-        ZoneError::Boundary => csc::ZONE_BOUNDARY_ERROR,
-    })
-}
+/// The most a Copy moves, whatever the copy limits say.
+const MAX_COPY_BYTES: u64 = 256 << 20;
 
 /// The status a controller reports for a malformed or unreachable data
 /// pointer: malformed ones are not worth retrying, failed transfers may be.
@@ -128,7 +123,10 @@ impl Device {
         self.media_lba.set(None);
         let op = cmd.opcode();
         let supported = match op {
+            // The zoned command set's, on zoned namespaces only (checked
+            // with the namespace).
             io::READ | io::WRITE | io::FLUSH => true,
+            io::ZONE_APPEND | io::ZONE_MGMT_SEND | io::ZONE_MGMT_RECV => true,
             _ => OptionalCommand::ALL
                 .iter()
                 .any(|&c| c.opcode() == op && self.executes(c)),
@@ -152,6 +150,9 @@ impl Device {
             io::WRITE => return self.read_write(cmd, ns, true),
             io::WRITE_ZEROES => return self.write_zeroes(cmd, ns),
             io::DSM => return self.dataset_management(cmd, ns),
+            io::ZONE_APPEND => return self.zone_append(cmd, ns),
+            io::ZONE_MGMT_SEND => return self.zone_mgmt_send(cmd, ns),
+            io::ZONE_MGMT_RECV => return self.zone_mgmt_recv(cmd, ns),
             io::COMPARE => self.compare(cmd, ns),
             io::VERIFY => self.verify(cmd, ns),
             io::WRITE_UNCORRECTABLE => self.write_uncorrectable(cmd, ns),
@@ -241,9 +242,9 @@ impl Device {
     }
 
     /// Copy: source range descriptors of format 0, within the namespace's
-    /// copy limits (Command Size Limit Exceeded past them); every source is
-    /// read before the destination is written, so overlapping ranges copy
-    /// what the sources held.
+    /// copy limits (Command Size Limit Exceeded past them, and past 256 MiB
+    /// in all); every source is read before the destination is written, so
+    /// overlapping ranges copy what the sources held.
     fn copy(&self, cmd: &Command, ns: &Namespace) -> Result<(), Status> {
         let nr = (cmd.cdw12 & 0xff) as usize + 1;
         let format = (cmd.cdw12 >> 8) & 0xf;
@@ -274,12 +275,17 @@ impl Device {
             return Err(specific(csc::COMMAND_SIZE_LIMIT_EXCEEDED));
         }
         let dest = cmd.slba();
-        let (dest_off, _) = Self::blocks(ns, dest, total)?;
+        let (dest_off, len) = Self::blocks(ns, dest, total)?;
+        // What one command may move at most here (the copy is held in
+        // memory whole), as a Read or Write of 65536 4 KiB blocks.
+        if len > MAX_COPY_BYTES {
+            return Err(specific(csc::COMMAND_SIZE_LIMIT_EXCEEDED));
+        }
         if self.sh.config.null {
             return Ok(());
         }
         let bs = u64::from(ns.block_size);
-        let mut data = vec![0u8; (total * bs) as usize];
+        let mut data = vec![0u8; len as usize];
         let mut at = 0usize;
         for r in &sources {
             let n = u64::from(r.blocks);
@@ -322,12 +328,11 @@ impl Device {
         if self.sh.config.max_transfer().is_some_and(|max| len > max) {
             return Err(invalid(sc::INVALID_FIELD));
         }
-        if let Some(z) = &ns.zoned {
-            // No reads across zone boundaries (OZCS bit 0 clear), as on
-            // QEMU's controller by default.
-            if !write && !z.within_one_zone(cmd.slba(), cmd.nlb() as u64) {
-                return Err(specific(csc::ZONE_BOUNDARY_ERROR));
-            }
+        if let Some(z) = ns.zoned.as_ref().filter(|_| !write) {
+            // Within one zone (no reads across zone boundaries: OZCS bit 0
+            // clear, as on QEMU's controller by default), not an Offline
+            // one.
+            z.read(cmd.slba(), cmd.nlb() as u64).map_err(zone_status)?;
         }
         if !self.sh.config.null {
             // The data pointer is checked whole before any data moves.

@@ -11,6 +11,7 @@ mod admin;
 mod info;
 mod io;
 mod queues;
+mod zoned;
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -60,7 +61,6 @@ pub(crate) mod csc {
     pub const INVALID_FORMAT: u8 = 0x0a;
     pub const COMMAND_SIZE_LIMIT_EXCEEDED: u8 = 0x83;
     pub const ZONE_BOUNDARY_ERROR: u8 = 0xb8;
-    pub const ZONE_INVALID_WRITE: u8 = 0xbc;
 }
 
 /// A generic status with Do Not Retry: the command is malformed.
@@ -76,11 +76,18 @@ pub(crate) const fn specific(code: u8) -> Status {
 /// A transfer the IOMMU refused: retryable, as the mapping may be fixed.
 pub(crate) const DATA_TRANSFER_ERROR: Status = Status::new(0, sc::DATA_TRANSFER, false);
 
-/// What a command's execution produced.
-pub(crate) type Outcome = Option<(Status, u32)>;
+/// What a command's execution produced: its status and completion
+/// dwords 0 and 1 (dword 0 low).
+pub(crate) type Outcome = Option<(Status, u64)>;
 
 /// Completed successfully with `result` in dword 0.
 pub(crate) const fn ok(result: u32) -> Outcome {
+    Some((Status::SUCCESS, result as u64))
+}
+
+/// Completed successfully with `result` in dwords 0 and 1 (a Zone
+/// Append's LBA).
+pub(crate) const fn ok64(result: u64) -> Outcome {
     Some((Status::SUCCESS, result))
 }
 
@@ -124,7 +131,7 @@ enum Afterwards {
     /// `redo_data`).
     Duplicate {
         status: Status,
-        result: u32,
+        result: u64,
         redo_data: bool,
     },
     /// Move the data (the completion went first).
@@ -375,6 +382,11 @@ impl Device {
         if self.shutdown_at.is_some_and(|t| t <= now) {
             self.shutdown_at = None;
             self.shut_down = true;
+            // Open zones are closed (or emptied, if nothing was written),
+            // as QEMU's controller does.
+            for z in self.sh.namespaces.iter().filter_map(|n| n.zoned.as_ref()) {
+                z.shutdown();
+            }
             self.set_shst(ShutdownStatus::Complete);
             busy = true;
         }
@@ -692,8 +704,8 @@ impl Device {
             .flatten()
             .map_or(0, |s| s.head as u16);
         let cqe = nvme_vfio::nvme::cmd::Completion {
-            result,
-            rsvd: 0,
+            result: result as u32,
+            rsvd: (result >> 32) as u32,
             sq_head,
             sq_id: sqid,
             cid: cmd.cid(),

@@ -262,7 +262,7 @@ impl Device {
 
     /// Posts a completion for command `cid` of SQ `sqid`, carrying the SQ's
     /// current head.
-    pub(crate) fn post(&mut self, sqid: u16, cid: u16, status: Status, result: u32) {
+    pub(crate) fn post(&mut self, sqid: u16, cid: u16, status: Status, result: u64) {
         self.post_entry(sqid, cid, status, result, None);
     }
 
@@ -273,7 +273,7 @@ impl Device {
         sqid: u16,
         cid: u16,
         status: Status,
-        result: u32,
+        result: u64,
         corrupt: Option<CqeCorruption>,
     ) {
         let Some(sq) = self.sqs.get(sqid as usize).copied().flatten() else {
@@ -281,8 +281,8 @@ impl Device {
             return;
         };
         let mut cqe = Completion {
-            result,
-            rsvd: 0,
+            result: result as u32,
+            rsvd: (result >> 32) as u32,
             sq_head: sq.head as u16,
             sq_id: sqid,
             cid,
@@ -300,6 +300,10 @@ impl Device {
                 cqe.sq_head = ((tail as u64 + k as u64) % sq.size as u64) as u16;
             }
             Some(CqeCorruption::InvertPhase) => flip = true,
+            Some(CqeCorruption::Result(v)) => {
+                cqe.result = v as u32;
+                cqe.rsvd = (v >> 32) as u32;
+            }
         }
         self.push_cqe(sq.cqid, cqe, flip);
     }

@@ -20,8 +20,8 @@ enum Cell {
     Free,
     /// In flight; the waker of the future's last poll.
     Waiting(Option<Waker>),
-    /// Completed, not yet taken by its future.
-    Done(IoBuf, Result<(), Error>),
+    /// Completed, not yet taken by its future (with a Zone Append's LBA).
+    Done(IoBuf, Result<(), Error>, Option<u64>),
     /// In flight, its future dropped: the buffer goes when it completes.
     Abandoned,
 }
@@ -110,6 +110,16 @@ pub struct IoFuture {
     finished: bool,
 }
 
+/// The future of a Zone Append
+/// ([`AsyncQueuePair::zone_append`]): resolves to its buffer and the LBA
+/// its data landed at.
+#[derive(Debug)]
+#[must_use = "the request runs anyway; its result is only seen by awaiting"]
+pub struct AppendFuture(IoFuture);
+
+/// What a request's future resolves to, with a Zone Append's LBA.
+type Finished = (IoBuf, Result<(), Error>, Option<u64>);
+
 impl AsyncQueuePair {
     /// Wraps `qp`: from now on its requests are submitted and completed
     /// through this object. `qp` must be idle (nothing in flight, no
@@ -167,6 +177,21 @@ impl AsyncQueuePair {
         }
     }
 
+    /// Queues a Zone Append of `buf` to the zone of zoned namespace `ns`
+    /// that starts at `zslba` ([`Io::zone_append`]) and returns the future
+    /// of the LBA its data lands at. Refused as [`submit`](Self::submit)
+    /// refuses.
+    #[allow(clippy::result_large_err)]
+    pub fn zone_append(
+        &self,
+        ns: &super::Namespace,
+        zslba: u64,
+        buf: impl Into<IoBuf>,
+    ) -> Result<AppendFuture, (Error, Io)> {
+        self.submit(Io::zone_append(ns, zslba, buf))
+            .map(AppendFuture)
+    }
+
     /// Publishes queued requests and collects completions, waking their
     /// futures; returns how many completed. Checks timeouts (see
     /// [`QueuePair::poll`]).
@@ -184,7 +209,7 @@ impl AsyncQueuePair {
                 };
                 match core::mem::take(cell) {
                     Cell::Waiting(waker) => {
-                        *cell = Cell::Done(d.buf, d.result);
+                        *cell = Cell::Done(d.buf, d.result, d.appended_lba);
                         if let Some(w) = waker {
                             s.wake.push(w);
                         }
@@ -254,11 +279,32 @@ impl Future for IoFuture {
     type Output = (IoBuf, Result<(), Error>);
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.get_mut();
+        self.get_mut().poll_finished(cx).map(|(buf, r, _)| (buf, r))
+    }
+}
+
+impl Future for AppendFuture {
+    type Output = (IoBuf, Result<u64, Error>);
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.get_mut().0.poll_finished(cx).map(|(buf, r, lba)| {
+            let lba = r.and_then(|()| {
+                lba.ok_or_else(|| Error::Invalid("not a Zone Append: no LBA came back".into()))
+            });
+            (buf, lba)
+        })
+    }
+}
+
+impl IoFuture {
+    /// [`poll`](Future::poll), with a Zone Append's LBA.
+    fn poll_finished(&mut self, cx: &mut Context<'_>) -> Poll<Finished> {
+        let this = self;
         let done_already = || {
             Poll::Ready((
                 IoBuf::Raw,
                 Err(Error::Invalid("future polled after it completed".into())),
+                None,
             ))
         };
         if this.finished {
@@ -274,10 +320,10 @@ impl Future for IoFuture {
                 return done_already();
             };
             match core::mem::take(cell) {
-                Cell::Done(buf, result) => {
+                Cell::Done(buf, result, lba) => {
                     s.free.push(this.cell);
                     this.finished = true;
-                    return Poll::Ready((buf, result));
+                    return Poll::Ready((buf, result, lba));
                 }
                 Cell::Waiting(waker) => {
                     // Published now if it was not yet (nothing if it was).
@@ -307,12 +353,12 @@ impl Future for IoFuture {
             }
             // Completed while the waker was cloned (it polled the queue).
             Some(cell @ Cell::Done(..)) => {
-                let Cell::Done(buf, result) = core::mem::take(cell) else {
+                let Cell::Done(buf, result, lba) = core::mem::take(cell) else {
                     unreachable!("matched above")
                 };
                 s.free.push(this.cell);
                 this.finished = true;
-                Poll::Ready((buf, result))
+                Poll::Ready((buf, result, lba))
             }
             _ => done_already(),
         }
@@ -335,7 +381,7 @@ impl Drop for IoFuture {
         };
         let old = match core::mem::take(cell) {
             // Completed, never taken: the buffer goes now.
-            Cell::Done(buf, result) => {
+            Cell::Done(buf, result, _) => {
                 s.free.push(self.cell);
                 drop((buf, result));
                 None

@@ -36,9 +36,13 @@ impl QueuePair {
     }
 
     /// Writes `buf` to blocks starting at `lba` and waits; `fua` forces it
-    /// to media before completion. Every write call is refused on a zoned
-    /// namespace ([`Error::ZonedNamespace`]), before anything is submitted.
+    /// to media before completion. On a zoned namespace the write must
+    /// start at its zone's write pointer (else the controller fails it
+    /// with Zone Invalid Write) and stay inside the zone (else it is
+    /// refused before anything is submitted: [`Error::CrossesZone`]); it
+    /// runs one command at a time, in order.
     pub fn write(&mut self, ns: &Namespace, lba: u64, buf: &[u8], fua: bool) -> Result<(), Error> {
+        super::zns::check_zone_span(ns, lba, buf.len() as u64)?;
         let seg = HostSeg::from_slice(buf);
         if !self.describable(&[seg]) {
             return self.write_bounced(Op::Write { fua }, ns, lba, &[buf]);
@@ -118,6 +122,8 @@ impl QueuePair {
         bufs: &[&[u8]],
         fua: bool,
     ) -> Result<(), Error> {
+        let total: u64 = bufs.iter().map(|b| b.len() as u64).sum();
+        super::zns::check_zone_span(ns, lba, total)?;
         let segs: Vec<HostSeg> = bufs.iter().map(|b| HostSeg::from_slice(b)).collect();
         if !self.describable(&segs) {
             return self.write_bounced(Op::Write { fua }, ns, lba, bufs);
@@ -129,7 +135,7 @@ impl QueuePair {
     /// they are: SGLs (dword aligned where the controller needs it), or
     /// PRPs, whose pieces meet at page boundaries. Device addresses keep
     /// the host's offsets within a page, so the host's layout decides.
-    fn describable(&self, segs: &[HostSeg]) -> bool {
+    pub(super) fn describable(&self, segs: &[HostSeg]) -> bool {
         let dwords = || (segs.iter()).all(|s| (s.addr.raw_u64() | s.len) & 3 == 0);
         (self.sgl_any_alignment || dwords())
             && (self.policy.io_sgls || Shape::of_segments(segs, self.shared.page).prp_ok)
@@ -220,9 +226,10 @@ impl QueuePair {
     }
 
     /// Writes zeroes to `blocks` blocks at `lba` (split at 65536 blocks per
-    /// command, or the controller's Write Zeroes size limit). Refused on a
-    /// zoned namespace ([`Error::ZonedNamespace`]), and on a controller
-    /// without Write Zeroes ([`Error::UnsupportedCommand`]).
+    /// command, or the controller's Write Zeroes size limit, one command
+    /// at a time). Refused on a controller without Write Zeroes
+    /// ([`Error::UnsupportedCommand`]). On a zoned namespace, as a write:
+    /// at the zone's write pointer, inside one zone ([`Error::CrossesZone`]).
     pub fn write_zeroes(&mut self, ns: &Namespace, lba: u64, blocks: u64) -> Result<(), Error> {
         use crate::nvme::nvm::{NvmLimits, OptionalCommand};
         if !self.nvm.commands.contains(OptionalCommand::WriteZeroes) {
@@ -230,10 +237,8 @@ impl QueuePair {
                 command: OptionalCommand::WriteZeroes,
             });
         }
-        if ns.is_zoned() {
-            return Err(Error::ZonedNamespace { nsid: ns.id() });
-        }
         check_range(ns, lba, blocks)?;
+        super::zns::check_zone_span(ns, lba, blocks.saturating_mul(ns.block_size()))?;
         let per =
             NvmLimits::blocks_per_command(self.nvm.limits.write_zeroes_bytes, ns.block_size());
         let mut done = 0;

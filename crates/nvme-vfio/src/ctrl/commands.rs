@@ -7,8 +7,8 @@
 //! does not support it ([`Error::UnsupportedCommand`]), if a block it
 //! names is outside the namespace, if it is over a limit the controller or
 //! the namespace reports ([`Error::OverLimit`]: Copy's source ranges and
-//! lengths, Dataset Management's ranges), or if it writes blocks of a
-//! zoned namespace (Write Uncorrectable, Copy: [`Error::ZonedNamespace`]).
+//! lengths, Dataset Management's ranges), or if it is Write Uncorrectable
+//! or Copy on a zoned namespace ([`Error::ZonedNamespace`]).
 //! Verify and Write Uncorrectable are split at the controller's size limit
 //! (VSL, WUSL) and at 65536 blocks into commands that complete as one
 //! request; Copy and Dataset Management are one command each, whose range
@@ -165,23 +165,27 @@ impl QueuePair {
         self.dataset_management(ns, &pieces, DsmAttributes::DEALLOCATE)
     }
 
-    /// Refuses `op` on `ns` if the controller does not support it, or if
-    /// it writes blocks of a zoned namespace.
+    /// Refuses `op` on `ns` if the controller does not support it, if the
+    /// driver refuses it on a zoned namespace (Write Uncorrectable, Copy),
+    /// or if it is a Zone Append and `ns` is not zoned.
     pub(super) fn check_op(&self, op: Op, ns: &Namespace) -> Result<(), Error> {
         if let Some(command) = op.optional_command() {
             if !self.nvm.commands.contains(command) {
                 return Err(Error::UnsupportedCommand { command });
             }
         }
-        if op.writes_at_lba() && ns.is_zoned() {
+        if op.refused_on_zoned() && ns.is_zoned() {
             return Err(Error::ZonedNamespace { nsid: ns.id() });
+        }
+        if matches!(op, Op::ZoneAppend { .. }) && !ns.is_zoned() {
+            return Err(Error::NotZoned { nsid: ns.id() });
         }
         Ok(())
     }
 
     /// Whether the queue pair may submit `op` on `ns` now: the controller
     /// running (after recovering from a reset), and the op allowed.
-    fn admit(&mut self, op: Op, ns: &Namespace) -> Result<(), Error> {
+    pub(super) fn admit(&mut self, op: Op, ns: &Namespace) -> Result<(), Error> {
         if let Some(e) = self.shared.refusal() {
             return Err(e);
         }

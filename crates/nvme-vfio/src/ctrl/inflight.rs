@@ -48,9 +48,10 @@ impl Slot {
 pub(super) struct Pending {
     buf: IoBuf,
     tag: u64,
-    /// The blocking call's request (its result goes to the queue pair's
-    /// blocking result, not into a `Done`).
-    blocking: bool,
+    /// How the request completes ([`Pending::BLOCKING`],
+    /// [`Pending::APPEND`]); 0 for a caller's request whose completion
+    /// carries nothing but its status, the common case.
+    flags: u8,
     /// The request's memory is the caller's borrow (a blocking read or
     /// write): it goes back when the call returns, whatever happens.
     borrowed: bool,
@@ -62,11 +63,19 @@ pub(super) struct Pending {
 }
 
 impl Pending {
+    /// The blocking call's request: its result goes to the queue pair's
+    /// blocking result, not into a `Done`.
+    const BLOCKING: u8 = 1 << 0;
+    /// A Zone Append: its completion's dwords 0 and 1 are the LBA where
+    /// the data landed, checked against the range
+    /// [`Inflight::set_append_range`] gave it.
+    const APPEND: u8 = 1 << 1;
+
     /// A free entry.
     const FREE: Pending = Pending {
         buf: IoBuf::Raw,
         tag: 0,
-        blocking: false,
+        flags: 0,
         borrowed: false,
         remaining: 0,
         error: None,
@@ -86,7 +95,7 @@ impl Pending {
         Pending {
             buf,
             tag,
-            blocking,
+            flags: blocking as u8,
             borrowed,
             remaining: commands,
             error: None,
@@ -94,11 +103,19 @@ impl Pending {
         }
     }
 
+    /// The same request, a Zone Append (of one command): the LBA its
+    /// completion reports is checked against the range
+    /// [`Inflight::set_append_range`] gives it, and handed back.
+    pub(super) fn append(mut self) -> Self {
+        self.flags |= Self::APPEND;
+        self
+    }
+
     /// Frees the entry; returns its tag, buffer and error.
     #[inline]
     fn take(&mut self) -> (u64, IoBuf, Option<Box<Error>>) {
         self.remaining = 0;
-        self.blocking = false;
+        self.flags = 0;
         self.borrowed = false;
         (
             self.tag,
@@ -154,6 +171,13 @@ pub(super) struct Inflight {
     stamped: u32,
     /// The blocking call's result, once its request completed.
     blocking_done: Option<Result<(), Error>>,
+    /// The LBA the blocking call's Zone Append landed at.
+    blocking_lba: Option<u64>,
+    /// The LBAs each Zone Append's data may land at, first and last (its
+    /// zone's start, and its end less the append's length), by request
+    /// (appends take requests `0..depth`). Apart from [`Pending`], which
+    /// every completion touches.
+    append_ranges: Vec<(u64, u64)>,
 }
 
 impl Inflight {
@@ -176,6 +200,8 @@ impl Inflight {
             quarantined: 0,
             stamped: 0,
             blocking_done: None,
+            blocking_lba: None,
+            append_ranges: vec![(0, 0); depth],
         }
     }
 
@@ -247,8 +273,10 @@ impl Inflight {
         debug_assert!(p.remaining == 0 && matches!(p.buf, IoBuf::Raw));
         // SAFETY: overwrites IoBuf::Raw (nothing to drop) with the buffer.
         unsafe { core::ptr::write(&mut p.buf, buf) };
-        (p.tag, p.blocking) = tag.parts();
-        p.borrowed = p.blocking;
+        let (t, blocking) = tag.parts();
+        p.tag = t;
+        p.flags = blocking as u8;
+        p.borrowed = blocking;
         p.remaining = 1;
         p.what = what;
         id
@@ -262,6 +290,14 @@ impl Inflight {
         };
         self.reqs[req as usize] = pending;
         Ok(req)
+    }
+
+    /// Sets the LBAs the data of Zone Append request `req` (started with
+    /// [`start_request`](Self::start_request)) may land at, `first..=last`.
+    pub(super) fn set_append_range(&mut self, req: u32, first: u64, last: u64) {
+        if let Some(r) = self.append_ranges.get_mut(req as usize) {
+            *r = (first, last);
+        }
     }
 
     /// Takes the oldest free slot, for a command of a request being
@@ -343,6 +379,12 @@ impl Inflight {
         self.blocking_done.take()
     }
 
+    /// The LBA the blocking call's Zone Append landed at, once it
+    /// completed successfully.
+    pub(super) fn take_blocking_lba(&mut self) -> Option<u64> {
+        self.blocking_lba.take()
+    }
+
     /// Sets request `req`'s error to what `make` builds from its command
     /// name, unless it has one already (the first error of a request
     /// wins) or has completed.
@@ -357,9 +399,11 @@ impl Inflight {
 
     /// Counts one command of request `req` done; completes the request when
     /// it was the last: into `out`, or, for the blocking call's, into the
-    /// result [`take_blocking`](Self::take_blocking) returns.
+    /// result [`take_blocking`](Self::take_blocking) returns. `result` is
+    /// the command's completion dwords 0 and 1 (only a Zone Append's are
+    /// looked at).
     #[inline(always)]
-    pub(super) fn finish_child(&mut self, req: u32, out: &mut Vec<Done>) {
+    pub(super) fn finish_child(&mut self, req: u32, out: &mut Vec<Done>, result: u64) {
         let Some(p) = self.reqs.get_mut(req as usize) else {
             return;
         };
@@ -371,8 +415,8 @@ impl Inflight {
                 return;
             }
         }
-        if p.error.is_some() || p.blocking {
-            return self.finish_request_rare(req, out);
+        if p.error.is_some() || p.flags != 0 {
+            return self.finish_request_rare(req, out, result);
         }
         if out.len() == out.capacity() {
             grow(out);
@@ -392,6 +436,7 @@ impl Inflight {
             core::ptr::copy_nonoverlapping(&p.buf, core::ptr::addr_of_mut!((*dst).buf), 1);
             core::ptr::write(&mut p.buf, IoBuf::Raw);
             core::ptr::addr_of_mut!((*dst).result).write(Ok(()));
+            core::ptr::addr_of_mut!((*dst).appended_lba).write(None);
             out.set_len(len + 1);
         }
         if (req as usize) < self.slots.len() {
@@ -399,23 +444,57 @@ impl Inflight {
         }
     }
 
-    /// [`finish_child`](Self::finish_child) for a request that failed or
-    /// is the blocking call's.
+    /// [`finish_child`](Self::finish_child) for a request that failed, is
+    /// the blocking call's, or is a Zone Append (whose `result` is the LBA
+    /// its data landed at: believed only inside the append's zone).
     #[inline(never)]
-    fn finish_request_rare(&mut self, req: u32, out: &mut Vec<Done>) {
-        let is_blocking = self.reqs[req as usize].blocking;
+    fn finish_request_rare(&mut self, req: u32, out: &mut Vec<Done>, result: u64) {
+        let p = &self.reqs[req as usize];
+        let (flags, what) = (p.flags, p.what);
+        // An append's request is one of `0..depth`: (1, 0) for any other
+        // makes every LBA outside its range.
+        let (first, last) = self
+            .append_ranges
+            .get(req as usize)
+            .copied()
+            .unwrap_or((1, 0));
         let (tag, buf, error) = self.reqs[req as usize].take();
         if (req as usize) < self.slots.len() {
             self.free_reqs.push(req);
         }
+        let mut appended_lba = None;
         let result = match error {
             Some(e) => Err(*e),
+            None if flags & Pending::APPEND != 0 => {
+                if (first..=last).contains(&result) {
+                    appended_lba = Some(result);
+                    Ok(())
+                } else {
+                    log::warn!(
+                        "{what}: the controller reported LBA {result:#x}, outside the zone \
+                         ({first:#x} to {last:#x})"
+                    );
+                    Err(Error::DeviceData {
+                        what,
+                        detail: format!(
+                            "its completion reports LBA {result:#x}, but the data can only \
+                             have landed at {first:#x} to {last:#x}"
+                        ),
+                    })
+                }
+            }
             None => Ok(()),
         };
-        if is_blocking {
+        if flags & Pending::BLOCKING != 0 {
             self.blocking_done = Some(result);
+            self.blocking_lba = appended_lba;
         } else {
-            out.push(Done { tag, buf, result });
+            out.push(Done {
+                tag,
+                buf,
+                result,
+                appended_lba,
+            });
         }
     }
 
@@ -505,7 +584,7 @@ impl Inflight {
             }
             let req = self.finish(cid, pool, mapper);
             self.fail(req, &make);
-            self.finish_child(req, out);
+            self.finish_child(req, out, 0);
         }
     }
 
@@ -549,7 +628,7 @@ impl Inflight {
             }
             core::mem::forget(core::mem::replace(&mut p.buf, IoBuf::Raw));
             p.error = Some(Box::new(Error::Dead));
-            self.finish_child(req, out);
+            self.finish_child(req, out, 0);
         }
     }
 }

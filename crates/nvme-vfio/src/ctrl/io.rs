@@ -118,20 +118,32 @@ pub enum Op {
     /// Dataset Management: the buffer holds the ranges (the attributes
     /// are the request's, [`Io::dataset_management`]).
     DatasetManagement,
+    /// Zone Append of the buffer to the zone that starts at the request's
+    /// LBA (a zoned namespace's): the controller picks where the data
+    /// lands, at the zone's write pointer, and the completion says where
+    /// ([`Done::appended_lba`]).
+    ZoneAppend {
+        /// Force Unit Access.
+        fua: bool,
+    },
 }
 
 impl Op {
     /// Whether the op moves the buffer's data to or from blocks (Read,
-    /// Write, Compare): the ops [`QueuePair::submit_raw`](super::QueuePair::submit_raw)
-    /// takes and the ones a request's length applies to.
+    /// Write, Compare, Zone Append): the ones a request's length applies
+    /// to, and but for Zone Append the ops
+    /// [`QueuePair::submit_raw`](super::QueuePair::submit_raw) takes.
     pub const fn moves_blocks(self) -> bool {
-        matches!(self, Op::Read | Op::Write { .. } | Op::Compare)
+        matches!(
+            self,
+            Op::Read | Op::Write { .. } | Op::Compare | Op::ZoneAppend { .. }
+        )
     }
 
     /// The optional command the op needs, if any.
     pub const fn optional_command(self) -> Option<OptionalCommand> {
         match self {
-            Op::Read | Op::Write { .. } => None,
+            Op::Read | Op::Write { .. } | Op::ZoneAppend { .. } => None,
             Op::Compare => Some(OptionalCommand::Compare),
             Op::Verify => Some(OptionalCommand::Verify),
             Op::WriteUncorrectable => Some(OptionalCommand::WriteUncorrectable),
@@ -140,10 +152,11 @@ impl Op {
         }
     }
 
-    /// Whether the op writes blocks at the LBAs it names, which a zoned
-    /// namespace refuses (Write, Write Uncorrectable, Copy's destination).
-    pub(crate) const fn writes_at_lba(self) -> bool {
-        matches!(self, Op::Write { .. } | Op::WriteUncorrectable | Op::Copy)
+    /// Whether the driver refuses the op on a zoned namespace: Write
+    /// Uncorrectable and Copy, which write blocks at LBAs they name
+    /// without the zoned command set's rules for them.
+    pub(crate) const fn refused_on_zoned(self) -> bool {
+        matches!(self, Op::WriteUncorrectable | Op::Copy)
     }
 }
 
@@ -194,8 +207,11 @@ impl Io {
         Self::new(Op::Read, ns, lba, buf.into())
     }
 
-    /// A write of the buffer at `lba` (refused at submission on a zoned
-    /// namespace: [`Error::ZonedNamespace`]).
+    /// A write of the buffer at `lba`. On a zoned namespace a write must
+    /// start at its zone's write pointer (else the controller fails it
+    /// with Zone Invalid Write) and be one command: it is refused before
+    /// submission if it crosses a zone boundary ([`Error::CrossesZone`])
+    /// or is longer than the maximum transfer ([`Error::TooLarge`]).
     pub fn write(ns: &Namespace, lba: u64, buf: impl Into<IoBuf>) -> Self {
         Self::new(Op::Write { fua: false }, ns, lba, buf.into())
     }
@@ -205,6 +221,17 @@ impl Io {
     /// buffer is only read.
     pub fn compare(ns: &Namespace, lba: u64, buf: impl Into<IoBuf>) -> Self {
         Self::new(Op::Compare, ns, lba, buf.into())
+    }
+
+    /// A Zone Append of the buffer to the zone of a zoned namespace that
+    /// starts at `zslba`: one command, at most the controller's Zone
+    /// Append size limit ([`QueuePair::zone_append_limit`](super::QueuePair::zone_append_limit)).
+    /// Its [`Done::appended_lba`] is where the data landed. Refused before
+    /// submission on a namespace that is not zoned ([`Error::NotZoned`]),
+    /// when `zslba` is not a zone's start, when the data is longer than a
+    /// zone or over the limit ([`Error::OverLimit`]).
+    pub fn zone_append(ns: &Namespace, zslba: u64, buf: impl Into<IoBuf>) -> Self {
+        Self::new(Op::ZoneAppend { fua: false }, ns, zslba, buf.into())
     }
 
     /// A Verify of `blocks` blocks at `lba` (split at the controller's
@@ -251,17 +278,9 @@ impl Io {
     }
 
     fn new(op: Op, ns: &Namespace, lba: u64, buf: IoBuf) -> Self {
-        let mut ns = ns.clone();
-        if matches!(op, Op::Write { .. }) && ns.is_zoned() {
-            // Refused at submission (Error::ZonedNamespace). With no
-            // blocks, the request fails the fast path's range check, so the
-            // refusal costs the fast path nothing; the general path checks
-            // the command set first.
-            ns.blocks = 0;
-        }
         Io {
             op,
-            ns,
+            ns: ns.clone(),
             lba,
             len: buf.len(),
             buf,
@@ -300,8 +319,8 @@ impl Io {
         }
     }
 
-    /// Transfers only the first `len` bytes of the buffer (reads, writes
-    /// and compares; other requests keep their length).
+    /// Transfers only the first `len` bytes of the buffer (reads, writes,
+    /// compares and Zone Appends; other requests keep their length).
     pub fn with_len(mut self, len: usize) -> Self {
         if self.op.moves_blocks() {
             self.len = len;
@@ -309,10 +328,12 @@ impl Io {
         self
     }
 
-    /// Sets Force Unit Access on a write.
+    /// Sets Force Unit Access on a write or a Zone Append.
     pub fn fua(mut self) -> Self {
-        if let Op::Write { .. } = self.op {
-            self.op = Op::Write { fua: true };
+        match self.op {
+            Op::Write { .. } => self.op = Op::Write { fua: true },
+            Op::ZoneAppend { .. } => self.op = Op::ZoneAppend { fua: true },
+            _ => {}
         }
         self
     }
@@ -338,6 +359,10 @@ pub struct Done {
     pub buf: IoBuf,
     /// The outcome.
     pub result: Result<(), Error>,
+    /// For a Zone Append that succeeded, the LBA its data landed at (from
+    /// its completion, checked to lie in the append's zone); `None` for
+    /// every other request.
+    pub appended_lba: Option<u64>,
 }
 
 impl Done {

@@ -27,6 +27,7 @@ mod recovery;
 mod shared;
 mod support;
 mod unplug;
+mod zns;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -43,7 +44,10 @@ use crate::Error;
 pub use crate::nvme::nvm::{
     CopyLimits, CopyRange, DsmAttributes, DsmRange, NvmLimits, OptionalCommand,
 };
-pub use asyncio::{AsyncQueuePair, IoFuture};
+pub use crate::nvme::zns::{
+    ReportFilter, ZoneAction, ZoneAttributes, ZoneDescriptor, ZoneState, ZoneType,
+};
+pub use asyncio::{AppendFuture, AsyncQueuePair, IoFuture};
 pub use cmb::CmbBuf;
 pub use events::{AsyncEvent, AsyncEventKind};
 pub use function::{Interrupts, PciFunction};
@@ -145,8 +149,13 @@ impl Namespace {
         self.command_set
     }
     /// Whether the namespace is zoned (Zoned Namespace command set): it
-    /// reads like any other, but plain writes and Write Zeroes are refused
-    /// with [`Error::ZonedNamespace`] before anything is submitted.
+    /// reads like any other, and is written sequentially in each zone:
+    /// with [`QueuePair::zone_append`] (or [`Io::zone_append`]), or with
+    /// writes at the zone's write pointer (which the controller checks:
+    /// Zone Invalid Write), its zones managed with
+    /// [`QueuePair::zone_action`] and listed with
+    /// [`QueuePair::report_zones`]. Write Uncorrectable and Copy are
+    /// refused on it ([`Error::ZonedNamespace`]).
     pub fn is_zoned(&self) -> bool {
         self.command_set == CommandSet::Zoned
     }

@@ -47,7 +47,7 @@ pub struct ZoneInfo {
 impl ZoneInfo {
     /// The zone size of `id`'s LBA format `format` with the controller's
     /// ZASL; `None` if the device reports a zone size of 0.
-    fn new(id: &IdentifyZonedNamespace, format: usize, zasl: u8) -> Option<Self> {
+    pub(super) fn new(id: &IdentifyZonedNamespace, format: usize, zasl: u8) -> Option<Self> {
         Some(ZoneInfo {
             zone_blocks: NonZeroU64::new(id.zone_size(format)?)?,
             mor: id.mor(),

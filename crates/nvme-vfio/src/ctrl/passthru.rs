@@ -160,7 +160,7 @@ fn transfer_len(q: Queue, cmd: &Command) -> Result<Moves, Error> {
             _ => Ok(Moves::Nothing),
         },
         Queue::Io(block) => match cmd.opcode() {
-            io::READ | io::WRITE | io::COMPARE => Ok(Moves::Bytes(
+            io::READ | io::WRITE | io::COMPARE | io::ZONE_APPEND => Ok(Moves::Bytes(
                 ((u64::from(cmd.cdw12 & 0xffff) + 1) * block) as usize,
             )),
             // Dataset Management: NR + 1 ranges of 16 bytes.
@@ -173,6 +173,13 @@ fn transfer_len(q: Queue, cmd: &Command) -> Result<Moves, Error> {
                     "a Copy descriptor format other than 0, whose length the driver does not know",
                 ),
             },
+            // Zone Management Receive: NUMD + 1 dwords.
+            io::ZONE_MGMT_RECV => dwords(u64::from(cmd.cdw12)),
+            // Zone Management Send: no data but for Set Zone Descriptor
+            // Extension (10h), whose size is the namespace's.
+            io::ZONE_MGMT_SEND if cmd.cdw13 & 0xff == 0x10 => {
+                refuse("Set Zone Descriptor Extension, whose length the driver does not know")
+            }
             _ => Ok(Moves::Nothing),
         },
     }
@@ -346,7 +353,8 @@ impl QueuePair {
     /// NSID is set from `ns`) to completion. As with
     /// [`Controller::admin_passthru`], the driver builds the data pointer
     /// from what the command moves; it takes data only with Read, Write,
-    /// Compare, Dataset Management and Copy (descriptor format 0). With `data`, the buffer is the command's data,
+    /// Compare, Dataset Management, Copy (descriptor format 0), Zone
+    /// Append and Zone Management Receive. With `data`, the buffer is the command's data,
     /// in the direction its opcode says, and must hold what the command
     /// moves; it comes back. A command that fails gives it up (it is
     /// dropped, or kept out of reach if the controller could not be

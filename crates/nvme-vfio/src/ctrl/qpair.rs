@@ -286,8 +286,7 @@ impl QueuePair {
 
     /// Submits `io`. Its buffer belongs to the request until it comes back
     /// in a [`Done`] from [`poll`](Self::poll); on refusal the request comes
-    /// back with the error and nothing was submitted (a write to a zoned
-    /// namespace always is: [`Error::ZonedNamespace`]). The device sees the
+    /// back with the error and nothing was submitted. The device sees the
     /// command at the next [`poll`](Self::poll) or [`flush`](Self::flush).
     // The refused request comes back by value: "queue full" is a normal,
     // frequent outcome for a caller that submits until full, and boxing it
@@ -300,7 +299,9 @@ impl QueuePair {
                 // command supported?) on the general path.
                 let parts = match io.op {
                     Op::Read => READ_PARTS,
-                    Op::Write { fua } => (io::WRITE, fua, "Write"),
+                    // A zoned namespace's writes are checked against its
+                    // zones first.
+                    Op::Write { fua } if !io.ns.is_zoned() => (io::WRITE, fua, "Write"),
                     _ => return self.submit_slow(io),
                 };
                 let Io {
@@ -318,6 +319,9 @@ impl QueuePair {
     #[inline(never)]
     #[allow(clippy::result_large_err)]
     fn submit_slow(&mut self, io: Io) -> Result<(), (Error, Io)> {
+        if let Op::ZoneAppend { .. } = io.op {
+            return self.submit_zone_append(io);
+        }
         if !io.op.moves_blocks() {
             return self.submit_command(io);
         }
@@ -377,7 +381,7 @@ impl QueuePair {
         segs: &[HostSeg],
         tag: u64,
     ) -> Result<(), Error> {
-        if !op.moves_blocks() {
+        if !op.moves_blocks() || matches!(op, Op::ZoneAppend { .. }) {
             return Err(Error::Invalid(format!(
                 "submit_raw takes reads, writes and compares, not {op:?}"
             )));
@@ -683,7 +687,7 @@ impl QueuePair {
                     log: None,
                 });
             }
-            self.inflight.finish_child(req, out);
+            self.inflight.finish_child(req, out, c.result64());
         }
         if seen {
             self.cq.ring(&*self.shared.regs);
@@ -763,6 +767,12 @@ impl QueuePair {
         if op != Op::Read {
             if let Err(e) = self.check_op(op, ns) {
                 return Err((e, buf));
+            }
+            if ns.is_zoned() && matches!(op, Op::Write { .. }) {
+                let total: u64 = segs.iter().map(|s| s.len).sum();
+                if let Err(e) = self.check_zoned_write(ns, lba, total) {
+                    return Err((e, buf));
+                }
             }
         }
         if let [seg] = segs {
@@ -1038,11 +1048,23 @@ impl QueuePair {
         let total: u64 = segs.iter().map(|s| s.len).sum();
         let bs = ns.block_size();
         let chunk = (self.max_transfer / bs).max(1) * bs;
+        // A zoned namespace's write runs one command at a time, in order:
+        // commands in flight together may be executed in any order, and
+        // each must start at the write pointer the one before left.
+        let zoned_write = ns.is_zoned() && matches!(op, Op::Write { .. });
+        if zoned_write {
+            super::zns::check_zone_span(ns, lba, total)?;
+        }
         // A command needs at most one descriptor page (the maximum
         // transfer is at most 1 MiB: 256 PRP entries; unregistered memory
         // is one coalesced range). Other requests may hold slots and pages.
-        let wave =
-            |qp: &Self| chunk * qp.inflight.free_slots().min(qp.pool.available()).max(1) as u64;
+        let wave = |qp: &Self| {
+            let commands = match zoned_write {
+                true => 1,
+                false => qp.inflight.free_slots().min(qp.pool.available()).max(1),
+            };
+            chunk * commands as u64
+        };
         if total <= wave(self) || total % bs != 0 {
             // One request (or one the validation refuses as it is).
             self.submit_request(op, ns, lba, segs, IoBuf::Raw, Tag::Blocking)
@@ -1163,6 +1185,7 @@ pub(super) fn op_parts(op: Op) -> (u8, bool, &'static str, Direction) {
         ),
         Op::Copy => (io::COPY, false, "Copy", Direction::ToDevice),
         Op::DatasetManagement => (io::DSM, false, "Dataset Management", Direction::ToDevice),
+        Op::ZoneAppend { fua } => (io::ZONE_APPEND, fua, "Zone Append", Direction::ToDevice),
     }
 }
 

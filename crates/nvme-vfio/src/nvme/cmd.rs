@@ -57,6 +57,12 @@ pub mod io {
     pub const VERIFY: u8 = 0x0c;
     /// Copy.
     pub const COPY: u8 = 0x19;
+    /// Zone Management Send (Zoned Namespace command set).
+    pub const ZONE_MGMT_SEND: u8 = 0x79;
+    /// Zone Management Receive (Zoned Namespace command set).
+    pub const ZONE_MGMT_RECV: u8 = 0x7a;
+    /// Zone Append (Zoned Namespace command set).
+    pub const ZONE_APPEND: u8 = 0x7d;
 }
 
 /// Identify CNS values.
@@ -359,8 +365,55 @@ impl Command {
         Self::dataset_management(nsid, ranges, super::nvm::DsmAttributes::DEALLOCATE)
     }
 
+    /// Zone Management Send of `action` to the zone starting at `zslba`,
+    /// or with `select_all` to every zone the action applies to (SLBA
+    /// ignored). No data.
+    pub fn zone_mgmt_send(
+        nsid: u32,
+        zslba: u64,
+        action: super::zns::ZoneAction,
+        select_all: bool,
+    ) -> Self {
+        let mut c = Self::new(io::ZONE_MGMT_SEND, nsid);
+        c.cdw10 = zslba as u32;
+        c.cdw11 = (zslba >> 32) as u32;
+        // ZSA (7:0), Select All (8).
+        c.cdw13 = u32::from(action.zsa()) | (select_all as u32) << 8;
+        c
+    }
+
+    /// Zone Management Receive, Report Zones (ZRA 0h), of the zones that
+    /// `filter` lists from the one holding `slba`, into a buffer of
+    /// `bytes` (a multiple of 4) the caller points DPTR at; with
+    /// `partial` the header counts the descriptors in the buffer only.
+    pub fn report_zones(
+        nsid: u32,
+        slba: u64,
+        bytes: u32,
+        filter: super::zns::ReportFilter,
+        partial: bool,
+    ) -> Self {
+        let mut c = Self::new(io::ZONE_MGMT_RECV, nsid);
+        c.cdw10 = slba as u32;
+        c.cdw11 = (slba >> 32) as u32;
+        // NUMD: dwords, 0-based.
+        c.cdw12 = (bytes / 4).wrapping_sub(1);
+        // ZRA (7:0) 0: Report Zones; ZRASF (15:8); Partial Report (16).
+        c.cdw13 = u32::from(filter.zrasf()) << 8 | (partial as u32) << 16;
+        c
+    }
+
+    /// Zone Append of `blocks` (1 to 65536) logical blocks to the zone
+    /// starting at `zslba`, from data the caller points DPTR at; the
+    /// completion's dwords 0 and 1 hold the LBA of the first block
+    /// written.
+    pub fn zone_append(nsid: u32, zslba: u64, blocks: u32, fua: bool) -> Self {
+        Self::blocks(io::ZONE_APPEND, nsid, zslba, blocks, fua)
+    }
+
     /// The starting LBA of a Read, Write, Write Zeroes, Compare, Verify or
-    /// Write Uncorrectable (the destination of a Copy).
+    /// Write Uncorrectable (the destination of a Copy, the zone of a Zone
+    /// Append or Zone Management command).
     pub const fn slba(&self) -> u64 {
         self.cdw10 as u64 | (self.cdw11 as u64) << 32
     }
@@ -397,9 +450,10 @@ impl fmt::Debug for Command {
 #[derive(Clone, Copy, PartialEq, Eq, Default, Debug)]
 #[repr(C)]
 pub struct Completion {
-    /// Command-specific result.
+    /// Command-specific result (dword 0).
     pub result: u32,
-    /// Reserved (dword 1).
+    /// Dword 1: command specific for some commands (the high half of a
+    /// Zone Append's LBA), reserved for most.
     pub rsvd: u32,
     /// Submission queue head pointer.
     pub sq_head: u16,
@@ -422,6 +476,11 @@ impl Completion {
     /// The status, without the phase tag.
     pub const fn status(&self) -> Status {
         Status(self.status >> 1)
+    }
+
+    /// Dwords 0 and 1 as one quadword (dword 0 low): a Zone Append's LBA.
+    pub const fn result64(&self) -> u64 {
+        self.result as u64 | (self.rsvd as u64) << 32
     }
 }
 

@@ -16,5 +16,6 @@ pub mod sgl;
 pub mod spec;
 pub mod status;
 pub mod walk;
+pub mod zns;
 
 pub use error::DptrError;
