@@ -270,12 +270,18 @@ unsafe impl DmaMap for Container {
 }
 
 impl Container {
-    /// Whether the container still has an IOMMU (VFIO_IOMMU_GET_INFO
-    /// answers): false once its last group has left, which tears the
-    /// IOMMU and all its mappings down.
+    /// Whether the container may still have an IOMMU: false only when
+    /// VFIO_IOMMU_GET_INFO fails with EINVAL, the answer of a container
+    /// with no IOMMU driver, which is what it becomes once its last group
+    /// has left (the driver's release unmaps and unpins everything). Any
+    /// other failure counts as "still there", so memory is never given
+    /// back on a doubt.
     fn has_iommu(&self) -> bool {
         let mut buf = info::InfoBuf::new(size_of::<b::vfio_iommu_type1_info>());
-        sys::iommu_get_info(&self.file, &mut buf).is_ok()
+        match sys::iommu_get_info(&self.file, &mut buf) {
+            Ok(()) => true,
+            Err(e) => e.raw_os_error() != Some(libc::EINVAL),
+        }
     }
 }
 
