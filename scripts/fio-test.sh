@@ -97,6 +97,19 @@ PY
     expect "fio writes with fsync" 0 "err= 0" -- \
         fio_run --name=sync --rw=write --bs=16k --iodepth=4 --size=1m --offset=40m --fsync=4
 
+    # An error of the driver or the controller is the I/O's error in fio,
+    # with the driver's message: random writes to a zoned namespace (the
+    # software controller's, traddr=sim.nvm.zoned) are refused by the
+    # controller with Zone Invalid Write.
+    if [ "$scenario" = sim ]; then
+        expect "a controller's error is the I/O's error" 1 "Zone Invalid Write" -- \
+            fio --ioengine="external:$engine" --thread=1 --filename="trtype=PCIe traddr=sim.nvm.zoned ns=2" \
+            --name=zoned --rw=randwrite --bs=4k --size=1m --offset=1m
+        expect "fio reports it as an I/O error" 1 "err= *5\|Input/output error" -- \
+            fio --ioengine="external:$engine" --thread=1 --filename="trtype=PCIe traddr=sim.nvm.zoned ns=2" \
+            --name=zoned --rw=randwrite --bs=4k --size=1m --offset=1m
+    fi
+
     # Bad input ends with a clear message.
     expect "fio without traddr" 1 "has no traddr=" -- \
         fio --ioengine="external:$engine" --thread=1 --filename="trtype=PCIe ns=1" --name=bad --rw=read --size=1m

@@ -9,7 +9,8 @@
  *	filename=trtype=PCIe traddr=0000.01.00.0 ns=1
  *
  * (fio splits filenames at ':', hence the dots in the PCI address);
- * traddr=sim runs against the driver's in-process software controller.
+ * traddr=sim runs against the driver's in-process software controller,
+ * traddr=sim.nvm.zoned against one with an NVM and a zoned namespace.
  *
  * Threads: every job thread gets a queue pair per controller it uses; a
  * controller is opened once per process and shared by the jobs. thread=1
@@ -165,13 +166,22 @@ static int parse_filename(const char *name, char *addr, size_t len,
 				break;
 			}
 		} else if (!strcasecmp(tok, "traddr")) {
-			/* 0000.01.00.0 -> 0000:01:00.0: the first two dots. */
 			snprintf(addr, len, "%s", val);
-			for (int i = 0, dots = 0; addr[i] && dots < 2; i++)
-				if (addr[i] == '.' && strchr(addr + i + 1, '.')) {
-					addr[i] = ':';
-					dots++;
-				}
+			if (!strncmp(addr, "sim.", 4)) {
+				/* sim.nvm.zoned -> sim:nvm,zoned */
+				addr[3] = ':';
+				for (char *c = addr + 4; *c; c++)
+					if (*c == '.')
+						*c = ',';
+			} else {
+				/* 0000.01.00.0 -> 0000:01:00.0: the first
+				 * two dots. */
+				for (int i = 0, dots = 0; addr[i] && dots < 2; i++)
+					if (addr[i] == '.' && strchr(addr + i + 1, '.')) {
+						addr[i] = ':';
+						dots++;
+					}
+			}
 			have_addr = 1;
 		} else if (!strcasecmp(tok, "ns")) {
 			char *end;

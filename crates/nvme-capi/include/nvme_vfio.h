@@ -20,9 +20,11 @@
  *   destroyed. DMA memory (nvmev_dma_alloc) and registered memory
  *   (nvmev_register) are used without any per-I/O mapping; other memory is
  *   mapped for each I/O (slower, but correct).
- * - If a completion's status is -ESHUTDOWN and nvmev_last_error() says the
- *   controller is dead (it could not be stopped), the device may still
- *   write that memory: never free or reuse it.
+ * - A status of -ENOTRECOVERABLE (from a call or in a completion) means the
+ *   controller is dead: it could not be stopped, so the device may still
+ *   write the memory of that request and of every request that was in
+ *   flight on the controller, even after nvmev_qpair_destroy: never free or
+ *   reuse that memory (leak it).
  */
 #ifndef NVME_VFIO_H
 #define NVME_VFIO_H
@@ -99,8 +101,9 @@ const char *nvmev_last_error(void);
 
 /* Opens the controller at PCI address addr ("0000:01:00.0", bound to
  * vfio-pci) and brings it up; "sim" opens an in-process software
- * controller with one 64 MiB namespace (when built with the sim feature,
- * the default). opts may be NULL. */
+ * controller with one 64 MiB namespace, "sim:nvm,zoned" one with a
+ * namespace per kind (zoned: 1 MiB zones), when built with the sim feature
+ * (the default). opts may be NULL. */
 int nvmev_ctrl_open(const char *addr, const struct nvmev_ctrl_opts *opts,
 		    struct nvmev_ctrl **out);
 /* Closes the controller (once its queue pairs are destroyed too: then it

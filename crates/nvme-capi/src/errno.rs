@@ -19,7 +19,8 @@ use nvme_vfio::Error;
 /// | `EAGAIN` | the queue is full for now, or its queues are being created again |
 /// | `E2BIG` | the request can never fit the queue pair |
 /// | `ECANCELED` | a controller reset ended the request (retryable) |
-/// | `ESHUTDOWN` | the controller is disabled, closed or dead |
+/// | `ESHUTDOWN` | the controller is disabled or closed |
+/// | `ENOTRECOVERABLE` | the controller is dead: it could not be stopped, so the memory of the request (and of every request in flight on it) may still be written by the device: leak it |
 pub fn status_of(e: &Error) -> i32 {
     -(match e {
         Error::Invalid(_)
@@ -44,7 +45,10 @@ pub fn status_of(e: &Error) -> i32 {
         Error::TooLarge { .. } => libc::E2BIG,
         Error::At { source, .. } => return status_of(source),
         Error::Reset => libc::ECANCELED,
-        Error::Disabled | Error::Dead | Error::Closed => libc::ESHUTDOWN,
+        Error::Disabled | Error::Closed => libc::ESHUTDOWN,
+        // Its own status: the memory of such a request may still be
+        // written by the device, and must never be freed or reused.
+        Error::Dead => libc::ENOTRECOVERABLE,
         Error::Vfio(v) => vfio_errno(v),
         _ => libc::EIO,
     })
@@ -82,7 +86,10 @@ pub(crate) fn describe(status: i32) -> &'static str {
         libc::EAGAIN => "queue full, try again after polling\0",
         libc::E2BIG => "request too large for this queue pair\0",
         libc::ECANCELED => "ended by a controller reset (retryable)\0",
-        libc::ESHUTDOWN => "controller disabled, closed or dead\0",
+        libc::ESHUTDOWN => "controller disabled or closed\0",
+        libc::ENOTRECOVERABLE => {
+            "controller dead (could not be stopped): never free or reuse the memory of its requests\0"
+        }
         _ => "unknown status\0",
     }
 }

@@ -317,7 +317,11 @@ pub unsafe extern "C" fn nvmev_ctrl_open(
 fn open(addr: &str, config: Config) -> Result<CtrlInner, Error> {
     #[cfg(feature = "sim")]
     if addr == "sim" {
-        return open_sim(config);
+        return open_sim(config, nvme_sim::Config::default());
+    }
+    #[cfg(feature = "sim")]
+    if let Some(kinds) = addr.strip_prefix("sim:") {
+        return open_sim(config, sim_config(kinds)?);
     }
     Ok(CtrlInner {
         dma: Mutex::default(),
@@ -328,13 +332,34 @@ fn open(addr: &str, config: Config) -> Result<CtrlInner, Error> {
     })
 }
 
+/// The software controller of `sim:KIND[,KIND...]`: one namespace of 64
+/// MiB in 512-byte blocks per kind, `nvm`, or `zoned` (1 MiB zones, at most
+/// 8 open and 14 active).
+#[cfg(feature = "sim")]
+fn sim_config(kinds: &str) -> Result<nvme_sim::Config, Error> {
+    let namespaces = kinds
+        .split(',')
+        .map(|k| {
+            let ns = nvme_sim::NamespaceConfig::new(128 << 10, 512);
+            match k {
+                "nvm" => Ok(ns),
+                "zoned" => Ok(ns.zoned(2048).zone_limits(8, 14)),
+                k => Err(Error::Invalid(format!(
+                    "sim: unknown namespace kind '{k}' (nvm or zoned)"
+                ))),
+            }
+        })
+        .collect::<Result<Vec<_>, Error>>()?;
+    Ok(nvme_sim::Config::default().namespaces(&namespaces))
+}
+
 /// An in-process software controller (nvme-sim's default: one namespace
 /// of 64 MiB in 512-byte blocks) and the driver on it.
 #[cfg(feature = "sim")]
-fn open_sim(config: Config) -> Result<CtrlInner, Error> {
-    use nvme_sim::{Config as SimConfig, SimController};
+fn open_sim(config: Config, sim_config: nvme_sim::Config) -> Result<CtrlInner, Error> {
+    use nvme_sim::SimController;
     use nvme_vfio::mem::DmaSpace;
-    let sim = SimController::new(SimConfig::default())
+    let sim = SimController::new(sim_config)
         .map_err(|e| Error::Invalid(format!("starting the software controller: {e}")))?;
     let config = Config {
         space: SpaceConfig { hugepages: false },

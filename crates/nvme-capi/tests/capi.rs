@@ -186,6 +186,10 @@ fn refusals_return_their_errno_and_say_why() {
         assert_eq!(nvmev_read(q, 1, 0, p, 4096, 3), -libc::EAGAIN);
     }
     assert_eq!(reap(q, 3).len(), 3);
+    // A dead controller has its own status: its requests' memory must be
+    // leaked, unlike that of a controller merely disabled or closed.
+    assert_eq!(status_of(&nvme_vfio::Error::Dead), -libc::ENOTRECOVERABLE);
+    assert_eq!(status_of(&nvme_vfio::Error::Closed), -libc::ESHUTDOWN);
     // SAFETY: static strings.
     let s = unsafe { CStr::from_ptr(nvmev_strerror(-libc::EAGAIN)) };
     assert!(s.to_str().unwrap().contains("try again"));
