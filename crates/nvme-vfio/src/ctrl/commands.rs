@@ -273,39 +273,18 @@ impl QueuePair {
     /// Verify, Write Uncorrectable, Copy, Dataset Management.
     #[allow(clippy::result_large_err)]
     pub(super) fn submit_command(&mut self, io: Io) -> Result<(), (Error, Io)> {
-        let Io {
-            op,
-            ns,
-            lba,
-            len,
-            buf,
-            tag,
-            attributes,
-        } = io;
-        let tagged = Tag::Caller(tag);
-        let r = match op {
-            Op::Verify | Op::WriteUncorrectable => {
-                let blocks = len as u64 / ns.block_size();
-                self.submit_without_data(op, &ns, lba, blocks, buf, tagged)
+        io.submit_with(|io, buf| {
+            let tagged = Tag::Caller(io.tag);
+            match io.op {
+                Op::Verify | Op::WriteUncorrectable => {
+                    let blocks = io.len as u64 / io.ns.block_size();
+                    self.submit_without_data(io.op, &io.ns, io.lba, blocks, buf, tagged)
+                }
+                _ => {
+                    let n = buf.len();
+                    self.submit_list(io.op, &io.ns, io.lba, io.attributes, buf, n, tagged)
+                }
             }
-            _ => {
-                let n = buf.len();
-                self.submit_list(op, &ns, lba, attributes, buf, n, tagged)
-            }
-        };
-        r.map_err(|(e, buf)| {
-            (
-                e,
-                Io {
-                    op,
-                    ns,
-                    lba,
-                    len,
-                    buf,
-                    tag,
-                    attributes,
-                },
-            )
         })
     }
 

@@ -344,6 +344,20 @@ impl Io {
         self
     }
 
+    /// Runs `submit` with the buffer taken out of the request: a refusal
+    /// hands the buffer back, and the caller gets the whole request again.
+    #[allow(clippy::result_large_err)]
+    pub(crate) fn submit_with(
+        mut self,
+        submit: impl FnOnce(&Io, IoBuf) -> Result<(), (Error, IoBuf)>,
+    ) -> Result<(), (Error, Io)> {
+        let buf = core::mem::replace(&mut self.buf, IoBuf::Raw);
+        submit(&self, buf).map_err(|(e, buf)| {
+            self.buf = buf;
+            (e, self)
+        })
+    }
+
     /// Gives the buffer back (for a request that was refused).
     pub fn into_buf(self) -> IoBuf {
         self.buf

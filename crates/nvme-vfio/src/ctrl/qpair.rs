@@ -332,30 +332,9 @@ impl QueuePair {
                 io,
             ));
         };
-        let Io {
-            op,
-            ns,
-            lba,
-            len,
-            buf,
-            tag,
-            attributes,
-        } = io;
-        self.submit_request(op, &ns, lba, &[seg], buf, Tag::Caller(tag))
-            .map_err(|(e, buf)| {
-                (
-                    e,
-                    Io {
-                        op,
-                        ns,
-                        lba,
-                        len,
-                        buf,
-                        tag,
-                        attributes,
-                    },
-                )
-            })
+        io.submit_with(|io, buf| {
+            self.submit_request(io.op, &io.ns, io.lba, &[seg], buf, Tag::Caller(io.tag))
+        })
     }
 
     /// Submits a read, write or compare of caller-managed memory with no

@@ -210,36 +210,16 @@ impl QueuePair {
     /// [`submit`](Self::submit) of a Zone Append.
     #[allow(clippy::result_large_err)]
     pub(super) fn submit_zone_append(&mut self, io: Io) -> Result<(), (Error, Io)> {
-        let Io {
-            op,
-            ns,
-            lba,
-            len,
-            buf,
-            tag,
-            attributes,
-        } = io;
-        let fua = matches!(op, Op::ZoneAppend { fua: true });
-        let r = match buf.prefix(len) {
-            Some(seg) => self.submit_append(fua, &ns, lba, seg, buf, Tag::Caller(tag)),
+        let fua = matches!(io.op, Op::ZoneAppend { fua: true });
+        io.submit_with(|io, buf| match buf.prefix(io.len) {
+            Some(seg) => self.submit_append(fua, &io.ns, io.lba, seg, buf, Tag::Caller(io.tag)),
             None => Err((
-                Error::Invalid(format!("transfer of {len} bytes from a smaller buffer")),
+                Error::Invalid(format!(
+                    "transfer of {} bytes from a smaller buffer",
+                    io.len
+                )),
                 buf,
             )),
-        };
-        r.map_err(|(e, buf)| {
-            (
-                e,
-                Io {
-                    op,
-                    ns,
-                    lba,
-                    len,
-                    buf,
-                    tag,
-                    attributes,
-                },
-            )
         })
     }
 
