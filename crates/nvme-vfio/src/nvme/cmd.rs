@@ -307,6 +307,35 @@ impl Command {
         c
     }
 
+    /// Sets the end-to-end protection fields of a Read, Write, Compare,
+    /// Verify, Write Zeroes or Zone Append: PRINFO (dword 12 bits 29:26:
+    /// PRACT and the PRCHK bits), the initial reference tag (dword 14, and
+    /// for 48-bit reference tags bits 47:32 in dword 3 bits 15:0), and
+    /// the expected application tag and its mask (dword 15).
+    pub fn set_protection(&mut self, pract: bool, prchk: u8, reference: u64, app: u16, mask: u16) {
+        let prinfo = (pract as u32) << 3 | (prchk as u32 & 0x7);
+        self.cdw12 = (self.cdw12 & !(0xf << 26)) | prinfo << 26;
+        self.cdw14 = reference as u32;
+        self.cdw3 = (self.cdw3 & !0xffff) | ((reference >> 32) as u32 & 0xffff);
+        self.cdw15 = (mask as u32) << 16 | app as u32;
+    }
+
+    /// PRINFO: PRACT (bit 3) and PRCHK (bits 2:0).
+    pub const fn prinfo(&self) -> u8 {
+        ((self.cdw12 >> 26) & 0xf) as u8
+    }
+
+    /// The initial reference tag: dword 14, with dword 3 bits 15:0 as
+    /// bits 47:32 (which only 48-bit reference tags use).
+    pub const fn reference_tag(&self) -> u64 {
+        self.cdw14 as u64 | ((self.cdw3 & 0xffff) as u64) << 32
+    }
+
+    /// The expected application tag and its mask.
+    pub const fn app_tag(&self) -> (u16, u16) {
+        (self.cdw15 as u16, (self.cdw15 >> 16) as u16)
+    }
+
     /// Compare of `blocks` (1 to 65536) logical blocks at `lba` with the
     /// data the caller points DPTR at.
     pub fn compare(nsid: u32, lba: u64, blocks: u32) -> Self {

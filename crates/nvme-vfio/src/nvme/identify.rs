@@ -257,6 +257,53 @@ impl IdentifyNamespace {
     pub fn current_lba_format(&self) -> Option<LbaFormat> {
         self.lba_format(self.current_format())
     }
+    /// Whether the metadata of the current format follows each block's
+    /// data in the data buffer (extended LBAs, FLBAS bit 4); else it goes
+    /// in a buffer of its own (the metadata pointer).
+    pub fn extended_lba(&self) -> bool {
+        self.0[26] & 0x10 != 0
+    }
+    /// Metadata Capabilities: bit 0 extended LBAs, bit 1 a separate
+    /// metadata buffer.
+    pub fn mc(&self) -> u8 {
+        self.0[27]
+    }
+    /// End-to-end Data Protection Capabilities: bits 0 to 2 types 1 to 3,
+    /// bit 3 PI in the first bytes of the metadata, bit 4 in the last.
+    pub fn dpc(&self) -> u8 {
+        self.0[28]
+    }
+    /// End-to-end Data Protection Type Settings: bits 2:0 the type (0
+    /// none), bit 3 PI in the first bytes of the metadata.
+    pub fn dps(&self) -> u8 {
+        self.0[29]
+    }
+    /// How the current format lays out blocks in host memory, with the
+    /// protection information's guard from the NVM command set's extended
+    /// LBA format `guard` (16-bit when the controller has none). `None`
+    /// without a current format.
+    pub fn block_format(&self, guard: super::pi::Guard) -> Option<super::pi::BlockFormat> {
+        let f = self.current_lba_format()?;
+        let dps = self.dps();
+        Some(super::pi::BlockFormat {
+            data: u32::try_from(f.block_size()).ok()?,
+            metadata: f.metadata,
+            extended: self.extended_lba(),
+            pi: super::pi::PiType::from_dps(dps).map(|kind| super::pi::PiFormat {
+                kind,
+                guard,
+                first: dps & 0x8 != 0,
+            }),
+        })
+    }
+    /// Sets the metadata settings: extended LBAs (FLBAS bit 4), MC, DPC
+    /// and DPS (for device models).
+    pub fn set_metadata(&mut self, extended: bool, mc: u8, dpc: u8, dps: u8) {
+        self.0[26] = (self.0[26] & !0x10) | (extended as u8) << 4;
+        self.0[27] = mc;
+        self.0[28] = dpc;
+        self.0[29] = dps;
+    }
     /// Deallocate Logical Block Features: bits 2:0 say what deallocated
     /// blocks read as (001b zeroes, 010b all ones, 000b not reported).
     pub fn dlfeat(&self) -> u8 {
@@ -295,7 +342,8 @@ impl IdentifyNamespace {
     pub fn set_formats(&mut self, formats: &[LbaFormat], current: usize) {
         let n = formats.len().clamp(1, 64);
         self.0[25] = (n - 1) as u8;
-        self.0[26] = (current & 0xf) as u8 | (((current >> 4) & 0x3) << 5) as u8;
+        self.0[26] =
+            (self.0[26] & 0x10) | (current & 0xf) as u8 | (((current >> 4) & 0x3) << 5) as u8;
         for (i, f) in formats.iter().take(64).enumerate() {
             let d = f.metadata as u32 | (f.lbads as u32) << 16 | ((f.rp as u32) & 3) << 24;
             self.0[128 + 4 * i..132 + 4 * i].copy_from_slice(&d.to_le_bytes());

@@ -375,6 +375,55 @@ impl core::fmt::Debug for IdentifyZonedController {
     }
 }
 
+/// The NVM Command Set's Identify Namespace data (CNS 05h, CSI 00h): the
+/// storage tag mask, protection information capabilities and the extended
+/// LBA formats (storage tag size and protection information format of
+/// each LBA format).
+#[derive(Clone, PartialEq, Eq)]
+pub struct IdentifyNvmNamespace(pub Box<[u8; IDENTIFY_LEN]>);
+
+impl Default for IdentifyNvmNamespace {
+    fn default() -> Self {
+        Self(Box::new([0; IDENTIFY_LEN]))
+    }
+}
+
+/// Offset of the first Extended LBA Format.
+const ELBAF: usize = 12;
+
+impl IdentifyNvmNamespace {
+    /// Protection Information Capabilities (byte 8).
+    pub fn pic(&self) -> u8 {
+        self.0[8]
+    }
+    /// Extended LBA format `i` (0 to 63): its storage tag size in bits
+    /// (STS) and protection information format (PIF: 0 16-bit guard, 1
+    /// 32-bit, 2 64-bit).
+    pub fn elbaf(&self, i: usize) -> Option<(u8, u8)> {
+        if i >= 64 {
+            return None;
+        }
+        let d = le32(&self.0, ELBAF + 4 * i);
+        Some(((d & 0x7f) as u8, ((d >> 7) & 0x3) as u8))
+    }
+    /// Sets extended LBA format `i` (for device models).
+    pub fn set_elbaf(&mut self, i: usize, sts: u8, pif: u8) {
+        if i < 64 {
+            let d = (sts as u32 & 0x7f) | (pif as u32 & 0x3) << 7;
+            self.0[ELBAF + 4 * i..ELBAF + 4 * i + 4].copy_from_slice(&d.to_le_bytes());
+        }
+    }
+}
+
+impl core::fmt::Debug for IdentifyNvmNamespace {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("IdentifyNvmNamespace")
+            .field("pic", &self.pic())
+            .field("elbaf0", &self.elbaf(0))
+            .finish_non_exhaustive()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,6 +9,7 @@ pub mod identify;
 pub mod iocs;
 pub mod log;
 pub mod nvm;
+pub mod pi;
 pub mod prp;
 pub mod queue;
 pub mod regs;
