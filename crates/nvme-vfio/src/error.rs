@@ -116,16 +116,34 @@ pub enum Error {
         /// The namespace ID asked for.
         nsid: u32,
     },
-    /// A namespace formatted with metadata, which the driver does not
+    /// A namespace formatted with a metadata format the driver does not
     /// handle.
-    #[error(
-        "namespace {nsid} uses {metadata} bytes of metadata per block, which is not supported"
-    )]
+    #[error("namespace {nsid} uses {metadata} bytes of metadata per block: {reason}")]
     MetadataFormat {
         /// The namespace ID.
         nsid: u32,
         /// Metadata bytes per block.
         metadata: u16,
+        /// What is not supported.
+        reason: &'static str,
+    },
+    /// A protection information check the driver made on a read's data
+    /// failed (the request asked the driver to check,
+    /// [`PiAction::Driver`](crate::ctrl::PiAction::Driver)): the same
+    /// checks as the controller's End-to-end Guard, Application Tag and
+    /// Reference Tag Check Errors (status type 2h, codes 82h to 84h).
+    #[error("{what}: end-to-end {} check error found by the driver at LBA {lba:#x}: the block's protection information holds {found:#x}, {expected:#x} was expected", field_name(*field))]
+    ProtectionCheck {
+        /// The command's name.
+        what: &'static str,
+        /// The LBA of the first block that failed.
+        lba: u64,
+        /// The field that failed.
+        field: crate::nvme::pi::PiField,
+        /// The value in the block's protection information.
+        found: u64,
+        /// The value the check expected.
+        expected: u64,
     },
     /// Write Uncorrectable or Copy to a zoned namespace (Zoned Namespace
     /// command set), refused before anything is submitted: a zoned
@@ -293,6 +311,24 @@ impl core::fmt::Display for CommandFailure<'_> {
 }
 
 impl Error {
+    /// The protection information field whose end-to-end check failed:
+    /// the controller's End-to-end Guard, Application Tag or Reference Tag
+    /// Check Error (status type 2h, codes 82h to 84h), or the driver's own
+    /// check ([`Error::ProtectionCheck`]); also inside [`Error::At`].
+    pub fn protection_field(&self) -> Option<crate::nvme::pi::PiField> {
+        use crate::nvme::pi::PiField;
+        match self {
+            Error::ProtectionCheck { field, .. } => Some(*field),
+            Error::At { source, .. } => source.protection_field(),
+            _ => match self.status().map(|s| (s.sct(), s.sc())) {
+                Some((2, 0x82)) => Some(PiField::Guard),
+                Some((2, 0x83)) => Some(PiField::AppTag),
+                Some((2, 0x84)) => Some(PiField::RefTag),
+                _ => None,
+            },
+        }
+    }
+
     /// The completion status of a failed command ([`Error::Command`], also
     /// inside [`Error::At`]).
     pub fn status(&self) -> Option<Status> {
@@ -321,5 +357,14 @@ impl Error {
             Error::At { source, .. } => source.command_mut(),
             _ => None,
         }
+    }
+}
+
+/// The name of a protection information field in messages.
+fn field_name(f: crate::nvme::pi::PiField) -> &'static str {
+    match f {
+        crate::nvme::pi::PiField::Guard => "guard",
+        crate::nvme::pi::PiField::AppTag => "application tag",
+        crate::nvme::pi::PiField::RefTag => "reference tag",
     }
 }

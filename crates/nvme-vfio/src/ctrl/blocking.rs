@@ -26,7 +26,17 @@ impl QueuePair {
     /// (one coalesced IOVA range); memory the controller cannot be pointed
     /// at (not dword aligned, without byte-aligned SGLs) is copied through
     /// a DMA buffer.
+    ///
+    /// On a namespace formatted with metadata: as
+    /// [`read_with_metadata`](Self::read_with_metadata) without a
+    /// metadata buffer, so for extended LBAs (`buf` holds each block's
+    /// data and metadata) or metadata that is the protection information
+    /// alone (inserted and stripped by the controller); other formats
+    /// need a metadata buffer.
     pub fn read(&mut self, ns: &Namespace, lba: u64, buf: &mut [u8]) -> Result<(), Error> {
+        if ns.has_metadata() {
+            return self.read_with_metadata(ns, lba, buf, &mut [], None);
+        }
         // From the mutable borrow: the device writes through this address.
         let seg = HostSeg::from_mut_slice(buf);
         if !self.describable(&[seg]) {
@@ -40,8 +50,12 @@ impl QueuePair {
     /// start at its zone's write pointer (else the controller fails it
     /// with Zone Invalid Write) and stay inside the zone (else it is
     /// refused before anything is submitted: [`Error::CrossesZone`]); it
-    /// runs one command at a time, in order.
+    /// runs one command at a time, in order. On a namespace formatted with
+    /// metadata, as [`read`](Self::read) says.
     pub fn write(&mut self, ns: &Namespace, lba: u64, buf: &[u8], fua: bool) -> Result<(), Error> {
+        if ns.has_metadata() {
+            return self.write_with_metadata(ns, lba, buf, &[], None, fua);
+        }
         super::zns::check_zone_span(ns, lba, buf.len() as u64)?;
         let seg = HostSeg::from_slice(buf);
         if !self.describable(&[seg]) {
@@ -59,6 +73,9 @@ impl QueuePair {
     /// not support Compare ([`Error::UnsupportedCommand`]).
     pub fn compare(&mut self, ns: &Namespace, lba: u64, buf: &[u8]) -> Result<(), Error> {
         self.check_op(Op::Compare, ns)?;
+        if ns.has_metadata() {
+            return self.compare_with_metadata(ns, lba, buf, &[], None);
+        }
         let seg = HostSeg::from_slice(buf);
         if !self.describable(&[seg]) {
             return self.write_bounced(Op::Compare, ns, lba, &[buf]);

@@ -10,6 +10,7 @@ use blk_dma::DmaState;
 use super::cids::CommandIds;
 use super::free::FreeSlots;
 use super::io::{Done, IoBuf};
+use super::meta::MetaReq;
 use super::pool::DmaDescPool;
 use crate::mem::VfioMapper;
 use crate::nvme::desc::DescList;
@@ -70,6 +71,10 @@ impl Pending {
     /// the data landed, checked against the range
     /// [`Inflight::set_append_range`] gave it.
     const APPEND: u8 = 1 << 1;
+    /// A request with metadata or protection settings: its metadata buffer
+    /// and the driver's checks are kept apart, in
+    /// [`Inflight::set_meta`]'s table.
+    const META: u8 = 1 << 2;
 
     /// A free entry.
     const FREE: Pending = Pending {
@@ -178,6 +183,10 @@ pub(super) struct Inflight {
     /// (appends take requests `0..depth`). Apart from [`Pending`], which
     /// every completion touches.
     append_ranges: Vec<(u64, u64)>,
+    /// The metadata buffer and the driver's checks of each request with
+    /// metadata (those take requests `0..depth`), apart from [`Pending`]
+    /// as [`append_ranges`](Self::append_ranges) are.
+    metas: Vec<Option<MetaReq>>,
 }
 
 impl Inflight {
@@ -202,6 +211,7 @@ impl Inflight {
             blocking_done: None,
             blocking_lba: None,
             append_ranges: vec![(0, 0); depth],
+            metas: (0..depth).map(|_| None).collect(),
         }
     }
 
@@ -298,6 +308,25 @@ impl Inflight {
         if let Some(r) = self.append_ranges.get_mut(req as usize) {
             *r = (first, last);
         }
+    }
+
+    /// Gives request `req` (started with [`start_request`](Self::start_request)
+    /// and not yet published) its metadata buffer and checks: they come
+    /// back with its completion.
+    pub(super) fn set_meta(&mut self, req: u32, meta: MetaReq) {
+        if let (Some(m), Some(p)) = (
+            self.metas.get_mut(req as usize),
+            self.reqs.get_mut(req as usize),
+        ) {
+            *m = Some(meta);
+            p.flags |= Pending::META;
+        }
+    }
+
+    /// Takes back the metadata of request `req`, being cancelled before
+    /// publication.
+    pub(super) fn take_meta(&mut self, req: u32) -> Option<MetaReq> {
+        self.metas.get_mut(req as usize).and_then(Option::take)
     }
 
     /// Takes the oldest free slot, for a command of a request being
@@ -437,6 +466,7 @@ impl Inflight {
             core::ptr::write(&mut p.buf, IoBuf::Raw);
             core::ptr::addr_of_mut!((*dst).result).write(Ok(()));
             core::ptr::addr_of_mut!((*dst).appended_lba).write(None);
+            core::ptr::addr_of_mut!((*dst).meta).write(None);
             out.set_len(len + 1);
         }
         if (req as usize) < self.slots.len() {
@@ -485,15 +515,27 @@ impl Inflight {
             }
             None => Ok(()),
         };
+        let (mut result, mut meta) = (result, None);
+        if flags & Pending::META != 0 {
+            if let Some(m) = self.take_meta(req) {
+                if result.is_ok() {
+                    result = m.check(what, &buf);
+                }
+                meta = m.buf;
+            }
+        }
         if flags & Pending::BLOCKING != 0 {
             self.blocking_done = Some(result);
             self.blocking_lba = appended_lba;
+            // A blocking call's metadata is in its own buffers.
+            drop(meta);
         } else {
             out.push(Done {
                 tag,
                 buf,
                 result,
                 appended_lba,
+                meta,
             });
         }
     }
@@ -627,6 +669,10 @@ impl Inflight {
                 std::process::abort();
             }
             core::mem::forget(core::mem::replace(&mut p.buf, IoBuf::Raw));
+            // The metadata buffer too: the device may still write it.
+            if let Some(m) = self.metas.get_mut(req as usize).and_then(Option::take) {
+                core::mem::forget(m);
+            }
             p.error = Some(Box::new(Error::Dead));
             self.finish_child(req, out, 0);
         }

@@ -7,7 +7,110 @@ use crate::mem::DmaBuf;
 use crate::nvme::nvm::{
     CopyRange, DsmAttributes, DsmRange, OptionalCommand, COPY_RANGE_LEN, DSM_RANGE_LEN,
 };
+use crate::nvme::pi::Checks;
 use crate::Error;
+
+/// Who computes and checks a request's protection information, on a
+/// namespace formatted with it.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub enum PiAction {
+    /// The metadata moves as the caller built it (PRACT=0): the
+    /// controller checks the fields of [`Protection::checks`] in what is
+    /// written and what is read.
+    #[default]
+    AsIs,
+    /// The driver computes the tuples into the request's metadata before
+    /// a write, and checks them after a read (PRACT=0): a mismatch fails
+    /// the read with [`Error::ProtectionCheck`]. The controller checks
+    /// [`Protection::checks`] too.
+    Driver,
+    /// The controller inserts the tuples on writes and, when the metadata
+    /// is the tuple alone, strips them on reads: no metadata moves then
+    /// (PRACT=1). It checks [`Protection::checks`].
+    Controller,
+}
+
+/// The end-to-end protection settings of a request: what computes the
+/// protection information, which fields are checked, and the tags.
+///
+/// The reference tag of types 1 and 2 counts up by one per block from
+/// [`reference`](Self::reference) (by default the low 32 or 48 bits of
+/// the request's LBA, which type 1 requires); the driver sets each
+/// command's initial reference tag when it splits a request.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub struct Protection {
+    /// Who computes and checks the tuples.
+    pub action: PiAction,
+    /// The fields checked (PRCHK): by the controller, and by the driver
+    /// for [`PiAction::Driver`] reads.
+    pub checks: Checks,
+    /// The first block's reference tag; `None`: the request's LBA.
+    pub reference: Option<u64>,
+    /// The application tag written, and expected under
+    /// [`app_mask`](Self::app_mask).
+    pub app: u16,
+    /// The bits of the application tag that are checked.
+    pub app_mask: u16,
+}
+
+impl Protection {
+    /// The controller inserts and strips the tuples and checks every
+    /// field (PRACT=1).
+    pub const fn controller() -> Self {
+        Protection {
+            action: PiAction::Controller,
+            checks: Checks::ALL,
+            reference: None,
+            app: 0,
+            app_mask: 0,
+        }
+    }
+
+    /// The driver computes the tuples before writes and checks every
+    /// field after reads; so does the controller.
+    pub const fn driver() -> Self {
+        Protection {
+            action: PiAction::Driver,
+            ..Self::controller()
+        }
+    }
+
+    /// The caller's metadata moves as it is; the controller checks
+    /// `checks`.
+    pub const fn as_is(checks: Checks) -> Self {
+        Protection {
+            action: PiAction::AsIs,
+            checks,
+            ..Self::controller()
+        }
+    }
+
+    /// The same settings with application tag `app`, checked under
+    /// `mask`.
+    pub const fn with_app_tag(mut self, app: u16, mask: u16) -> Self {
+        self.app = app;
+        self.app_mask = mask;
+        self
+    }
+
+    /// The same settings with `reference` as the first block's reference
+    /// tag.
+    pub const fn with_reference(mut self, reference: u64) -> Self {
+        self.reference = Some(reference);
+        self
+    }
+
+    /// The same settings checking `checks`.
+    pub const fn with_checks(mut self, checks: Checks) -> Self {
+        self.checks = checks;
+        self
+    }
+
+    /// Whether PRACT is set.
+    pub const fn pract(&self) -> bool {
+        matches!(self.action, PiAction::Controller)
+    }
+}
 
 /// A buffer that an I/O owns while the device may access it.
 pub enum IoBuf {
@@ -198,6 +301,10 @@ pub struct Io {
     pub(crate) tag: u64,
     /// A Dataset Management's attributes.
     pub(crate) attributes: DsmAttributes,
+    /// The separate metadata buffer.
+    pub(crate) meta: Option<DmaBuf>,
+    /// The end-to-end protection settings.
+    pub(crate) protection: Option<Protection>,
 }
 
 impl Io {
@@ -286,6 +393,8 @@ impl Io {
             buf,
             tag: 0,
             attributes: DsmAttributes::default(),
+            meta: None,
+            protection: None,
         }
     }
 
@@ -302,6 +411,8 @@ impl Io {
             buf: IoBuf::Raw,
             tag: 0,
             attributes: DsmAttributes::default(),
+            meta: None,
+            protection: None,
         }
     }
 
@@ -316,6 +427,8 @@ impl Io {
             buf: IoBuf::Vec(list),
             tag: 0,
             attributes: DsmAttributes::default(),
+            meta: None,
+            protection: None,
         }
     }
 
@@ -335,6 +448,28 @@ impl Io {
             Op::ZoneAppend { .. } => self.op = Op::ZoneAppend { fua: true },
             _ => {}
         }
+        self
+    }
+
+    /// Moves the blocks' metadata through `meta`, on a namespace formatted
+    /// with metadata in a separate buffer: [`Namespace::metadata_size`]
+    /// bytes per block, in the order of the blocks (reads, writes and
+    /// compares). The buffer comes back in [`Done::meta`]. DMA memory, so
+    /// that the controller reads or writes it through one metadata
+    /// pointer per command.
+    pub fn metadata(mut self, meta: DmaBuf) -> Self {
+        self.meta = Some(meta);
+        self
+    }
+
+    /// Sets the request's end-to-end protection (reads, writes and
+    /// compares on a namespace formatted with protection information).
+    /// Without it, the metadata moves as it is and nothing is checked,
+    /// except on a namespace whose metadata is the protection information
+    /// alone, where requests without a metadata buffer get
+    /// [`Protection::controller`].
+    pub fn protection(mut self, protection: Protection) -> Self {
+        self.protection = Some(protection);
         self
     }
 
@@ -362,6 +497,12 @@ impl Io {
     pub fn into_buf(self) -> IoBuf {
         self.buf
     }
+
+    /// Gives the buffer and the metadata buffer back (for a request that
+    /// was refused).
+    pub fn into_bufs(self) -> (IoBuf, Option<DmaBuf>) {
+        (self.buf, self.meta)
+    }
 }
 
 /// A completed I/O: the buffer, back with its owner, and the result.
@@ -377,6 +518,8 @@ pub struct Done {
     /// its completion, checked to lie in the append's zone); `None` for
     /// every other request.
     pub appended_lba: Option<u64>,
+    /// The request's metadata buffer ([`Io::metadata`]), if it had one.
+    pub meta: Option<DmaBuf>,
 }
 
 impl Done {

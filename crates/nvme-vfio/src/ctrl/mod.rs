@@ -18,6 +18,7 @@ mod function;
 mod group;
 mod inflight;
 mod io;
+mod meta;
 mod mmio_copy;
 mod ns;
 mod passthru;
@@ -44,6 +45,7 @@ use crate::Error;
 pub use crate::nvme::nvm::{
     CopyLimits, CopyRange, DsmAttributes, DsmRange, NvmLimits, OptionalCommand,
 };
+pub use crate::nvme::pi::{BlockFormat, Checks, Guard, PiField, PiFormat, PiType};
 pub use crate::nvme::zns::{
     ReportFilter, ZoneAction, ZoneAttributes, ZoneDescriptor, ZoneState, ZoneType,
 };
@@ -52,7 +54,7 @@ pub use cmb::CmbBuf;
 pub use events::{AsyncEvent, AsyncEventKind};
 pub use function::{Interrupts, PciFunction};
 pub use group::PollGroup;
-pub use io::{Done, Io, IoBuf, Op};
+pub use io::{Done, Io, IoBuf, Op, PiAction, Protection};
 pub use ns::{CommandSet, NamespaceEntry, NamespaceInfo, ZoneInfo};
 pub use pool::{DmaDescPool, DESC_PAGE};
 pub use qpair::{QueueConfig, QueuePair};
@@ -125,6 +127,12 @@ pub struct Namespace {
     command_set: CommandSet,
     zones: Option<ZoneInfo>,
     copy: CopyLimits,
+    format: BlockFormat,
+    /// The blocks the submission fast path may reach: all of them, or
+    /// none on a namespace formatted with metadata (whose requests need
+    /// more than the fast path builds), so that the fast path's range
+    /// check also keeps those out.
+    pub(crate) fast_blocks: u64,
 }
 
 impl Namespace {
@@ -168,6 +176,29 @@ impl Namespace {
     /// against which [`QueuePair::copy`] checks a Copy before submission.
     pub fn copy_limits(&self) -> CopyLimits {
         self.copy
+    }
+    /// How the namespace's blocks are laid out in host memory: data and
+    /// metadata bytes per block, extended LBAs or a separate metadata
+    /// buffer, and the protection information format.
+    pub fn format(&self) -> BlockFormat {
+        self.format
+    }
+    /// Metadata bytes per block (0: none).
+    pub fn metadata_size(&self) -> u16 {
+        self.format.metadata
+    }
+    /// Whether the namespace is formatted with metadata: its reads and
+    /// writes go through [`QueuePair::read_with_metadata`],
+    /// [`QueuePair::write_with_metadata`] or requests with
+    /// [`Io::metadata`] and [`Io::protection`] (see [`Protection`]).
+    #[inline(always)]
+    pub fn has_metadata(&self) -> bool {
+        self.format.metadata != 0
+    }
+    /// The protection information format, if the namespace is formatted
+    /// with end-to-end protection.
+    pub fn protection_info(&self) -> Option<PiFormat> {
+        self.format.pi
     }
 }
 
@@ -598,7 +629,11 @@ impl Controller {
 
     /// Namespace `nsid`, if active, of the NVM or Zoned Namespace command
     /// set (see [`namespace_info`](Self::namespace_info), less the command
-    /// set independent data) and formatted without metadata.
+    /// set independent data). A namespace formatted with metadata opens
+    /// with its [`format`](Namespace::format): extended LBAs or a separate
+    /// metadata buffer, and protection information of types 1 to 3 with a
+    /// 16-bit (CRC-16) or 64-bit (CRC-64) guard; formats with a 32-bit
+    /// guard or storage tags are refused ([`Error::MetadataFormat`]).
     pub fn namespace(&self, nsid: u32) -> Result<Namespace, Error> {
         let info = self.describe_namespace(nsid, false)?;
         let command_set = info.command_set;
@@ -612,15 +647,29 @@ impl Controller {
         let f = id.current_lba_format().ok_or(Error::Unsupported(
             "namespace reports no current LBA format",
         ))?;
-        if f.metadata != 0 {
-            return Err(Error::MetadataFormat {
-                nsid,
-                metadata: f.metadata,
-            });
-        }
         let block_size = f.block_size();
         if !(512..=1 << 20).contains(&block_size) {
             return Err(Error::Unsupported("LBA data size outside 512 B to 1 MiB"));
+        }
+        let guard = match PiType::from_dps(id.dps()) {
+            Some(_) if f.metadata != 0 => self.pi_guard(nsid, id.current_format(), f.metadata)?,
+            _ => Guard::Crc16,
+        };
+        let mut format = id.block_format(guard).ok_or(Error::Unsupported(
+            "namespace reports no current LBA format",
+        ))?;
+        if format.metadata == 0 {
+            format.pi = None;
+            format.extended = false;
+        }
+        if let Some(pi) = format.pi {
+            if (format.metadata as usize) < pi.guard.tuple_len() {
+                return Err(Error::MetadataFormat {
+                    nsid,
+                    metadata: f.metadata,
+                    reason: "protection information larger than the metadata",
+                });
+            }
         }
         Ok(Namespace {
             id: nsid,
@@ -629,7 +678,37 @@ impl Controller {
             command_set,
             zones: info.zones(),
             copy: id.copy_limits(),
+            fast_blocks: if format.metadata == 0 { id.nsze() } else { 0 },
+            format,
         })
+    }
+
+    /// The guard of namespace `nsid`'s protection information in LBA
+    /// format `index`: from the NVM command set's extended LBA format
+    /// where the controller has I/O command sets (16-bit otherwise, the
+    /// only one before them).
+    fn pi_guard(&self, nsid: u32, index: usize, metadata: u16) -> Result<Guard, Error> {
+        if !self.io_command_sets() {
+            return Ok(Guard::Crc16);
+        }
+        let Some(raw) = ns::optional(
+            self.identify_namespace_csi(nsid, CommandSet::Nvm),
+            "NVM Command Set Identify Namespace",
+        )?
+        else {
+            return Ok(Guard::Crc16);
+        };
+        let nvm = crate::nvme::iocs::IdentifyNvmNamespace(raw);
+        let (sts, pif) = nvm.elbaf(index).unwrap_or((0, 0));
+        let refuse = |reason| Error::MetadataFormat {
+            nsid,
+            metadata,
+            reason,
+        };
+        if sts != 0 {
+            return Err(refuse("storage tags are not supported"));
+        }
+        Guard::from_pif(pif).ok_or_else(|| refuse("a 32-bit guard is not supported"))
     }
 
     /// The controller's registers as they read now, by name (CAP, VS,

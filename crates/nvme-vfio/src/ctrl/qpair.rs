@@ -20,6 +20,7 @@ use blk_dma::{Direction, HostAddr, HostSeg};
 
 use super::inflight::{Inflight, Pending, Slot, Tag};
 use super::io::{Done, Io, IoBuf, Op};
+use super::meta::MetaPlan;
 use super::pool::DmaDescPool;
 use super::{Controller, Namespace, Shared};
 use crate::mem::VfioMapper;
@@ -319,6 +320,12 @@ impl QueuePair {
     #[inline(never)]
     #[allow(clippy::result_large_err)]
     fn submit_slow(&mut self, io: Io) -> Result<(), (Error, Io)> {
+        if (io.op.moves_blocks() && io.ns.has_metadata())
+            || io.meta.is_some()
+            || io.protection.is_some()
+        {
+            return self.submit_meta(io);
+        }
         if let Op::ZoneAppend { .. } = io.op {
             return self.submit_zone_append(io);
         }
@@ -709,18 +716,25 @@ impl QueuePair {
     }
 
     /// Checks a request and returns its length in blocks.
-    fn validate(&self, ns: &Namespace, lba: u64, segs: &[HostSeg]) -> Result<u64, Error> {
+    /// `stride`: bytes per block in the data buffer (the block size, or
+    /// more with extended LBAs).
+    fn validate(
+        &self,
+        ns: &Namespace,
+        lba: u64,
+        segs: &[HostSeg],
+        stride: u64,
+    ) -> Result<u64, Error> {
         let total: u64 = segs.iter().map(|s| s.len).sum();
         if total == 0 || segs.iter().any(|s| s.len == 0) {
             return Err(Error::Invalid("zero-length transfer".into()));
         }
-        if total % ns.block_size() != 0 {
+        if total % stride != 0 {
             return Err(Error::Invalid(format!(
-                "length {total} is not a multiple of the {}-byte block size",
-                ns.block_size()
+                "length {total} is not a multiple of the {stride}-byte block size"
             )));
         }
-        let blocks = total / ns.block_size();
+        let blocks = total / stride;
         super::blocking::check_range(ns, lba, blocks)?;
         if !self.sgl_any_alignment && segs.iter().any(|s| s.addr.raw() & 3 != 0 || s.len & 3 != 0) {
             return Err(Error::Invalid(
@@ -743,6 +757,9 @@ impl QueuePair {
         buf: IoBuf,
         tag: Tag,
     ) -> Result<(), (Error, IoBuf)> {
+        if ns.has_metadata() {
+            return Err((metadata_refusal(ns), buf));
+        }
         if op != Op::Read {
             if let Err(e) = self.check_op(op, ns) {
                 return Err((e, buf));
@@ -761,7 +778,8 @@ impl QueuePair {
                 return Ok(());
             }
         }
-        self.submit_general(op, ns, lba, segs, buf, tag)
+        self.submit_general(op, ns, lba, segs, buf, tag, None)
+            .map(|_| ())
     }
 
     /// The fast path's decision, with nothing changed yet: a request of
@@ -828,7 +846,7 @@ impl QueuePair {
             && seg.len & (bs - 1) == 0
             && lba
                 .checked_add(seg.len >> bs.trailing_zeros())
-                .is_some_and(|end| end <= ns.blocks())
+                .is_some_and(|end| end <= ns.fast_blocks)
             && aligned
             && self.inflight.free_slots() != 0
             && self.shared.accepts_io(self.generation)
@@ -872,8 +890,14 @@ impl QueuePair {
     /// [`submit_request`](Self::submit_request) for every other request:
     /// several segments, several commands (split at the maximum transfer),
     /// or something to refuse.
+    ///
+    /// `plan` completes each command of a request with metadata (its
+    /// bytes per block in the data buffer, metadata pointer and
+    /// protection fields). Returns the request's index, which nothing
+    /// completes before the next doorbell.
     #[inline(never)]
-    fn submit_general(
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn submit_general(
         &mut self,
         op: Op,
         ns: &Namespace,
@@ -881,10 +905,13 @@ impl QueuePair {
         segs: &[HostSeg],
         buf: IoBuf,
         tag: Tag,
-    ) -> Result<(), (Error, IoBuf)> {
+        plan: Option<&MetaPlan>,
+    ) -> Result<u32, (Error, IoBuf)> {
         if let [seg] = segs {
-            if self.fast_path_fits(ns, lba, seg) {
-                return self.submit_one(op, ns, lba, *seg, buf, tag);
+            if plan.is_none() && self.fast_path_fits(ns, lba, seg) {
+                return self
+                    .submit_one(op, ns, lba, *seg, buf, tag)
+                    .map(|()| u32::MAX);
             }
         }
         if let Some(e) = self.shared.refusal() {
@@ -896,11 +923,12 @@ impl QueuePair {
         if self.shared.is_disabled() {
             return Err((self.shared.stopped_error(), buf));
         }
-        if let Err(e) = self.validate(ns, lba, segs) {
+        let stride = plan.map_or(ns.block_size(), |p| p.stride);
+        if let Err(e) = self.validate(ns, lba, segs, stride) {
             return Err((e, buf));
         }
         let total: u64 = segs.iter().map(|s| s.len).sum();
-        let chunk = (self.max_transfer / ns.block_size()).max(1) * ns.block_size();
+        let chunk = (self.max_transfer / stride).max(1) * stride;
         let children = total.div_ceil(chunk) as usize;
         // What always fits an idle queue pair: a command slot and a
         // descriptor page (at most one per command) per command.
@@ -928,6 +956,7 @@ impl QueuePair {
         };
         self.taken.clear();
         let (mut i, mut off, mut lba) = (0usize, 0u64, lba);
+        let start = lba;
         let mut failure = None;
         while i < segs.len() {
             self.scratch.clear();
@@ -944,7 +973,7 @@ impl QueuePair {
                     off = 0;
                 }
             }
-            let blocks = (chunk - want) / ns.block_size();
+            let blocks = (chunk - want) / stride;
             let page = self.shared.page;
             let (cid, slot) = match self.inflight.pop() {
                 Some(c) => c,
@@ -970,6 +999,9 @@ impl QueuePair {
                     let mut cmd = Command::blocks(opcode, ns.id(), lba, blocks as u32, fua);
                     cmd.set_cid(id);
                     cmd.set_data(dp);
+                    if let Some(p) = plan {
+                        p.apply(&mut cmd, lba - start);
+                    }
                     // Room is guaranteed: in-flight commands never exceed
                     // the ring size minus one.
                     self.sq.push(&cmd);
@@ -1008,7 +1040,7 @@ impl QueuePair {
             return Err((e, buf));
         }
         self.unrung = true;
-        Ok(())
+        Ok(req)
     }
 
     /// Runs one request to completion (the blocking calls), of any length:
@@ -1303,4 +1335,15 @@ impl Drop for QueuePair {
         }
         self.shared.free_qid(self.qid);
     }
+}
+
+/// The refusal of a plain read or write (no metadata settings) on a
+/// namespace formatted with metadata, where it cannot go as it is.
+pub(super) fn metadata_refusal(ns: &Namespace) -> Error {
+    Error::Invalid(format!(
+        "namespace {} is formatted with {} bytes of metadata per block: use read_with_metadata, \
+         write_with_metadata or a request with Io::metadata / Io::protection",
+        ns.id(),
+        ns.metadata_size()
+    ))
 }

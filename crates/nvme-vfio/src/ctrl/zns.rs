@@ -506,6 +506,8 @@ mod tests {
             command_set: CommandSet::Zoned,
             zones: ZoneInfo::new(&id, 0, 0),
             copy: Default::default(),
+            format: crate::nvme::pi::BlockFormat::plain(512),
+            fast_blocks: 1024,
         }
     }
 
