@@ -86,7 +86,7 @@ test_binary() {
     cargo test -p nvme-vfio --test "$1" --no-run 2>&1 |
         sed -n "s/.*(\(.*$1-[^)]*\)).*/\1/p" | tail -n 1
 }
-for t in vm_vfio vm_mem vm_ctrl vm_unplug vm_multi; do
+for t in vm_vfio vm_mem vm_ctrl vm_unplug vm_multi vm_protection; do
     bin=$(test_binary "$t")
     if [ -z "$bin" ] || [ ! -x "$bin" ]; then
         echo "cannot find the $t test binary" >&2
@@ -205,6 +205,26 @@ start=$(date +%s)
 status=0
 scripts/vm/run.sh --image-size 64M -- scripts/fio-test.sh "$engine" "$hello" bound || status=$?
 echo "-- scenario fio-engine: exit $status, $(($(date +%s) - start)) s"
+if [ "$status" = 0 ]; then
+    passed=$((passed + 1))
+else
+    failed=$((failed + 1))
+fi
+
+# Six namespaces formatted with metadata and end-to-end protection
+# (separate and extended metadata, types 1 to 3, PI first or last, 16- and
+# 64-bit guards): vm_protection's checks, then nvme-cli's metadata options
+# (cli-test.sh's protection checks).
+echo "-- scenario protection"
+start=$(date +%s)
+status=0
+scripts/vm/run.sh --namespaces 6 --image-size 16M \
+    --ns-opts 1:ms=8 --ns-opts 2:ms=8,mset=1,pi=1 --ns-opts 3:ms=8,pi=2 \
+    --ns-opts 4:ms=16,pi=3,pil=1 --ns-opts 5:ms=16,pi=1,pif=2 --ns-opts 6:ms=16,pi=1,mset=1 \
+    --env NVME_VM_SCENARIO=protection --env NVME_VM_REQUIRE=1 -- \
+    sh -c '"$1" --test-threads=1 --nocapture && scripts/cli-test.sh "$2" protection' \
+    vm-tests "${bins[5]}" "$cli" || status=$?
+echo "-- scenario protection: exit $status, $(($(date +%s) - start)) s"
 if [ "$status" = 0 ]; then
     passed=$((passed + 1))
 else

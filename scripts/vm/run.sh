@@ -57,6 +57,9 @@ Options (environment variable in brackets):
   --zoned N[,N...]    namespace N is zoned (QEMU nvme-ns zoned=true: Zoned
                       Namespace command set) with zones of --zone-size, at
                       most 8 open and 14 active; repeatable. [VM_ZONED]
+  --ns-opts N:PROPS   more QEMU nvme-ns properties for namespace N, e.g.
+                      1:ms=8,mset=1,pi=1 (metadata, extended LBAs, end-to-end
+                      protection type 1; also pil, pif); repeatable.
   --zone-size SIZE    zone size of zoned namespaces (K/M/G suffixes, binary;
                       a divisor of the image size). Default 4M. [VM_ZONE_SIZE]
   --cmb-mb N          controller memory buffer size in MiB (0 = none).
@@ -143,6 +146,7 @@ parse_options() {
     CONTROLLERS=${VM_CONTROLLERS:-1}
     ZONED=${VM_ZONED:-}
     ZONE_SIZE=${VM_ZONE_SIZE:-4M}
+    NS_OPTS=()
     CMB_MB=${VM_CMB_MB:-0}
     QUEUES=${VM_QUEUES:-}
     MDTS=${VM_MDTS:-}
@@ -173,7 +177,7 @@ parse_options() {
         case "$opt" in
             --image | --image-size | --lba-size | --namespaces | --controllers | --cmb-mb | \
                 --queues | --mdts | --prefill | --memlock | --timeout | \
-                --console-log | --env | --aw-bits | --zoned | --zone-size)
+                --console-log | --env | --aw-bits | --zoned | --zone-size | --ns-opts)
                 (($# >= 2)) || die "option $opt needs a value"
                 val=$2
                 shift 2
@@ -188,6 +192,7 @@ parse_options() {
             --controllers) CONTROLLERS=$val ;;
             --zoned) ZONED+=${ZONED:+,}$val ;;
             --zone-size) ZONE_SIZE=$val ;;
+            --ns-opts) NS_OPTS+=("$val") ;;
             --cmb-mb) CMB_MB=$val ;;
             --queues) QUEUES=$val ;;
             --mdts) MDTS=$val ;;
@@ -226,6 +231,11 @@ parse_options() {
             die "--zoned: '$z' is not a namespace number 1..$NAMESPACES"
     done
     [[ "$ZONE_SIZE" =~ ^[1-9][0-9]*[KMG]?$ ]] || die "--zone-size must be a size such as 4M, not '$ZONE_SIZE'"
+    local o prop='[a-z_.]+=[A-Za-z0-9]+'
+    for o in "${NS_OPTS[@]}"; do
+        [[ "$o" =~ ^([0-9]+):$prop(,$prop)*$ ]] && ((BASH_REMATCH[1] >= 1 && BASH_REMATCH[1] <= NAMESPACES)) ||
+            die "--ns-opts: '$o' is not N:PROP=VALUE[,...] for a namespace 1..$NAMESPACES"
+    done
 }
 
 is_uint() {
@@ -709,6 +719,12 @@ build_qemu_args() {
         if [[ ",$ZONED," == *",$i,"* ]]; then
             ns+=",zoned=true,zoned.zone_size=$ZONE_SIZE,zoned.max_open=8,zoned.max_active=14"
         fi
+        local o
+        for o in "${NS_OPTS[@]}"; do
+            if [[ "${o%%:*}" == "$i" ]]; then
+                ns+=",${o#*:}"
+            fi
+        done
         QEMU_ARGS+=(
             -drive "file=$(qemu_escape "${IMAGE_PATHS[i - 1]}"),if=none,id=ns$i,format=raw"
             -device "$ns"

@@ -20,9 +20,10 @@ pub enum PiAction {
     #[default]
     AsIs,
     /// The driver computes the tuples into the request's metadata before
-    /// a write, and checks them after a read (PRACT=0): a mismatch fails
-    /// the read with [`Error::ProtectionCheck`]. The controller checks
-    /// [`Protection::checks`] too.
+    /// a write, and checks every field of them after a read (the
+    /// application tag under its mask; PRACT=0): a mismatch fails the
+    /// read with [`Error::ProtectionCheck`]. The controller checks the
+    /// fields of [`Protection::checks`] as well.
     Driver,
     /// The controller inserts the tuples on writes and, when the metadata
     /// is the tuple alone, strips them on reads: no metadata moves then
@@ -41,8 +42,7 @@ pub enum PiAction {
 pub struct Protection {
     /// Who computes and checks the tuples.
     pub action: PiAction,
-    /// The fields checked (PRCHK): by the controller, and by the driver
-    /// for [`PiAction::Driver`] reads.
+    /// The fields the controller checks (PRCHK).
     pub checks: Checks,
     /// The first block's reference tag; `None`: the request's LBA.
     pub reference: Option<u64>,

@@ -306,7 +306,7 @@ impl QueuePair {
         }
         let verify = prepared.verifies(io.op).then(|| Verify {
             format: io.ns.format(),
-            checks: prepared.protection.map_or(Checks::NONE, |p| p.checks),
+            checks: Checks::ALL,
             tags: prepared.tags,
             lba: io.lba,
             len: io.len,
@@ -369,9 +369,8 @@ impl QueuePair {
             },
         )?;
         if p.verifies(Op::Read) {
-            let checks = p.protection.map_or(Checks::NONE, |p| p.checks);
             let (d, m) = (&data[..data_len], &meta[..meta_len]);
-            verify("Read", &ns.format(), d, m, checks, p.tags, lba)?;
+            verify("Read", &ns.format(), d, m, Checks::ALL, p.tags, lba)?;
         }
         Ok(())
     }

@@ -17,7 +17,8 @@
 //! the tuple is at the end of a larger metadata area, the metadata bytes
 //! before it. The reference tag of types 1 and 2 counts up by one per
 //! block from the command's initial reference tag (type 1: the low bits of
-//! the LBA); type 3 has no reference tag to check. A tuple whose
+//! the LBA); type 3's is the same in every block (checked against the
+//! command's, as QEMU and the NVM command set do, where PRCHK asks). A tuple whose
 //! application tag is FFFFh (types 1 and 2), or whose application tag and
 //! reference tag are all ones (type 3), is not checked: it is what
 //! controllers report for blocks never written.
@@ -33,7 +34,8 @@ pub enum PiType {
     /// Type 2: the reference tag counts from the command's initial
     /// reference tag.
     Type2,
-    /// Type 3: no reference tag is checked.
+    /// Type 3: the reference tag does not count up per block (it is
+    /// checked, where asked, against the command's as it is).
     Type3,
 }
 
@@ -341,8 +343,9 @@ impl BlockFormat {
     /// [`generate`](Self::generate) takes them) for the fields in
     /// `checks`: the guard against the data, the application tag under
     /// the mask, and for types 1 and 2 the reference tag counting from
-    /// `tags.reference`. Tuples that turn checking off (see the module's
-    /// docs) pass. Returns the first mismatch, if any.
+    /// `tags.reference` (type 3: equal to it). Tuples that turn checking
+    /// off (see the module's docs) pass. Returns the first mismatch, if
+    /// any.
     pub fn verify(
         &self,
         data: &[u8],
@@ -383,9 +386,9 @@ impl BlockFormat {
                 continue;
             }
             let expected_ref = match pi.kind {
-                PiType::Type3 => None,
-                _ => Some(tags.reference.wrapping_add(i as u64) & pi.guard.ref_mask()),
-            };
+                PiType::Type3 => tags.reference,
+                _ => tags.reference.wrapping_add(i as u64),
+            } & pi.guard.ref_mask();
             let mismatch = |field, found, expected| {
                 Some(PiMismatch {
                     block: i as u64,
@@ -407,10 +410,8 @@ impl BlockFormat {
                     (tags.app & tags.app_mask) as u64,
                 ));
             }
-            if let (true, Some(want)) = (checks.reference, expected_ref) {
-                if reference != want {
-                    return Ok(mismatch(PiField::RefTag, reference, want));
-                }
+            if checks.reference && reference != expected_ref {
+                return Ok(mismatch(PiField::RefTag, reference, expected_ref));
             }
         }
         Ok(None)
@@ -635,10 +636,7 @@ mod tests {
                             ..tags
                         };
                         let r = f.verify(&data, &meta, Checks::ALL, shifted).unwrap();
-                        match kind {
-                            PiType::Type3 => assert_eq!(r, None),
-                            _ => assert_eq!(r.map(|e| e.field), Some(PiField::RefTag)),
-                        }
+                        assert_eq!(r.map(|e| e.field), Some(PiField::RefTag));
                     }
                 }
             }
