@@ -389,7 +389,7 @@ impl Device {
                 self.readable(ns, lba, n)?;
                 let (data, meta) = ns.load(lba, n);
                 self.check_tuples(&p, lba, &data, &meta)?;
-                let (data, meta) = p.to_host(data, meta);
+                let (data, meta) = p.store_to_host(data, meta);
                 // What Bit Buckets discard is left out.
                 let mut ranges = Vec::with_capacity(pieces.len());
                 let mut kept = Vec::with_capacity(data.len());

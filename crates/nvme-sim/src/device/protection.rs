@@ -123,7 +123,12 @@ impl Protection {
     /// The host's bytes of `n` blocks (data buffer, metadata buffer) in
     /// the store's layout: `n` blocks of data, `n` blocks of metadata
     /// (zeroes where none moved).
-    pub(super) fn to_store(&self, host: Vec<u8>, host_meta: Vec<u8>, n: u64) -> (Vec<u8>, Vec<u8>) {
+    pub(super) fn host_to_store(
+        &self,
+        host: Vec<u8>,
+        host_meta: Vec<u8>,
+        n: u64,
+    ) -> (Vec<u8>, Vec<u8>) {
         let (bs, ms) = (self.format.data as usize, self.format.metadata as usize);
         let n = n as usize;
         if self.interleaved() {
@@ -143,7 +148,7 @@ impl Protection {
 
     /// Stored blocks in the host's layout: the data buffer's bytes and the
     /// metadata buffer's (empty if none moves).
-    pub(super) fn to_host(&self, data: Vec<u8>, meta: Vec<u8>) -> (Vec<u8>, Vec<u8>) {
+    pub(super) fn store_to_host(&self, data: Vec<u8>, meta: Vec<u8>) -> (Vec<u8>, Vec<u8>) {
         let (bs, ms) = (self.format.data as usize, self.format.metadata as usize);
         if self.interleaved() {
             let mut host = Vec::with_capacity(data.len() + meta.len());
@@ -233,7 +238,7 @@ impl Device {
         {
             return Err(DATA_TRANSFER_ERROR);
         }
-        Ok(p.to_store(host, host_meta, n))
+        Ok(p.host_to_store(host, host_meta, n))
     }
 
     /// [`Protection::check`] of blocks from `lba`, the failed one's LBA
@@ -306,10 +311,10 @@ mod tests {
             let p = prot(ext, ms, pract);
             let host: Vec<u8> = (0..p.data_len(3)).map(|i| i as u8).collect();
             let host_meta: Vec<u8> = (0..p.meta_len(3)).map(|i| !(i as u8)).collect();
-            let (data, meta) = p.to_store(host.clone(), host_meta.clone(), 3);
+            let (data, meta) = p.host_to_store(host.clone(), host_meta.clone(), 3);
             assert_eq!((data.len(), meta.len()), (3 * 512, 3 * ms as usize));
             assert_eq!(
-                p.to_host(data, meta),
+                p.store_to_host(data, meta),
                 (host, host_meta),
                 "{ext} {ms} {pract}"
             );
