@@ -354,12 +354,17 @@ fn a_smart_temperature_event_reaches_the_application() {
         kind: AsyncEventKind::SmartHealth,
         info: 1,
         log_page: 0x02,
+        errors: Vec::new(),
     };
     for round in 0..2 {
         // Over-temperature threshold below the current temperature.
         ctrl.set_features(feature::TEMPERATURE_THRESHOLD, u32::from(temperature) - 10)
             .unwrap();
-        assert_eq!(wait_event(), vec![smart_temperature], "round {round}");
+        assert_eq!(
+            wait_event(),
+            vec![smart_temperature.clone()],
+            "round {round}"
+        );
         assert_ne!(ctrl.smart_log().unwrap().critical_warning & 2, 0);
         let mut b = vec![0u8; 4096];
         qp.read(&ns, 0, &mut b).unwrap();
@@ -507,4 +512,64 @@ fn an_event_loop_waits_on_the_interrupt_fd() {
 
 fn open_with_interrupts(io_timeout: Duration) -> (SimController, Controller) {
     common::driver::open_with_interrupts(io_timeout)
+}
+
+/// An invalid doorbell write (a submission queue tail beyond the queue,
+/// as a buggy or hostile writer of the BAR could make) is ignored by the
+/// controller, logged in its Error Information log and reported as an
+/// error event (Error Status, Invalid Doorbell Write Value, log page
+/// 01h). `poll_events` hands the event over with the new log entry, and
+/// the log read lets the controller report the next one: a second bad
+/// write is a second event, with only its own entry. I/O goes on.
+#[test]
+fn an_invalid_doorbell_write_is_an_error_event_with_its_log_entry() {
+    use nvme_vfio::ctrl::{AsyncEvent, AsyncEventKind};
+    use nvme_vfio::nvme::regs::sq_tail_doorbell;
+    let (sim, ctrl) = open(Config::default(), Duration::from_secs(5));
+    let ns = ctrl.namespace(1).unwrap();
+    let mut qp = ctrl.queue_pair(QueueConfig::default()).unwrap();
+    assert!(ctrl.poll_events().unwrap().is_empty());
+    let regs = sim.registers();
+    let doorbell = sq_tail_doorbell(qp.qid(), sim.doorbell_stride());
+    let wait_event = || {
+        let start = Instant::now();
+        loop {
+            let e = ctrl.poll_events().unwrap();
+            if !e.is_empty() {
+                return e;
+            }
+            assert!(start.elapsed() < Duration::from_secs(2), "no event");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    };
+    let mut counts = Vec::new();
+    for round in 0..2 {
+        // No queue has 65,537 entries: the tail is beyond any queue.
+        regs.write32(doorbell, 0x1_0000 + round);
+        let events = wait_event();
+        assert_eq!(events.len(), 1, "round {round}: {events:?}");
+        let AsyncEvent {
+            kind,
+            info,
+            log_page,
+            errors,
+        } = &events[0];
+        assert_eq!(
+            (*kind, *info, *log_page),
+            (AsyncEventKind::Error, 1, 0x01),
+            "round {round}"
+        );
+        assert_eq!(errors.len(), 1, "round {round}: only the new entry");
+        let e = errors[0];
+        assert_eq!((e.sqid, e.cid), (qp.qid(), 0xffff), "round {round}");
+        assert_eq!(e.command_specific, 0x1_0000 + u64::from(round));
+        counts.push(e.error_count);
+        // The write was ignored: the queue goes on.
+        let mut b = vec![0u8; 4096];
+        qp.write(&ns, 8, &b, false).unwrap();
+        qp.read(&ns, 8, &mut b).unwrap();
+    }
+    assert!(counts[1] > counts[0], "{counts:?}");
+    assert!(ctrl.poll_events().unwrap().is_empty());
+    assert_eq!(qp.device_errors(), 0);
 }
