@@ -573,3 +573,41 @@ fn an_invalid_doorbell_write_is_an_error_event_with_its_log_entry() {
     assert!(ctrl.poll_events().unwrap().is_empty());
     assert_eq!(qp.device_errors(), 0);
 }
+
+/// Interrupt mode: dropping a queue pair whose command the device holds,
+/// when the device has left the bus, is bounded and sleeps while it
+/// waits for the driver to notice (on the queue's interrupt or a short
+/// sleep): the dropping thread's CPU time stays far below the time the
+/// drop takes.
+#[test]
+fn dropping_a_queue_pair_with_a_stuck_command_in_interrupt_mode_sleeps() {
+    fn thread_cpu() -> Duration {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: a valid timespec to fill, for the calling thread's clock.
+        let r = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+        assert_eq!(r, 0);
+        Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+    }
+    let (sim, ctrl) = common::driver::open_with_interrupts(Duration::from_secs(30));
+    let ns = ctrl.namespace(1).unwrap();
+    let mut qp = ctrl.queue_pair(QueueConfig::default()).unwrap();
+    sim.inject(FaultRule::next(Match::io(), FaultAction::Drop));
+    qp.submit(Io::read(&ns, 0, ctrl.dma_alloc(4096).unwrap()))
+        .map_err(|(e, _)| e)
+        .unwrap();
+    qp.flush();
+    std::thread::sleep(Duration::from_millis(20));
+    sim.surprise_remove();
+    let (cpu, wall) = (thread_cpu(), Instant::now());
+    drop(qp);
+    let (cpu, wall) = (thread_cpu() - cpu, wall.elapsed());
+    assert!(wall < Duration::from_secs(2), "took {wall:?}");
+    assert!(
+        cpu < wall / 4 + Duration::from_millis(5),
+        "spun: {cpu:?} of CPU in {wall:?}"
+    );
+    drop(ctrl);
+}
