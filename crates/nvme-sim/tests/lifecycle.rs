@@ -611,3 +611,88 @@ fn dropping_a_queue_pair_with_a_stuck_command_in_interrupt_mode_sleeps() {
     );
     drop(ctrl);
 }
+
+/// Registers whose accesses start failing (as a VFIO BAR access the kernel
+/// refuses): writes are dropped and `failed` says so; reads still answer.
+struct FailingRegisters {
+    inner: Arc<dyn Registers>,
+    failing: std::sync::atomic::AtomicBool,
+}
+
+impl Registers for FailingRegisters {
+    fn read32(&self, offset: u64) -> u32 {
+        self.inner.read32(offset)
+    }
+    fn write32(&self, offset: u64, value: u32) {
+        if !self.failed() {
+            self.inner.write32(offset, value);
+        }
+    }
+    fn read64(&self, offset: u64) -> u64 {
+        self.inner.read64(offset)
+    }
+    fn write64(&self, offset: u64, value: u64) {
+        if !self.failed() {
+            self.inner.write64(offset, value);
+        }
+    }
+    fn failed(&self) -> bool {
+        self.failing.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// A register access that fails (here a doorbell write dropped) is a lost
+/// device, as registers reading all ones are: within the timeout check
+/// period the request fails with `DeviceLost` (not after its 30 s
+/// timeout), its buffer back once the controller is stopped through its
+/// PCI function, and later calls fail the same way.
+#[test]
+fn a_failed_register_access_is_device_lost() {
+    let sim = SimController::new(Config::default()).unwrap();
+    let regs = Arc::new(FailingRegisters {
+        inner: sim.registers(),
+        failing: std::sync::atomic::AtomicBool::new(false),
+    });
+    let space = DmaSpace::new(sim.iommu().clone(), SpaceConfig { hugepages: false });
+    let driver = DriverConfig {
+        space: SpaceConfig { hugepages: false },
+        io_queues: 2,
+        io_timeout: Duration::from_secs(30),
+        // Doorbells through the registers only, so the write fails.
+        shadow_doorbells: false,
+        ..DriverConfig::default()
+    };
+    // SAFETY: the registers (through the wrapper), the IOMMU under the DMA
+    // space and the PCI function all belong to `sim`.
+    let ctrl =
+        unsafe { Controller::with_backend(regs.clone(), space, driver, Some(sim.pci_function())) }
+            .unwrap();
+    let ns = ctrl.namespace(1).unwrap();
+    let mut qp = ctrl.queue_pair(QueueConfig::default()).unwrap();
+    let mut b = vec![0u8; 4096];
+    qp.read(&ns, 0, &mut b).unwrap();
+    regs.failing
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let start = Instant::now();
+    qp.submit(Io::read(&ns, 0, ctrl.dma_alloc(4096).unwrap()).tag(5))
+        .map_err(|(e, _)| e)
+        .unwrap();
+    qp.flush();
+    let done = common::driver::poll_within(&mut qp, 1, Duration::from_secs(2));
+    assert!(
+        start.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        start.elapsed()
+    );
+    assert_eq!(done[0].tag, 5);
+    assert!(
+        matches!(done[0].result, Err(Error::DeviceLost)),
+        "{:?}",
+        done[0].result
+    );
+    assert_eq!(done[0].buf.len(), 4096, "the buffer comes back");
+    assert!(!sim.bus_master(), "stopped through the PCI function");
+    let (e, _) = qp.submit(Io::read(&ns, 0, vec![0u8; 512])).unwrap_err();
+    assert!(matches!(e, Error::DeviceLost), "{e}");
+    assert!(matches!(ctrl.smart_log(), Err(Error::DeviceLost)));
+}
