@@ -156,6 +156,15 @@ impl RegisterFile {
             .map_or(0, |d| d.load(Ordering::Acquire))
     }
 
+    /// Puts SQ `qid`'s tail doorbell back to `to` if it still holds `bad`
+    /// (an invalid write is ignored, as QEMU does; a write made since
+    /// stands).
+    pub(crate) fn undo_sq_tail(&self, qid: u16, bad: u32, to: u32) {
+        if let Some(d) = self.doorbells.get(2 * qid as usize) {
+            let _ = d.compare_exchange(bad, to, Ordering::AcqRel, Ordering::Acquire);
+        }
+    }
+
     /// CQ `qid`'s head doorbell, as last written.
     pub(crate) fn cq_head(&self, qid: u16) -> u32 {
         self.doorbells

@@ -212,3 +212,46 @@ fn an_admin_data_buffer_is_quarantined_when_the_controller_dies() {
     );
     assert!(matches!(ctrl.smart_log(), Err(Error::Dead)));
 }
+
+/// An admin command times out while another thread's reset is bringing
+/// the controller up (the controller is slow to become ready): the
+/// timeout path must not stop the controller the reset is enabling. After
+/// the reset the controller is enabled and ready, and serves I/O and
+/// admin commands; nothing was stopped again.
+#[test]
+fn an_admin_timeout_during_a_reset_does_not_disable_the_controller() {
+    let config = Config {
+        ready_delay: Duration::from_millis(400),
+        ..Config::default()
+    };
+    let (sim, ctrl) = open(config, true, Duration::from_millis(150));
+    let ns = ctrl.namespace(1).unwrap();
+    let mut qp = ctrl.queue_pair(QueueConfig::default()).unwrap();
+    sim.inject(FaultRule::next(
+        Match::admin().opcode(admin::GET_LOG_PAGE),
+        FaultAction::Delay(Duration::from_secs(3)),
+    ));
+    let (admin_r, reset_r) = std::thread::scope(|s| {
+        let a = s.spawn(|| ctrl.smart_log().map(|_| ()));
+        // The reset starts before the admin command's 150 ms run out, and
+        // its enable waits 400 ms for the controller: the timeout falls
+        // inside the bring-up.
+        std::thread::sleep(Duration::from_millis(100));
+        let r = ctrl.reset();
+        (a.join().unwrap(), r)
+    });
+    reset_r.expect("the reset");
+    assert!(admin_r.is_err(), "the slow admin command: {admin_r:?}");
+    let cc = Cc(sim.registers().read32(offset::CC));
+    let csts = sim.registers().read32(offset::CSTS);
+    assert!(
+        cc.enabled(),
+        "CC.EN cleared after the reset: CC {:#x}",
+        cc.0
+    );
+    assert_eq!(csts & 1, 1, "CSTS.RDY clear after the reset: {csts:#x}");
+    let mut b = vec![0u8; 4096];
+    qp.write(&ns, 0, &b, false).expect("I/O after the reset");
+    qp.read(&ns, 0, &mut b).expect("I/O after the reset");
+    ctrl.smart_log().expect("admin after the reset");
+}

@@ -354,12 +354,17 @@ fn a_smart_temperature_event_reaches_the_application() {
         kind: AsyncEventKind::SmartHealth,
         info: 1,
         log_page: 0x02,
+        errors: Vec::new(),
     };
     for round in 0..2 {
         // Over-temperature threshold below the current temperature.
         ctrl.set_features(feature::TEMPERATURE_THRESHOLD, u32::from(temperature) - 10)
             .unwrap();
-        assert_eq!(wait_event(), vec![smart_temperature], "round {round}");
+        assert_eq!(
+            wait_event(),
+            vec![smart_temperature.clone()],
+            "round {round}"
+        );
         assert_ne!(ctrl.smart_log().unwrap().critical_warning & 2, 0);
         let mut b = vec![0u8; 4096];
         qp.read(&ns, 0, &mut b).unwrap();
@@ -507,4 +512,187 @@ fn an_event_loop_waits_on_the_interrupt_fd() {
 
 fn open_with_interrupts(io_timeout: Duration) -> (SimController, Controller) {
     common::driver::open_with_interrupts(io_timeout)
+}
+
+/// An invalid doorbell write (a submission queue tail beyond the queue,
+/// as a buggy or hostile writer of the BAR could make) is ignored by the
+/// controller, logged in its Error Information log and reported as an
+/// error event (Error Status, Invalid Doorbell Write Value, log page
+/// 01h). `poll_events` hands the event over with the new log entry, and
+/// the log read lets the controller report the next one: a second bad
+/// write is a second event, with only its own entry. I/O goes on.
+#[test]
+fn an_invalid_doorbell_write_is_an_error_event_with_its_log_entry() {
+    use nvme_vfio::ctrl::{AsyncEvent, AsyncEventKind};
+    use nvme_vfio::nvme::regs::sq_tail_doorbell;
+    let (sim, ctrl) = open(Config::default(), Duration::from_secs(5));
+    let ns = ctrl.namespace(1).unwrap();
+    let mut qp = ctrl.queue_pair(QueueConfig::default()).unwrap();
+    assert!(ctrl.poll_events().unwrap().is_empty());
+    let regs = sim.registers();
+    let doorbell = sq_tail_doorbell(qp.qid(), sim.doorbell_stride());
+    let wait_event = || {
+        let start = Instant::now();
+        loop {
+            let e = ctrl.poll_events().unwrap();
+            if !e.is_empty() {
+                return e;
+            }
+            assert!(start.elapsed() < Duration::from_secs(2), "no event");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    };
+    let mut counts = Vec::new();
+    for round in 0..2 {
+        // No queue has 65,537 entries: the tail is beyond any queue.
+        regs.write32(doorbell, 0x1_0000 + round);
+        let events = wait_event();
+        assert_eq!(events.len(), 1, "round {round}: {events:?}");
+        let AsyncEvent {
+            kind,
+            info,
+            log_page,
+            errors,
+        } = &events[0];
+        assert_eq!(
+            (*kind, *info, *log_page),
+            (AsyncEventKind::Error, 1, 0x01),
+            "round {round}"
+        );
+        assert_eq!(errors.len(), 1, "round {round}: only the new entry");
+        let e = errors[0];
+        assert_eq!((e.sqid, e.cid), (qp.qid(), 0xffff), "round {round}");
+        assert_eq!(e.command_specific, 0x1_0000 + u64::from(round));
+        counts.push(e.error_count);
+        // The write was ignored: the queue goes on.
+        let mut b = vec![0u8; 4096];
+        qp.write(&ns, 8, &b, false).unwrap();
+        qp.read(&ns, 8, &mut b).unwrap();
+    }
+    assert!(counts[1] > counts[0], "{counts:?}");
+    assert!(ctrl.poll_events().unwrap().is_empty());
+    assert_eq!(qp.device_errors(), 0);
+}
+
+/// Interrupt mode: dropping a queue pair whose command the device holds,
+/// when the device has left the bus, is bounded and sleeps while it
+/// waits for the driver to notice (on the queue's interrupt or a short
+/// sleep): the dropping thread's CPU time stays far below the time the
+/// drop takes.
+#[test]
+fn dropping_a_queue_pair_with_a_stuck_command_in_interrupt_mode_sleeps() {
+    fn thread_cpu() -> Duration {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: a valid timespec to fill, for the calling thread's clock.
+        let r = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+        assert_eq!(r, 0);
+        Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+    }
+    let (sim, ctrl) = common::driver::open_with_interrupts(Duration::from_secs(30));
+    let ns = ctrl.namespace(1).unwrap();
+    let mut qp = ctrl.queue_pair(QueueConfig::default()).unwrap();
+    sim.inject(FaultRule::next(Match::io(), FaultAction::Drop));
+    qp.submit(Io::read(&ns, 0, ctrl.dma_alloc(4096).unwrap()))
+        .map_err(|(e, _)| e)
+        .unwrap();
+    qp.flush();
+    std::thread::sleep(Duration::from_millis(20));
+    sim.surprise_remove();
+    let (cpu, wall) = (thread_cpu(), Instant::now());
+    drop(qp);
+    let (cpu, wall) = (thread_cpu() - cpu, wall.elapsed());
+    assert!(wall < Duration::from_secs(2), "took {wall:?}");
+    assert!(
+        cpu < wall / 4 + Duration::from_millis(5),
+        "spun: {cpu:?} of CPU in {wall:?}"
+    );
+    drop(ctrl);
+}
+
+/// Registers whose accesses start failing (as a VFIO BAR access the kernel
+/// refuses): writes are dropped and `failed` says so; reads still answer.
+struct FailingRegisters {
+    inner: Arc<dyn Registers>,
+    failing: std::sync::atomic::AtomicBool,
+}
+
+impl Registers for FailingRegisters {
+    fn read32(&self, offset: u64) -> u32 {
+        self.inner.read32(offset)
+    }
+    fn write32(&self, offset: u64, value: u32) {
+        if !self.failed() {
+            self.inner.write32(offset, value);
+        }
+    }
+    fn read64(&self, offset: u64) -> u64 {
+        self.inner.read64(offset)
+    }
+    fn write64(&self, offset: u64, value: u64) {
+        if !self.failed() {
+            self.inner.write64(offset, value);
+        }
+    }
+    fn failed(&self) -> bool {
+        self.failing.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// A register access that fails (here a doorbell write dropped) is a lost
+/// device, as registers reading all ones are: within the timeout check
+/// period the request fails with `DeviceLost` (not after its 30 s
+/// timeout), its buffer back once the controller is stopped through its
+/// PCI function, and later calls fail the same way.
+#[test]
+fn a_failed_register_access_is_device_lost() {
+    let sim = SimController::new(Config::default()).unwrap();
+    let regs = Arc::new(FailingRegisters {
+        inner: sim.registers(),
+        failing: std::sync::atomic::AtomicBool::new(false),
+    });
+    let space = DmaSpace::new(sim.iommu().clone(), SpaceConfig { hugepages: false });
+    let driver = DriverConfig {
+        space: SpaceConfig { hugepages: false },
+        io_queues: 2,
+        io_timeout: Duration::from_secs(30),
+        // Doorbells through the registers only, so the write fails.
+        shadow_doorbells: false,
+        ..DriverConfig::default()
+    };
+    // SAFETY: the registers (through the wrapper), the IOMMU under the DMA
+    // space and the PCI function all belong to `sim`.
+    let ctrl =
+        unsafe { Controller::with_backend(regs.clone(), space, driver, Some(sim.pci_function())) }
+            .unwrap();
+    let ns = ctrl.namespace(1).unwrap();
+    let mut qp = ctrl.queue_pair(QueueConfig::default()).unwrap();
+    let mut b = vec![0u8; 4096];
+    qp.read(&ns, 0, &mut b).unwrap();
+    regs.failing
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let start = Instant::now();
+    qp.submit(Io::read(&ns, 0, ctrl.dma_alloc(4096).unwrap()).tag(5))
+        .map_err(|(e, _)| e)
+        .unwrap();
+    qp.flush();
+    let done = common::driver::poll_within(&mut qp, 1, Duration::from_secs(2));
+    assert!(
+        start.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        start.elapsed()
+    );
+    assert_eq!(done[0].tag, 5);
+    assert!(
+        matches!(done[0].result, Err(Error::DeviceLost)),
+        "{:?}",
+        done[0].result
+    );
+    assert_eq!(done[0].buf.len(), 4096, "the buffer comes back");
+    assert!(!sim.bus_master(), "stopped through the PCI function");
+    let (e, _) = qp.submit(Io::read(&ns, 0, vec![0u8; 512])).unwrap_err();
+    assert!(matches!(e, Error::DeviceLost), "{e}");
+    assert!(matches!(ctrl.smart_log(), Err(Error::DeviceLost)));
 }

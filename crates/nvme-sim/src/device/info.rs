@@ -438,6 +438,9 @@ impl Device {
         if read && u32::from(lid) == CHANGED_NAMESPACE_LOG && cmd.cdw10 & RAE == 0 {
             self.changed_namespaces_read();
         }
+        if read && lid == log_page::ERROR && cmd.cdw10 & RAE == 0 {
+            self.error_log_read();
+        }
         sent
     }
 }

@@ -259,6 +259,9 @@ pub(crate) struct Device {
     /// A Namespace Attribute Changed event was reported and the host has
     /// not read the log page since: further ones are masked.
     namespace_notice_masked: bool,
+    /// An error event was reported and the host has not read the Error
+    /// Information log since: further ones are masked (not reported).
+    error_event_masked: bool,
     /// The block a media error of the command being executed names
     /// (Unrecovered Read Error, Compare Failure): its error log entry gets
     /// it, and its status the More bit.
@@ -301,6 +304,7 @@ impl Device {
             error_count: 0,
             changed_namespaces: Vec::new(),
             namespace_notice_masked: false,
+            error_event_masked: false,
             media_lba: std::cell::Cell::new(None),
         }
     }
@@ -798,6 +802,39 @@ impl Device {
         };
         self.errors.push_front(e);
         self.errors.truncate(ERROR_LOG_ENTRIES);
+    }
+
+    /// An invalid doorbell write (SQ `sqid`'s tail doorbell written with
+    /// `value`, beyond the queue): an Error Information log entry naming
+    /// the queue (no command: command ID FFFFh, status 0, the value in
+    /// Command Specific Information), and an error event (Error Status,
+    /// Invalid Doorbell Write Value, log page 01h) unless one is reported
+    /// and the log not read since. QEMU's controller does the same (its
+    /// log stays empty).
+    pub(super) fn invalid_doorbell_write(&mut self, sqid: u16, value: u32) {
+        self.error_count += 1;
+        self.errors.push_front(ErrorLogEntry {
+            error_count: self.error_count,
+            sqid,
+            cid: 0xffff,
+            parameter_location: nvme_vfio::nvme::log::NO_PARAMETER,
+            nsid: 0,
+            command_specific: u64::from(value),
+            version: 1,
+            ..Default::default()
+        });
+        self.errors.truncate(ERROR_LOG_ENTRIES);
+        if !self.error_event_masked {
+            self.error_event_masked = true;
+            // Error Status, Invalid Doorbell Write Value, log page 01h.
+            self.report_event(1 << 8 | u32::from(nvme_vfio::nvme::cmd::log_page::ERROR) << 16);
+        }
+    }
+
+    /// The Error Information log was read (without Retain Asynchronous
+    /// Event): error events are unmasked.
+    pub(super) fn error_log_read(&mut self) {
+        self.error_event_masked = false;
     }
 
     /// How long until the next timer, for tests.

@@ -25,6 +25,8 @@ pub(crate) struct Sq {
     /// Next entry to fetch.
     pub(crate) head: u32,
     pub(crate) cqid: u16,
+    /// The last valid tail read from the doorbell register.
+    pub(crate) tail: u32,
 }
 
 impl Sq {
@@ -34,6 +36,7 @@ impl Sq {
             size,
             head: 0,
             cqid,
+            tail: 0,
         }
     }
 }
@@ -171,13 +174,27 @@ impl Device {
     }
 
     /// SQ `qid`'s tail from its doorbell (shadow or register); `None` if the
-    /// value is invalid.
-    fn sq_tail(&self, qid: u16, size: u32) -> Option<u32> {
-        let v = self
-            .shadow_value(qid, false)
-            .unwrap_or_else(|| self.sh.regs.sq_tail(qid));
+    /// value is invalid. A register write beyond the queue is an invalid
+    /// doorbell write, as QEMU handles it (shadow doorbells or not):
+    /// ignored (the register keeps its last valid value), logged in the
+    /// Error Information log and reported as an error event.
+    fn sq_tail(&mut self, qid: u16, size: u32) -> Option<u32> {
+        let reg = self.sh.regs.sq_tail(qid);
+        let sq = self.sqs[qid as usize].as_mut()?;
+        let last = sq.tail;
+        if reg < size {
+            sq.tail = reg;
+        } else {
+            log::warn!("SQ {qid} tail doorbell {reg} beyond {size} entries ignored");
+            self.sh.regs.undo_sq_tail(qid, reg, last);
+            self.invalid_doorbell_write(qid, reg);
+        }
+        let v = match self.shadow_value(qid, false) {
+            Some(v) => v,
+            None => self.sqs[qid as usize].as_ref()?.tail,
+        };
         if v >= size {
-            log::warn!("SQ {qid} tail doorbell {v} beyond {size} entries ignored");
+            log::warn!("SQ {qid} shadow tail {v} beyond {size} entries ignored");
             return None;
         }
         Some(v)

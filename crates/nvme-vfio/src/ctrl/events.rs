@@ -5,6 +5,11 @@
 //! drains them with [`Controller::poll_events`](super::Controller::poll_events),
 //! and sends a new request for each one that completed.
 //!
+//! An error event (type Error Status) comes with the Error Information
+//! log entries that are new since the previous one: the driver reads the
+//! log (which is also what lets the controller report the next error
+//! event) and hands the entries over in [`AsyncEvent::errors`].
+//!
 //! The requests carry command IDs of their own ([`AER_CIDS`]), which no
 //! other admin command uses, so a completion is known for an event by its
 //! ID alone.
@@ -13,6 +18,7 @@ use std::collections::VecDeque;
 
 use super::shared::{Admin, Shared};
 use crate::nvme::cmd::{admin, feature, Command, Completion};
+use crate::nvme::log::ErrorLogEntry;
 use crate::nvme::regs::Registers;
 use crate::Error;
 
@@ -53,19 +59,35 @@ pub enum AsyncEventKind {
     Other(u8),
 }
 
-/// One asynchronous event, as the controller reported it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// One asynchronous event, as the controller reported it, with the Error
+/// Information log entries of an error event.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AsyncEvent {
     /// The kind of event.
     pub kind: AsyncEventKind,
     /// Asynchronous Event Information: which event of the kind (for
-    /// SMART/Health: 0 reliability, 1 temperature threshold, 2 spare below
-    /// threshold; for notices: 0 namespace attribute changed, 1 firmware
-    /// activation starting, ...).
+    /// errors: 0 invalid doorbell register, 1 invalid doorbell value, 2
+    /// diagnostic failure, 3 persistent internal error, 4 transient
+    /// internal error, 5 firmware image load error; for SMART/Health: 0
+    /// reliability, 1 temperature threshold, 2 spare below threshold; for
+    /// notices: 0 namespace attribute changed, 1 firmware activation
+    /// starting, ...).
     pub info: u8,
     /// The log page that has the details (reading it, without Retain
     /// Asynchronous Event, lets the controller report the event again).
     pub log_page: u8,
+    /// For an error event ([`AsyncEventKind::Error`]): the Error
+    /// Information log entries (log page 01h) logged since the previous
+    /// error event's, oldest first (by error count; at most the 64 newest,
+    /// and for the first error event every entry the controller holds).
+    /// The driver reads the log when it hands the event over (which lets
+    /// the controller report the next error event); when several error
+    /// events come in one [`poll_events`](super::Controller::poll_events),
+    /// the first carries the entries and the others none. Empty for other
+    /// kinds, when the controller logged nothing (QEMU's emulated
+    /// controller keeps no entries) or when the log could not be read
+    /// (logged).
+    pub errors: Vec<ErrorLogEntry>,
 }
 
 impl AsyncEvent {
@@ -83,6 +105,7 @@ impl AsyncEvent {
             kind,
             info: (dw0 >> 8) as u8,
             log_page: (dw0 >> 16) as u8,
+            errors: Vec::new(),
         }
     }
 }
@@ -96,6 +119,9 @@ pub(super) struct Events {
     pub(super) outstanding: u16,
     /// Events not taken by the application yet.
     pub(super) queue: VecDeque<AsyncEvent>,
+    /// The highest error count handed to the application with an error
+    /// event (entries up to it are not handed over again).
+    pub(super) errors_seen: u64,
 }
 
 /// Whether `cid` is one of the reserved Asynchronous Event Request IDs.
@@ -214,9 +240,10 @@ impl Shared {
     /// The events reported since the last call, oldest first. The log
     /// page of each notice is read (the controller masks further notices
     /// of its kind until it is, NVMe Base 2.0, 5.2): the controller then
-    /// reports the next change.
+    /// reports the next change. So is the Error Information log for error
+    /// events, whose new entries go to the first of them.
     pub(super) fn poll_events(&self) -> Result<Vec<AsyncEvent>, Error> {
-        let events: Vec<AsyncEvent> = {
+        let mut events: Vec<AsyncEvent> = {
             let mut a = super::shared::lock(&self.admin);
             if self.is_disabled() {
                 return Err(self.stopped_error());
@@ -233,7 +260,32 @@ impl Shared {
                 self.clear_notice(e.log_page);
             }
         }
+        if let Some(e) = events.iter_mut().find(|e| e.kind == AsyncEventKind::Error) {
+            e.errors = self.new_error_entries();
+        }
         Ok(events)
+    }
+
+    /// Reads the Error Information log (Retain Asynchronous Event clear,
+    /// which unmasks error events) and returns the entries no earlier
+    /// error event carried, oldest first. A failure is logged: the event
+    /// goes to the application anyway, without entries.
+    fn new_error_entries(&self) -> Vec<ErrorLogEntry> {
+        let mut entries = match self.read_error_log(64) {
+            Ok(entries) => entries,
+            Err(e) => {
+                log::warn!("Get Log Page (Error Information) after an error event: {e}");
+                return Vec::new();
+            }
+        };
+        let mut a = super::shared::lock(&self.admin);
+        let seen = a.events.errors_seen;
+        entries.retain(|e| e.error_count > seen);
+        entries.sort_by_key(|e| e.error_count);
+        if let Some(last) = entries.last() {
+            a.events.errors_seen = last.error_count;
+        }
+        entries
     }
 
     /// Reads the log page a notice named (Retain Asynchronous Event

@@ -1283,8 +1283,16 @@ impl Drop for QueuePair {
                         }
                     });
                 } else {
-                    // A reset by another thread is being recovered from.
-                    self.reap(&mut sink);
+                    // A reset by another thread is being recovered from:
+                    // asleep meanwhile, on the queue's interrupt in
+                    // interrupt mode (`wait` sleeps no longer than the
+                    // next timeout check), else briefly.
+                    if self.irq.is_some() {
+                        self.wait(&mut sink, std::time::Duration::from_millis(1));
+                    } else {
+                        self.reap(&mut sink);
+                        std::thread::sleep(std::time::Duration::from_micros(100));
+                    }
                 }
             }
         } else if sq_deleted && self.shared.accepts_io(self.generation) {

@@ -179,7 +179,9 @@ pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Shared {
     pub(super) fn csts(&self) -> Result<Csts, Error> {
         let v = self.regs.read32(offset::CSTS);
-        if v == u32::MAX {
+        // A register access that failed (Registers::failed) is as good as
+        // registers reading all ones.
+        if v == u32::MAX || self.regs.failed() {
             return Err(Error::DeviceLost);
         }
         Ok(Csts(v))
@@ -232,8 +234,16 @@ impl Shared {
     /// Otherwise the controller is marked dead and [`Error::Dead`]
     /// returned. Bus mastering stays off: [`enable`](Self::enable) turns it
     /// back on.
+    ///
+    /// When a register access has failed ([`Registers::failed`]), the
+    /// device is lost even if it could be stopped: nothing can drive it
+    /// again through registers that do not answer.
     pub(super) fn quiesce(&self) -> Result<(), Error> {
-        let r = self.quiesce_inner();
+        let mut r = self.quiesce_inner();
+        if r.is_ok() && self.regs.failed() && !self.is_lost() {
+            log::error!("a register access failed: the device is taken as lost");
+            r = Err(self.mark_lost());
+        }
         // Admin waiters that gave the queue to a reset wait for this.
         self.stops.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         r
@@ -268,7 +278,10 @@ impl Shared {
             }
         };
         let reset = match f.function_reset() {
-            Ok(true) => self.wait_ready(false, "function reset").is_ok(),
+            // Registers that failed cannot show CSTS.RDY = 0: the reset
+            // is taken as done (bus mastering, read back clear, is what
+            // stops the DMA).
+            Ok(true) => self.regs.failed() || self.wait_ready(false, "function reset").is_ok(),
             Ok(false) => false,
             Err(e) => {
                 if disabled.is_ok() {

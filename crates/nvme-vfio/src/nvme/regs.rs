@@ -276,6 +276,11 @@ pub const fn cq_head_doorbell(qid: u16, stride: u64) -> u64 {
 /// Accesses are infallible, as on the bus: a read the device cannot answer
 /// returns all ones (what PCIe returns for a removed device, so a `CSTS` of
 /// `0xffff_ffff` means the device is gone) and such a write is dropped.
+/// An implementation that knows an access failed (a VFIO BAR access
+/// refused) says so from then on with [`failed`](Self::failed): the
+/// driver's health checks treat that as registers reading all ones (the
+/// controller is stopped through its PCI function and requests fail with
+/// [`Error::DeviceLost`](crate::Error::DeviceLost)).
 /// Implementations must be safe to call from several threads: doorbells of
 /// different queues are written concurrently.
 pub trait Registers: Send + Sync {
@@ -295,31 +300,56 @@ pub trait Registers: Send + Sync {
         let _ = (offset, width);
         true
     }
+    /// Whether an access has failed since the registers were set up (a
+    /// read that returned all ones or a write dropped for not reaching
+    /// the device, rather than as the device answered). Once true, stays
+    /// true. The default: accesses never fail.
+    fn failed(&self) -> bool {
+        false
+    }
+}
+
+/// A failed access of the BAR: logged, and remembered for
+/// [`Registers::failed`].
+#[cold]
+#[inline(never)]
+fn bar_access_failed(bar: &crate::vfio::Bar, what: &str, offset: u64, e: &crate::vfio::VfioError) {
+    log::error!("BAR {what} at {offset:#x} failed: {e}");
+    bar.failed.store(true, std::sync::atomic::Ordering::SeqCst);
 }
 
 impl Registers for crate::vfio::Bar {
     #[inline]
     fn read32(&self, offset: u64) -> u32 {
-        crate::vfio::Bar::read32(self, offset).unwrap_or(u32::MAX)
+        crate::vfio::Bar::read32(self, offset).unwrap_or_else(|e| {
+            bar_access_failed(self, "read", offset, &e);
+            u32::MAX
+        })
     }
     #[inline]
     fn write32(&self, offset: u64, value: u32) {
         if let Err(e) = crate::vfio::Bar::write32(self, offset, value) {
-            log::error!("BAR write at {offset:#x} dropped: {e}");
+            bar_access_failed(self, "write (dropped)", offset, &e);
         }
     }
     #[inline]
     fn read64(&self, offset: u64) -> u64 {
-        crate::vfio::Bar::read64(self, offset).unwrap_or(u64::MAX)
+        crate::vfio::Bar::read64(self, offset).unwrap_or_else(|e| {
+            bar_access_failed(self, "read", offset, &e);
+            u64::MAX
+        })
     }
     #[inline]
     fn write64(&self, offset: u64, value: u64) {
         if let Err(e) = crate::vfio::Bar::write64(self, offset, value) {
-            log::error!("BAR write at {offset:#x} dropped: {e}");
+            bar_access_failed(self, "write (dropped)", offset, &e);
         }
     }
     fn reaches(&self, offset: u64, width: u8) -> bool {
         crate::vfio::Bar::reaches(self, offset, width)
+    }
+    fn failed(&self) -> bool {
+        self.failed.load(std::sync::atomic::Ordering::SeqCst)
     }
 }
 

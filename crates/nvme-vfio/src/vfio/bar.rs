@@ -39,6 +39,9 @@ pub struct Bar {
     index: u32,
     size: u64,
     areas: Vec<Area>,
+    /// An access through [`Registers`](crate::nvme::regs::Registers)
+    /// failed (see [`Registers::failed`](crate::nvme::regs::Registers::failed)).
+    pub(crate) failed: std::sync::atomic::AtomicBool,
 }
 
 // SAFETY: a `Bar` is plain MMIO addresses; volatile register accesses from
@@ -71,6 +74,7 @@ impl Bar {
             index,
             size: region.size,
             areas: Vec::new(),
+            failed: std::sync::atomic::AtomicBool::new(false),
         };
         for (offset, len) in region.mmap_areas() {
             if len == 0 {
@@ -120,6 +124,7 @@ impl Bar {
             index: 0,
             size,
             areas: Vec::new(),
+            failed: std::sync::atomic::AtomicBool::new(false),
         };
         for &(offset, len) in areas {
             let ulen =

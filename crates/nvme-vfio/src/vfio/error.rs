@@ -26,9 +26,10 @@ pub enum VfioError {
     /// The kernel refused to pin the pages of a DMA mapping (ENOMEM): the
     /// process's locked-memory limit is too low.
     #[error(
-        "VFIO DMA map of {len:#x} bytes at IOVA {iova:#x} failed: RLIMIT_MEMLOCK is {current} \
-         bytes, this container needs {needed} bytes of locked memory with this mapping; raise \
-         the limit (`ulimit -l`, limits.conf, systemd LimitMEMLOCK) or grant CAP_IPC_LOCK"
+        "VFIO DMA map of {len:#x} bytes at IOVA {iova:#x} failed ({source}): RLIMIT_MEMLOCK is \
+         {current} bytes, this container needs {needed} bytes of locked memory with this \
+         mapping; raise the limit (`ulimit -l`, limits.conf, systemd LimitMEMLOCK) or grant \
+         CAP_IPC_LOCK"
     )]
     MemlockTooLow {
         /// IOVA of the mapping.
@@ -46,8 +47,10 @@ pub enum VfioError {
     /// The IOMMU driver's limit on the number of DMA mappings is reached
     /// (ENOSPC; vfio_iommu_type1's `dma_entry_limit`, 65535 by default).
     #[error(
-        "VFIO DMA map of {len:#x} bytes at IOVA {iova:#x}: DMA entry limit reached \
-         (fewer, larger mappings, or raise vfio_iommu_type1.dma_entry_limit)"
+        "VFIO DMA map of {len:#x} bytes at IOVA {iova:#x} failed ({source}): the container's \
+         DMA entry limit is reached (vfio_iommu_type1's `dma_entry_limit` module parameter, \
+         65535 by default); use fewer, larger mappings or raise it (modprobe \
+         vfio_iommu_type1 dma_entry_limit=N, or /sys/module/vfio_iommu_type1/parameters/dma_entry_limit)"
     )]
     DmaLimit {
         /// IOVA of the mapping.

@@ -193,7 +193,23 @@ fn dma_entry_limit_is_reported() {
         ),
         "{err:?}"
     );
-    assert!(err.to_string().contains("DMA entry limit"));
+    let msg = err.to_string();
+    let errno = std::io::Error::from_raw_os_error(libc::ENOSPC).to_string();
+    assert!(msg.contains(&errno), "the errno: {msg}");
+    assert!(
+        msg.contains("dma_entry_limit"),
+        "the module parameter: {msg}"
+    );
+    // As the driver's error shows it too.
+    let msg = nvme_vfio_error(err);
+    assert!(
+        msg.contains(&errno) && msg.contains("dma_entry_limit"),
+        "{msg}"
+    );
+}
+
+fn nvme_vfio_error(e: VfioError) -> String {
+    crate::Error::from(e).to_string()
 }
 
 #[test]
