@@ -26,6 +26,19 @@
 //!   Error, logged with their LBA, until written), Verify, Copy (source
 //!   range descriptors of format 0) and Dataset Management (ranges
 //!   deallocated, reading back as zeroes; the other attributes accepted).
+//! - Block metadata and end-to-end protection information, as QEMU's
+//!   controller (7.2) has them: a namespace's metadata
+//!   ([`NamespaceConfig::with_metadata`]) is stored per block and moves
+//!   after each block's data ([`NamespaceConfig::extended`]) or through
+//!   the metadata pointer; with protection information
+//!   ([`NamespaceConfig::protection`]: types 1 to 3, 16- or 64-bit guard,
+//!   the tuple first or last) the controller generates and strips tuples
+//!   (PRACT) and checks guard, application and reference tags (PRCHK) on
+//!   Read, Write, Compare, Verify, Zone Append and Write Zeroes; Format
+//!   NVM turns it on or off. [`SimController::corrupt`] damages a stored
+//!   block's data or metadata for tests of the checks.
+//!   [`NamespaceConfig::from_kind`] names the usual shapes (`nvm`,
+//!   `zoned`, `meta8`, `pi1`, `pi2-ext`, `pi1-crc64`, ...).
 //! - I/O command sets: with [`Config::io_command_sets`] (the default, as
 //!   on QEMU's controller) CAP.CSS offers CC.CSS = 110b, namespaces carry
 //!   their Command Set Identifier in their descriptor list, and the
