@@ -74,6 +74,11 @@ impl Protection {
         if pi.kind == PiType::Type1 && checks.reference && lba & mask != reference {
             return Err(INVALID_PROTECTION_INFORMATION);
         }
+        // Type 3 has no reference tag to check: QEMU refuses the check
+        // (without Do Not Retry).
+        if pi.kind == PiType::Type3 && checks.reference {
+            return Err(Status::new(1, 0x81, false));
+        }
         Ok(Self {
             format,
             pract: prinfo & 0x8 != 0,

@@ -42,7 +42,8 @@ pub enum PiAction {
 pub struct Protection {
     /// Who computes and checks the tuples.
     pub action: PiAction,
-    /// The fields the controller checks (PRCHK).
+    /// The fields the controller checks (PRCHK). Type 3 has no reference
+    /// tag to check: the driver leaves that check out.
     pub checks: Checks,
     /// The first block's reference tag; `None`: the request's LBA.
     pub reference: Option<u64>,

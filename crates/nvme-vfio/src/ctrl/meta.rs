@@ -257,7 +257,13 @@ fn prepare(
         plan: MetaPlan {
             stride,
             mptr,
-            prinfo: pi.map(|(p, _)| (p.pract(), p.checks.prchk())),
+            // Type 3 has no reference tag to check: controllers refuse
+            // the check (Invalid Protection Information).
+            prinfo: pi.map(|(p, f)| {
+                let mut checks = p.checks;
+                checks.reference &= f.kind != PiType::Type3;
+                (p.pract(), checks.prchk())
+            }),
             reference,
             counts: pi.is_some_and(|(_, f)| f.kind != PiType::Type3),
             ref_mask,

@@ -17,8 +17,8 @@
 //! the tuple is at the end of a larger metadata area, the metadata bytes
 //! before it. The reference tag of types 1 and 2 counts up by one per
 //! block from the command's initial reference tag (type 1: the low bits of
-//! the LBA); type 3's is the same in every block (checked against the
-//! command's, as QEMU and the NVM command set do, where PRCHK asks). A tuple whose
+//! the LBA); type 3 has no reference tag to check (controllers refuse
+//! the check with Invalid Protection Information). A tuple whose
 //! application tag is FFFFh (types 1 and 2), or whose application tag and
 //! reference tag are all ones (type 3), is not checked: it is what
 //! controllers report for blocks never written.
@@ -34,8 +34,8 @@ pub enum PiType {
     /// Type 2: the reference tag counts from the command's initial
     /// reference tag.
     Type2,
-    /// Type 3: the reference tag does not count up per block (it is
-    /// checked, where asked, against the command's as it is).
+    /// Type 3: the reference tag is the command's in every block and is
+    /// not checked.
     Type3,
 }
 
@@ -343,9 +343,9 @@ impl BlockFormat {
     /// [`generate`](Self::generate) takes them) for the fields in
     /// `checks`: the guard against the data, the application tag under
     /// the mask, and for types 1 and 2 the reference tag counting from
-    /// `tags.reference` (type 3: equal to it). Tuples that turn checking
-    /// off (see the module's docs) pass. Returns the first mismatch, if
-    /// any.
+    /// `tags.reference` (type 3 has none to check). Tuples that turn
+    /// checking off (see the module's docs) pass. Returns the first
+    /// mismatch, if any.
     pub fn verify(
         &self,
         data: &[u8],
@@ -385,10 +385,7 @@ impl BlockFormat {
             if escaped(pi, app, reference) {
                 continue;
             }
-            let expected_ref = match pi.kind {
-                PiType::Type3 => tags.reference,
-                _ => tags.reference.wrapping_add(i as u64),
-            } & pi.guard.ref_mask();
+            let expected_ref = tags.reference.wrapping_add(i as u64) & pi.guard.ref_mask();
             let mismatch = |field, found, expected| {
                 Some(PiMismatch {
                     block: i as u64,
@@ -410,7 +407,7 @@ impl BlockFormat {
                     (tags.app & tags.app_mask) as u64,
                 ));
             }
-            if checks.reference && reference != expected_ref {
+            if checks.reference && pi.kind != PiType::Type3 && reference != expected_ref {
                 return Ok(mismatch(PiField::RefTag, reference, expected_ref));
             }
         }
@@ -636,7 +633,10 @@ mod tests {
                             ..tags
                         };
                         let r = f.verify(&data, &meta, Checks::ALL, shifted).unwrap();
-                        assert_eq!(r.map(|e| e.field), Some(PiField::RefTag));
+                        match kind {
+                            PiType::Type3 => assert_eq!(r, None),
+                            _ => assert_eq!(r.map(|e| e.field), Some(PiField::RefTag)),
+                        }
                     }
                 }
             }
