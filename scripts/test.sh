@@ -179,9 +179,27 @@ run_single() {
 cargo build --release --quiet -p nvme-bench
 
 # A controller with an MDTS of 1 (8 KiB per command): requests of any
-# length through the blocking calls (vm_ctrl's small-mdts test only).
-run_single small-mdts "${bins[2]}" --mdts 1 --image-size 80M -- \
-    --exact any_length_on_a_controller_with_a_small_mdts
+# length through the blocking calls (vm_ctrl's small-mdts test), and
+# nvme-cli's chunks sized from the controller: a 3 MiB write and a 1 MiB
+# read back.
+echo "-- scenario small-mdts"
+start=$(date +%s)
+status=0
+scripts/vm/run.sh --mdts 1 --image-size 80M --env NVME_VM_SCENARIO=small-mdts \
+    --env NVME_VM_REQUIRE=1 -- sh -c '
+        "$1" --test-threads=1 --exact any_length_on_a_controller_with_a_small_mdts || exit 1
+        d=$(mktemp -d) && head -c 3145728 /dev/urandom >"$d/in" || exit 1
+        "$2" write 0000:00:03.0 -n 1 --lba 64 -i "$d/in" --yes || exit 1
+        "$2" read 0000:00:03.0 -n 1 --lba 64 --size 1048576 -o "$d/out" || exit 1
+        head -c 1048576 "$d/in" | cmp - "$d/out" || exit 1
+        echo "nvme-cli: 3 MiB written and 1 MiB read back with MDTS 8 KiB"' \
+    vm-tests "${bins[2]}" "$cli" || status=$?
+echo "-- scenario small-mdts: exit $status, $(($(date +%s) - start)) s"
+if [ "$status" = 0 ]; then
+    passed=$((passed + 1))
+else
+    failed=$((failed + 1))
+fi
 
 # A controller of another shape: one I/O queue pair, three namespaces of
 # 4 KiB blocks, MDTS 5 (vm_ctrl's shapes test only).

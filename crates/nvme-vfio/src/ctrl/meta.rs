@@ -431,6 +431,7 @@ impl QueuePair {
         let generate = p.generates(op);
         let tags = p.tags;
         let stride = p.plan.stride;
+        let counts = p.plan.counts;
         self.run_with_metadata(
             ns,
             op,
@@ -440,8 +441,10 @@ impl QueuePair {
                 d.copy_from_slice(&data[at.0..at.0 + d.len()]);
                 m.copy_from_slice(&meta[at.1..at.1 + m.len()]);
                 if generate {
+                    // Types 1 and 2 count the reference tag per block.
+                    let skip = if counts { at.0 as u64 / stride } else { 0 };
                     let t = Tags {
-                        reference: tags.reference.wrapping_add(at.0 as u64 / stride),
+                        reference: tags.reference.wrapping_add(skip),
                         ..tags
                     };
                     // The part is whole blocks of the checked format.

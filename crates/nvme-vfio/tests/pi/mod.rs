@@ -300,7 +300,9 @@ pub fn check_namespace(ctrl: &Controller, e: Expect) {
 
     // 6. A transfer split into several commands: each command's reference
     // tag and metadata pointer follow its place in the request.
-    let big = (ctrl.max_transfer() as usize * 2 + 4096) / f.data as usize;
+    // Over two maximum transfers, and over the 1 MiB the blocking calls
+    // copy through at a time.
+    let big = (ctrl.max_transfer() as usize * 2 + 4096).max((1 << 20) + 4096) / f.data as usize;
     let (bd, bm) = buffers(&f, big, nsid as u64 + 9);
     let at = 256u64;
     qp.write_with_metadata(&ns, at, &bd, &bm, driver, false)
