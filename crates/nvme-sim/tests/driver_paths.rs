@@ -405,25 +405,22 @@ fn raw_submissions_and_interrupt_less_waits() {
 }
 
 #[test]
-fn a_namespace_formatted_with_metadata_is_refused() {
+fn a_namespace_formatted_with_metadata_opens_with_its_format() {
     let config = Config::default().namespaces(&[
         NamespaceConfig::new(1024, 512),
         NamespaceConfig::new(1024, 512).with_metadata(8),
     ]);
     let (_sim, ctrl) = bring_up(config, Duration::from_secs(5));
-    ctrl.namespace(1).unwrap();
-    let e = ctrl.namespace(2).unwrap_err();
-    assert!(
-        matches!(
-            e,
-            Error::MetadataFormat {
-                nsid: 2,
-                metadata: 8
-            }
-        ),
-        "{e}"
-    );
-    assert!(e.to_string().contains("8 bytes of metadata"));
+    assert!(!ctrl.namespace(1).unwrap().has_metadata());
+    let ns = ctrl.namespace(2).unwrap();
+    let f = ns.format();
+    assert_eq!((f.data, f.metadata, f.extended, f.pi), (512, 8, false, None));
+    // Its metadata goes in a buffer of its own: a plain read says what to
+    // use instead.
+    let mut qp = ctrl.queue_pair(QueueConfig::default()).unwrap();
+    let e = qp.read(&ns, 0, &mut [0u8; 512]).unwrap_err();
+    assert!(matches!(e, Error::Invalid(_)), "{e}");
+    assert!(e.to_string().contains("read_with_metadata"), "{e}");
 }
 
 #[test]

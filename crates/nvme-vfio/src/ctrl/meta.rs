@@ -233,7 +233,7 @@ fn prepare(
         }
         None if meta_stride != 0 => {
             return Err(Error::Invalid(format!(
-                "namespace {nsid} keeps {} bytes of metadata per block in a separate buffer: the request needs one of {meta_len} bytes",
+                "namespace {nsid} keeps {} bytes of metadata per block in a separate buffer: the request needs one of {meta_len} bytes (read_with_metadata, write_with_metadata, or Io::metadata)",
                 format.metadata
             )))
         }
