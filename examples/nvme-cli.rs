@@ -443,14 +443,8 @@ fn open(device: &str) -> Result<Device, Fail> {
         let namespaces = kinds
             .split(',')
             .map(|k| {
-                let ns = nvme_sim::NamespaceConfig::new(128 << 10, 512);
-                match k {
-                    "nvm" => Ok(ns),
-                    "zoned" => Ok(ns.zoned(2048).zone_limits(8, 14)),
-                    k => Err(Fail::Input(format!(
-                        "sim: unknown namespace kind '{k}' (nvm or zoned)"
-                    ))),
-                }
+                nvme_sim::NamespaceConfig::from_kind(k, 128 << 10, 512)
+                    .map_err(|e| Fail::Input(format!("sim: {e}")))
             })
             .collect::<Result<Vec<_>, Fail>>()?;
         return open_sim(config, nvme_sim::Config::default().namespaces(&namespaces));

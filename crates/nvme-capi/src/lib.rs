@@ -333,21 +333,17 @@ fn open(addr: &str, config: Config) -> Result<CtrlInner, Error> {
 }
 
 /// The software controller of `sim:KIND[,KIND...]`: one namespace of 64
-/// MiB in 512-byte blocks per kind, `nvm`, or `zoned` (1 MiB zones, at most
-/// 8 open and 14 active).
+/// MiB in 512-byte blocks per kind, as `nvme_sim::NamespaceConfig::from_kind`
+/// reads it: `nvm`, `zoned` (1 MiB zones, at most 8 open and 14 active),
+/// or with metadata and protection information (`meta8`, `pi1`,
+/// `pi2-ext`, `pi3-first`, `pi1-crc64`, `pi1-ms16`, ...).
 #[cfg(feature = "sim")]
 fn sim_config(kinds: &str) -> Result<nvme_sim::Config, Error> {
     let namespaces = kinds
         .split(',')
         .map(|k| {
-            let ns = nvme_sim::NamespaceConfig::new(128 << 10, 512);
-            match k {
-                "nvm" => Ok(ns),
-                "zoned" => Ok(ns.zoned(2048).zone_limits(8, 14)),
-                k => Err(Error::Invalid(format!(
-                    "sim: unknown namespace kind '{k}' (nvm or zoned)"
-                ))),
-            }
+            nvme_sim::NamespaceConfig::from_kind(k, 128 << 10, 512)
+                .map_err(|e| Error::Invalid(format!("sim: {e}")))
         })
         .collect::<Result<Vec<_>, Error>>()?;
     Ok(nvme_sim::Config::default().namespaces(&namespaces))

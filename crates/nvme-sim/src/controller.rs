@@ -616,6 +616,56 @@ impl SimController {
         ns.write(off, data);
         Ok(())
     }
+
+    /// Test helper: copies the stored metadata of namespace `nsid`'s blocks
+    /// from `lba` into `buf` (a whole number of blocks' metadata; all FFh
+    /// for blocks never written).
+    pub fn read_metadata(&self, nsid: u32, lba: u64, buf: &mut [u8]) -> Result<(), Error> {
+        let ns = self.ns(nsid).ok_or(Error::NoNamespace { nsid })?;
+        let ms = usize::from(ns.metadata);
+        let whole = ms > 0 && buf.len() % ms == 0;
+        if !whole || !ns.contains(lba, (buf.len() / ms) as u64) {
+            return Err(Error::OutOfRange {
+                nsid,
+                lba,
+                len: buf.len(),
+            });
+        }
+        ns.read_meta(lba, buf);
+        Ok(())
+    }
+
+    /// Fault injection: damages block `lba` of namespace `nsid` as the
+    /// medium might, inverting every bit of the byte at `offset`, counted
+    /// over the block's data and then its metadata (`offset` below the
+    /// block size is a data byte, from there on a metadata byte). A later
+    /// Read, Compare or Verify that checks the block's protection
+    /// information then finds its guard (a data byte, or metadata covered
+    /// by it), application tag or reference tag wrong, as the byte says.
+    /// Fails if the block or the offset does not exist.
+    pub fn corrupt(&self, nsid: u32, lba: u64, offset: usize) -> Result<(), Error> {
+        let ns = self.ns(nsid).ok_or(Error::NoNamespace { nsid })?;
+        let bs = ns.block_size as usize;
+        if !ns.contains(lba, 1) || offset >= bs + usize::from(ns.metadata) {
+            return Err(Error::OutOfRange {
+                nsid,
+                lba,
+                len: offset + 1,
+            });
+        }
+        let (mut data, mut meta) = ns.load(lba, 1);
+        match offset.checked_sub(bs) {
+            None => data[offset] ^= 0xff,
+            Some(m) => meta[m] ^= 0xff,
+        }
+        // As stored, not as written: the uncorrectable mark stays.
+        let bad = ns.first_uncorrectable(lba, 1).is_some();
+        ns.store(lba, &data, &meta);
+        if bad {
+            ns.mark_uncorrectable(lba, 1);
+        }
+        Ok(())
+    }
 }
 
 /// The controller is also its own BAR0, for tests that poke registers.

@@ -118,7 +118,10 @@ mod regs;
 mod storage;
 mod zones;
 
-pub use config::{Config, CopyLimits, NamespaceConfig, NvmLimitsConfig, ZoneConfig};
+pub use config::{
+    BlockFormat, Config, CopyLimits, Guard, NamespaceConfig, NvmLimitsConfig, PiFormat, PiType,
+    ZoneConfig,
+};
 pub use controller::{Released, SimController, Stats};
 pub use fault::{CqeCorruption, ErrorDetail, FaultAction, FaultRule, Match};
 pub use iommu::{IommuConfig, Mapping, SimIommu};
@@ -140,6 +143,11 @@ pub enum Error {
         /// The namespace ID asked for.
         nsid: u32,
     },
+    /// A namespace kind [`NamespaceConfig::from_kind`] does not know.
+    #[error(
+        "unknown namespace kind '{0}' (nvm, zoned, metaN, piT, with -ext, -first, -crc64, -msN)"
+    )]
+    Kind(String),
     /// The bytes asked for extend past the namespace's end.
     #[error("{len} bytes at block {lba} are beyond the end of namespace {nsid}")]
     OutOfRange {

@@ -1,10 +1,14 @@
 //! RAM-backed namespaces, stored sparsely: 64 KiB chunks allocated on
 //! first write, so a namespace may be far larger than the memory it uses.
-//! Unwritten and deallocated blocks read as zeroes.
+//! Unwritten and deallocated blocks read as zeroes, and their metadata
+//! (kept in a store of its own, `metadata` bytes per block) as all FFh
+//! bytes, so protection information tuples there escape every check.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
+
+use nvme_vfio::nvme::pi::{BlockFormat, Guard};
 
 use crate::config::NamespaceConfig;
 use crate::zones::Zones;
@@ -22,9 +26,17 @@ pub(crate) struct Namespace {
     pub(crate) blocks: u64,
     pub(crate) block_size: u32,
     pub(crate) metadata: u16,
+    /// The guard of the LBA format's protection information (Identify's
+    /// extended LBA format), whether it is formatted with it or not.
+    pub(crate) guard: Guard,
+    /// The layout and protection information now (Format NVM changes
+    /// them).
+    format: Mutex<BlockFormat>,
     /// A zoned namespace's zones.
     pub(crate) zoned: Option<Zones>,
-    chunks: Mutex<HashMap<u64, Box<[u8]>>>,
+    chunks: Sparse,
+    /// The blocks' metadata, `metadata` bytes per block.
+    meta: Sparse,
     /// Blocks marked by Write Uncorrectable.
     uncorrectable: Mutex<Extents>,
 }
@@ -94,8 +106,11 @@ impl Namespace {
             blocks: c.blocks,
             block_size: c.block_size,
             metadata: c.metadata,
+            guard: c.pi.map_or(Guard::Crc16, |p| p.guard),
+            format: Mutex::new(c.block_format()),
             zoned: c.zoned.map(|z| Zones::new(z, c.blocks)),
-            chunks: Mutex::new(HashMap::new()),
+            chunks: Sparse::new(0),
+            meta: Sparse::new(0xff),
             uncorrectable: Mutex::new(Extents::default()),
         }
     }
@@ -132,10 +147,16 @@ impl Namespace {
         self.attached.swap(on, Ordering::AcqRel)
     }
 
-    fn chunks(&self) -> MutexGuard<'_, HashMap<u64, Box<[u8]>>> {
-        // Chunk updates are plain copies: a panicking holder leaves valid
-        // (if partly written) data behind.
-        self.chunks.lock().unwrap_or_else(|e| e.into_inner())
+    /// The layout and protection information the namespace is formatted
+    /// with now.
+    pub(crate) fn format(&self) -> BlockFormat {
+        *self.format.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Formats the namespace with `format` (same block and metadata
+    /// sizes).
+    pub(crate) fn set_format(&self, format: BlockFormat) {
+        *self.format.lock().unwrap_or_else(|e| e.into_inner()) = format;
     }
 
     /// Whether blocks `[lba, lba + n)` exist.
@@ -156,53 +177,55 @@ impl Namespace {
 
     /// Copies bytes at `off` into `buf`. The caller checked the range.
     pub(crate) fn read(&self, off: u64, buf: &mut [u8]) {
-        let chunks = self.chunks();
-        let mut done = 0usize;
-        while done < buf.len() {
-            let at = off + done as u64;
-            let (idx, within) = (at / CHUNK, (at % CHUNK) as usize);
-            let n = (CHUNK as usize - within).min(buf.len() - done);
-            let dst = &mut buf[done..done + n];
-            match chunks.get(&idx) {
-                Some(c) => dst.copy_from_slice(&c[within..within + n]),
-                None => dst.fill(0),
-            }
-            done += n;
-        }
+        self.chunks.read(off, buf)
     }
 
     /// Copies `data` to bytes at `off`. The caller checked the range.
     pub(crate) fn write(&self, off: u64, data: &[u8]) {
-        let mut chunks = self.chunks();
-        let mut done = 0usize;
-        while done < data.len() {
-            let at = off + done as u64;
-            let (idx, within) = (at / CHUNK, (at % CHUNK) as usize);
-            let n = (CHUNK as usize - within).min(data.len() - done);
-            let c = chunks
-                .entry(idx)
-                .or_insert_with(|| vec![0u8; CHUNK as usize].into_boxed_slice());
-            c[within..within + n].copy_from_slice(&data[done..done + n]);
-            done += n;
-        }
+        self.chunks.write(off, data)
     }
 
-    /// Zeroes `len` bytes at `off`, freeing the chunks it covers whole. The
-    /// caller checked the range.
-    pub(crate) fn zero(&self, off: u64, len: u64) {
-        let mut chunks = self.chunks();
-        let end = off + len;
-        let mut at = off;
-        while at < end {
-            let (idx, within) = (at / CHUNK, at % CHUNK);
-            let n = (CHUNK - within).min(end - at);
-            if n == CHUNK {
-                chunks.remove(&idx);
-            } else if let Some(c) = chunks.get_mut(&idx) {
-                c[within as usize..(within + n) as usize].fill(0);
-            }
-            at += n;
-        }
+    /// Copies the metadata of the blocks from `lba` into `buf` (a whole
+    /// number of blocks' worth). The caller checked the range.
+    pub(crate) fn read_meta(&self, lba: u64, buf: &mut [u8]) {
+        self.meta.read(lba * u64::from(self.metadata), buf)
+    }
+
+    /// Stores `meta` as the metadata of the blocks from `lba`. The caller
+    /// checked the range.
+    pub(crate) fn write_meta(&self, lba: u64, meta: &[u8]) {
+        self.meta.write(lba * u64::from(self.metadata), meta)
+    }
+
+    /// The data and metadata of blocks `[lba, lba + n)`. The caller
+    /// checked the range.
+    pub(crate) fn load(&self, lba: u64, n: u64) -> (Vec<u8>, Vec<u8>) {
+        let (bs, ms) = (u64::from(self.block_size), u64::from(self.metadata));
+        let mut data = vec![0u8; (n * bs) as usize];
+        let mut meta = vec![0u8; (n * ms) as usize];
+        self.read(lba * bs, &mut data);
+        self.read_meta(lba, &mut meta);
+        (data, meta)
+    }
+
+    /// Stores the data and metadata of blocks from `lba` (written: no
+    /// longer uncorrectable). The caller checked the range.
+    pub(crate) fn store(&self, lba: u64, data: &[u8], meta: &[u8]) {
+        let bs = u64::from(self.block_size);
+        self.write(lba * bs, data);
+        self.write_meta(lba, meta);
+        self.clear_uncorrectable(lba, data.len() as u64 / bs);
+    }
+
+    /// Erases blocks `[lba, lba + n)` (deallocated, zeroed without
+    /// protection information, formatted, a zone reset): data zeroes,
+    /// metadata all FFh, no uncorrectable mark. The caller checked the
+    /// range.
+    pub(crate) fn erase(&self, lba: u64, n: u64) {
+        let (bs, ms) = (u64::from(self.block_size), u64::from(self.metadata));
+        self.chunks.reset(lba * bs, n * bs);
+        self.meta.reset(lba * ms, n * ms);
+        self.clear_uncorrectable(lba, n);
     }
 
     /// Blocks that hold data (whole chunks count as used), at most the
@@ -213,6 +236,85 @@ impl Namespace {
 
     /// Bytes of memory the namespace holds.
     pub(crate) fn resident(&self) -> u64 {
+        self.chunks.resident()
+    }
+}
+
+/// A sparse byte store: 64 KiB chunks allocated on first write; bytes
+/// never written read as `fill`.
+#[derive(Debug)]
+struct Sparse {
+    fill: u8,
+    chunks: Mutex<HashMap<u64, Box<[u8]>>>,
+}
+
+impl Sparse {
+    fn new(fill: u8) -> Self {
+        Self {
+            fill,
+            chunks: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn chunks(&self) -> MutexGuard<'_, HashMap<u64, Box<[u8]>>> {
+        // Chunk updates are plain copies: a panicking holder leaves valid
+        // (if partly written) data behind.
+        self.chunks.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Copies bytes at `off` into `buf`.
+    fn read(&self, off: u64, buf: &mut [u8]) {
+        let chunks = self.chunks();
+        let mut done = 0usize;
+        while done < buf.len() {
+            let at = off + done as u64;
+            let (idx, within) = (at / CHUNK, (at % CHUNK) as usize);
+            let n = (CHUNK as usize - within).min(buf.len() - done);
+            let dst = &mut buf[done..done + n];
+            match chunks.get(&idx) {
+                Some(c) => dst.copy_from_slice(&c[within..within + n]),
+                None => dst.fill(self.fill),
+            }
+            done += n;
+        }
+    }
+
+    /// Copies `data` to bytes at `off`.
+    fn write(&self, off: u64, data: &[u8]) {
+        let mut chunks = self.chunks();
+        let mut done = 0usize;
+        while done < data.len() {
+            let at = off + done as u64;
+            let (idx, within) = (at / CHUNK, (at % CHUNK) as usize);
+            let n = (CHUNK as usize - within).min(data.len() - done);
+            let c = chunks
+                .entry(idx)
+                .or_insert_with(|| vec![self.fill; CHUNK as usize].into_boxed_slice());
+            c[within..within + n].copy_from_slice(&data[done..done + n]);
+            done += n;
+        }
+    }
+
+    /// Sets `len` bytes at `off` back to `fill`, freeing the chunks it
+    /// covers whole.
+    fn reset(&self, off: u64, len: u64) {
+        let mut chunks = self.chunks();
+        let end = off + len;
+        let mut at = off;
+        while at < end {
+            let (idx, within) = (at / CHUNK, at % CHUNK);
+            let n = (CHUNK - within).min(end - at);
+            if n == CHUNK {
+                chunks.remove(&idx);
+            } else if let Some(c) = chunks.get_mut(&idx) {
+                c[within as usize..(within + n) as usize].fill(self.fill);
+            }
+            at += n;
+        }
+    }
+
+    /// Bytes of memory held.
+    fn resident(&self) -> u64 {
         self.chunks().len() as u64 * CHUNK
     }
 }
@@ -239,7 +341,7 @@ mod tests {
         ns.read(off - 100, &mut back);
         assert!(back[..100].iter().all(|&b| b == 0));
         assert_eq!(&back[100..100 + data.len()], &data[..]);
-        ns.zero(off + 10, 2 * CHUNK);
+        ns.chunks.reset(off + 10, 2 * CHUNK);
         assert_eq!(ns.resident(), 3 * CHUNK, "one whole chunk freed");
         ns.read(off, &mut back[..data.len()]);
         assert_eq!(&back[..10], &data[..10]);
@@ -248,6 +350,25 @@ mod tests {
             &back[10 + 2 * CHUNK as usize..data.len()],
             &data[10 + 2 * CHUNK as usize..]
         );
+    }
+
+    #[test]
+    fn metadata_reads_all_ones_until_written_and_after_erase() {
+        let c = NamespaceConfig::new(1 << 16, 512).with_metadata(16);
+        let ns = Namespace::new(1, c);
+        let (data, meta) = ns.load(100, 3);
+        assert!(data.iter().all(|&b| b == 0));
+        assert_eq!(meta, vec![0xff; 48]);
+        ns.store(101, &[7u8; 512], &[5u8; 16]);
+        let (data, meta) = ns.load(100, 3);
+        assert_eq!(&data[512..1024], &[7u8; 512][..]);
+        assert_eq!(&meta[..16], &[0xff; 16]);
+        assert_eq!(&meta[16..32], &[5; 16]);
+        assert_eq!(&meta[32..], &[0xff; 16]);
+        ns.mark_uncorrectable(101, 1);
+        ns.erase(101, 1);
+        assert_eq!(ns.load(101, 1), (vec![0; 512], vec![0xff; 16]));
+        assert_eq!(ns.first_uncorrectable(0, 1 << 16), None);
     }
 
     #[test]

@@ -6,6 +6,7 @@ use std::sync::atomic::Ordering;
 
 use blk_dma::Iova;
 use nvme_vfio::nvme::cmd::{admin, feature, Command, Status};
+use nvme_vfio::nvme::pi::{BlockFormat, PiFormat, PiType};
 
 use super::queues::{Cq, Sq};
 use super::{csc, fail, invalid, ok, sc, specific, Deferred, Device, Outcome, Wait, AER_LIMIT};
@@ -101,10 +102,18 @@ impl Device {
     }
 
     /// Format NVM: to the namespace's own LBA format only (the model's
-    /// block size is fixed), erasing its data; any other format is an
-    /// Invalid Format.
+    /// block and metadata sizes are fixed; any other format is an Invalid
+    /// Format), erasing its data, with the metadata settings the command
+    /// carries: MSET (CDW10 bit 4, extended LBAs), PI (bits 7:5, the
+    /// protection information type, 0 for none; over 3 Invalid Field, and
+    /// Invalid Format if the metadata cannot hold the tuple) and PIL (bit
+    /// 8, the tuple in the first bytes of the metadata). The guard is the
+    /// format's (the namespace's configured one, else 16-bit).
     fn format_nvm(&mut self, cmd: &Command) -> Outcome {
         let lbaf = (cmd.cdw10 & 0xf) | ((cmd.cdw10 >> 12) & 0x3) << 4;
+        let mset = cmd.cdw10 & 1 << 4 != 0;
+        let pi = ((cmd.cdw10 >> 5) & 0x7) as u8;
+        let pil = cmd.cdw10 & 1 << 8 != 0;
         let targets: Vec<&crate::storage::Namespace> = self
             .sh
             .namespaces
@@ -121,9 +130,28 @@ impl Device {
         {
             return fail(specific(csc::INVALID_FORMAT));
         }
+        if pi > 3 {
+            return fail(invalid(sc::INVALID_FIELD));
+        }
+        if pi != 0
+            && targets
+                .iter()
+                .any(|n| usize::from(n.metadata) < n.guard.tuple_len())
+        {
+            return fail(specific(csc::INVALID_FORMAT));
+        }
         for n in targets {
-            n.zero(0, n.bytes());
-            n.clear_uncorrectable(0, n.blocks);
+            n.set_format(BlockFormat {
+                data: n.block_size,
+                metadata: n.metadata,
+                extended: mset && n.metadata > 0,
+                pi: PiType::from_dps(pi).map(|kind| PiFormat {
+                    kind,
+                    guard: n.guard,
+                    first: pil,
+                }),
+            });
+            n.erase(0, n.blocks);
         }
         ok(0)
     }

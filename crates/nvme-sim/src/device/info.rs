@@ -5,7 +5,8 @@ use std::sync::atomic::Ordering;
 use nvme_vfio::nvme::cmd::{admin, cns, io, log_page, Command};
 use nvme_vfio::nvme::identify::{IdentifyController, IdentifyNamespace, LbaFormat, IDENTIFY_LEN};
 use nvme_vfio::nvme::iocs::{
-    build_descriptors, nidt, CommandSet, IdentifyNamespaceIndependent, IdentifyZonedNamespace,
+    build_descriptors, nidt, CommandSet, IdentifyNamespaceIndependent, IdentifyNvmNamespace,
+    IdentifyZonedNamespace,
 };
 use nvme_vfio::nvme::log::{SmartLog, ERROR_ENTRY_LEN};
 use nvme_vfio::nvme::nvm::{
@@ -40,6 +41,13 @@ const VWC_PRESENT: u8 = 0x7;
 /// DLFEAT: Write Zeroes may deallocate (bit 3), deallocated blocks read
 /// as zeroes (bits 2:0 = 001b).
 const DLFEAT_ZEROES: u8 = 0x09;
+
+/// Identify Namespace MC: extended LBAs (bit 0) and separate metadata
+/// (bit 1).
+const MC_BOTH: u8 = 0x3;
+/// Identify Namespace DPC: protection information types 1 to 3 (bits 2:0),
+/// in the first (bit 3) or last (bit 4) bytes of the metadata.
+const DPC_ALL: u8 = 0x1f;
 
 /// `bits` if `on`, else none.
 fn flag<T: Default>(on: bool, bits: T) -> T {
@@ -175,6 +183,19 @@ impl Device {
             },
         ];
         id.set_formats(&formats, if ns.block_size == 4096 { 1 } else { 0 });
+        if ns.metadata > 0 {
+            // Extended or separate metadata (both supported: MC 03h); every
+            // protection information type, first or last (DPC 1Fh) where
+            // the metadata holds the tuple; DPS as formatted now.
+            let f = ns.format();
+            let dpc = if usize::from(ns.metadata) >= ns.guard.tuple_len() {
+                DPC_ALL
+            } else {
+                0
+            };
+            let dps = f.pi.map_or(0, |p| p.kind.dps() | u8::from(p.first) << 3);
+            id.set_metadata(f.extended, MC_BOTH, dpc, dps);
+        }
         id.0[33] = DLFEAT_ZEROES;
         if self.sh.config.copy {
             id.set_copy_limits(self.sh.config.copy_limits);
@@ -228,9 +249,11 @@ impl Device {
         Some(build_descriptors(&d[..n]))
     }
 
-    /// I/O Command Set specific Identify Namespace (CNS 05h): NVM's is all
-    /// zeroes here (no extended formats, no protection information); a
-    /// zoned namespace's has its resources and zone size per LBA format.
+    /// I/O Command Set specific Identify Namespace (CNS 05h): NVM's has the
+    /// extended LBA formats (no storage tag; the protection information
+    /// format, 16- or 64-bit guard, of the namespace's own format), also
+    /// for a zoned namespace; a zoned namespace's has its resources and
+    /// zone size per LBA format.
     fn identify_namespace_csi(&self, nsid: u32, csi: u8) -> Result<Box<[u8; IDENTIFY_LEN]>, u8> {
         let zeroes = Box::new([0u8; IDENTIFY_LEN]);
         // An inactive namespace ID: zero-filled.
@@ -239,7 +262,15 @@ impl Device {
         };
         match (CommandSet::from_csi(csi), &ns.zoned) {
             // The zoned command set includes the NVM one's reads.
-            (CommandSet::Nvm, _) => Ok(zeroes),
+            (CommandSet::Nvm, _) => {
+                let mut id = IdentifyNvmNamespace::default();
+                let current = usize::from(ns.block_size == 4096);
+                for i in 0..2 {
+                    let pif = if i == current { ns.guard.pif() } else { 0 };
+                    id.set_elbaf(i, 0, pif);
+                }
+                Ok(id.0)
+            }
             (CommandSet::Zoned, Some(z)) => {
                 let mut id = IdentifyZonedNamespace::default();
                 let limit = |n: u32| n.checked_sub(1).unwrap_or(u32::MAX);

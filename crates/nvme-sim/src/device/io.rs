@@ -5,6 +5,7 @@ use std::sync::atomic::Ordering;
 
 use blk_dma::{DmaRange, Iova};
 use nvme_vfio::nvme::cmd::{io, Command, Status};
+use nvme_vfio::nvme::pi::{Checks, PiType};
 use nvme_vfio::nvme::spec::SglDescriptor;
 use nvme_vfio::nvme::walk::{walk_prp, walk_sgl, walk_sgl_bit_bucket, SglPiece, WalkError};
 
@@ -12,6 +13,7 @@ use nvme_vfio::nvme::nvm::{
     CopyRange, DsmAttributes, DsmRange, OptionalCommand, COPY_RANGE_LEN, DSM_RANGE_LEN,
 };
 
+use super::protection::{Protection, INVALID_PROTECTION_INFORMATION};
 use super::zoned::zone_status;
 use super::{csc, fail, invalid, ok, sc, specific, Device, Outcome, DATA_TRANSFER_ERROR};
 use crate::storage::Namespace;
@@ -183,11 +185,19 @@ impl Device {
         ns.byte_range(lba, n).ok_or(invalid(sc::LBA_OUT_OF_RANGE))
     }
 
-    /// Compare: the data sent against the blocks'; Compare Failure at the
-    /// first block that differs.
+    /// Compare: the data sent against the blocks', and the metadata sent
+    /// against theirs (without the PI tuple, which is checked as PRCHK
+    /// says instead); Compare Failure at the first block that differs.
+    /// PRACT on a namespace with protection information is Invalid
+    /// Protection Information, as on QEMU's controller.
     fn compare(&self, cmd: &Command, ns: &Namespace) -> Result<(), Status> {
         let (lba, n) = (cmd.slba(), u64::from(cmd.nlb()));
-        let (off, len) = Self::blocks(ns, lba, n)?;
+        Self::blocks(ns, lba, n)?;
+        let p = Protection::of(cmd, ns, lba)?;
+        if p.pract {
+            return Err(INVALID_PROTECTION_INFORMATION);
+        }
+        let len = p.data_len(n);
         if self.sh.config.max_transfer().is_some_and(|max| len > max) {
             return Err(invalid(sc::INVALID_FIELD));
         }
@@ -199,12 +209,28 @@ impl Device {
         if self.sh.config.null {
             return Ok(());
         }
-        let sent = self.receive(cmd, len, true)?;
+        let (sent, sent_meta) = self.take_blocks(cmd, &p, n)?;
         self.readable(ns, lba, n)?;
-        let mut stored = vec![0u8; len as usize];
-        ns.read(off, &mut stored);
-        let bs = u64::from(ns.block_size);
-        match (sent.chunks(bs as usize).zip(stored.chunks(bs as usize))).position(|(a, b)| a != b) {
+        let (stored, stored_meta) = ns.load(lba, n);
+        self.check_tuples(&p, lba, &stored, &stored_meta)?;
+        let bs = ns.block_size as usize;
+        let ms = usize::from(ns.metadata);
+        // The PI tuple's bytes in each block's metadata are left out.
+        let tuple = p.format.pi.map_or(0..0, |pi| {
+            let at = p.format.pi_offset();
+            at..at + pi.guard.tuple_len()
+        });
+        let differs = |i: usize| {
+            if sent[i * bs..(i + 1) * bs] != stored[i * bs..(i + 1) * bs] {
+                return true;
+            }
+            let (a, b) = (
+                &sent_meta[i * ms..(i + 1) * ms],
+                &stored_meta[i * ms..(i + 1) * ms],
+            );
+            (0..ms).any(|j| !tuple.contains(&j) && a[j] != b[j])
+        };
+        match (0..n as usize).position(differs) {
             Some(i) => {
                 self.media_lba.set(Some(lba + i as u64));
                 Err(COMPARE_FAILURE)
@@ -214,7 +240,7 @@ impl Device {
     }
 
     /// Verify: the blocks can be read (none is uncorrectable), within the
-    /// Verify size limit.
+    /// Verify size limit, and their PI tuples pass the PRCHK checks.
     fn verify(&self, cmd: &Command, ns: &Namespace) -> Result<(), Status> {
         let (lba, n) = (cmd.slba(), u64::from(cmd.nlb()));
         let (_, len) = Self::blocks(ns, lba, n)?;
@@ -222,7 +248,13 @@ impl Device {
         if c.size_limit(c.nvm_limits.vsl).is_some_and(|max| len > max) {
             return Err(invalid(sc::INVALID_FIELD));
         }
-        self.readable(ns, lba, n)
+        let p = Protection::of(cmd, ns, lba)?;
+        self.readable(ns, lba, n)?;
+        if p.format.pi.is_some() && p.checks != Checks::NONE && !c.null {
+            let (data, meta) = ns.load(lba, n);
+            self.check_tuples(&p, lba, &data, &meta)?;
+        }
+        Ok(())
     }
 
     /// Write Uncorrectable: marks the blocks, within the Write
@@ -244,7 +276,9 @@ impl Device {
     /// Copy: source range descriptors of format 0, within the namespace's
     /// copy limits (Command Size Limit Exceeded past them, and past 256 MiB
     /// in all); every source is read before the destination is written, so
-    /// overlapping ranges copy what the sources held.
+    /// overlapping ranges copy what the sources held. Blocks' metadata is
+    /// copied with their data as it is: no protection information is
+    /// checked or generated (this model ignores Copy's PRINFO fields).
     fn copy(&self, cmd: &Command, ns: &Namespace) -> Result<(), Status> {
         let nr = (cmd.cdw12 & 0xff) as usize + 1;
         let format = (cmd.cdw12 >> 8) & 0xf;
@@ -275,7 +309,7 @@ impl Device {
             return Err(specific(csc::COMMAND_SIZE_LIMIT_EXCEEDED));
         }
         let dest = cmd.slba();
-        let (dest_off, len) = Self::blocks(ns, dest, total)?;
+        let (_, len) = Self::blocks(ns, dest, total)?;
         // What one command may move at most here (the copy is held in
         // memory whole), as a Read or Write of 65536 4 KiB blocks.
         if len > MAX_COPY_BYTES {
@@ -284,21 +318,19 @@ impl Device {
         if self.sh.config.null {
             return Ok(());
         }
-        let bs = u64::from(ns.block_size);
-        let mut data = vec![0u8; len as usize];
-        let mut at = 0usize;
+        let mut data = Vec::with_capacity(len as usize);
+        let mut meta = Vec::new();
         for r in &sources {
             let n = u64::from(r.blocks);
             self.readable(ns, r.lba, n)?;
-            let len = (n * bs) as usize;
-            ns.read(r.lba * bs, &mut data[at..at + len]);
-            at += len;
+            let (d, m) = ns.load(r.lba, n);
+            data.extend_from_slice(&d);
+            meta.extend_from_slice(&m);
         }
         if let Some(z) = &ns.zoned {
             z.write(dest, total).map_err(zone_status)?;
         }
-        ns.write(dest_off, &data);
-        ns.clear_uncorrectable(dest, total);
+        ns.store(dest, &data, &meta);
         Ok(())
     }
 
@@ -320,11 +352,17 @@ impl Device {
     }
 
     /// The checks of a Read or Write and its data transfer, without the
-    /// statistics: the bytes moved, or why the command fails.
+    /// statistics: the bytes moved through the data pointer, or why the
+    /// command fails. Metadata moves too, and protection information is
+    /// generated, checked or stripped (see the `protection` module).
     fn transfer(&self, cmd: &Command, ns: &Namespace, write: bool) -> Result<u64, Status> {
-        let Some((off, len)) = ns.byte_range(cmd.slba(), cmd.nlb() as u64) else {
+        let (lba, n) = (cmd.slba(), u64::from(cmd.nlb()));
+        if !ns.contains(lba, n) {
             return Err(invalid(sc::LBA_OUT_OF_RANGE));
-        };
+        }
+        let p = Protection::of(cmd, ns, lba)?;
+        // MDTS counts the metadata when it is interleaved, as QEMU does.
+        let len = p.data_len(n);
         if self.sh.config.max_transfer().is_some_and(|max| len > max) {
             return Err(invalid(sc::INVALID_FIELD));
         }
@@ -332,32 +370,32 @@ impl Device {
             // Within one zone (no reads across zone boundaries: OZCS bit 0
             // clear, as on QEMU's controller by default), not an Offline
             // one.
-            z.read(cmd.slba(), cmd.nlb() as u64).map_err(zone_status)?;
+            z.read(lba, n).map_err(zone_status)?;
         }
         if !self.sh.config.null {
-            // The data pointer is checked whole before any data moves.
-            let mut data = vec![0u8; len as usize];
+            // The data and metadata pointers are checked whole before any
+            // data moves.
             let iommu = &self.sh.iommu;
             if write {
-                let ranges = self.ranges(cmd, len, true)?;
-                if !iommu.read_ranges(&ranges, &mut data) {
-                    return Err(DATA_TRANSFER_ERROR);
-                }
+                let (mut data, mut meta) = self.take_blocks(cmd, &p, n)?;
+                self.protect_write(&p, lba, &mut data, &mut meta)?;
                 if let Some(z) = &ns.zoned {
-                    z.write(cmd.slba(), cmd.nlb() as u64).map_err(zone_status)?;
+                    z.write(lba, n).map_err(zone_status)?;
                 }
-                ns.write(off, &data);
-                ns.clear_uncorrectable(cmd.slba(), cmd.nlb() as u64);
+                ns.store(lba, &data, &meta);
             } else {
                 let pieces = self.read_pieces(cmd, len)?;
-                self.readable(ns, cmd.slba(), cmd.nlb() as u64)?;
-                ns.read(off, &mut data);
+                let meta_ranges = self.meta_ranges(cmd, &p, p.meta_len(n))?;
+                self.readable(ns, lba, n)?;
+                let (data, meta) = ns.load(lba, n);
+                self.check_tuples(&p, lba, &data, &meta)?;
+                let (data, meta) = p.to_host(data, meta);
                 // What Bit Buckets discard is left out.
                 let mut ranges = Vec::with_capacity(pieces.len());
                 let mut kept = Vec::with_capacity(data.len());
                 let mut at = 0usize;
-                for p in pieces {
-                    let n = match p {
+                for piece in pieces {
+                    let n = match piece {
                         SglPiece::Data(r) => {
                             ranges.push(r);
                             kept.extend_from_slice(&data[at..at + r.len as usize]);
@@ -367,12 +405,12 @@ impl Device {
                     };
                     at += n;
                 }
-                if !iommu.write_ranges(&ranges, &kept) {
+                if !iommu.write_ranges(&ranges, &kept) || !iommu.write_ranges(&meta_ranges, &meta) {
                     return Err(DATA_TRANSFER_ERROR);
                 }
             }
         } else if let Some(z) = ns.zoned.as_ref().filter(|_| write) {
-            z.write(cmd.slba(), cmd.nlb() as u64).map_err(zone_status)?;
+            z.write(lba, n).map_err(zone_status)?;
         }
         Ok(len)
     }
@@ -403,32 +441,64 @@ impl Device {
     pub(super) fn first_data_address(&self, cmd: &Command) -> Iova {
         let len = self
             .namespace(cmd.nsid)
-            .and_then(|ns| ns.byte_range(cmd.slba(), cmd.nlb() as u64))
-            .map(|(_, len)| len);
+            .filter(|ns| ns.contains(cmd.slba(), cmd.nlb() as u64))
+            .and_then(|ns| Protection::of(cmd, ns, cmd.slba()).ok())
+            .map(|p| p.data_len(cmd.nlb() as u64));
         len.and_then(|len| self.ranges(cmd, len, true).ok())
             .and_then(|r| r.first().map(|r| r.addr))
             .unwrap_or(Iova::new(cmd.dptr[0]))
     }
 
-    /// Write Zeroes (with or without Deallocate: both read back as zeroes).
+    /// Write Zeroes (with or without Deallocate: both read back as zeroes,
+    /// with all-FFh metadata). On a namespace with protection information
+    /// PRCHK bits are Invalid Protection Information (as on QEMU's
+    /// controller), and PRACT writes generated tuples for the zeroes (the
+    /// rest of the metadata zeroes too).
     fn write_zeroes(&self, cmd: &Command, ns: &Namespace) -> Outcome {
-        let Some((off, len)) = ns.byte_range(cmd.slba(), cmd.nlb() as u64) else {
-            return fail(invalid(sc::LBA_OUT_OF_RANGE));
-        };
+        match self.zeroes(cmd, ns) {
+            Ok(()) => ok(0),
+            Err(s) => fail(s),
+        }
+    }
+
+    fn zeroes(&self, cmd: &Command, ns: &Namespace) -> Result<(), Status> {
+        let (lba, n) = (cmd.slba(), u64::from(cmd.nlb()));
+        let (_, len) = Self::blocks(ns, lba, n)?;
+        let p = Protection::of(cmd, ns, lba)?;
+        if p.format.pi.is_some() && p.checks != Checks::NONE {
+            return Err(INVALID_PROTECTION_INFORMATION);
+        }
         if let Some(z) = &ns.zoned {
-            if let Err(e) = z.write(cmd.slba(), cmd.nlb() as u64) {
-                return fail(zone_status(e));
-            }
+            z.write(lba, n).map_err(zone_status)?;
         }
         let c = &self.sh.config;
         if c.size_limit(c.nvm_limits.wzsl).is_some_and(|max| len > max) {
-            return fail(invalid(sc::INVALID_FIELD));
+            return Err(invalid(sc::INVALID_FIELD));
         }
-        if !c.null {
-            ns.zero(off, len);
-            ns.clear_uncorrectable(cmd.slba(), cmd.nlb() as u64);
+        if c.null {
+            return Ok(());
         }
-        ok(0)
+        if p.format.pi.is_none() || !p.pract {
+            ns.erase(lba, n);
+            return Ok(());
+        }
+        // Generated tuples, a bounded number of blocks at a time.
+        const STEP: u64 = 256;
+        let (bs, ms) = (ns.block_size as usize, usize::from(ns.metadata));
+        let mut done = 0;
+        while done < n {
+            let k = (n - done).min(STEP);
+            let mut data = vec![0u8; k as usize * bs];
+            let mut meta = vec![0u8; k as usize * ms];
+            let mut step = p;
+            if p.format.pi.is_some_and(|pi| pi.kind != PiType::Type3) {
+                step.tags.reference = p.tags.reference.wrapping_add(done);
+            }
+            self.protect_write(&step, lba + done, &mut data, &mut meta)?;
+            ns.store(lba + done, &data, &meta);
+            done += k;
+        }
+        Ok(())
     }
 
     /// Dataset Management: the Deallocate attribute zeroes the ranges
@@ -476,9 +546,8 @@ impl Device {
         if !attributes.deallocate {
             return ok(0);
         }
-        for (lba, blocks, (off, len)) in extents {
-            ns.zero(off, len);
-            ns.clear_uncorrectable(lba, blocks);
+        for (lba, blocks, _) in extents {
+            ns.erase(lba, blocks);
         }
         ok(0)
     }

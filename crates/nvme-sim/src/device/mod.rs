@@ -10,6 +10,7 @@
 mod admin;
 mod info;
 mod io;
+mod protection;
 mod queues;
 mod zoned;
 

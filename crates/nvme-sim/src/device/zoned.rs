@@ -10,6 +10,9 @@ use nvme_vfio::nvme::zns::{
     ReportFilter, ZoneAction, ZoneReport, REPORT_HEADER_LEN, ZONE_DESCRIPTOR_LEN,
 };
 
+use nvme_vfio::nvme::pi::PiType;
+
+use super::protection::{Protection, INVALID_PROTECTION_INFORMATION};
 use super::{fail, invalid, ok, ok64, sc, specific, Device, Outcome};
 use crate::storage::Namespace;
 use crate::zones::ZoneError;
@@ -25,6 +28,9 @@ mod zsc {
     pub const TOO_MANY_OPEN: u8 = 0xbe;
     pub const INVALID_TRANSITION: u8 = 0xbf;
 }
+
+/// Zone Append CDW12 bit 25: Protection Information Remap.
+const PIREMAP: u32 = 1 << 25;
 
 /// The largest Report Zones buffer taken when MDTS sets no limit.
 const REPORT_MAX: u64 = 16 << 20;
@@ -47,40 +53,62 @@ pub(super) fn zone_status(e: ZoneError) -> Status {
 impl Device {
     /// Zone Append: the data lands at the write pointer of the zone that
     /// starts at SLBA; the completion's dwords 0 and 1 say where. Within
-    /// MDTS and ZASL (Invalid Field in Command past them).
+    /// MDTS and ZASL (Invalid Field in Command past them). Metadata moves
+    /// and protection information is generated or checked as for a Write;
+    /// type 1's reference tag is checked against the zone start, and as
+    /// on QEMU's controller type 1 needs PIREMAP (CDW12 bit 25: the
+    /// reference tags move by the blocks' offset from the zone start) and
+    /// type 3 refuses it (Invalid Protection Information).
     pub(super) fn zone_append(&self, cmd: &Command, ns: &Namespace) -> Outcome {
+        match self.append(cmd, ns) {
+            Ok(at) => ok64(at),
+            Err(s) => fail(s),
+        }
+    }
+
+    fn append(&self, cmd: &Command, ns: &Namespace) -> Result<u64, Status> {
         let Some(z) = &ns.zoned else {
-            return fail(invalid(sc::INVALID_OPCODE));
+            return Err(invalid(sc::INVALID_OPCODE));
         };
         let (zslba, n) = (cmd.slba(), u64::from(cmd.nlb()));
-        let Some((_, len)) = ns.byte_range(zslba, n) else {
-            return fail(invalid(sc::LBA_OUT_OF_RANGE));
-        };
+        if !ns.contains(zslba, n) {
+            return Err(invalid(sc::LBA_OUT_OF_RANGE));
+        }
+        // Type 1's reference tag is checked against the zone start.
+        let mut p = Protection::of(cmd, ns, zslba)?;
+        let remap = cmd.cdw12 & PIREMAP != 0;
+        match p.format.pi.map(|pi| pi.kind) {
+            // As QEMU: type 1 needs its reference tags remapped to where
+            // the blocks land, type 3 has none to remap.
+            Some(PiType::Type1) if !remap => return Err(INVALID_PROTECTION_INFORMATION),
+            Some(PiType::Type3) if remap => return Err(INVALID_PROTECTION_INFORMATION),
+            _ => {}
+        }
+        let len = p.data_len(n);
         let c = &self.sh.config;
         let over = |limit: Option<u64>| limit.is_some_and(|max| len > max);
         if over(c.max_transfer()) || over(c.size_limit(c.zasl)) {
-            return fail(invalid(sc::INVALID_FIELD));
+            return Err(invalid(sc::INVALID_FIELD));
         }
-        let data = if c.null {
-            Vec::new()
+        let blocks = if c.null {
+            None
         } else {
-            match self.receive(cmd, len, true) {
-                Ok(d) => d,
-                Err(s) => return fail(s),
+            Some(self.take_blocks(cmd, &p, n)?)
+        };
+        let at = z.append(zslba, n).map_err(zone_status)?;
+        if let Some((mut data, mut meta)) = blocks {
+            if remap && p.format.pi.is_some() {
+                p.tags.reference = p.tags.reference.wrapping_add(at - zslba);
             }
-        };
-        let at = match z.append(zslba, n) {
-            Ok(at) => at,
-            Err(e) => return fail(zone_status(e)),
-        };
-        if !c.null {
-            ns.write(at * u64::from(ns.block_size), &data);
-            ns.clear_uncorrectable(at, n);
+            // A failed check leaves the write pointer moved, as on QEMU's
+            // controller.
+            self.protect_write(&p, at, &mut data, &mut meta)?;
+            ns.store(at, &data, &meta);
         }
         let stats = &self.sh.stats;
         stats.write_commands.fetch_add(1, Ordering::Relaxed);
         stats.bytes_written.fetch_add(len, Ordering::Relaxed);
-        ok64(at)
+        Ok(at)
     }
 
     /// Zone Management Send: a Zone Send Action on the zone starting at
@@ -102,11 +130,10 @@ impl Device {
         }
         match z.action((!all).then_some(zslba), action) {
             Ok(reset) => {
-                let bs = u64::from(ns.block_size);
                 let zb = z.config.zone_blocks;
                 for start in reset {
                     if !self.sh.config.null {
-                        ns.zero(start * bs, zb * bs);
+                        ns.erase(start, zb);
                     }
                     ns.clear_uncorrectable(start, zb);
                 }
