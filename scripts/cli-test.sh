@@ -161,6 +161,90 @@ io_command_checks_sim() {
     expect "NVME_SIM_WITHOUT of an unknown command" 2 "unknown command 'frob'" -- env NVME_SIM_WITHOUT=frob "$cli" id-ctrl $d
 }
 
+# Metadata and end-to-end protection on sim devices with nvme-sim's
+# namespace kinds (meta8, pi1, pi2-ext, pi3-first, pi1-crc64,
+# pi1-ms16-ext). A command's blocks are gone when it ends, so what needs
+# a write and then a read runs as a batch (one process, the device kept).
+protection_checks_sim() {
+    local p=sim:meta8,pi1,pi2-ext,pi3-first,pi1-crc64,pi1-ms16-ext
+    head -c 4096 /dev/urandom >"$work/pdata"
+    head -c 64 /dev/urandom >"$work/pmeta"
+    head -c 4160 /dev/urandom >"$work/pext"
+    head -c 64 /dev/zero >"$work/pzero"
+    expect "id-ns: dps of a type 1 namespace" 0 "^dps     : 0x1$" -- "$cli" id-ns $p -n 2
+    expect "id-ns: the type 1 line" 0 "Protection Information Type 1 Enabled" -- "$cli" id-ns $p -n 2
+    expect "id-ns: PI first (dps bit 3)" 0 "^dps     : 0xb$" -- "$cli" id-ns $p -n 4
+    expect "id-ns: a 64-bit guard" 0 "guard : 64-bit (CRC-64 NVMe), pif:2" -- "$cli" id-ns $p -n 5
+    expect "id-ns: metadata capabilities" 0 "^mc      : 0x3$" -- "$cli" id-ns $p -n 1
+    json "id-ns --json: extended LBAs, type 2" 'j["flbas"] == 0x10 and j["extended_lba"] and j["dps"] == 2 and j["metadata_size"] == 8 and j["pi"] == {"type": 2, "first": False, "guard_bits": 16, "pif": 0}' -- "$cli" id-ns $p -n 3 --json
+    json "id-ns --json: metadata without PI" 'j["dps"] == 0 and j["pi"] is None and j["metadata_size"] == 8 and not j["extended_lba"]' -- "$cli" id-ns $p -n 1 --json
+    json "id-ns --json: no metadata" 'j["dps"] == 0 and j["metadata_size"] == 0' -- "$cli" id-ns sim -n 1 --json
+
+    printf '%s\n' \
+        "write $p -n 1 --lba 16 -i $work/pdata -M $work/pmeta -y 8 --yes" \
+        "read $p -n 1 --lba 16 --blocks 8 -o $work/pdata.back -M $work/pmeta.back" \
+        "compare $p -n 1 -s 16 -d $work/pdata -M $work/pmeta" >"$work/b-meta"
+    expect "write -M, read -M and compare -M in a batch" 0 "compare: Success" -- "$cli" batch "$work/b-meta"
+    if cmp -s "$work/pdata" "$work/pdata.back" && cmp -s "$work/pmeta" "$work/pmeta.back"; then
+        ok "write -M then read -M: the same data and metadata"
+    else
+        bad "write -M then read -M: data or metadata differ"
+    fi
+    printf '%s\n' \
+        "write $p -n 3 --lba 0 -i $work/pext --yes" \
+        "read $p -n 3 --lba 0 --blocks 8 -o $work/pext.back" >"$work/b-ext"
+    expect "extended LBAs: data and metadata in the data file" 0 "" -- "$cli" batch "$work/b-ext"
+    if cmp -s "$work/pext" "$work/pext.back"; then ok "extended LBAs: 520-byte blocks read back the same"; else bad "extended LBAs: the blocks differ"; fi
+    printf '%s\n' \
+        "write $p -n 2 --lba 8 -i $work/pdata -p 8 --yes" \
+        "read $p -n 2 --lba 8 --blocks 8 -o $work/pract.strip -p 12" \
+        "read $p -n 2 --lba 8 --blocks 8 -o $work/pract.back -M $work/pract.meta -p 7" >"$work/b-pract"
+    expect "PRACT write, reads with the guard (and every) check" 0 "" -- "$cli" batch "$work/b-pract"
+    if cmp -s "$work/pdata" "$work/pract.strip" && cmp -s "$work/pdata" "$work/pract.back" && [ "$(stat -c %s "$work/pract.meta")" = 64 ]; then
+        ok "PRACT write: the data reads back, with 8 tuples"
+    else
+        bad "PRACT write: the data or tuples read back wrong"
+    fi
+    expect "read of a PI-only namespace without -M (the controller strips)" 0 "" -- "$cli" read $p -n 2 --lba 0 --blocks 8 -o "$work/strip"
+    if [ "$(stat -c %s "$work/strip")" = 4096 ]; then ok "PI-only read: 4096 bytes"; else bad "PI-only read: wrong size"; fi
+    printf '%s\n' \
+        "write $p -n 2 --lba 8 -i $work/pdata -p 8 --yes" \
+        "sim-corrupt $p -n 2 --lba 10 --offset 7" \
+        "read $p -n 2 --lba 8 --blocks 8 -o $work/x -p 12" >"$work/b-damage"
+    expect "a damaged block: End-to-end Guard Check Error" 1 "Read failed: End-to-end Guard Check Error (SCT 0x2, SC 0x82" -- "$cli" batch "$work/b-damage"
+    printf '%s\n' \
+        "write $p -n 2 --lba 0 -i $work/pdata -M $work/pzero -p 0 --yes" \
+        "read $p -n 2 --lba 0 --blocks 8 -o $work/x -M $work/x.meta -p 4" >"$work/b-zero"
+    expect "zeroed tuples fail the guard check" 1 "End-to-end Guard Check Error" -- "$cli" batch "$work/b-zero"
+    printf '%s\n' \
+        "write $p -n 4 --lba 0 -i $work/pdata -p 8 -a 0x1234 --yes" \
+        "read $p -n 4 --lba 0 --blocks 8 -o $work/x -p 10 -a 0x1234 -m 0xffff" \
+        "read $p -n 4 --lba 0 --blocks 8 -o $work/x -p 10 -a 0x4321 -m 0xffff" >"$work/b-app"
+    expect "application tag check: the right tag passes, another fails" 1 "b-app:3: Read failed: End-to-end Application Tag Check Error" -- "$cli" batch "$work/b-app"
+    printf '%s\n' \
+        "write $p -n 3 --lba 0 -i $work/pdata -p 8 -r 0x500 --yes" \
+        "read $p -n 3 --lba 0 --blocks 8 -o $work/x -p 9 -r 0x500" \
+        "read $p -n 3 --lba 0 --blocks 8 -o $work/x -p 9" >"$work/b-ref"
+    expect "type 2 reference tags: the written one passes, another fails" 1 "b-ref:3: Read failed: End-to-end Reference Tag Check Error" -- "$cli" batch "$work/b-ref"
+    printf '%s\n' \
+        "write $p -n 5 --lba 100 -i $work/pdata -p 8 --yes" \
+        "read $p -n 5 --lba 100 --blocks 8 -o $work/crc64.back -p 15" >"$work/b-crc64"
+    expect "64-bit guard: PRACT write and checked read" 0 "" -- "$cli" batch "$work/b-crc64"
+    if cmp -s "$work/pdata" "$work/crc64.back"; then ok "64-bit guard: the data reads back"; else bad "64-bit guard: the data differs"; fi
+    head -c 10 /dev/urandom >"$work/pshort"
+    expect "a metadata file of the wrong length is refused" 2 "the metadata file .* holds 10 bytes: 8 blocks of 8 bytes of metadata need 64" -- "$cli" write $p -n 1 --lba 0 -i "$work/pdata" -M "$work/pshort" --yes
+    expect "separate metadata without -M is refused" 2 "give a metadata file (-M/--metadata)" -- "$cli" write $p -n 1 --lba 0 -i "$work/pdata" --yes
+    expect "read of separate metadata without -M is refused" 2 "give a metadata file (-M/--metadata)" -- "$cli" read $p -n 1 --lba 0 --blocks 8 -o "$work/x"
+    expect "--prinfo on a namespace without PI is refused" 2 "namespace 1 is formatted without it" -- "$cli" write $p -n 1 --lba 0 -i "$work/pdata" -M "$work/pmeta" -p 8 --yes
+    expect "--prinfo on a namespace without metadata is refused" 2 "namespace 1 is formatted without it" -- "$cli" read sim -n 1 --lba 0 --blocks 8 -o "$work/x" -p 1
+    expect "-M on a namespace without metadata is refused" 2 "namespace 1 is formatted without metadata" -- "$cli" read sim -n 1 --lba 0 --blocks 8 -o "$work/x" -M "$work/x.meta"
+    expect "-M on extended LBAs is refused" 2 "extended LBAs: each block's metadata follows its data in the data file" -- "$cli" write $p -n 3 --lba 0 -i "$work/pext" -M "$work/pmeta" --yes
+    expect "--metadata-size that does not match" 2 "--metadata-size 16 does not match namespace 1's 8 bytes" -- "$cli" read $p -n 1 --lba 0 --blocks 8 -o "$work/x" -M "$work/x.meta" -y 16
+    expect "--prinfo over 4 bits" 2 "PRINFO is 4 bits" -- "$cli" read $p -n 2 --lba 0 --blocks 8 -o "$work/x" -p 16
+    expect "extended data not whole blocks" 2 "not a multiple of 520 bytes per block" -- "$cli" write $p -n 3 --lba 0 -i "$work/pdata" --yes
+    expect "sim-corrupt of a device that is not a sim" 2 "" -- "$cli" sim-corrupt 0000:00:1f.7 --lba 0 --offset 0
+}
+
 if [ "$scenario" = nvme-driver ]; then
     expect "id-ctrl on a device still on the nvme driver" 2 "bound to nvme" -- "$cli" id-ctrl $dev
     json "list shows the kernel driver" 'j[0]["driver"] == "nvme" and not j[0]["usable"]' -- "$cli" list --json
@@ -262,6 +346,7 @@ elif [ "$scenario" = sim ]; then
     expect "write-zeroes at the write pointer" 0 "success" -- "$cli" write-zeroes $zdev -n 2 --lba 2048 --blocks 8 --yes
     expect "write-uncor on a zoned namespace is refused" 2 "namespace 2 is zoned: Write Uncorrectable and Copy are refused" -- "$cli" write-uncor $zdev -n 2 -s 0 --yes
     zns_checks_sim
+    protection_checks_sim
     expect "write to its NVM namespace" 0 "2 blocks at LBA 0: success" -- "$cli" write $zdev -n 1 --lba 0 -i "$work/odd" --pad --yes
     expect "list: a row per namespace" 0 "^sim:nvm,zoned  *SIM0001  *nvme-sim  *2  *0.00 B / 67.11 MB  *512 B + 0 B  *[0-9]" -- "$cli" list $zdev
     json "list --json: namespaces" 'j[0]["model"] == "nvme-sim" and j[0]["serial"] == "SIM0001" and [(n["nsid"], n["command_set"], n["size_bytes"], n["used_bytes"], n["block_size"]) for n in j[0]["namespaces"]] == [(1, "nvm", 67108864, 0, 512), (2, "zoned", 67108864, 0, 512)]' -- "$cli" list $zdev --json
