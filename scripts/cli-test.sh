@@ -3,11 +3,12 @@
 # scripts/test.sh): every command, JSON output parsed, a file written then
 # read back byte-identical, and each bad input with its message and exit
 # status. Usage: cli-test.sh CLI-BINARY SCENARIO   (scenario: bound,
-# nvme-driver or zoned in the VM, zoned being two namespaces of 64 MiB, the
-# second zoned, as scripts/test.sh boots it; sim on any machine: the CLI's
-# in-process nvme-sim device, which keeps nothing between commands, so every
-# check there is one command). Prints "N passed, N failed" and exits
-# non-zero on failure.
+# nvme-driver, zoned or protection in the VM, as scripts/test.sh boots it:
+# zoned two namespaces of 64 MiB, the second zoned, protection six
+# namespaces formatted with metadata and protection information; sim on
+# any machine: the CLI's in-process nvme-sim device, which keeps nothing
+# between commands, so every check there is one command or one batch of
+# them). Prints "N passed, N failed" and exits non-zero on failure.
 set -uo pipefail
 
 cli=$1
@@ -400,6 +401,85 @@ elif [ "$scenario" = zoned ]; then
     expect "write to the NVM namespace" 0 "success" -- "$cli" write $dev -n 1 --lba 0 -i "$work/data" --yes
     expect "list: the zoned namespace's row" 0 "^$dev  *vmnvme0  *QEMU NVMe Ctrl  *2  .* / 67.11 MB  *512 B + 0 B  *[0-9]" -- "$cli" list
     json "list --json: both namespaces" 'j[0]["address"] == "'$dev'" and j[0]["model"] == "QEMU NVMe Ctrl" and [(n["nsid"], n["command_set"], n["size_bytes"], n["block_size"]) for n in j[0]["namespaces"]] == [(1, "nvm", 67108864, 512), (2, "zoned", 67108864, 512)]' -- "$cli" list --json
+elif [ "$scenario" = protection ]; then
+    # Six namespaces formatted with metadata, 512-byte blocks: 1 8 bytes
+    # without protection information (a separate buffer); 2 8 bytes, type
+    # 1, extended LBAs; 3 8 bytes, type 2, separate; 4 16 bytes, type 3,
+    # the tuple first; 5 16 bytes, type 1 with the 64-bit guard (PIF 2),
+    # separate; 6 16 bytes, type 1, the tuple last, extended LBAs. The
+    # blocks keep their contents from one command to the next.
+    head -c 4096 /dev/urandom >"$work/pdata"
+    head -c 64 /dev/urandom >"$work/pmeta"
+    head -c 128 /dev/urandom >"$work/pmeta16"
+    head -c 64 /dev/zero >"$work/pzero"
+    head -c 4160 /dev/urandom >"$work/pext"
+    head -c 4224 /dev/urandom >"$work/pext16"
+    json "id-ns 1: metadata without protection information" 'j["metadata_size"] == 8 and j["dps"] == 0 and j["pi"] is None and not j["extended_lba"]' -- "$cli" id-ns $dev -n 1 --json
+    expect "id-ns 1 text: dps" 0 "^dps     : 0x0$" -- "$cli" id-ns $dev -n 1
+    json "id-ns 2: type 1, extended LBAs" 'j["metadata_size"] == 8 and j["dps"] == 1 and j["extended_lba"] and j["flbas"] & 0x10 and j["pi"]["type"] == 1' -- "$cli" id-ns $dev -n 2 --json
+    expect "id-ns 2 text: dps" 0 "^dps     : 0x1$" -- "$cli" id-ns $dev -n 2
+    expect "id-ns 2 text: the type" 0 "Protection Information Type 1 Enabled" -- "$cli" id-ns $dev -n 2
+    json "id-ns 3: type 2, separate" 'j["metadata_size"] == 8 and j["dps"] == 2 and not j["extended_lba"]' -- "$cli" id-ns $dev -n 3 --json
+    json "id-ns 4: type 3, the tuple first" 'j["metadata_size"] == 16 and j["dps"] == 0xb and j["pi"] == {"type": 3, "first": True, "guard_bits": 16, "pif": 0}' -- "$cli" id-ns $dev -n 4 --json
+    expect "id-ns 4 text: the tuple first" 0 "Protection Information Transferred as First Bytes of Metadata" -- "$cli" id-ns $dev -n 4
+    json "id-ns 5: the 64-bit guard" 'j["metadata_size"] == 16 and j["dps"] == 1 and j["pi"]["guard_bits"] == 64 and j["pi"]["pif"] == 2' -- "$cli" id-ns $dev -n 5 --json
+    expect "id-ns 5 text: the guard" 0 "guard : 64-bit (CRC-64 NVMe), pif:2" -- "$cli" id-ns $dev -n 5
+    json "id-ns 6: type 1, the tuple last, extended LBAs" 'j["metadata_size"] == 16 and j["dps"] == 1 and j["extended_lba"] and not j["pi"]["first"]' -- "$cli" id-ns $dev -n 6 --json
+
+    # 1: metadata without protection information.
+    expect "ns 1: write -M" 0 "8 blocks at LBA 16: success" -- "$cli" write $dev -n 1 --lba 16 -i "$work/pdata" -M "$work/pmeta" --yes
+    expect "ns 1: read -M" 0 "" -- "$cli" read $dev -n 1 --lba 16 --blocks 8 -o "$work/back1" -M "$work/meta1" -y 8
+    if cmp -s "$work/pdata" "$work/back1" && cmp -s "$work/pmeta" "$work/meta1"; then ok "ns 1: the same data and metadata read back"; else bad "ns 1: data or metadata differ"; fi
+    expect "ns 1: compare -M" 0 "^compare: Success$" -- "$cli" compare $dev -n 1 -s 16 -d "$work/pdata" -M "$work/pmeta"
+    expect "ns 1: compare -M of other metadata: Compare Failure" 1 "Compare Failure" -- "$cli" compare $dev -n 1 -s 16 -d "$work/pdata" -M "$work/pzero"
+    head -c 10 /dev/urandom >"$work/pshort"
+    expect "ns 1: a metadata file of the wrong length is refused" 2 "holds 10 bytes: 8 blocks of 8 bytes of metadata need 64" -- "$cli" write $dev -n 1 --lba 16 -i "$work/pdata" -M "$work/pshort" --yes
+    expect "ns 1: --prinfo without protection information is refused" 2 "namespace 1 is formatted without it" -- "$cli" read $dev -n 1 --lba 16 --blocks 8 -o "$work/x" -M "$work/x.meta" -p 8
+    expect "ns 1: read without -M is refused" 2 "give a metadata file (-M/--metadata)" -- "$cli" read $dev -n 1 --lba 16 --blocks 8 -o "$work/x"
+    expect "ns 1: --metadata-size that does not match" 2 "does not match namespace 1's 8 bytes" -- "$cli" read $dev -n 1 --lba 16 --blocks 8 -o "$work/x" -M "$work/x.meta" -y 16
+
+    # 2: type 1, extended LBAs.
+    expect "ns 2: PRACT write" 0 "8 blocks at LBA 0: success" -- "$cli" write $dev -n 2 --lba 0 -i "$work/pdata" -p 8 --yes
+    expect "ns 2: PRACT read with every check" 0 "" -- "$cli" read $dev -n 2 --lba 0 --blocks 8 -o "$work/strip2" -p 15
+    if cmp -s "$work/pdata" "$work/strip2"; then ok "ns 2: the data reads back, tuples stripped"; else bad "ns 2: the stripped read differs"; fi
+    expect "ns 2: read with the tuples (checked)" 0 "" -- "$cli" read $dev -n 2 --lba 0 --blocks 8 -o "$work/ext2" -p 7
+    if [ "$(stat -c %s "$work/ext2")" = 4160 ] && cmp -s -n 512 "$work/pdata" "$work/ext2"; then ok "ns 2: 520-byte blocks, data then tuple"; else bad "ns 2: the extended read is wrong"; fi
+    expect "ns 2: write of data and metadata as they are" 0 "8 blocks at LBA 100: success" -- "$cli" write $dev -n 2 --lba 100 -i "$work/pext" --yes
+    expect "ns 2: read of them as they are" 0 "" -- "$cli" read $dev -n 2 --lba 100 --blocks 8 -o "$work/ext2b"
+    if cmp -s "$work/pext" "$work/ext2b"; then ok "ns 2: extended blocks read back the same"; else bad "ns 2: the extended blocks differ"; fi
+    expect "ns 2: random tuples fail the guard check" 1 "Read failed: End-to-end Guard Check Error (SCT 0x2, SC 0x82" -- "$cli" read $dev -n 2 --lba 100 --blocks 8 -o "$work/x" -p 4
+    expect "ns 2: -M on extended LBAs is refused" 2 "extended LBAs" -- "$cli" write $dev -n 2 --lba 0 -i "$work/pext" -M "$work/pmeta" --yes
+
+    # 3: type 2, separate.
+    expect "ns 3: PRACT write with a reference tag" 0 "success" -- "$cli" write $dev -n 3 --lba 0 -i "$work/pdata" -p 8 -r 0x500 --yes
+    expect "ns 3: read -M checking guard and reference tag" 0 "" -- "$cli" read $dev -n 3 --lba 0 --blocks 8 -o "$work/back3" -M "$work/meta3" -p 5 -r 0x500
+    if cmp -s "$work/pdata" "$work/back3" && [ "$(stat -c %s "$work/meta3")" = 64 ]; then ok "ns 3: data and tuples read back"; else bad "ns 3: the read differs"; fi
+    expect "ns 3: another reference tag fails" 1 "End-to-end Reference Tag Check Error" -- "$cli" read $dev -n 3 --lba 0 --blocks 8 -o "$work/x" -M "$work/x.meta" -p 1 -r 0x600
+    expect "ns 3: PRACT write, default reference tag" 0 "success" -- "$cli" write $dev -n 3 --lba 200 -i "$work/pdata" -p 8 --yes
+    expect "ns 3: read without -M (the controller strips and checks)" 0 "" -- "$cli" read $dev -n 3 --lba 200 --blocks 8 -o "$work/strip3"
+    if cmp -s "$work/pdata" "$work/strip3"; then ok "ns 3: the stripped read is the data"; else bad "ns 3: the stripped read differs"; fi
+    expect "ns 3: write of zeroed tuples, unchecked" 0 "success" -- "$cli" write $dev -n 3 --lba 300 -i "$work/pdata" -M "$work/pzero" -p 0 --yes
+    expect "ns 3: zeroed tuples fail the guard check" 1 "Read failed: End-to-end Guard Check Error" -- "$cli" read $dev -n 3 --lba 300 --blocks 8 -o "$work/x" -M "$work/x.meta" -p 4
+
+    # 4: type 3, the tuple first of 16 bytes.
+    expect "ns 4: PRACT write with an application tag" 0 "success" -- "$cli" write $dev -n 4 --lba 0 -i "$work/pdata" -M "$work/pmeta16" -p 8 -a 0x1234 --yes
+    expect "ns 4: the application tag checks" 0 "" -- "$cli" read $dev -n 4 --lba 0 --blocks 8 -o "$work/back4" -M "$work/meta4" -p 6 -a 0x1234 -m 0xffff
+    if cmp -s "$work/pdata" "$work/back4" && [ "$(stat -c %s "$work/meta4")" = 128 ]; then ok "ns 4: data and 16-byte metadata read back"; else bad "ns 4: the read differs"; fi
+    expect "ns 4: another application tag fails" 1 "End-to-end Application Tag Check Error" -- "$cli" read $dev -n 4 --lba 0 --blocks 8 -o "$work/x" -M "$work/x.meta" -p 2 -a 0x4321 -m 0xffff
+    expect "ns 4: -M is needed (metadata beyond the tuple)" 2 "give a metadata file" -- "$cli" read $dev -n 4 --lba 0 --blocks 8 -o "$work/x"
+
+    # 5: type 1, the 64-bit guard.
+    expect "ns 5: PRACT write" 0 "success" -- "$cli" write $dev -n 5 --lba 8 -i "$work/pdata" -p 8 --yes
+    expect "ns 5: read with every check" 0 "" -- "$cli" read $dev -n 5 --lba 8 --blocks 8 -o "$work/back5" -p 15
+    if cmp -s "$work/pdata" "$work/back5"; then ok "ns 5: the data reads back"; else bad "ns 5: the data differs"; fi
+    expect "ns 5: read -M of the 16-byte tuples, checked" 0 "" -- "$cli" read $dev -n 5 --lba 8 --blocks 8 -o "$work/x" -M "$work/meta5" -p 7
+    if [ "$(stat -c %s "$work/meta5")" = 128 ]; then ok "ns 5: 16-byte tuples"; else bad "ns 5: the tuples' size"; fi
+
+    # 6: type 1, the tuple last of 16 bytes, extended LBAs.
+    expect "ns 6: PRACT write of data and metadata" 0 "8 blocks at LBA 0: success" -- "$cli" write $dev -n 6 --lba 0 -i "$work/pext16" -p 8 --yes
+    expect "ns 6: read with every check" 0 "" -- "$cli" read $dev -n 6 --lba 0 --blocks 8 -o "$work/back6" -p 7
+    if [ "$(stat -c %s "$work/back6")" = 4224 ] && cmp -s -n 512 "$work/pext16" "$work/back6"; then ok "ns 6: 528-byte blocks read back"; else bad "ns 6: the read is wrong"; fi
+    expect "ns 6: data not whole 528-byte blocks" 2 "not a multiple of 528 bytes per block" -- "$cli" write $dev -n 6 --lba 0 -i "$work/pdata" --yes
 else
     json "list --json" 'j[0]["address"] == "'$dev'" and j[0]["driver"] == "vfio-pci" and j[0]["usable"]' -- "$cli" list --json
     json "list --json: the namespace" 'j[0]["model"] == "QEMU NVMe Ctrl" and j[0]["serial"] == "vmnvme0" and [(n["nsid"], n["command_set"], n["size_bytes"], n["block_size"], n["metadata"]) for n in j[0]["namespaces"]] == [(1, "nvm", 67108864, 512, 0)]' -- "$cli" list --json
