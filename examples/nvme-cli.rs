@@ -21,8 +21,13 @@
 //! the tool without a disk, and for its tests. With `NVME_SIM_READ_ERROR=LBA`
 //! its first Read fails with Unrecovered Read Error and an error log entry
 //! naming LBA (to see how a failed command is reported). `sim:KIND[,KIND...]`
-//! gives it one 64 MiB namespace per KIND, `nvm` or `zoned` (zones of 1 MiB,
-//! at most 8 open and 14 active, all empty at first): `sim:nvm,zoned`. With
+//! gives it one 64 MiB namespace per KIND, `nvm`, `zoned` (zones of 1 MiB,
+//! at most 8 open and 14 active, all empty at first) or one formatted with
+//! metadata (`meta8`, `pi1`, `pi2-ext`, `pi3-first`, `pi1-crc64`,
+//! `pi1-ms16`, ...: see nvme-sim's `NamespaceConfig::from_kind`):
+//! `sim:nvm,zoned`. `batch FILE` runs a file of commands in one process,
+//! where a sim device keeps its blocks from one command to the next, and
+//! `sim-corrupt` damages a block of one (to see a protection check fail). With
 //! `NVME_SIM_WITHOUT=compare,verify,write-uncor,copy,dsm,write-zeroes` (any
 //! of them) the device lacks those optional commands (to see how a refusal
 //! is reported).
