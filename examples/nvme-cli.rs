@@ -21,8 +21,13 @@
 //! the tool without a disk, and for its tests. With `NVME_SIM_READ_ERROR=LBA`
 //! its first Read fails with Unrecovered Read Error and an error log entry
 //! naming LBA (to see how a failed command is reported). `sim:KIND[,KIND...]`
-//! gives it one 64 MiB namespace per KIND, `nvm` or `zoned` (zones of 1 MiB,
-//! at most 8 open and 14 active, all empty at first): `sim:nvm,zoned`. With
+//! gives it one 64 MiB namespace per KIND, `nvm`, `zoned` (zones of 1 MiB,
+//! at most 8 open and 14 active, all empty at first) or one formatted with
+//! metadata (`meta8`, `pi1`, `pi2-ext`, `pi3-first`, `pi1-crc64`,
+//! `pi1-ms16`, ...: see nvme-sim's `NamespaceConfig::from_kind`):
+//! `sim:nvm,zoned`. `batch FILE` runs a file of commands in one process,
+//! where a sim device keeps its blocks from one command to the next, and
+//! `sim-corrupt` damages a block of one (to see a protection check fail). With
 //! `NVME_SIM_WITHOUT=compare,verify,write-uncor,copy,dsm,write-zeroes` (any
 //! of them) the device lacks those optional commands (to see how a refusal
 //! is reported).
@@ -30,15 +35,20 @@
 //! A command that fails with the More bit set is reported with the
 //! controller's Error Information log entry for it, on a line of its own.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::io::{IsTerminal, Read, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::rc::Rc;
 
 use clap::{Args, Parser, Subcommand};
 
 #[path = "nvme-cli/io_commands.rs"]
 mod io_commands;
+#[path = "nvme-cli/metadata.rs"]
+mod metadata;
 #[path = "nvme-cli/zns.rs"]
 mod zns;
 use nvme_vfio::ctrl::{CommandSet, Config, Controller, Namespace, QueueConfig};
@@ -165,6 +175,31 @@ enum Cmd {
     Reset {
         /// PCI address.
         device: String,
+    },
+    /// Run the commands of a file, one a line (without the program name;
+    /// words split at spaces, `#` lines skipped), stopping at the first
+    /// that fails: a `sim` device then keeps its blocks from one command
+    /// to the next.
+    Batch {
+        /// The file of commands.
+        file: PathBuf,
+    },
+    /// Damage a block of a sim device's namespace (nvme-sim's fault
+    /// injection, for trying protection checks in a batch): invert the
+    /// byte at --offset, counted over the block's data and then its
+    /// metadata.
+    SimCorrupt {
+        /// A sim device (`sim` or `sim:KIND,...`).
+        device: String,
+        /// Namespace ID.
+        #[arg(short = 'n', long = "namespace-id", default_value_t = 1)]
+        nsid: u32,
+        /// The block.
+        #[arg(short = 's', long = "lba", value_parser = num)]
+        lba: u64,
+        /// The byte in the block's data and metadata.
+        #[arg(long, value_parser = num)]
+        offset: u64,
     },
 }
 
@@ -331,6 +366,8 @@ struct ReadArgs {
     /// Output file (default: stdout).
     #[arg(short = 'o', long)]
     output: Option<PathBuf>,
+    #[command(flatten)]
+    meta: metadata::MetaArgs,
 }
 
 #[derive(Args)]
@@ -347,8 +384,10 @@ struct WriteArgs {
     #[arg(long)]
     pad: bool,
     /// Confirm overwriting the namespace's data.
-    #[arg(short = 'y', long)]
+    #[arg(long)]
     yes: bool,
+    #[command(flatten)]
+    meta: metadata::MetaArgs,
 }
 
 #[derive(Args)]
@@ -421,7 +460,13 @@ fn main() -> ExitCode {
 struct Device {
     // Declared first: shut down before the software controller goes.
     ctrl: Controller,
-    _sim: Option<nvme_sim::SimController>,
+    sim: Option<Rc<nvme_sim::SimController>>,
+}
+
+thread_local! {
+    /// The software controllers opened so far, by device name: the
+    /// commands of a batch find their blocks again.
+    static SIMS: RefCell<HashMap<String, Rc<nvme_sim::SimController>>> = RefCell::default();
 }
 
 impl std::ops::Deref for Device {
@@ -436,8 +481,11 @@ fn open(device: &str) -> Result<Device, Fail> {
         io_queues: 1,
         ..Config::default()
     };
+    if let Some(sim) = SIMS.with(|s| s.borrow().get(device).cloned()) {
+        return attach_sim(config, sim);
+    }
     if device == "sim" {
-        return open_sim(config, nvme_sim::Config::default());
+        return open_sim(device, config, nvme_sim::Config::default());
     }
     if let Some(kinds) = device.strip_prefix("sim:") {
         let namespaces = kinds
@@ -447,17 +495,17 @@ fn open(device: &str) -> Result<Device, Fail> {
                     .map_err(|e| Fail::Input(format!("sim: {e}")))
             })
             .collect::<Result<Vec<_>, Fail>>()?;
-        return open_sim(config, nvme_sim::Config::default().namespaces(&namespaces));
+        let sim_config = nvme_sim::Config::default().namespaces(&namespaces);
+        return open_sim(device, config, sim_config);
     }
     let ctrl = Controller::open(device, config).map_err(|e| match e {
         nvme_vfio::Error::Vfio(v) => Fail::Input(v.to_string()),
         e => Fail::Device(e.to_string()),
     })?;
-    Ok(Device { ctrl, _sim: None })
+    Ok(Device { ctrl, sim: None })
 }
 
-fn open_sim(config: Config, sim_config: nvme_sim::Config) -> Result<Device, Fail> {
-    use nvme_vfio::mem::{DmaSpace, SpaceConfig};
+fn open_sim(device: &str, config: Config, sim_config: nvme_sim::Config) -> Result<Device, Fail> {
     let mut sim_config = sim_config;
     if let Ok(list) = std::env::var("NVME_SIM_WITHOUT") {
         for c in list.split(',').filter(|c| !c.is_empty()) {
@@ -490,6 +538,14 @@ fn open_sim(config: Config, sim_config: nvme_sim::Config) -> Result<Device, Fail
             },
         ));
     }
+    let sim = Rc::new(sim);
+    SIMS.with(|s| s.borrow_mut().insert(device.to_string(), sim.clone()));
+    attach_sim(config, sim)
+}
+
+/// A controller over software controller `sim`.
+fn attach_sim(config: Config, sim: Rc<nvme_sim::SimController>) -> Result<Device, Fail> {
+    use nvme_vfio::mem::{DmaSpace, SpaceConfig};
     let space = DmaSpace::new(sim.iommu().clone(), SpaceConfig { hugepages: false });
     let config = Config {
         space: SpaceConfig { hugepages: false },
@@ -500,7 +556,7 @@ fn open_sim(config: Config, sim_config: nvme_sim::Config) -> Result<Device, Fail
     let ctrl = unsafe { Controller::with_backend(sim.registers(), space, config, None) }?;
     Ok(Device {
         ctrl,
-        _sim: Some(sim),
+        sim: Some(sim),
     })
 }
 
@@ -557,6 +613,24 @@ fn run(cli: &Cli) -> Result<(), Fail> {
         Cmd::AdminPassthru(a) => passthru(&*open(&a.device)?, a, false, cli.json),
         Cmd::IoPassthru(a) => passthru(&*open(&a.device)?, a, true, cli.json),
         Cmd::ShowRegs { device } => show_regs(&*open(device)?, cli.json),
+        Cmd::Batch { file } => batch(file),
+        Cmd::SimCorrupt {
+            device,
+            nsid,
+            lba,
+            offset,
+        } => {
+            let d = open(device)?;
+            let Some(sim) = &d.sim else {
+                return Err(Fail::Input(format!(
+                    "sim-corrupt: {device} is not a sim device"
+                )));
+            };
+            sim.corrupt(*nsid, *lba, *offset as usize)
+                .map_err(|e| Fail::Input(format!("sim-corrupt: {e}")))?;
+            eprintln!("sim-corrupt: namespace {nsid}, LBA {lba}, byte {offset}: inverted");
+            Ok(())
+        }
         Cmd::Reset { device } => {
             open(device)?.reset()?;
             if cli.json {
@@ -570,6 +644,29 @@ fn run(cli: &Cli) -> Result<(), Fail> {
 }
 
 /// `data` as nvme-cli prints it: 16 bytes a line, offset, hex, text.
+/// Runs the commands of `file`, one a line.
+fn batch(file: &std::path::Path) -> Result<(), Fail> {
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| Fail::Input(format!("{}: {e}", file.display())))?;
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let at = |m: String| format!("{}:{}: {m}", file.display(), i + 1);
+        let words = std::iter::once("nvme-cli").chain(line.split_whitespace());
+        let cli = Cli::try_parse_from(words).map_err(|e| Fail::Input(at(e.to_string())))?;
+        if matches!(cli.cmd, Cmd::Batch { .. }) {
+            return Err(Fail::Input(at("a batch inside a batch".into())));
+        }
+        run(&cli).map_err(|e| match e {
+            Fail::Input(m) => Fail::Input(at(m)),
+            Fail::Device(m) => Fail::Device(at(m)),
+        })?;
+    }
+    Ok(())
+}
+
 fn hexdump(data: &[u8]) {
     for (i, line) in data.chunks(16).enumerate() {
         let hex: Vec<String> = line.iter().map(|b| format!("{b:02x}")).collect();
@@ -1257,6 +1354,18 @@ fn id_ns(ctrl: &Controller, nsid: u32, json: bool) -> Result<(), Fail> {
         return Ok(());
     };
     let cur = id.current_format();
+    // FLBAS as Identify has it: the format index (bits 3:0, and 6:5 for
+    // indexes from 16) and bit 4, extended LBAs.
+    let flbas = (cur & 0xf) | (cur >> 4) << 5 | usize::from(id.extended_lba()) << 4;
+    // The current format's protection information (its guard from the NVM
+    // command set's Identify Namespace, which the driver reads on open).
+    let pi = match cs {
+        CommandSet::Nvm | CommandSet::Zoned if id.dps() & 0x7 != 0 => ctrl
+            .namespace(nsid)
+            .ok()
+            .and_then(|ns| ns.protection_info()),
+        _ => None,
+    };
     let block_size = id.current_lba_format().map_or(0, |f| f.block_size());
     let formats: Vec<_> = (0..id.lba_formats())
         .filter_map(|i| id.lba_format(i).map(|f| (i, f)))
@@ -1285,13 +1394,28 @@ fn id_ns(ctrl: &Controller, nsid: u32, json: bool) -> Result<(), Fail> {
             ),
             None => String::new(),
         };
+        let pi_json = match pi {
+            Some(p) => format!(
+                "{{\"type\":{},\"first\":{},\"guard_bits\":{},\"pif\":{}}}",
+                p.kind.dps(),
+                p.first,
+                pi_guard_bits(p.guard),
+                p.guard.pif()
+            ),
+            None => "null".into(),
+        };
         println!(
-            "{{\"nsid\":{nsid},\"nsze\":{},\"ncap\":{},\"nuse\":{},\"block_size\":{block_size},\"command_set\":{},\"csi\":{},\"flbas\":{cur},\"lbafs\":[{}]{zoned}}}",
+            "{{\"nsid\":{nsid},\"nsze\":{},\"ncap\":{},\"nuse\":{},\"block_size\":{block_size},\"command_set\":{},\"csi\":{},\"flbas\":{flbas},\"mc\":{},\"dpc\":{},\"dps\":{},\"metadata_size\":{},\"extended_lba\":{},\"pi\":{pi_json},\"lbafs\":[{}]{zoned}}}",
             id.nsze(),
             id.ncap(),
             id.nuse(),
             js(&cs.short_name()),
             cs.csi(),
+            id.mc(),
+            id.dpc(),
+            id.dps(),
+            id.current_lba_format().map_or(0, |f| f.metadata),
+            id.extended_lba(),
             lbafs.join(",")
         );
     } else {
@@ -1318,7 +1442,35 @@ fn id_ns(ctrl: &Controller, nsid: u32, json: bool) -> Result<(), Fail> {
             println!("zsze    : (not reported)");
         }
         println!("nlbaf   : {}", id.lba_formats() - 1);
-        println!("flbas   : {cur:#x}");
+        println!("flbas   : {flbas:#x}");
+        println!("mc      : {:#x}", id.mc());
+        println!("dpc     : {:#x}", id.dpc());
+        println!("dps     : {:#x}", id.dps());
+        if let Some(p) = pi {
+            // nvme-cli's --human-readable lines for DPS, and the guard of
+            // the current format (its extended LBA format's PIF).
+            let (bit3, place) = match p.first {
+                true => (1, "First"),
+                false => (0, "Last"),
+            };
+            println!(
+                "  [3:3] : {bit3}\tProtection Information Transferred as {place} Bytes of Metadata"
+            );
+            println!(
+                "  [2:0] : {:#x}\tProtection Information Type {} Enabled",
+                p.kind.dps(),
+                p.kind.dps()
+            );
+            println!(
+                "  guard : {}-bit ({}), pif:{}",
+                pi_guard_bits(p.guard),
+                match p.guard {
+                    nvme_vfio::ctrl::Guard::Crc16 => "CRC-16 T10-DIF",
+                    _ => "CRC-64 NVMe",
+                },
+                p.guard.pif()
+            );
+        }
         for (i, f) in &formats {
             let used = if *i == cur { " (in use)" } else { "" };
             println!(
@@ -1328,6 +1480,14 @@ fn id_ns(ctrl: &Controller, nsid: u32, json: bool) -> Result<(), Fail> {
         }
     }
     Ok(())
+}
+
+/// The bits of a protection information guard.
+fn pi_guard_bits(g: nvme_vfio::ctrl::Guard) -> usize {
+    match g {
+        nvme_vfio::ctrl::Guard::Crc16 => 16,
+        _ => 64,
+    }
 }
 
 /// Prints `done` of `total` bytes on a terminal, for large transfers.
@@ -1348,11 +1508,20 @@ fn read(a: &ReadArgs) -> Result<(), Fail> {
     let ctrl = open(&a.ns.device)?;
     let ns = ctrl.namespace(a.ns.nsid)?;
     let bs = ns.block_size();
+    let plan = a.meta.plan(&ns)?;
+    // Bytes per block in the output: with extended LBAs, data and metadata.
+    let stride = plan.stride;
     let bytes = match (a.blocks, a.size) {
         (Some(b), None) => b
-            .checked_mul(bs)
+            .checked_mul(stride)
             .ok_or_else(|| Fail::Input("block count too large".into()))?,
-        (None, Some(z)) if z % bs == 0 => z,
+        (None, Some(z)) if z % stride == 0 => z,
+        (None, Some(z)) if stride != bs => {
+            return Err(Fail::Input(format!(
+                "size {z} is not a multiple of {stride} bytes per block ({bs} of data and {} of metadata)",
+                stride - bs
+            )))
+        }
         (None, Some(z)) => {
             return Err(Fail::Input(format!(
                 "size {z} is not a multiple of the {bs}-byte block size"
@@ -1360,14 +1529,25 @@ fn read(a: &ReadArgs) -> Result<(), Fail> {
         }
         _ => return Err(Fail::Input("give --blocks or --size".into())),
     };
-    check_range(&ns, a.lba, bytes / bs)?;
+    let blocks = bytes / stride;
+    check_range(&ns, a.lba, blocks)?;
     let mut out: Box<dyn Write> = match &a.output {
         Some(p) => Box::new(std::fs::File::create(p)?),
         None => Box::new(std::io::stdout().lock()),
     };
+    let mut meta_out = match &a.meta.metadata {
+        Some(p) => Some(std::fs::File::create(p)?),
+        None => None,
+    };
     let mut qp = ctrl.queue_pair(QueueConfig::default())?;
-    let chunk = chunk_len(&ctrl, bs);
-    let mut buf = ctrl.dma_alloc(chunk)?;
+    // Blocks per call.
+    let chunk = chunk_len(&ctrl, bs) as u64 / bs;
+    let mut buf = ctrl.dma_alloc((chunk * bs) as usize)?;
+    let mut meta = vec![0u8; (chunk * plan.meta_stride) as usize];
+    let mut data = match ns.has_metadata() {
+        true => vec![0u8; (chunk * stride) as usize],
+        false => Vec::new(),
+    };
     let mut done = 0u64;
     // A zoned namespace may not take reads across zone boundaries: its
     // reads end at each one.
@@ -1375,17 +1555,26 @@ fn read(a: &ReadArgs) -> Result<(), Fail> {
         .zones()
         .filter(|z| !z.reads_cross_zones())
         .map(|z| z.zone_blocks());
-    while done < bytes {
-        let at = a.lba + done / bs;
-        let mut n = (bytes - done).min(chunk as u64);
+    while done < blocks {
+        let at = a.lba + done;
+        let mut n = (blocks - done).min(chunk);
         if let Some(zb) = zone {
-            n = n.min((zb - at % zb).saturating_mul(bs));
+            n = n.min(zb - at % zb);
         }
-        let n = n as usize;
-        qp.read(&ns, at, &mut buf.as_mut_slice()[..n])?;
-        out.write_all(&buf.as_slice()[..n])?;
-        done += n as u64;
-        progress(done, bytes);
+        let len = (n * stride) as usize;
+        if ns.has_metadata() {
+            let m = &mut meta[..(n * plan.meta_stride) as usize];
+            qp.read_with_metadata(&ns, at, &mut data[..len], m, plan.protection)?;
+            out.write_all(&data[..len])?;
+            if let Some(f) = meta_out.as_mut() {
+                f.write_all(m)?;
+            }
+        } else {
+            qp.read(&ns, at, &mut buf.as_mut_slice()[..len])?;
+            out.write_all(&buf.as_slice()[..len])?;
+        }
+        done += n;
+        progress(done * stride, bytes);
     }
     out.flush()?;
     Ok(())
@@ -1407,33 +1596,57 @@ fn write(a: &WriteArgs) -> Result<(), Fail> {
     if data.is_empty() {
         return Err(Fail::Input("nothing to write (empty input)".into()));
     }
+    let meta = match &a.meta.metadata {
+        Some(p) => metadata::read_file(p)?,
+        None => Vec::new(),
+    };
     let ctrl = open(&a.ns.device)?;
     let ns = ctrl.namespace(a.ns.nsid)?;
+    let plan = a.meta.plan(&ns)?;
     let bs = ns.block_size() as usize;
-    if data.len() % bs != 0 {
+    let stride = plan.stride as usize;
+    if data.len() % stride != 0 {
         if !a.pad {
+            let what = match stride == bs {
+                true => format!("the {bs}-byte block size"),
+                false => format!(
+                    "{stride} bytes per block ({bs} of data and {} of metadata)",
+                    stride - bs
+                ),
+            };
             return Err(Fail::Input(format!(
-                "input of {} bytes is not a multiple of the {bs}-byte block size (--pad pads it with zeroes)",
+                "input of {} bytes is not a multiple of {what} (--pad pads it with zeroes)",
                 data.len()
             )));
         }
-        data.resize(data.len().next_multiple_of(bs), 0);
+        data.resize(data.len().next_multiple_of(stride), 0);
+    }
+    let blocks = (data.len() / stride) as u64;
+    if let Some(p) = &a.meta.metadata {
+        metadata::check_len(p, meta.len(), blocks, &plan)?;
     }
     // The whole range is checked before the first block is written.
-    check_range(&ns, a.lba, (data.len() / bs) as u64)?;
+    check_range(&ns, a.lba, blocks)?;
     let mut qp = ctrl.queue_pair(QueueConfig::default())?;
     let total = data.len() as u64;
-    let per_call = chunk_len(&ctrl, bs as u64);
-    for (i, chunk) in data.chunks(per_call).enumerate() {
-        qp.write(&ns, a.lba + (i * per_call / bs) as u64, chunk, false)?;
-        progress(((i * per_call) + chunk.len()) as u64, total);
+    let per_call = chunk_len(&ctrl, bs as u64) / bs;
+    let ms = plan.meta_stride as usize;
+    for (i, chunk) in data.chunks(per_call * stride).enumerate() {
+        let lba = a.lba + (i * per_call) as u64;
+        if ns.has_metadata() {
+            let n = chunk.len() / stride;
+            let m = match ms {
+                0 => &[][..],
+                _ => &meta[i * per_call * ms..][..n * ms],
+            };
+            qp.write_with_metadata(&ns, lba, chunk, m, plan.protection, false)?;
+        } else {
+            qp.write(&ns, lba, chunk, false)?;
+        }
+        progress(((i * per_call * stride) + chunk.len()) as u64, total);
     }
     qp.flush_cache(&ns)?;
-    eprintln!(
-        "write: {} blocks at LBA {}: success",
-        data.len() / bs,
-        a.lba
-    );
+    eprintln!("write: {blocks} blocks at LBA {}: success", a.lba);
     Ok(())
 }
 

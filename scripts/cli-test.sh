@@ -3,11 +3,12 @@
 # scripts/test.sh): every command, JSON output parsed, a file written then
 # read back byte-identical, and each bad input with its message and exit
 # status. Usage: cli-test.sh CLI-BINARY SCENARIO   (scenario: bound,
-# nvme-driver or zoned in the VM, zoned being two namespaces of 64 MiB, the
-# second zoned, as scripts/test.sh boots it; sim on any machine: the CLI's
-# in-process nvme-sim device, which keeps nothing between commands, so every
-# check there is one command). Prints "N passed, N failed" and exits
-# non-zero on failure.
+# nvme-driver, zoned or protection in the VM, as scripts/test.sh boots it:
+# zoned two namespaces of 64 MiB, the second zoned, protection six
+# namespaces formatted with metadata and protection information; sim on
+# any machine: the CLI's in-process nvme-sim device, which keeps nothing
+# between commands, so every check there is one command or one batch of
+# them). Prints "N passed, N failed" and exits non-zero on failure.
 set -uo pipefail
 
 cli=$1
@@ -161,6 +162,90 @@ io_command_checks_sim() {
     expect "NVME_SIM_WITHOUT of an unknown command" 2 "unknown command 'frob'" -- env NVME_SIM_WITHOUT=frob "$cli" id-ctrl $d
 }
 
+# Metadata and end-to-end protection on sim devices with nvme-sim's
+# namespace kinds (meta8, pi1, pi2-ext, pi3-first, pi1-crc64,
+# pi1-ms16-ext). A command's blocks are gone when it ends, so what needs
+# a write and then a read runs as a batch (one process, the device kept).
+protection_checks_sim() {
+    local p=sim:meta8,pi1,pi2-ext,pi3-first,pi1-crc64,pi1-ms16-ext
+    head -c 4096 /dev/urandom >"$work/pdata"
+    head -c 64 /dev/urandom >"$work/pmeta"
+    head -c 4160 /dev/urandom >"$work/pext"
+    head -c 64 /dev/zero >"$work/pzero"
+    expect "id-ns: dps of a type 1 namespace" 0 "^dps     : 0x1$" -- "$cli" id-ns $p -n 2
+    expect "id-ns: the type 1 line" 0 "Protection Information Type 1 Enabled" -- "$cli" id-ns $p -n 2
+    expect "id-ns: PI first (dps bit 3)" 0 "^dps     : 0xb$" -- "$cli" id-ns $p -n 4
+    expect "id-ns: a 64-bit guard" 0 "guard : 64-bit (CRC-64 NVMe), pif:2" -- "$cli" id-ns $p -n 5
+    expect "id-ns: metadata capabilities" 0 "^mc      : 0x3$" -- "$cli" id-ns $p -n 1
+    json "id-ns --json: extended LBAs, type 2" 'j["flbas"] == 0x10 and j["extended_lba"] and j["dps"] == 2 and j["metadata_size"] == 8 and j["pi"] == {"type": 2, "first": False, "guard_bits": 16, "pif": 0}' -- "$cli" id-ns $p -n 3 --json
+    json "id-ns --json: metadata without PI" 'j["dps"] == 0 and j["pi"] is None and j["metadata_size"] == 8 and not j["extended_lba"]' -- "$cli" id-ns $p -n 1 --json
+    json "id-ns --json: no metadata" 'j["dps"] == 0 and j["metadata_size"] == 0' -- "$cli" id-ns sim -n 1 --json
+
+    printf '%s\n' \
+        "write $p -n 1 --lba 16 -i $work/pdata -M $work/pmeta -y 8 --yes" \
+        "read $p -n 1 --lba 16 --blocks 8 -o $work/pdata.back -M $work/pmeta.back" \
+        "compare $p -n 1 -s 16 -d $work/pdata -M $work/pmeta" >"$work/b-meta"
+    expect "write -M, read -M and compare -M in a batch" 0 "compare: Success" -- "$cli" batch "$work/b-meta"
+    if cmp -s "$work/pdata" "$work/pdata.back" && cmp -s "$work/pmeta" "$work/pmeta.back"; then
+        ok "write -M then read -M: the same data and metadata"
+    else
+        bad "write -M then read -M: data or metadata differ"
+    fi
+    printf '%s\n' \
+        "write $p -n 3 --lba 0 -i $work/pext --yes" \
+        "read $p -n 3 --lba 0 --blocks 8 -o $work/pext.back" >"$work/b-ext"
+    expect "extended LBAs: data and metadata in the data file" 0 "" -- "$cli" batch "$work/b-ext"
+    if cmp -s "$work/pext" "$work/pext.back"; then ok "extended LBAs: 520-byte blocks read back the same"; else bad "extended LBAs: the blocks differ"; fi
+    printf '%s\n' \
+        "write $p -n 2 --lba 8 -i $work/pdata -p 8 --yes" \
+        "read $p -n 2 --lba 8 --blocks 8 -o $work/pract.strip -p 12" \
+        "read $p -n 2 --lba 8 --blocks 8 -o $work/pract.back -M $work/pract.meta -p 7" >"$work/b-pract"
+    expect "PRACT write, reads with the guard (and every) check" 0 "" -- "$cli" batch "$work/b-pract"
+    if cmp -s "$work/pdata" "$work/pract.strip" && cmp -s "$work/pdata" "$work/pract.back" && [ "$(stat -c %s "$work/pract.meta")" = 64 ]; then
+        ok "PRACT write: the data reads back, with 8 tuples"
+    else
+        bad "PRACT write: the data or tuples read back wrong"
+    fi
+    expect "read of a PI-only namespace without -M (the controller strips)" 0 "" -- "$cli" read $p -n 2 --lba 0 --blocks 8 -o "$work/strip"
+    if [ "$(stat -c %s "$work/strip")" = 4096 ]; then ok "PI-only read: 4096 bytes"; else bad "PI-only read: wrong size"; fi
+    printf '%s\n' \
+        "write $p -n 2 --lba 8 -i $work/pdata -p 8 --yes" \
+        "sim-corrupt $p -n 2 --lba 10 --offset 7" \
+        "read $p -n 2 --lba 8 --blocks 8 -o $work/x -p 12" >"$work/b-damage"
+    expect "a damaged block: End-to-end Guard Check Error" 1 "Read failed: End-to-end Guard Check Error (SCT 0x2, SC 0x82" -- "$cli" batch "$work/b-damage"
+    printf '%s\n' \
+        "write $p -n 2 --lba 0 -i $work/pdata -M $work/pzero -p 0 --yes" \
+        "read $p -n 2 --lba 0 --blocks 8 -o $work/x -M $work/x.meta -p 4" >"$work/b-zero"
+    expect "zeroed tuples fail the guard check" 1 "End-to-end Guard Check Error" -- "$cli" batch "$work/b-zero"
+    printf '%s\n' \
+        "write $p -n 4 --lba 0 -i $work/pdata -p 8 -a 0x1234 --yes" \
+        "read $p -n 4 --lba 0 --blocks 8 -o $work/x -p 10 -a 0x1234 -m 0xffff" \
+        "read $p -n 4 --lba 0 --blocks 8 -o $work/x -p 10 -a 0x4321 -m 0xffff" >"$work/b-app"
+    expect "application tag check: the right tag passes, another fails" 1 "b-app:3: Read failed: End-to-end Application Tag Check Error" -- "$cli" batch "$work/b-app"
+    printf '%s\n' \
+        "write $p -n 3 --lba 0 -i $work/pdata -p 8 -r 0x500 --yes" \
+        "read $p -n 3 --lba 0 --blocks 8 -o $work/x -p 9 -r 0x500" \
+        "read $p -n 3 --lba 0 --blocks 8 -o $work/x -p 9" >"$work/b-ref"
+    expect "type 2 reference tags: the written one passes, another fails" 1 "b-ref:3: Read failed: End-to-end Reference Tag Check Error" -- "$cli" batch "$work/b-ref"
+    printf '%s\n' \
+        "write $p -n 5 --lba 100 -i $work/pdata -p 8 --yes" \
+        "read $p -n 5 --lba 100 --blocks 8 -o $work/crc64.back -p 15" >"$work/b-crc64"
+    expect "64-bit guard: PRACT write and checked read" 0 "" -- "$cli" batch "$work/b-crc64"
+    if cmp -s "$work/pdata" "$work/crc64.back"; then ok "64-bit guard: the data reads back"; else bad "64-bit guard: the data differs"; fi
+    head -c 10 /dev/urandom >"$work/pshort"
+    expect "a metadata file of the wrong length is refused" 2 "the metadata file .* holds 10 bytes: 8 blocks of 8 bytes of metadata need 64" -- "$cli" write $p -n 1 --lba 0 -i "$work/pdata" -M "$work/pshort" --yes
+    expect "separate metadata without -M is refused" 2 "give a metadata file (-M/--metadata)" -- "$cli" write $p -n 1 --lba 0 -i "$work/pdata" --yes
+    expect "read of separate metadata without -M is refused" 2 "give a metadata file (-M/--metadata)" -- "$cli" read $p -n 1 --lba 0 --blocks 8 -o "$work/x"
+    expect "--prinfo on a namespace without PI is refused" 2 "namespace 1 is formatted without it" -- "$cli" write $p -n 1 --lba 0 -i "$work/pdata" -M "$work/pmeta" -p 8 --yes
+    expect "--prinfo on a namespace without metadata is refused" 2 "namespace 1 is formatted without it" -- "$cli" read sim -n 1 --lba 0 --blocks 8 -o "$work/x" -p 1
+    expect "-M on a namespace without metadata is refused" 2 "namespace 1 is formatted without metadata" -- "$cli" read sim -n 1 --lba 0 --blocks 8 -o "$work/x" -M "$work/x.meta"
+    expect "-M on extended LBAs is refused" 2 "extended LBAs: each block's metadata follows its data in the data file" -- "$cli" write $p -n 3 --lba 0 -i "$work/pext" -M "$work/pmeta" --yes
+    expect "--metadata-size that does not match" 2 "--metadata-size 16 does not match namespace 1's 8 bytes" -- "$cli" read $p -n 1 --lba 0 --blocks 8 -o "$work/x" -M "$work/x.meta" -y 16
+    expect "--prinfo over 4 bits" 2 "PRINFO is 4 bits" -- "$cli" read $p -n 2 --lba 0 --blocks 8 -o "$work/x" -p 16
+    expect "extended data not whole blocks" 2 "not a multiple of 520 bytes per block" -- "$cli" write $p -n 3 --lba 0 -i "$work/pdata" --yes
+    expect "sim-corrupt of a device that is not a sim" 2 "" -- "$cli" sim-corrupt 0000:00:1f.7 --lba 0 --offset 0
+}
+
 if [ "$scenario" = nvme-driver ]; then
     expect "id-ctrl on a device still on the nvme driver" 2 "bound to nvme" -- "$cli" id-ctrl $dev
     json "list shows the kernel driver" 'j[0]["driver"] == "nvme" and not j[0]["usable"]' -- "$cli" list --json
@@ -262,6 +347,7 @@ elif [ "$scenario" = sim ]; then
     expect "write-zeroes at the write pointer" 0 "success" -- "$cli" write-zeroes $zdev -n 2 --lba 2048 --blocks 8 --yes
     expect "write-uncor on a zoned namespace is refused" 2 "namespace 2 is zoned: Write Uncorrectable and Copy are refused" -- "$cli" write-uncor $zdev -n 2 -s 0 --yes
     zns_checks_sim
+    protection_checks_sim
     expect "write to its NVM namespace" 0 "2 blocks at LBA 0: success" -- "$cli" write $zdev -n 1 --lba 0 -i "$work/odd" --pad --yes
     expect "list: a row per namespace" 0 "^sim:nvm,zoned  *SIM0001  *nvme-sim  *2  *0.00 B / 67.11 MB  *512 B + 0 B  *[0-9]" -- "$cli" list $zdev
     json "list --json: namespaces" 'j[0]["model"] == "nvme-sim" and j[0]["serial"] == "SIM0001" and [(n["nsid"], n["command_set"], n["size_bytes"], n["used_bytes"], n["block_size"]) for n in j[0]["namespaces"]] == [(1, "nvm", 67108864, 0, 512), (2, "zoned", 67108864, 0, 512)]' -- "$cli" list $zdev --json
@@ -315,6 +401,85 @@ elif [ "$scenario" = zoned ]; then
     expect "write to the NVM namespace" 0 "success" -- "$cli" write $dev -n 1 --lba 0 -i "$work/data" --yes
     expect "list: the zoned namespace's row" 0 "^$dev  *vmnvme0  *QEMU NVMe Ctrl  *2  .* / 67.11 MB  *512 B + 0 B  *[0-9]" -- "$cli" list
     json "list --json: both namespaces" 'j[0]["address"] == "'$dev'" and j[0]["model"] == "QEMU NVMe Ctrl" and [(n["nsid"], n["command_set"], n["size_bytes"], n["block_size"]) for n in j[0]["namespaces"]] == [(1, "nvm", 67108864, 512), (2, "zoned", 67108864, 512)]' -- "$cli" list --json
+elif [ "$scenario" = protection ]; then
+    # Six namespaces formatted with metadata, 512-byte blocks: 1 8 bytes
+    # without protection information (a separate buffer); 2 8 bytes, type
+    # 1, extended LBAs; 3 8 bytes, type 2, separate; 4 16 bytes, type 3,
+    # the tuple first; 5 16 bytes, type 1 with the 64-bit guard (PIF 2),
+    # separate; 6 16 bytes, type 1, the tuple last, extended LBAs. The
+    # blocks keep their contents from one command to the next.
+    head -c 4096 /dev/urandom >"$work/pdata"
+    head -c 64 /dev/urandom >"$work/pmeta"
+    head -c 128 /dev/urandom >"$work/pmeta16"
+    head -c 64 /dev/zero >"$work/pzero"
+    head -c 4160 /dev/urandom >"$work/pext"
+    head -c 4224 /dev/urandom >"$work/pext16"
+    json "id-ns 1: metadata without protection information" 'j["metadata_size"] == 8 and j["dps"] == 0 and j["pi"] is None and not j["extended_lba"]' -- "$cli" id-ns $dev -n 1 --json
+    expect "id-ns 1 text: dps" 0 "^dps     : 0x0$" -- "$cli" id-ns $dev -n 1
+    json "id-ns 2: type 1, extended LBAs" 'j["metadata_size"] == 8 and j["dps"] == 1 and j["extended_lba"] and j["flbas"] & 0x10 and j["pi"]["type"] == 1' -- "$cli" id-ns $dev -n 2 --json
+    expect "id-ns 2 text: dps" 0 "^dps     : 0x1$" -- "$cli" id-ns $dev -n 2
+    expect "id-ns 2 text: the type" 0 "Protection Information Type 1 Enabled" -- "$cli" id-ns $dev -n 2
+    json "id-ns 3: type 2, separate" 'j["metadata_size"] == 8 and j["dps"] == 2 and not j["extended_lba"]' -- "$cli" id-ns $dev -n 3 --json
+    json "id-ns 4: type 3, the tuple first" 'j["metadata_size"] == 16 and j["dps"] == 0xb and j["pi"] == {"type": 3, "first": True, "guard_bits": 16, "pif": 0}' -- "$cli" id-ns $dev -n 4 --json
+    expect "id-ns 4 text: the tuple first" 0 "Protection Information Transferred as First Bytes of Metadata" -- "$cli" id-ns $dev -n 4
+    json "id-ns 5: the 64-bit guard" 'j["metadata_size"] == 16 and j["dps"] == 1 and j["pi"]["guard_bits"] == 64 and j["pi"]["pif"] == 2' -- "$cli" id-ns $dev -n 5 --json
+    expect "id-ns 5 text: the guard" 0 "guard : 64-bit (CRC-64 NVMe), pif:2" -- "$cli" id-ns $dev -n 5
+    json "id-ns 6: type 1, the tuple last, extended LBAs" 'j["metadata_size"] == 16 and j["dps"] == 1 and j["extended_lba"] and not j["pi"]["first"]' -- "$cli" id-ns $dev -n 6 --json
+
+    # 1: metadata without protection information.
+    expect "ns 1: write -M" 0 "8 blocks at LBA 16: success" -- "$cli" write $dev -n 1 --lba 16 -i "$work/pdata" -M "$work/pmeta" --yes
+    expect "ns 1: read -M" 0 "" -- "$cli" read $dev -n 1 --lba 16 --blocks 8 -o "$work/back1" -M "$work/meta1" -y 8
+    if cmp -s "$work/pdata" "$work/back1" && cmp -s "$work/pmeta" "$work/meta1"; then ok "ns 1: the same data and metadata read back"; else bad "ns 1: data or metadata differ"; fi
+    expect "ns 1: compare -M" 0 "^compare: Success$" -- "$cli" compare $dev -n 1 -s 16 -d "$work/pdata" -M "$work/pmeta"
+    expect "ns 1: compare -M of other metadata: Compare Failure" 1 "Compare Failure" -- "$cli" compare $dev -n 1 -s 16 -d "$work/pdata" -M "$work/pzero"
+    head -c 10 /dev/urandom >"$work/pshort"
+    expect "ns 1: a metadata file of the wrong length is refused" 2 "holds 10 bytes: 8 blocks of 8 bytes of metadata need 64" -- "$cli" write $dev -n 1 --lba 16 -i "$work/pdata" -M "$work/pshort" --yes
+    expect "ns 1: --prinfo without protection information is refused" 2 "namespace 1 is formatted without it" -- "$cli" read $dev -n 1 --lba 16 --blocks 8 -o "$work/x" -M "$work/x.meta" -p 8
+    expect "ns 1: read without -M is refused" 2 "give a metadata file (-M/--metadata)" -- "$cli" read $dev -n 1 --lba 16 --blocks 8 -o "$work/x"
+    expect "ns 1: --metadata-size that does not match" 2 "does not match namespace 1's 8 bytes" -- "$cli" read $dev -n 1 --lba 16 --blocks 8 -o "$work/x" -M "$work/x.meta" -y 16
+
+    # 2: type 1, extended LBAs.
+    expect "ns 2: PRACT write" 0 "8 blocks at LBA 0: success" -- "$cli" write $dev -n 2 --lba 0 -i "$work/pdata" -p 8 --yes
+    expect "ns 2: PRACT read with every check" 0 "" -- "$cli" read $dev -n 2 --lba 0 --blocks 8 -o "$work/strip2" -p 15
+    if cmp -s "$work/pdata" "$work/strip2"; then ok "ns 2: the data reads back, tuples stripped"; else bad "ns 2: the stripped read differs"; fi
+    expect "ns 2: read with the tuples (checked)" 0 "" -- "$cli" read $dev -n 2 --lba 0 --blocks 8 -o "$work/ext2" -p 7
+    if [ "$(stat -c %s "$work/ext2")" = 4160 ] && cmp -s -n 512 "$work/pdata" "$work/ext2"; then ok "ns 2: 520-byte blocks, data then tuple"; else bad "ns 2: the extended read is wrong"; fi
+    expect "ns 2: write of data and metadata as they are" 0 "8 blocks at LBA 100: success" -- "$cli" write $dev -n 2 --lba 100 -i "$work/pext" --yes
+    expect "ns 2: read of them as they are" 0 "" -- "$cli" read $dev -n 2 --lba 100 --blocks 8 -o "$work/ext2b"
+    if cmp -s "$work/pext" "$work/ext2b"; then ok "ns 2: extended blocks read back the same"; else bad "ns 2: the extended blocks differ"; fi
+    expect "ns 2: random tuples fail the guard check" 1 "Read failed: End-to-end Guard Check Error (SCT 0x2, SC 0x82" -- "$cli" read $dev -n 2 --lba 100 --blocks 8 -o "$work/x" -p 4
+    expect "ns 2: -M on extended LBAs is refused" 2 "extended LBAs" -- "$cli" write $dev -n 2 --lba 0 -i "$work/pext" -M "$work/pmeta" --yes
+
+    # 3: type 2, separate.
+    expect "ns 3: PRACT write with a reference tag" 0 "success" -- "$cli" write $dev -n 3 --lba 0 -i "$work/pdata" -p 8 -r 0x500 --yes
+    expect "ns 3: read -M checking guard and reference tag" 0 "" -- "$cli" read $dev -n 3 --lba 0 --blocks 8 -o "$work/back3" -M "$work/meta3" -p 5 -r 0x500
+    if cmp -s "$work/pdata" "$work/back3" && [ "$(stat -c %s "$work/meta3")" = 64 ]; then ok "ns 3: data and tuples read back"; else bad "ns 3: the read differs"; fi
+    expect "ns 3: another reference tag fails" 1 "End-to-end Reference Tag Check Error" -- "$cli" read $dev -n 3 --lba 0 --blocks 8 -o "$work/x" -M "$work/x.meta" -p 1 -r 0x600
+    expect "ns 3: PRACT write, default reference tag" 0 "success" -- "$cli" write $dev -n 3 --lba 200 -i "$work/pdata" -p 8 --yes
+    expect "ns 3: read without -M (the controller strips and checks)" 0 "" -- "$cli" read $dev -n 3 --lba 200 --blocks 8 -o "$work/strip3"
+    if cmp -s "$work/pdata" "$work/strip3"; then ok "ns 3: the stripped read is the data"; else bad "ns 3: the stripped read differs"; fi
+    expect "ns 3: write of zeroed tuples, unchecked" 0 "success" -- "$cli" write $dev -n 3 --lba 300 -i "$work/pdata" -M "$work/pzero" -p 0 --yes
+    expect "ns 3: zeroed tuples fail the guard check" 1 "Read failed: End-to-end Guard Check Error" -- "$cli" read $dev -n 3 --lba 300 --blocks 8 -o "$work/x" -M "$work/x.meta" -p 4
+
+    # 4: type 3, the tuple first of 16 bytes.
+    expect "ns 4: PRACT write with an application tag" 0 "success" -- "$cli" write $dev -n 4 --lba 0 -i "$work/pdata" -M "$work/pmeta16" -p 8 -a 0x1234 --yes
+    expect "ns 4: the application tag checks" 0 "" -- "$cli" read $dev -n 4 --lba 0 --blocks 8 -o "$work/back4" -M "$work/meta4" -p 6 -a 0x1234 -m 0xffff
+    if cmp -s "$work/pdata" "$work/back4" && [ "$(stat -c %s "$work/meta4")" = 128 ]; then ok "ns 4: data and 16-byte metadata read back"; else bad "ns 4: the read differs"; fi
+    expect "ns 4: another application tag fails" 1 "End-to-end Application Tag Check Error" -- "$cli" read $dev -n 4 --lba 0 --blocks 8 -o "$work/x" -M "$work/x.meta" -p 2 -a 0x4321 -m 0xffff
+    expect "ns 4: -M is needed (metadata beyond the tuple)" 2 "give a metadata file" -- "$cli" read $dev -n 4 --lba 0 --blocks 8 -o "$work/x"
+
+    # 5: type 1, the 64-bit guard.
+    expect "ns 5: PRACT write" 0 "success" -- "$cli" write $dev -n 5 --lba 8 -i "$work/pdata" -p 8 --yes
+    expect "ns 5: read with every check" 0 "" -- "$cli" read $dev -n 5 --lba 8 --blocks 8 -o "$work/back5" -p 15
+    if cmp -s "$work/pdata" "$work/back5"; then ok "ns 5: the data reads back"; else bad "ns 5: the data differs"; fi
+    expect "ns 5: read -M of the 16-byte tuples, checked" 0 "" -- "$cli" read $dev -n 5 --lba 8 --blocks 8 -o "$work/x" -M "$work/meta5" -p 7
+    if [ "$(stat -c %s "$work/meta5")" = 128 ]; then ok "ns 5: 16-byte tuples"; else bad "ns 5: the tuples' size"; fi
+
+    # 6: type 1, the tuple last of 16 bytes, extended LBAs.
+    expect "ns 6: PRACT write of data and metadata" 0 "8 blocks at LBA 0: success" -- "$cli" write $dev -n 6 --lba 0 -i "$work/pext16" -p 8 --yes
+    expect "ns 6: read with every check" 0 "" -- "$cli" read $dev -n 6 --lba 0 --blocks 8 -o "$work/back6" -p 7
+    if [ "$(stat -c %s "$work/back6")" = 4224 ] && cmp -s -n 512 "$work/pext16" "$work/back6"; then ok "ns 6: 528-byte blocks read back"; else bad "ns 6: the read is wrong"; fi
+    expect "ns 6: data not whole 528-byte blocks" 2 "not a multiple of 528 bytes per block" -- "$cli" write $dev -n 6 --lba 0 -i "$work/pdata" --yes
 else
     json "list --json" 'j[0]["address"] == "'$dev'" and j[0]["driver"] == "vfio-pci" and j[0]["usable"]' -- "$cli" list --json
     json "list --json: the namespace" 'j[0]["model"] == "QEMU NVMe Ctrl" and j[0]["serial"] == "vmnvme0" and [(n["nsid"], n["command_set"], n["size_bytes"], n["block_size"], n["metadata"]) for n in j[0]["namespaces"]] == [(1, "nvm", 67108864, 512, 0)]' -- "$cli" list --json

@@ -45,9 +45,12 @@ pub struct CompareArgs {
     /// or the whole data file.
     #[arg(short = 'z', long = "data-size", value_parser = num)]
     size: Option<u64>,
-    /// The data to compare the blocks with (default: stdin).
+    /// The data to compare the blocks with (default: stdin); with extended
+    /// LBAs, each block's data and then its metadata.
     #[arg(short = 'd', long = "data")]
     data: Option<PathBuf>,
+    #[command(flatten)]
+    meta: super::metadata::MetaArgs,
 }
 
 #[derive(Args)]
@@ -130,8 +133,14 @@ pub fn compare(a: &CompareArgs, json: bool) -> Result<(), Fail> {
             .map_err(|e| Fail::Input(format!("{}: {e}", p.display())))?,
         None => std::io::stdin().lock().read_to_end(&mut data)?,
     };
+    let meta = match &a.meta.metadata {
+        Some(p) => super::metadata::read_file(p)?,
+        None => Vec::new(),
+    };
     let (ctrl, ns) = namespace(&a.ns)?;
-    let bs = ns.block_size();
+    let plan = a.meta.plan(&ns)?;
+    // Bytes per block in the data: with extended LBAs, data and metadata.
+    let bs = plan.stride;
     let by_count = a
         .count
         .map(from_zero_based)
@@ -152,8 +161,12 @@ pub fn compare(a: &CompareArgs, json: bool) -> Result<(), Fail> {
         (None, None) => data.len() as u64,
     };
     if len == 0 || len % bs != 0 {
+        let what = match bs == ns.block_size() {
+            true => format!("the {bs}-byte block size"),
+            false => format!("{bs} bytes per block (data and metadata)"),
+        };
         return Err(Fail::Input(format!(
-            "{len} bytes to compare: not a non-zero multiple of the {bs}-byte block size"
+            "{len} bytes to compare: not a non-zero multiple of {what}"
         )));
     }
     if (data.len() as u64) < len {
@@ -162,9 +175,17 @@ pub fn compare(a: &CompareArgs, json: bool) -> Result<(), Fail> {
             data.len()
         )));
     }
+    if let Some(p) = &a.meta.metadata {
+        super::metadata::check_len(p, meta.len(), len / bs, &plan)?;
+    }
     super::check_range(&ns, a.start, len / bs)?;
     let mut qp = ctrl.queue_pair(QueueConfig::default())?;
-    qp.compare(&ns, a.start, &data[..len as usize])?;
+    let data = &data[..len as usize];
+    if ns.has_metadata() {
+        qp.compare_with_metadata(&ns, a.start, data, &meta, plan.protection)?;
+    } else {
+        qp.compare(&ns, a.start, data)?;
+    }
     if json {
         done(true, "compare", &ns, a.start, len / bs);
     } else {

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use nvme_bench::perf::{
-    self, parse_duration, parse_size, Buffers, ClockMode, ClockSource, Options, Progress, Report,
-    Rw, SglMode, SimOptions, Stop, Target,
+    self, parse_duration, parse_size, Buffers, ClockMode, ClockSource, Options, PiMode, Progress,
+    Report, Rw, SglMode, SimOptions, Stop, Target,
 };
 
 /// A fio-like NVMe benchmark for the userspace driver.
@@ -45,6 +45,24 @@ struct Cli {
     /// open and 14 active), for --rw zoned-write.
     #[arg(long, value_parser = parse_size, requires = "sim")]
     sim_zone_size: Option<u64>,
+    /// nvme-sim: the namespace's kind, as nvme-sim names them: nvm,
+    /// zoned, metaN (N bytes of metadata), piT (protection information of
+    /// type T) with options -ext (extended LBAs), -first (the tuple
+    /// first), -crc64 (64-bit guard), -msN (N bytes of metadata); e.g.
+    /// pi1, pi2-ext, pi3-first, pi1-crc64, pi1-ms16.
+    #[arg(
+        long,
+        value_name = "KIND",
+        requires = "sim",
+        conflicts_with = "sim_zone_size"
+    )]
+    sim_ns: Option<String>,
+    /// End-to-end protection on a namespace formatted with protection
+    /// information: none, controller (PRACT: the controller inserts,
+    /// checks and strips the tuples), driver (the driver computes them
+    /// before writes and checks them after reads).
+    #[arg(long, value_enum, default_value = "none")]
+    pi: PiMode,
     /// Access pattern.
     #[arg(long, value_enum, default_value = "randread")]
     rw: Rw,
@@ -137,6 +155,7 @@ fn options(cli: &Cli) -> Options {
         interrupts: cli.interrupts,
         seed: cli.seed,
         verify: cli.verify,
+        pi: cli.pi,
         clock: cli.clock,
     }
 }
@@ -270,6 +289,7 @@ fn open_targets(cli: &Cli) -> Result<Vec<Target>, perf::Error> {
             null: cli.sim_null,
             inline: cli.sim_inline,
             zone_size: cli.sim_zone_size,
+            ns_kind: cli.sim_ns.clone(),
             ..SimOptions::default()
         };
         return Ok(vec![Target::sim(&sim, cli.queues)?]);
@@ -362,6 +382,17 @@ fn print_text(r: &Report) {
         format!("{:?}", w.sgl).to_lowercase(),
         if w.verify { ", verify" } else { "" }
     );
+    match w.pi {
+        PiMode::None => {}
+        PiMode::Controller => println!(
+            "  protection information: controller (PRACT), {} bytes of metadata per block",
+            w.metadata_size
+        ),
+        PiMode::Driver => println!(
+            "  protection information: driver (computed before writes, checked after reads), {} bytes of metadata per block",
+            w.metadata_size
+        ),
+    }
     println!(
         "  IOPS {}  bandwidth {:.1} MiB/s  ({} I/Os in {:.2} s: {} reads, {} writes, {} errors)",
         group(s.iops),

@@ -10,14 +10,14 @@ use std::time::Duration;
 use blk_dma::{HostAddr, HostSeg};
 use hdrhistogram::Histogram;
 use nvme_vfio::ctrl::{
-    Controller, Done, Io, IoBuf, Namespace, Op, PollGroup, QueueConfig, QueuePair, ReportFilter,
-    ZoneAction, ZoneState,
+    Controller, Done, Io, IoBuf, Namespace, Op, PollGroup, Protection, QueueConfig, QueuePair,
+    ReportFilter, ZoneAction, ZoneState,
 };
 use nvme_vfio::mem::{DmaBuf, Registration};
 use nvme_vfio::nvme::dptr::DEFAULT_SGL_THRESHOLD;
 
 use super::clock::{Clock, Stamp};
-use super::options::{Buffers, Options, SglMode, Stop};
+use super::options::{Buffers, Options, PiMode, SglMode, Stop};
 use super::report::{Latency, QueueSummary, Report, Summary, VerifySummary, WorkloadInfo, SCHEMA};
 use super::target::Target;
 use super::{verify, Error};
@@ -61,6 +61,19 @@ struct Geometry {
     /// I/O-sized units in the range.
     units: u64,
     block: u64,
+    /// Bytes per block in a data buffer: the block, and its metadata on an
+    /// extended-LBA namespace (unless the controller inserts and strips
+    /// it).
+    stride: u64,
+    /// Bytes per block in a separate metadata buffer (0: none).
+    meta_stride: u64,
+}
+
+impl Geometry {
+    /// Bytes of an I/O's data buffer.
+    fn io_len(&self) -> usize {
+        (self.bpi * self.stride) as usize
+    }
 }
 
 /// The zones a zoned-write run works on: each queue pair writes zones
@@ -95,6 +108,8 @@ struct Ctx<'a> {
     inline_nanos: [AtomicU64; 2],
     /// What requests are stamped with.
     clock: Clock,
+    /// The end-to-end protection of every read and write (`--pi`).
+    protection: Option<Protection>,
 }
 
 /// One queue's results.
@@ -181,6 +196,9 @@ pub fn run(target: &Target, o: &Options, progress: &Progress) -> Result<Report, 
             ns.bytes()
         ));
     }
+    let protection = protection_of(&ns, o)?;
+    let format = ns.format();
+    let pract = protection.is_some_and(|p| p.pract());
     if ns.is_zoned() && !o.rw.zoned() && (o.rw.writes() || o.verify) {
         return input(format!(
             "namespace {} is zoned: write it with --rw zoned-write",
@@ -193,6 +211,8 @@ pub fn run(target: &Target, o: &Options, progress: &Progress) -> Result<Report, 
         bpi: o.bs / block,
         units: size / o.bs,
         block,
+        stride: format.data_stride(pract),
+        meta_stride: format.metadata_stride(pract),
     };
     let zoned = match o.rw.zoned() {
         true => {
@@ -220,7 +240,8 @@ pub fn run(target: &Target, o: &Options, progress: &Progress) -> Result<Report, 
             ));
         }
     }
-    let commands = o.bs.div_ceil(ctrl.max_transfer().max(block)) as usize;
+    let io_len = g.io_len() as u64;
+    let commands = io_len.div_ceil(ctrl.max_transfer().max(g.stride)) as usize;
     let depth = o.qd as usize * commands + 1;
     let max_depth = ctrl.cap().max_queue_entries().min(65535) as usize;
     if depth > max_depth {
@@ -231,7 +252,7 @@ pub fn run(target: &Target, o: &Options, progress: &Progress) -> Result<Report, 
     }
     let qcfg = QueueConfig {
         depth: depth as u16,
-        desc_pages: o.qd as usize * commands * (1 + (o.bs as usize >> 21)) + 2,
+        desc_pages: o.qd as usize * commands * (1 + (io_len as usize >> 21)) + 2,
         sgl: o.sgl != SglMode::Off,
         sgl_threshold: if o.sgl == SglMode::On {
             1
@@ -255,6 +276,7 @@ pub fn run(target: &Target, o: &Options, progress: &Progress) -> Result<Report, 
         end: Barrier::new(threads as usize),
         inline_nanos: [AtomicU64::new(0), AtomicU64::new(0)],
         clock,
+        protection,
     };
     let results: Vec<Result<Vec<QueueResult>, Error>> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..threads as usize)
@@ -288,6 +310,91 @@ pub fn run(target: &Target, o: &Options, progress: &Progress) -> Result<Report, 
         queues.extend(r?);
     }
     Ok(merge(&ctx, queues))
+}
+
+/// The protection of every I/O of workload `o` on namespace `ns`; refuses
+/// `--pi` on a namespace without protection information, and a namespace
+/// with metadata without `--pi`.
+fn protection_of(ns: &Namespace, o: &Options) -> Result<Option<Protection>, Error> {
+    let nsid = ns.id();
+    let ms = ns.metadata_size();
+    let pi = ns.protection_info();
+    let mode = match o.pi {
+        PiMode::None => "none",
+        PiMode::Controller => "controller",
+        PiMode::Driver => "driver",
+    };
+    match (o.pi, pi) {
+        (PiMode::None, _) if !ns.has_metadata() => return Ok(None),
+        (PiMode::None, Some(p)) => {
+            return Err(Error::Input(format!(
+                "namespace {nsid} is formatted with {ms} bytes of metadata per block holding \
+                 protection information (type {}): run it with --pi controller (the controller \
+                 inserts, checks and strips the tuples) or --pi driver (the driver computes and \
+                 checks them)",
+                p.kind.dps()
+            )))
+        }
+        (PiMode::None, None) => {
+            return Err(Error::Input(format!(
+                "namespace {nsid} is formatted with {ms} bytes of metadata per block without \
+                 protection information: nvme-bench moves metadata only as protection \
+                 information (--pi); format the namespace without metadata or with protection \
+                 information"
+            )))
+        }
+        (_, None) => {
+            return Err(Error::Input(format!(
+                "--pi {mode}: namespace {nsid} is formatted without protection information{}",
+                match ms {
+                    0 => String::new(),
+                    n => format!(" ({n} bytes of metadata per block)"),
+                }
+            )))
+        }
+        (_, Some(_)) => {}
+    }
+    if o.buffers == Buffers::Registered {
+        return Err(Error::Input(format!(
+            "--pi {mode} needs --buffers pool or user (registered buffers carry no metadata)"
+        )));
+    }
+    if ns.is_zoned() {
+        return Err(Error::Input(format!(
+            "--pi {mode}: namespace {nsid} is zoned; protection is run on NVM namespaces only"
+        )));
+    }
+    Ok(Some(match o.pi {
+        PiMode::Driver => Protection::driver(),
+        _ => Protection::controller(),
+    }))
+}
+
+/// Fills the blocks of an I/O's data buffer `b` for verify mode: their
+/// data, each block's metadata (extended LBAs) left as it is.
+fn fill_blocks(g: &Geometry, b: &mut [u8], lba: u64, tag: u64) {
+    let (block, stride) = (g.block as usize, g.stride as usize);
+    if block == stride {
+        verify::fill(b, lba, block, tag);
+        return;
+    }
+    for (i, s) in b.chunks_exact_mut(stride).enumerate() {
+        verify::fill(&mut s[..block], lba + i as u64, block, tag);
+    }
+}
+
+/// Checks the blocks of an I/O's data buffer `b` (as [`fill_blocks`] lays
+/// them out); returns the blocks checked.
+fn check_blocks(g: &Geometry, b: &[u8], lba: u64, tag: u64) -> Result<u64, String> {
+    let (block, stride) = (g.block as usize, g.stride as usize);
+    if block == stride {
+        return verify::check(b, lba, block, tag);
+    }
+    let mut n = 0;
+    for (i, s) in b.chunks_exact(stride).enumerate() {
+        n += verify::check(&s[..block], lba + i as u64, block, tag)?;
+    }
+    Ok(n)
 }
 
 /// Checks a zoned-write workload against zoned namespace `ns` (the range
@@ -683,6 +790,8 @@ fn merge(ctx: &Ctx<'_>, queues: Vec<QueueResult>) -> Report {
             interrupts: o.interrupts,
             seed: o.seed,
             verify: o.verify,
+            pi: o.pi,
+            metadata_size: ctx.ns.metadata_size(),
             clock: ctx.clock.source(),
             tsc_hz: ctx.clock.tsc_hz(),
         },
@@ -820,24 +929,41 @@ enum Bufs {
 /// Submits a read, write or Zone Append (`op`; `lba` is an append's zone
 /// start) that takes its buffer from `home`; a refused request's buffer
 /// goes back there (`back` unwraps it).
+/// With `meta` (its metadata buffer, if it has one) and `protection`
+/// (then the I/O is `len` bytes of the buffer).
+#[allow(clippy::too_many_arguments)]
 fn submit_owned<B: Into<IoBuf>>(
     qp: &mut QueuePair,
     ns: &Namespace,
-    (op, lba): (Op, u64),
+    (op, lba, len): (Op, u64, usize),
     tag: u64,
     home: &mut Option<B>,
+    meta: Option<&mut Option<DmaBuf>>,
+    protection: Option<Protection>,
     back: fn(IoBuf) -> Option<B>,
 ) -> Result<(), nvme_vfio::Error> {
     let Some(b) = home.take() else {
         return Err(nvme_vfio::Error::Invalid("buffer missing".into()));
     };
-    let io = match op {
+    let mut io = match op {
         Op::Write { .. } => Io::write(ns, lba, b),
         Op::ZoneAppend { .. } => Io::zone_append(ns, lba, b),
         _ => Io::read(ns, lba, b),
     };
+    if let Some(p) = protection {
+        // Exactly the I/O's blocks: a pool buffer may be larger.
+        io = io.protection(p).with_len(len);
+    }
+    let mut meta = meta;
+    if let Some(m) = meta.as_mut().and_then(|m| m.take()) {
+        io = io.metadata(m);
+    }
     qp.submit(io.tag(tag)).map_err(|(e, io)| {
-        *home = back(io.into_buf());
+        let (b, m) = io.into_bufs();
+        *home = back(b);
+        if let Some(home) = meta {
+            *home = m;
+        }
         e
     })
 }
@@ -848,6 +974,9 @@ struct Worker<'a> {
     // buffers. Out while its thread polls it in a poll group.
     qp: Option<QueuePair>,
     bufs: Bufs,
+    /// Separate metadata buffers, one per slot (none when the namespace
+    /// moves no separate metadata).
+    metas: Vec<Option<DmaBuf>>,
     ctx: &'a Ctx<'a>,
     ns: Namespace,
     q: u64,
@@ -908,7 +1037,9 @@ impl<'a> Worker<'a> {
         let ctrl = ctx.target.controller();
         let qp = ctrl.queue_pair(ctx.qcfg)?;
         let qd = o.qd as usize;
-        let bs = o.bs as usize;
+        // The data buffer of an I/O: with extended LBAs, blocks and their
+        // metadata.
+        let bs = ctx.g.io_len();
         let mut rng = Rng::new(o.seed ^ (q as u64).wrapping_mul(0x5851_f42d_4c95_7f2d));
         // Written data is random-looking (not zeros a device could
         // compress), unless verify mode writes its own.
@@ -970,6 +1101,12 @@ impl<'a> Worker<'a> {
                 Bufs::Registered(m)
             }
         };
+        let metas = match ctx.g.meta_stride {
+            0 => Vec::new(),
+            n => (0..qd)
+                .map(|_| ctrl.dma_alloc((ctx.g.bpi * n) as usize).map(Some))
+                .collect::<Result<_, _>>()?,
+        };
         let nq = o.queues as u64;
         let (share, zone) = match ctx.zoned {
             Some(z) => {
@@ -994,6 +1131,7 @@ impl<'a> Worker<'a> {
         Ok(Self {
             qp: Some(qp),
             bufs,
+            metas,
             ctx,
             ns: ctx.ns.clone(),
             q: q as u64,
@@ -1357,9 +1495,9 @@ impl<'a> Worker<'a> {
             }
             seq = self.next_seq;
             if write {
-                let (block, tag) = (self.ctx.g.block as usize, verify::tag(self.ctx.run_id, seq));
+                let (g, tag) = (self.ctx.g, verify::tag(self.ctx.run_id, seq));
                 if let Some(b) = self.slot_buf(slot) {
-                    verify::fill(b, lba, block, tag);
+                    fill_blocks(&g, b, lba, tag);
                 }
             }
             self.busy[k as usize] = true;
@@ -1371,15 +1509,35 @@ impl<'a> Worker<'a> {
             (None, false) => (Op::Read, lba),
         };
         let tag = slot as u64;
+        let (meta, pi) = (self.metas.get_mut(slot), self.ctx.protection);
+        let len = self.ctx.g.io_len();
         let r = match &mut self.bufs {
-            Bufs::Pool(v) => submit_owned(qp, &self.ns, (op, at), tag, &mut v[slot], |b| match b {
-                IoBuf::Dma(b) => Some(b),
-                _ => None,
-            }),
-            Bufs::User(v) => submit_owned(qp, &self.ns, (op, at), tag, &mut v[slot], |b| match b {
-                IoBuf::Vec(b) => Some(b),
-                _ => None,
-            }),
+            Bufs::Pool(v) => submit_owned(
+                qp,
+                &self.ns,
+                (op, at, len),
+                tag,
+                &mut v[slot],
+                meta,
+                pi,
+                |b| match b {
+                    IoBuf::Dma(b) => Some(b),
+                    _ => None,
+                },
+            ),
+            Bufs::User(v) => submit_owned(
+                qp,
+                &self.ns,
+                (op, at, len),
+                tag,
+                &mut v[slot],
+                meta,
+                pi,
+                |b| match b {
+                    IoBuf::Vec(b) => Some(b),
+                    _ => None,
+                },
+            ),
             Bufs::Registered(m) => {
                 let bs = o.bs as usize;
                 let seg = HostSeg::new(HostAddr::new(m.ptr as usize + slot * bs), o.bs);
@@ -1446,11 +1604,14 @@ impl<'a> Worker<'a> {
     }
 
     /// Takes a completion back; returns the bytes it moved.
-    fn complete(&mut self, d: Done, now: Stamp) -> u64 {
+    fn complete(&mut self, mut d: Done, now: Stamp) -> u64 {
         let slot = d.tag as usize;
         let Some(&s) = self.slots.get(slot) else {
             return 0;
         };
+        if let (Some(m), Some(home)) = (d.meta.take(), self.metas.get_mut(slot)) {
+            *home = Some(m);
+        }
         let appended = d.appended_lba;
         let (buf, result) = d.into_parts();
         match (buf, &mut self.bufs) {
@@ -1478,13 +1639,10 @@ impl<'a> Worker<'a> {
                     } else {
                         let want = self.seqs[k];
                         if want != 0 && want != UNKNOWN {
-                            let (block, tag) = (
-                                self.ctx.g.block as usize,
-                                verify::tag(self.ctx.run_id, want),
-                            );
+                            let (g, tag) = (self.ctx.g, verify::tag(self.ctx.run_id, want));
                             let key = self.verify_key(s.k);
                             let r = match self.slot_buf(slot) {
-                                Some(b) => verify::check(b, key, block, tag),
+                                Some(b) => check_blocks(&g, b, key, tag),
                                 None => Err(format!("LBA {lba}: read buffer missing")),
                             };
                             match r {

@@ -30,7 +30,7 @@ mod verify;
 
 pub use clock::{Clock, ClockMode, ClockSource, Stamp};
 pub use engine::{run, Progress};
-pub use options::{parse_duration, parse_size, Buffers, Options, Rw, SglMode, Stop};
+pub use options::{parse_duration, parse_size, Buffers, Options, PiMode, Rw, SglMode, Stop};
 pub use plot::svg;
 pub use report::{Latency, QueueSummary, Report, Summary, VerifySummary, WorkloadInfo, SCHEMA};
 pub use target::{SimOptions, Target, TargetInfo};

@@ -57,6 +57,22 @@ pub enum Buffers {
     User,
 }
 
+/// End-to-end protection of the I/Os, on a namespace formatted with
+/// protection information.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum PiMode {
+    /// No protection settings: for namespaces without metadata.
+    #[default]
+    None,
+    /// The controller inserts the tuples on writes, checks them and strips
+    /// them on reads (PRACT=1).
+    Controller,
+    /// The driver computes the tuples before each write and checks them
+    /// after each read; the controller checks them too.
+    Driver,
+}
+
 /// Data pointer format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -118,6 +134,9 @@ pub struct Options {
     pub verify: bool,
     /// The clock requests are stamped with.
     pub clock: ClockMode,
+    /// End-to-end protection, on a namespace formatted with protection
+    /// information.
+    pub pi: PiMode,
 }
 
 impl Default for Options {
@@ -139,6 +158,7 @@ impl Default for Options {
             seed: 1,
             verify: false,
             clock: ClockMode::Auto,
+            pi: PiMode::None,
         }
     }
 }

@@ -9,7 +9,7 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use super::clock::ClockSource;
-use super::options::{Buffers, Rw, SglMode};
+use super::options::{Buffers, PiMode, Rw, SglMode};
 use super::target::TargetInfo;
 
 /// The schema identifier in every report.
@@ -73,6 +73,10 @@ pub struct WorkloadInfo {
     pub seed: u64,
     /// Verify mode.
     pub verify: bool,
+    /// End-to-end protection mode (`"none"`, `"controller"`, `"driver"`).
+    pub pi: PiMode,
+    /// Metadata bytes per block of the namespace (0: none).
+    pub metadata_size: u16,
     /// The clock requests were stamped with (`--clock auto` resolved).
     pub clock: ClockSource,
     /// The TSC's calibrated rate in Hz, when it was the clock.

@@ -29,6 +29,11 @@ pub struct SimOptions {
     /// A zoned namespace with zones of this many bytes (at most 8 open
     /// and 14 active, as the VM's QEMU namespace), instead of an NVM one.
     pub zone_size: Option<u64>,
+    /// The namespace's kind, as nvme-sim names them
+    /// ([`NamespaceConfig::from_kind`]: `nvm`, `zoned`, `meta8`, `pi1`,
+    /// `pi2-ext`, `pi3-first`, `pi1-crc64`, `pi1-ms16`, ...), instead of an
+    /// NVM namespace without metadata.
+    pub ns_kind: Option<String>,
 }
 
 impl Default for SimOptions {
@@ -41,6 +46,7 @@ impl Default for SimOptions {
             mdts: 8,
             spin: Duration::from_millis(2),
             zone_size: None,
+            ns_kind: None,
         }
     }
 }
@@ -135,7 +141,17 @@ impl Target {
         if blocks == 0 {
             return Err(Error::Input("simulated namespace of zero blocks".into()));
         }
-        let mut ns = NamespaceConfig::new(blocks, o.block_size);
+        let mut ns = match &o.ns_kind {
+            Some(_) if o.zone_size.is_some() => {
+                return Err(Error::Input(
+                    "a simulated zone size and namespace kind at once (the kind zoned has its own zones)"
+                        .into(),
+                ))
+            }
+            Some(kind) => NamespaceConfig::from_kind(kind, blocks, o.block_size)
+                .map_err(|e| Error::Input(format!("simulated namespace: {e}")))?,
+            None => NamespaceConfig::new(blocks, o.block_size),
+        };
         if let Some(z) = o.zone_size {
             let zone_blocks = z / o.block_size as u64;
             if zone_blocks == 0 || z % o.block_size as u64 != 0 || blocks % zone_blocks != 0 {
