@@ -414,7 +414,10 @@ fn a_namespace_formatted_with_metadata_opens_with_its_format() {
     assert!(!ctrl.namespace(1).unwrap().has_metadata());
     let ns = ctrl.namespace(2).unwrap();
     let f = ns.format();
-    assert_eq!((f.data, f.metadata, f.extended, f.pi), (512, 8, false, None));
+    assert_eq!(
+        (f.data, f.metadata, f.extended, f.pi),
+        (512, 8, false, None)
+    );
     // Its metadata goes in a buffer of its own: a plain read says what to
     // use instead.
     let mut qp = ctrl.queue_pair(QueueConfig::default()).unwrap();
