@@ -509,7 +509,10 @@ fn check_timeout(ctx: &Ctx, qp: &mut QueuePair, ns: &Namespace) {
         "aborted or reset: {:?}",
         failed[0].result
     );
-    assert!(took >= ctx.shape.io_timeout, "failed before its timeout");
+    assert!(
+        took >= ctx.shape.io_timeout,
+        "failed before its timeout: after {took:?}"
+    );
     assert_eq!(failed[0].buf.len(), bs, "its buffer is back");
     write_read_compare(ctx, qp, ns, 400, &pattern(8, 2 * bs));
 }

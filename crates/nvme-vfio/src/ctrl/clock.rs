@@ -31,8 +31,40 @@ pub(crate) fn now_ms() -> u64 {
     }
 }
 
+/// The coarse clock's resolution in milliseconds (rounded up, at least 1;
+/// 10 if it cannot be read, the longest kernel tick).
+pub(crate) fn tick_ms() -> u64 {
+    static TICK: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *TICK.get_or_init(|| {
+        #[cfg(miri)]
+        {
+            1
+        }
+        #[cfg(not(miri))]
+        {
+            let mut ts = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            };
+            // SAFETY: `ts` is a valid timespec to write.
+            let r = unsafe { libc::clock_getres(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+            if r != 0 {
+                return 10;
+            }
+            let ns = ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64;
+            ns.div_ceil(1_000_000).clamp(1, 1000)
+        }
+    })
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_tick_is_a_few_milliseconds() {
+        let t = super::tick_ms();
+        assert!((1..=10).contains(&t), "{t} ms");
+    }
+
     #[test]
     fn the_coarse_clock_follows_the_precise_one() {
         let (a, t) = (super::now_ms(), std::time::Instant::now());

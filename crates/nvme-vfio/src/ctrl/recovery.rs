@@ -104,7 +104,11 @@ impl QueuePair {
     /// complete, reset the controller (and if even that fails, stop it).
     pub(super) fn check_timeouts(&mut self, out: &mut Vec<Done>, now: u64) {
         let limit = self.shared.config.io_timeout;
-        let limit_ms = limit.as_millis() as u64;
+        // One tick more than the timeout: a stamp and a reading of the
+        // coarse clock are each up to a tick behind the time, so a command
+        // is never failed before its timeout has passed.
+        let timeout_ms = limit.as_millis() as u64;
+        let limit_ms = timeout_ms + super::clock::tick_ms();
         // Commands were stamped when their doorbell was written; the next
         // check comes when the oldest is due, or after the check period.
         let (any_late, next) =
@@ -155,7 +159,10 @@ impl QueuePair {
             if fatal {
                 Error::ControllerFatal { during: what }
             } else {
-                Error::Timeout { what, ms: limit_ms }
+                Error::Timeout {
+                    what,
+                    ms: timeout_ms,
+                }
             }
         });
         self.reset_and_recover(out);
