@@ -20,7 +20,7 @@ use blk_dma::Direction;
 use super::blocking::check_range;
 use super::inflight::{Pending, Tag};
 use super::io::{Io, IoBuf, Op};
-use super::qpair::{map_into, op_parts};
+use super::qpair::op_parts;
 use super::{Namespace, QueuePair};
 use crate::nvme::cmd::Command;
 use crate::nvme::nvm::{
@@ -118,7 +118,7 @@ impl QueuePair {
         if ranges.is_empty() {
             return Err(Error::Invalid("no Dataset Management ranges".into()));
         }
-        let limits = self.nvm.limits;
+        let limits = self.nvm().limits;
         for r in ranges {
             check_dsm_range(ns, r, attributes, &limits)?;
         }
@@ -147,7 +147,7 @@ impl QueuePair {
         if ranges.is_empty() {
             return Err(Error::Invalid("no ranges to deallocate".into()));
         }
-        let limits = &self.nvm.limits;
+        let limits = &self.nvm().limits;
         let max = u64::from(limits.dsm_range_blocks.unwrap_or(u32::MAX))
             .min(limits.dsm_blocks.unwrap_or(u64::MAX))
             .max(1);
@@ -170,7 +170,7 @@ impl QueuePair {
     /// or if it is a Zone Append and `ns` is not zoned.
     pub(super) fn check_op(&self, op: Op, ns: &Namespace) -> Result<(), Error> {
         if let Some(command) = op.optional_command() {
-            if !self.nvm.commands.contains(command) {
+            if !self.nvm().commands.contains(command) {
                 return Err(Error::UnsupportedCommand { command });
             }
         }
@@ -198,7 +198,7 @@ impl QueuePair {
 
     /// Blocks one command of `op` (without data) covers at most.
     fn blocks_per_command(&self, op: Op, ns: &Namespace) -> u64 {
-        let l = &self.nvm.limits;
+        let l = &self.nvm().limits;
         let bytes = match op {
             Op::Verify => l.verify_bytes,
             Op::WriteUncorrectable => l.write_uncorrectable_bytes,
@@ -337,16 +337,12 @@ impl QueuePair {
             Ok(req) => req,
             Err(buf) => return Err((Error::QueueFull { needed: 1, free: 0 }, buf)),
         };
-        self.taken.clear();
+        self.start_batch();
         let (mut at, end) = (lba, lba + blocks);
         while at < end {
             let Some((cid, _)) = self.inflight.pop() else {
                 // Not reached: the free slots were counted above.
-                self.sq.unpush(self.taken.len() as u16);
-                for k in 0..self.taken.len() {
-                    let cid = self.taken[k] as usize;
-                    self.finish_slot(cid);
-                }
+                self.unwind_batch();
                 let buf = self.inflight.cancel(req);
                 return Err((
                     Error::QueueFull {
@@ -361,13 +357,10 @@ impl QueuePair {
             let id = self.inflight.assign(cid, req);
             let mut cmd = Command::blocks(opcode, ns.id(), at, n as u32, false);
             cmd.set_cid(id);
-            // Room is guaranteed: in-flight commands never exceed the ring
-            // size minus one.
-            self.sq.push(&cmd);
-            self.taken.push(cid);
+            self.batch_push(cid, &cmd);
             at += n;
         }
-        self.unrung = true;
+        self.commit_batch();
         Ok(())
     }
 
@@ -394,7 +387,8 @@ impl QueuePair {
                 .and_then(|ranges| check_copy(ns, &ranges, lba).map(|()| ranges.len())),
             Op::DatasetManagement => decode::<DSM_RANGE_LEN, _>(&buf, len, DsmRange::from_bytes)
                 .and_then(|ranges| {
-                    check_dsm_list(ns, &ranges, attributes, &self.nvm.limits).map(|()| ranges.len())
+                    check_dsm_list(ns, &ranges, attributes, &self.nvm().limits)
+                        .map(|()| ranges.len())
                 }),
             _ => Err(Error::Invalid(format!("{op:?} has no range list"))),
         };
@@ -408,7 +402,7 @@ impl QueuePair {
                 buf,
             ));
         };
-        if !self.sgl_any_alignment && seg.addr.raw() & 3 != 0 {
+        if !self.sgl_any_alignment() && seg.addr.raw() & 3 != 0 {
             return Err((
                 Error::Invalid("the range list must be dword (4-byte) aligned".into()),
                 buf,
@@ -424,23 +418,13 @@ impl QueuePair {
             Ok(req) => req,
             Err(buf) => return Err((Error::QueueFull { needed: 1, free: 0 }, buf)),
         };
-        let page = self.shared.page;
-        let Some((cid, slot)) = self.inflight.pop() else {
-            let buf = self.inflight.cancel(req);
-            return Err((Error::QueueFull { needed: 1, free: 0 }, buf));
-        };
-        let dp = match map_into(
-            slot,
-            &[seg],
-            Direction::ToDevice,
-            &self.mapper,
-            &mut self.pool,
-            self.policy,
-            page,
-        ) {
-            Ok(dp) => dp,
-            Err(e) => {
-                self.inflight.unpop(cid);
+        let (cid, dp) = match self.pop_mapped(seg, Direction::ToDevice) {
+            Ok(c) => c,
+            Err(None) => {
+                let buf = self.inflight.cancel(req);
+                return Err((Error::QueueFull { needed: 1, free: 0 }, buf));
+            }
+            Err(Some(e)) => {
                 let buf = self.inflight.cancel(req);
                 return Err((e.into(), buf));
             }
@@ -453,8 +437,7 @@ impl QueuePair {
         };
         cmd.set_cid(id);
         cmd.set_data(dp);
-        self.sq.push(&cmd);
-        self.unrung = true;
+        self.enqueue(&cmd);
         Ok(())
     }
 }

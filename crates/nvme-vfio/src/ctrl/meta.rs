@@ -470,8 +470,8 @@ impl QueuePair {
     ) -> Result<(), Error> {
         let stride = p.plan.stride;
         let meta_stride = p.meta_len / p.blocks;
-        let chunk = (self.max_transfer / stride).max(1);
-        let wave = chunk * self.inflight.depth().min(self.pool.total()).max(1) as u64;
+        let chunk = (self.max_transfer() / stride).max(1);
+        let wave = chunk * self.inflight.depth().min(self.desc_pages()).max(1) as u64;
         let per = wave.min((BOUNCE_MAX / stride).max(1)).min(p.blocks);
         let mut dbuf = self.shared.space.alloc((per * stride) as usize)?;
         let mut mbuf = match meta_stride {

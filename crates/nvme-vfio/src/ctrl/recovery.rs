@@ -2,17 +2,23 @@
 //! then the controller is reset if they still do not complete (or CSTS.CFS
 //! is set); after any reset, requests in flight fail with their buffers
 //! handed back and the queues are created again on the same rings.
+//!
+//! The queue pair's bookkeeping for this (reset generations, retries,
+//! device errors, the next timeout check) is a
+//! [`RecoveryState`](super::recovery_state::RecoveryState), reached through
+//! [`QueuePair::recovery_mut`]; the rings, slots and pages through the
+//! queue pair's methods.
 
 use std::time::Instant;
 
 use super::io::Done;
 use super::qpair::{QueuePair, CHECK_PERIOD_MS};
+use crate::nvme::cmd::Command;
+use crate::Error;
 
 /// Least time between two attempts to create a queue pair's queues again
 /// after a reset, in milliseconds.
 pub(super) const RECREATE_RETRY_MS: u64 = 100;
-use crate::nvme::cmd::Command;
-use crate::Error;
 
 impl QueuePair {
     /// After a controller reset: the device dropped every command, so each
@@ -30,42 +36,41 @@ impl QueuePair {
             // The reset could not stop the device: nothing in flight may
             // go back, and the queues are not created again.
             self.quarantine_inflight(out);
-            self.generation = generation;
+            self.recovery_mut().set_generation(generation);
             return Err(Error::Dead);
         }
         if self.shared.is_lost() {
             // The device left the bus: no DMA is possible, and there are no
             // queues to create.
             self.fail_inflight(out, |_| Error::DeviceLost);
-            self.generation = generation;
+            self.recovery_mut().set_generation(generation);
             return Err(Error::DeviceLost);
         }
-        if self.cleaned != generation {
-            self.device_error = false;
+        if self.recovery().needs_cleaning(generation) {
             self.fail_inflight(out, |_| Error::Reset);
             self.reset_rings();
-            self.cleaned = generation;
-            self.retry_at = 0;
+            // Also forgets the device error that led to the reset.
+            self.recovery_mut().mark_cleaned(generation);
         }
         let now = super::clock::now_ms();
-        if now < self.retry_at {
-            return Err(Error::QueueUnavailable { qid: self.qid });
+        if !self.recovery().may_retry(now) {
+            return Err(Error::QueueUnavailable { qid: self.qid() });
         }
         match self.create_queues() {
             Ok(()) => {
-                self.generation = generation;
+                self.recovery_mut().set_generation(generation);
                 Ok(())
             }
             Err(e) => {
                 log::error!(
                     "queue {}: creating its queues again after a reset failed: {e}; \
                      retrying in {RECREATE_RETRY_MS} ms",
-                    self.qid
+                    self.qid()
                 );
-                self.retry_at = now + RECREATE_RETRY_MS;
+                self.recovery_mut().retry_at(now + RECREATE_RETRY_MS);
                 Err(match e {
                     Error::Dead | Error::Closed | Error::Reset | Error::DeviceLost => e,
-                    _ => Error::QueueUnavailable { qid: self.qid },
+                    _ => Error::QueueUnavailable { qid: self.qid() },
                 })
             }
         }
@@ -75,24 +80,16 @@ impl QueuePair {
     /// submission queue cannot be created, deletes the completion queue
     /// again.
     fn create_queues(&mut self) -> Result<(), Error> {
-        let entries = self.sq.entries();
-        let s = &self.shared;
-        s.admin(
-            Command::create_cq(self.qid, entries, self.cq.iova(), self.irq),
-            None,
-            "Create I/O Completion Queue",
-        )?;
-        if let Err(e) = s.admin(
-            Command::create_sq(self.qid, entries, self.sq.iova(), self.qid),
-            None,
-            "Create I/O Submission Queue",
-        ) {
+        let (create_cq, create_sq) = self.create_commands();
+        let (s, qid) = (&self.shared, self.qid());
+        s.admin(create_cq, None, "Create I/O Completion Queue")?;
+        if let Err(e) = s.admin(create_sq, None, "Create I/O Submission Queue") {
             if let Err(d) = s.admin(
-                Command::delete_queue(false, self.qid),
+                Command::delete_queue(false, qid),
                 None,
                 "Delete I/O Completion Queue",
             ) {
-                log::warn!("queue {}: deleting the orphaned CQ: {d}", self.qid);
+                log::warn!("queue {qid}: deleting the orphaned CQ: {d}");
             }
             return Err(e);
         }
@@ -110,12 +107,12 @@ impl QueuePair {
         let (any_late, next) =
             self.inflight
                 .due(now, limit_ms, now + CHECK_PERIOD_MS.min(limit_ms.max(1)));
-        self.next_check = next;
+        self.recovery_mut().set_next_check(next);
         let csts = self.shared.csts();
         if matches!(csts, Err(Error::DeviceLost)) {
             // Registers read all ones: the reset finds out whether the
             // device is gone (then every request fails with DeviceLost).
-            log::error!("queue {}: CSTS reads all ones", self.qid);
+            log::error!("queue {}: CSTS reads all ones", self.qid());
             self.reset_and_recover(out);
             return;
         }
@@ -130,7 +127,7 @@ impl QueuePair {
                 .filter_map(|cid| Some((cid, self.inflight.live_id(cid)?)))
                 .collect();
             for (slot, id) in late {
-                let q = self.qid;
+                let q = self.qid();
                 match self.shared.admin(Command::abort(q, id), None, "Abort") {
                     Ok(_) => log::warn!(
                         "queue {q}: aborting command {id:#06x} (slot {slot}) after {limit:?}"
@@ -165,7 +162,7 @@ impl QueuePair {
     /// was in flight completes with an error (or is quarantined, if the
     /// controller could not be stopped).
     pub(super) fn reset_and_recover(&mut self, out: &mut Vec<Done>) {
-        log::warn!("queue {}: resetting the controller to recover", self.qid);
+        log::warn!("queue {}: resetting the controller to recover", self.qid());
         match self.shared.reset() {
             // What was in flight failed in `recover`, which logs (and
             // retries later) if the queues cannot be created again.
@@ -212,32 +209,8 @@ impl QueuePair {
     #[cold]
     pub(super) fn quarantine_inflight(&mut self, out: &mut Vec<Done>) {
         self.drain_completions(out);
-        self.device_error = false;
-        self.inflight.quarantine_all(self.qid, out);
-    }
-
-    /// Completes every request in flight with the error `make` builds from
-    /// its command name (unless it already has one), handing its buffer back.
-    /// The device must no longer be processing them.
-    pub(super) fn fail_inflight(
-        &mut self,
-        out: &mut Vec<Done>,
-        make: impl Fn(&'static str) -> Error,
-    ) {
-        debug_assert!(!self.shared.is_dead());
-        self.inflight
-            .fail_all(&mut self.pool, &self.mapper, out, make);
-    }
-
-    /// Recovers if the controller was reset since the queues were created;
-    /// the failed requests wait for the next [`poll`](Self::poll).
-    pub(super) fn recover_if_reset(&mut self) -> Result<(), Error> {
-        if self.generation == self.shared.generation() {
-            return Ok(());
-        }
-        let mut stash = std::mem::take(&mut self.stash);
-        let r = self.recover(&mut stash);
-        self.stash = stash;
-        r
+        self.recovery_mut().clear_device_error();
+        let qid = self.qid();
+        self.inflight.quarantine_all(qid, out);
     }
 }
