@@ -155,7 +155,7 @@ impl QueuePair {
     pub(super) fn describable(&self, segs: &[HostSeg]) -> bool {
         let dwords = || (segs.iter()).all(|s| (s.addr.raw_u64() | s.len) & 3 == 0);
         (self.sgl_any_alignment() || dwords())
-            && (self.io_sgls() || Shape::of_segments(segs, self.shared.page).prp_ok)
+            && (self.io_sgls() || Shape::of_segments(segs, self.shared().page).prp_ok)
     }
 
     /// Checks a copied request's length and range; returns the size of
@@ -182,7 +182,7 @@ impl QueuePair {
     ) -> Result<(), Error> {
         let total: u64 = bufs.iter().map(|b| b.len() as u64).sum();
         let step = self.bounce_len(ns, lba, total)?;
-        let mut bounce = self.shared.space.alloc(step as usize)?;
+        let mut bounce = self.shared().space.alloc(step as usize)?;
         let mut src = Pieces::new(bufs.iter().map(|b| &b[..]));
         let mut done = 0u64;
         while done < total {
@@ -214,7 +214,7 @@ impl QueuePair {
     ) -> Result<(), Error> {
         let total: u64 = bufs.iter().map(|b| b.len() as u64).sum();
         let step = self.bounce_len(ns, lba, total)?;
-        let mut bounce = self.shared.space.alloc(step as usize)?;
+        let mut bounce = self.shared().space.alloc(step as usize)?;
         let mut dst = Pieces::new(bufs.iter_mut().map(|b| &mut b[..]));
         let mut done = 0u64;
         while done < total {

@@ -91,7 +91,7 @@ impl QueuePair {
         self.check_op(op, ns)?;
         check_copy(ns, sources, dest)?;
         let len = sources.len() * COPY_RANGE_LEN;
-        let mut list = self.shared.space.alloc(len)?;
+        let mut list = self.shared().space.alloc(len)?;
         for (e, r) in (list.as_mut_slice().chunks_exact_mut(COPY_RANGE_LEN)).zip(sources) {
             e.copy_from_slice(&r.to_bytes());
         }
@@ -127,7 +127,7 @@ impl QueuePair {
             let n = dsm_group(&ranges[start..], attributes, &limits);
             let group = &ranges[start..start + n];
             let len = n * DSM_RANGE_LEN;
-            let mut list = self.shared.space.alloc(len)?;
+            let mut list = self.shared().space.alloc(len)?;
             for (e, r) in (list.as_mut_slice().chunks_exact_mut(DSM_RANGE_LEN)).zip(group) {
                 e.copy_from_slice(&r.to_bytes());
             }
@@ -186,12 +186,12 @@ impl QueuePair {
     /// Whether the queue pair may submit `op` on `ns` now: the controller
     /// running (after recovering from a reset), and the op allowed.
     pub(super) fn admit(&mut self, op: Op, ns: &Namespace) -> Result<(), Error> {
-        if let Some(e) = self.shared.refusal() {
+        if let Some(e) = self.shared().refusal() {
             return Err(e);
         }
         self.recover_if_reset()?;
-        if self.shared.is_disabled() {
-            return Err(self.shared.stopped_error());
+        if self.shared().is_disabled() {
+            return Err(self.shared().stopped_error());
         }
         self.check_op(op, ns)
     }
@@ -221,7 +221,7 @@ impl QueuePair {
         let per = self.blocks_per_command(op, ns);
         let mut done = 0;
         while done < blocks {
-            let slots = self.inflight.free_slots().max(1) as u64;
+            let slots = self.slots().free_slots().max(1) as u64;
             let n = (blocks - done).min(per.saturating_mul(slots));
             let at = lba + done;
             let r = self
@@ -308,7 +308,7 @@ impl QueuePair {
         }
         let per = self.blocks_per_command(op, ns);
         let children = blocks.div_ceil(per);
-        let depth = self.inflight.depth() as u64;
+        let depth = self.slots().depth() as u64;
         if children > depth {
             let bs = ns.block_size();
             return Err((
@@ -321,7 +321,7 @@ impl QueuePair {
         }
         // children <= depth, a usize.
         let children = children as usize;
-        let free = self.inflight.free_slots();
+        let free = self.slots().free_slots();
         if children > free {
             return Err((
                 Error::QueueFull {
@@ -333,17 +333,17 @@ impl QueuePair {
         }
         let (opcode, _, what, _) = op_parts(op);
         let pending = Pending::new(buf, tag, false, children as u32, what);
-        let req = match self.inflight.start_request(pending) {
+        let req = match self.slots_mut().start_request(pending) {
             Ok(req) => req,
             Err(buf) => return Err((Error::QueueFull { needed: 1, free: 0 }, buf)),
         };
         self.start_batch();
         let (mut at, end) = (lba, lba + blocks);
         while at < end {
-            let Some((cid, _)) = self.inflight.pop() else {
+            let Some((cid, _)) = self.slots_mut().pop() else {
                 // Not reached: the free slots were counted above.
                 self.unwind_batch();
-                let buf = self.inflight.cancel(req);
+                let buf = self.slots_mut().cancel(req);
                 return Err((
                     Error::QueueFull {
                         needed: children,
@@ -354,7 +354,7 @@ impl QueuePair {
             };
             // n <= 65536 blocks.
             let n = (end - at).min(per);
-            let id = self.inflight.assign(cid, req);
+            let id = self.slots_mut().assign(cid, req);
             let mut cmd = Command::blocks(opcode, ns.id(), at, n as u32, false);
             cmd.set_cid(id);
             self.batch_push(cid, &cmd);
@@ -408,28 +408,28 @@ impl QueuePair {
                 buf,
             ));
         }
-        let free = self.inflight.free_slots();
+        let free = self.slots().free_slots();
         if free == 0 {
             return Err((Error::QueueFull { needed: 1, free }, buf));
         }
         let (_, _, what, _) = op_parts(op);
         let pending = Pending::new(buf, tag, false, 1, what);
-        let req = match self.inflight.start_request(pending) {
+        let req = match self.slots_mut().start_request(pending) {
             Ok(req) => req,
             Err(buf) => return Err((Error::QueueFull { needed: 1, free: 0 }, buf)),
         };
         let (cid, dp) = match self.pop_mapped(seg, Direction::ToDevice) {
             Ok(c) => c,
             Err(None) => {
-                let buf = self.inflight.cancel(req);
+                let buf = self.slots_mut().cancel(req);
                 return Err((Error::QueueFull { needed: 1, free: 0 }, buf));
             }
             Err(Some(e)) => {
-                let buf = self.inflight.cancel(req);
+                let buf = self.slots_mut().cancel(req);
                 return Err((e.into(), buf));
             }
         };
-        let id = self.inflight.assign(cid, req);
+        let id = self.slots_mut().assign(cid, req);
         // count is 1 to 256 (checked).
         let mut cmd = match op {
             Op::DatasetManagement => Command::dataset_management(ns.id(), count as u32, attributes),

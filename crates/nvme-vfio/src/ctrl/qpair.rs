@@ -11,6 +11,15 @@
 //! maximum transfer are split into several commands and complete once.
 //! The blocking calls ([`read`](QueuePair::read), [`write`](QueuePair::write),
 //! ...) run on the same machinery.
+//!
+//! A queue pair's state comes in parts, each with its own type and
+//! methods: the rings ([`Rings`]: the submission and completion queues,
+//! the doorbell publishing, the interrupt vector), what is in flight
+//! ([`Inflight`]: command slots, command IDs, requests) and the recovery
+//! bookkeeping ([`RecoveryState`]: reset generations, retries, device
+//! errors, the next timeout check). The other modules that extend
+//! `QueuePair` (the commands, zones, metadata, recovery) reach its state
+//! through methods; its fields are private to this module.
 
 use std::mem::ManuallyDrop;
 use std::sync::Arc;
@@ -106,7 +115,7 @@ pub(super) const CHECK_PERIOD_MS: u64 = 100;
 /// ```
 #[derive(Debug)]
 pub struct QueuePair {
-    pub(super) shared: Arc<Shared>,
+    shared: Arc<Shared>,
     qid: u16,
     /// The submission and completion rings, the doorbell publishing and
     /// the interrupt vector (leaked instead of freed if the controller
@@ -120,7 +129,7 @@ pub struct QueuePair {
     /// SGL data blocks may start at any byte (SGLS = 01b).
     sgl_any_alignment: bool,
     /// Command slots, command IDs and requests in flight.
-    pub(super) inflight: Inflight,
+    inflight: Inflight,
     /// Reset generations, queue re-creation retries, device errors and the
     /// next timeout check.
     recovery: RecoveryState,
@@ -479,6 +488,24 @@ impl QueuePair {
         let r = self.recover(&mut stash);
         self.stash = stash;
         r
+    }
+
+    /// The controller's state this queue pair shares with the others.
+    #[inline(always)]
+    pub(super) fn shared(&self) -> &Shared {
+        &self.shared
+    }
+
+    /// The command slots, command IDs and requests in flight.
+    #[inline(always)]
+    pub(super) fn slots(&self) -> &Inflight {
+        &self.inflight
+    }
+
+    /// [`slots`](Self::slots), to change.
+    #[inline(always)]
+    pub(super) fn slots_mut(&mut self) -> &mut Inflight {
+        &mut self.inflight
     }
 
     /// The recovery bookkeeping, for [`recover`](Self::recover) and the

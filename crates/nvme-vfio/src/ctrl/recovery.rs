@@ -31,15 +31,15 @@ impl QueuePair {
     /// deleted), every later call fails with [`Error::QueueUnavailable`]
     /// and tries again, at most every [`RECREATE_RETRY_MS`].
     pub(super) fn recover(&mut self, out: &mut Vec<Done>) -> Result<(), Error> {
-        let generation = self.shared.generation();
-        if self.shared.is_dead() {
+        let generation = self.shared().generation();
+        if self.shared().is_dead() {
             // The reset could not stop the device: nothing in flight may
             // go back, and the queues are not created again.
             self.quarantine_inflight(out);
             self.recovery_mut().set_generation(generation);
             return Err(Error::Dead);
         }
-        if self.shared.is_lost() {
+        if self.shared().is_lost() {
             // The device left the bus: no DMA is possible, and there are no
             // queues to create.
             self.fail_inflight(out, |_| Error::DeviceLost);
@@ -81,7 +81,7 @@ impl QueuePair {
     /// again.
     fn create_queues(&mut self) -> Result<(), Error> {
         let (create_cq, create_sq) = self.create_commands();
-        let (s, qid) = (&self.shared, self.qid());
+        let (s, qid) = (self.shared(), self.qid());
         s.admin(create_cq, None, "Create I/O Completion Queue")?;
         if let Err(e) = s.admin(create_sq, None, "Create I/O Submission Queue") {
             if let Err(d) = s.admin(
@@ -100,15 +100,15 @@ impl QueuePair {
     /// reports a fatal status: abort the late commands; if they still do not
     /// complete, reset the controller (and if even that fails, stop it).
     pub(super) fn check_timeouts(&mut self, out: &mut Vec<Done>, now: u64) {
-        let limit = self.shared.config.io_timeout;
+        let limit = self.shared().config.io_timeout;
         let limit_ms = limit.as_millis() as u64;
         // Commands were stamped when their doorbell was written; the next
         // check comes when the oldest is due, or after the check period.
         let (any_late, next) =
-            self.inflight
+            self.slots()
                 .due(now, limit_ms, now + CHECK_PERIOD_MS.min(limit_ms.max(1)));
         self.recovery_mut().set_next_check(next);
-        let csts = self.shared.csts();
+        let csts = self.shared().csts();
         if matches!(csts, Err(Error::DeviceLost)) {
             // Registers read all ones: the reset finds out whether the
             // device is gone (then every request fails with DeviceLost).
@@ -122,13 +122,13 @@ impl QueuePair {
         }
         if !fatal {
             let late: Vec<(usize, u16)> = self
-                .inflight
+                .slots()
                 .late(now, limit_ms)
-                .filter_map(|cid| Some((cid, self.inflight.live_id(cid)?)))
+                .filter_map(|cid| Some((cid, self.slots().live_id(cid)?)))
                 .collect();
             for (slot, id) in late {
                 let q = self.qid();
-                match self.shared.admin(Command::abort(q, id), None, "Abort") {
+                match self.shared().admin(Command::abort(q, id), None, "Abort") {
                     Ok(_) => log::warn!(
                         "queue {q}: aborting command {id:#06x} (slot {slot}) after {limit:?}"
                     ),
@@ -137,7 +137,7 @@ impl QueuePair {
             }
             // Give the aborts a moment to complete the commands.
             let grace = Instant::now();
-            let any_late = |qp: &Self| qp.inflight.late(now, limit_ms).next().is_some();
+            let any_late = |qp: &Self| qp.slots().late(now, limit_ms).next().is_some();
             while any_late(self) && grace.elapsed() < std::time::Duration::from_secs(1) {
                 self.drain_completions(out);
                 std::hint::spin_loop();
@@ -148,7 +148,7 @@ impl QueuePair {
         }
         // Mark the late requests (all of them, after a fatal status) so
         // they complete with Timeout, then reset.
-        self.inflight.fail_late(now, limit_ms, fatal, |what| {
+        self.slots_mut().fail_late(now, limit_ms, fatal, |what| {
             if fatal {
                 Error::ControllerFatal { during: what }
             } else {
@@ -163,7 +163,7 @@ impl QueuePair {
     /// controller could not be stopped).
     pub(super) fn reset_and_recover(&mut self, out: &mut Vec<Done>) {
         log::warn!("queue {}: resetting the controller to recover", self.qid());
-        match self.shared.reset() {
+        match self.shared().reset() {
             // What was in flight failed in `recover`, which logs (and
             // retries later) if the queues cannot be created again.
             Ok(()) => {
@@ -181,15 +181,15 @@ impl QueuePair {
     /// stopping it. Once that is done, every request in flight completes
     /// with an error (or is quarantined if the controller is dead).
     pub(super) fn fail_all(&mut self, out: &mut Vec<Done>) {
-        while self.shared.is_resetting() {
+        while self.shared().is_resetting() {
             std::thread::sleep(std::time::Duration::from_micros(100));
         }
-        if self.shared.is_dead() {
+        if self.shared().is_dead() {
             self.quarantine_inflight(out);
             return;
         }
-        let ms = self.shared.config.io_timeout.as_millis() as u64;
-        let (closed, lost) = (self.shared.is_closed(), self.shared.is_lost());
+        let ms = self.shared().config.io_timeout.as_millis() as u64;
+        let (closed, lost) = (self.shared().is_closed(), self.shared().is_lost());
         self.fail_inflight(out, |what| {
             if lost {
                 Error::DeviceLost
@@ -211,6 +211,6 @@ impl QueuePair {
         self.drain_completions(out);
         self.recovery_mut().clear_device_error();
         let qid = self.qid();
-        self.inflight.quarantine_all(qid, out);
+        self.slots_mut().quarantine_all(qid, out);
     }
 }

@@ -76,7 +76,7 @@ impl QueuePair {
         let max = match zones.zasl() {
             0 => self.max_transfer(),
             zasl => self
-                .shared
+                .shared()
                 .cap
                 .mps_min()
                 .checked_shl(u32::from(zasl))
@@ -175,7 +175,7 @@ impl QueuePair {
         if self.describable(&[seg]) {
             return self.run_append(fua, ns, zslba, seg);
         }
-        let mut bounce = self.shared.space.alloc(buf.len())?;
+        let mut bounce = self.shared().space.alloc(buf.len())?;
         bounce.as_mut_slice()[..buf.len()].copy_from_slice(buf);
         let seg = HostSeg::from_slice(&bounce.as_slice()[..buf.len()]);
         let r = self.run_append(fua, ns, zslba, seg);
@@ -198,7 +198,7 @@ impl QueuePair {
         self.submit_append(fua, ns, zslba, seg, IoBuf::Raw, Tag::Blocking)
             .map_err(|(e, _)| e)?;
         self.wait_blocking()?;
-        self.inflight
+        self.slots_mut()
             .take_blocking_lba()
             .ok_or_else(|| Error::DeviceData {
                 what: "Zone Append",
@@ -270,39 +270,39 @@ impl QueuePair {
         pending: Pending,
         append_range: Option<(u64, u64)>,
     ) -> Result<(), (Error, IoBuf)> {
-        let req = match self.inflight.start_request(pending) {
+        let req = match self.slots_mut().start_request(pending) {
             Ok(req) => req,
             Err(buf) => return Err((Error::QueueFull { needed: 1, free: 0 }, buf)),
         };
         if let Some((first, last)) = append_range {
-            self.inflight.set_append_range(req, first, last);
+            self.slots_mut().set_append_range(req, first, last);
         }
         let popped = match data {
             Some((seg, dir)) => self.pop_mapped(seg, dir).map(|(cid, dp)| {
                 cmd.set_data(dp);
                 cid
             }),
-            None => self.inflight.pop().map(|(cid, _)| cid).ok_or(None),
+            None => self.slots_mut().pop().map(|(cid, _)| cid).ok_or(None),
         };
         let cid = match popped {
             Ok(cid) => cid,
             Err(None) => {
-                let buf = self.inflight.cancel(req);
+                let buf = self.slots_mut().cancel(req);
                 return Err((Error::QueueFull { needed: 1, free: 0 }, buf));
             }
             Err(Some(e)) => {
-                let buf = self.inflight.cancel(req);
+                let buf = self.slots_mut().cancel(req);
                 let e = match e {
                     crate::nvme::DptrError::DescPoolEmpty => Error::QueueFull {
                         needed: 1,
-                        free: self.inflight.free_slots(),
+                        free: self.slots().free_slots(),
                     },
                     e => e.into(),
                 };
                 return Err((e, buf));
             }
         };
-        let id = self.inflight.assign(cid, req);
+        let id = self.slots_mut().assign(cid, req);
         cmd.set_cid(id);
         self.enqueue(&cmd);
         Ok(())
@@ -381,7 +381,7 @@ impl QueuePair {
         let zb = ns.zones().map(|z| z.zone_blocks());
         let per_command = (self.max_transfer().min(REPORT_BUF_MAX) as usize)
             .max(REPORT_HEADER_LEN + ZONE_DESCRIPTOR_LEN);
-        let mut buf = self.shared.space.alloc(per_command)?;
+        let mut buf = self.shared().space.alloc(per_command)?;
         let mut zones: Vec<ZoneDescriptor> = Vec::new();
         let mut from = slba;
         // Descriptors may only start at or after the zone holding `slba`.
