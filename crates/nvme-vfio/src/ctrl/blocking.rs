@@ -154,8 +154,8 @@ impl QueuePair {
     /// the host's offsets within a page, so the host's layout decides.
     pub(super) fn describable(&self, segs: &[HostSeg]) -> bool {
         let dwords = || (segs.iter()).all(|s| (s.addr.raw_u64() | s.len) & 3 == 0);
-        (self.sgl_any_alignment || dwords())
-            && (self.policy.io_sgls || Shape::of_segments(segs, self.shared.page).prp_ok)
+        (self.sgl_any_alignment() || dwords())
+            && (self.io_sgls() || Shape::of_segments(segs, self.shared().page).prp_ok)
     }
 
     /// Checks a copied request's length and range; returns the size of
@@ -182,7 +182,7 @@ impl QueuePair {
     ) -> Result<(), Error> {
         let total: u64 = bufs.iter().map(|b| b.len() as u64).sum();
         let step = self.bounce_len(ns, lba, total)?;
-        let mut bounce = self.shared.space.alloc(step as usize)?;
+        let mut bounce = self.shared().space.alloc(step as usize)?;
         let mut src = Pieces::new(bufs.iter().map(|b| &b[..]));
         let mut done = 0u64;
         while done < total {
@@ -214,7 +214,7 @@ impl QueuePair {
     ) -> Result<(), Error> {
         let total: u64 = bufs.iter().map(|b| b.len() as u64).sum();
         let step = self.bounce_len(ns, lba, total)?;
-        let mut bounce = self.shared.space.alloc(step as usize)?;
+        let mut bounce = self.shared().space.alloc(step as usize)?;
         let mut dst = Pieces::new(bufs.iter_mut().map(|b| &mut b[..]));
         let mut done = 0u64;
         while done < total {
@@ -249,7 +249,7 @@ impl QueuePair {
     /// at the zone's write pointer, inside one zone ([`Error::CrossesZone`]).
     pub fn write_zeroes(&mut self, ns: &Namespace, lba: u64, blocks: u64) -> Result<(), Error> {
         use crate::nvme::nvm::{NvmLimits, OptionalCommand};
-        if !self.nvm.commands.contains(OptionalCommand::WriteZeroes) {
+        if !self.nvm().commands.contains(OptionalCommand::WriteZeroes) {
             return Err(Error::UnsupportedCommand {
                 command: OptionalCommand::WriteZeroes,
             });
@@ -257,7 +257,7 @@ impl QueuePair {
         check_range(ns, lba, blocks)?;
         super::zns::check_zone_span(ns, lba, blocks.saturating_mul(ns.block_size()))?;
         let per =
-            NvmLimits::blocks_per_command(self.nvm.limits.write_zeroes_bytes, ns.block_size());
+            NvmLimits::blocks_per_command(self.nvm().limits.write_zeroes_bytes, ns.block_size());
         let mut done = 0;
         while done < blocks {
             let n = (blocks - done).min(per);

@@ -20,7 +20,7 @@ use blk_dma::Direction;
 use super::blocking::check_range;
 use super::inflight::{Pending, Tag};
 use super::io::{Io, IoBuf, Op};
-use super::qpair::{map_into, op_parts};
+use super::qpair::op_parts;
 use super::{Namespace, QueuePair};
 use crate::nvme::cmd::Command;
 use crate::nvme::nvm::{
@@ -91,7 +91,7 @@ impl QueuePair {
         self.check_op(op, ns)?;
         check_copy(ns, sources, dest)?;
         let len = sources.len() * COPY_RANGE_LEN;
-        let mut list = self.shared.space.alloc(len)?;
+        let mut list = self.shared().space.alloc(len)?;
         for (e, r) in (list.as_mut_slice().chunks_exact_mut(COPY_RANGE_LEN)).zip(sources) {
             e.copy_from_slice(&r.to_bytes());
         }
@@ -118,7 +118,7 @@ impl QueuePair {
         if ranges.is_empty() {
             return Err(Error::Invalid("no Dataset Management ranges".into()));
         }
-        let limits = self.nvm.limits;
+        let limits = self.nvm().limits;
         for r in ranges {
             check_dsm_range(ns, r, attributes, &limits)?;
         }
@@ -127,7 +127,7 @@ impl QueuePair {
             let n = dsm_group(&ranges[start..], attributes, &limits);
             let group = &ranges[start..start + n];
             let len = n * DSM_RANGE_LEN;
-            let mut list = self.shared.space.alloc(len)?;
+            let mut list = self.shared().space.alloc(len)?;
             for (e, r) in (list.as_mut_slice().chunks_exact_mut(DSM_RANGE_LEN)).zip(group) {
                 e.copy_from_slice(&r.to_bytes());
             }
@@ -147,7 +147,7 @@ impl QueuePair {
         if ranges.is_empty() {
             return Err(Error::Invalid("no ranges to deallocate".into()));
         }
-        let limits = &self.nvm.limits;
+        let limits = &self.nvm().limits;
         let max = u64::from(limits.dsm_range_blocks.unwrap_or(u32::MAX))
             .min(limits.dsm_blocks.unwrap_or(u64::MAX))
             .max(1);
@@ -170,7 +170,7 @@ impl QueuePair {
     /// or if it is a Zone Append and `ns` is not zoned.
     pub(super) fn check_op(&self, op: Op, ns: &Namespace) -> Result<(), Error> {
         if let Some(command) = op.optional_command() {
-            if !self.nvm.commands.contains(command) {
+            if !self.nvm().commands.contains(command) {
                 return Err(Error::UnsupportedCommand { command });
             }
         }
@@ -186,19 +186,19 @@ impl QueuePair {
     /// Whether the queue pair may submit `op` on `ns` now: the controller
     /// running (after recovering from a reset), and the op allowed.
     pub(super) fn admit(&mut self, op: Op, ns: &Namespace) -> Result<(), Error> {
-        if let Some(e) = self.shared.refusal() {
+        if let Some(e) = self.shared().refusal() {
             return Err(e);
         }
         self.recover_if_reset()?;
-        if self.shared.is_disabled() {
-            return Err(self.shared.stopped_error());
+        if self.shared().is_disabled() {
+            return Err(self.shared().stopped_error());
         }
         self.check_op(op, ns)
     }
 
     /// Blocks one command of `op` (without data) covers at most.
     fn blocks_per_command(&self, op: Op, ns: &Namespace) -> u64 {
-        let l = &self.nvm.limits;
+        let l = &self.nvm().limits;
         let bytes = match op {
             Op::Verify => l.verify_bytes,
             Op::WriteUncorrectable => l.write_uncorrectable_bytes,
@@ -221,7 +221,7 @@ impl QueuePair {
         let per = self.blocks_per_command(op, ns);
         let mut done = 0;
         while done < blocks {
-            let slots = self.inflight.free_slots().max(1) as u64;
+            let slots = self.slots().free_slots().max(1) as u64;
             let n = (blocks - done).min(per.saturating_mul(slots));
             let at = lba + done;
             let r = self
@@ -308,7 +308,7 @@ impl QueuePair {
         }
         let per = self.blocks_per_command(op, ns);
         let children = blocks.div_ceil(per);
-        let depth = self.inflight.depth() as u64;
+        let depth = self.slots().depth() as u64;
         if children > depth {
             let bs = ns.block_size();
             return Err((
@@ -321,7 +321,7 @@ impl QueuePair {
         }
         // children <= depth, a usize.
         let children = children as usize;
-        let free = self.inflight.free_slots();
+        let free = self.slots().free_slots();
         if children > free {
             return Err((
                 Error::QueueFull {
@@ -333,21 +333,17 @@ impl QueuePair {
         }
         let (opcode, _, what, _) = op_parts(op);
         let pending = Pending::new(buf, tag, false, children as u32, what);
-        let req = match self.inflight.start_request(pending) {
+        let req = match self.slots_mut().start_request(pending) {
             Ok(req) => req,
             Err(buf) => return Err((Error::QueueFull { needed: 1, free: 0 }, buf)),
         };
-        self.taken.clear();
+        self.start_batch();
         let (mut at, end) = (lba, lba + blocks);
         while at < end {
-            let Some((cid, _)) = self.inflight.pop() else {
+            let Some((cid, _)) = self.slots_mut().pop() else {
                 // Not reached: the free slots were counted above.
-                self.sq.unpush(self.taken.len() as u16);
-                for k in 0..self.taken.len() {
-                    let cid = self.taken[k] as usize;
-                    self.finish_slot(cid);
-                }
-                let buf = self.inflight.cancel(req);
+                self.unwind_batch();
+                let buf = self.slots_mut().cancel(req);
                 return Err((
                     Error::QueueFull {
                         needed: children,
@@ -358,16 +354,13 @@ impl QueuePair {
             };
             // n <= 65536 blocks.
             let n = (end - at).min(per);
-            let id = self.inflight.assign(cid, req);
+            let id = self.slots_mut().assign(cid, req);
             let mut cmd = Command::blocks(opcode, ns.id(), at, n as u32, false);
             cmd.set_cid(id);
-            // Room is guaranteed: in-flight commands never exceed the ring
-            // size minus one.
-            self.sq.push(&cmd);
-            self.taken.push(cid);
+            self.batch_push(cid, &cmd);
             at += n;
         }
-        self.unrung = true;
+        self.commit_batch();
         Ok(())
     }
 
@@ -394,7 +387,8 @@ impl QueuePair {
                 .and_then(|ranges| check_copy(ns, &ranges, lba).map(|()| ranges.len())),
             Op::DatasetManagement => decode::<DSM_RANGE_LEN, _>(&buf, len, DsmRange::from_bytes)
                 .and_then(|ranges| {
-                    check_dsm_list(ns, &ranges, attributes, &self.nvm.limits).map(|()| ranges.len())
+                    check_dsm_list(ns, &ranges, attributes, &self.nvm().limits)
+                        .map(|()| ranges.len())
                 }),
             _ => Err(Error::Invalid(format!("{op:?} has no range list"))),
         };
@@ -408,44 +402,34 @@ impl QueuePair {
                 buf,
             ));
         };
-        if !self.sgl_any_alignment && seg.addr.raw() & 3 != 0 {
+        if !self.sgl_any_alignment() && seg.addr.raw() & 3 != 0 {
             return Err((
                 Error::Invalid("the range list must be dword (4-byte) aligned".into()),
                 buf,
             ));
         }
-        let free = self.inflight.free_slots();
+        let free = self.slots().free_slots();
         if free == 0 {
             return Err((Error::QueueFull { needed: 1, free }, buf));
         }
         let (_, _, what, _) = op_parts(op);
         let pending = Pending::new(buf, tag, false, 1, what);
-        let req = match self.inflight.start_request(pending) {
+        let req = match self.slots_mut().start_request(pending) {
             Ok(req) => req,
             Err(buf) => return Err((Error::QueueFull { needed: 1, free: 0 }, buf)),
         };
-        let page = self.shared.page;
-        let Some((cid, slot)) = self.inflight.pop() else {
-            let buf = self.inflight.cancel(req);
-            return Err((Error::QueueFull { needed: 1, free: 0 }, buf));
-        };
-        let dp = match map_into(
-            slot,
-            &[seg],
-            Direction::ToDevice,
-            &self.mapper,
-            &mut self.pool,
-            self.policy,
-            page,
-        ) {
-            Ok(dp) => dp,
-            Err(e) => {
-                self.inflight.unpop(cid);
-                let buf = self.inflight.cancel(req);
+        let (cid, dp) = match self.pop_mapped(seg, Direction::ToDevice) {
+            Ok(c) => c,
+            Err(None) => {
+                let buf = self.slots_mut().cancel(req);
+                return Err((Error::QueueFull { needed: 1, free: 0 }, buf));
+            }
+            Err(Some(e)) => {
+                let buf = self.slots_mut().cancel(req);
                 return Err((e.into(), buf));
             }
         };
-        let id = self.inflight.assign(cid, req);
+        let id = self.slots_mut().assign(cid, req);
         // count is 1 to 256 (checked).
         let mut cmd = match op {
             Op::DatasetManagement => Command::dataset_management(ns.id(), count as u32, attributes),
@@ -453,8 +437,7 @@ impl QueuePair {
         };
         cmd.set_cid(id);
         cmd.set_data(dp);
-        self.sq.push(&cmd);
-        self.unrung = true;
+        self.enqueue(&cmd);
         Ok(())
     }
 }

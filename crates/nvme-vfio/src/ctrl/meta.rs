@@ -331,7 +331,8 @@ impl QueuePair {
         });
         match r {
             Ok(()) => {
-                self.inflight.set_meta(req, MetaReq { buf: meta, verify });
+                self.slots_mut()
+                    .set_meta(req, MetaReq { buf: meta, verify });
                 Ok(())
             }
             Err((e, mut io)) => {
@@ -470,13 +471,13 @@ impl QueuePair {
     ) -> Result<(), Error> {
         let stride = p.plan.stride;
         let meta_stride = p.meta_len / p.blocks;
-        let chunk = (self.max_transfer / stride).max(1);
-        let wave = chunk * self.inflight.depth().min(self.pool.total()).max(1) as u64;
+        let chunk = (self.max_transfer() / stride).max(1);
+        let wave = chunk * self.slots().depth().min(self.desc_pages()).max(1) as u64;
         let per = wave.min((BOUNCE_MAX / stride).max(1)).min(p.blocks);
-        let mut dbuf = self.shared.space.alloc((per * stride) as usize)?;
+        let mut dbuf = self.shared().space.alloc((per * stride) as usize)?;
         let mut mbuf = match meta_stride {
             0 => None,
-            n => Some(self.shared.space.alloc((per * n) as usize)?),
+            n => Some(self.shared().space.alloc((per * n) as usize)?),
         };
         let mut done = 0u64;
         while done < p.blocks {

@@ -25,6 +25,8 @@ mod passthru;
 mod pool;
 mod qpair;
 mod recovery;
+mod recovery_state;
+mod rings;
 mod shared;
 mod support;
 mod unplug;

@@ -268,7 +268,7 @@ impl Controller {
         mut cmd: Command,
         data: Option<(DmaBuf, usize)>,
     ) -> Result<(u32, Option<DmaBuf>), Error> {
-        let s = &self.shared;
+        let s = self.shared();
         let (buf, list) = match data {
             Some((buf, len)) => {
                 let (dp, list) = prps(&s.space, &buf, len)?;
@@ -311,7 +311,7 @@ impl Controller {
         cmd.cdw11 = numd >> 16;
         cmd.cdw12 = offset as u32;
         cmd.cdw13 = (offset >> 32) as u32;
-        let buf = self.shared.space.alloc(len)?;
+        let buf = self.shared().space.alloc(len)?;
         let (_, buf) = self.admin_passthru(cmd, Some((buf, len)))?;
         Ok(buf
             .map(|b| b.as_slice()[..len].to_vec())
@@ -388,7 +388,7 @@ impl QueuePair {
     ) -> Result<Option<DmaBuf>, Error> {
         let (buf, list) = match data {
             Some((buf, len)) => {
-                let (dp, list) = prps(&self.shared.space, &buf, len)?;
+                let (dp, list) = prps(&self.shared().space, &buf, len)?;
                 cmd.set_data(dp);
                 (Some(buf), list)
             }
@@ -401,7 +401,7 @@ impl QueuePair {
             }
             Err(e) => {
                 keep_out_of_reach(
-                    matches!(e, Error::Dead) || self.shared.is_dead(),
+                    matches!(e, Error::Dead) || self.shared().is_dead(),
                     buf.into_iter().chain(list),
                 );
                 Err(e)

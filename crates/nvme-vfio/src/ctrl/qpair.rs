@@ -11,6 +11,15 @@
 //! maximum transfer are split into several commands and complete once.
 //! The blocking calls ([`read`](QueuePair::read), [`write`](QueuePair::write),
 //! ...) run on the same machinery.
+//!
+//! A queue pair's state comes in parts, each with its own type and
+//! methods: the rings ([`Rings`]: the submission and completion queues,
+//! the doorbell publishing, the interrupt vector), what is in flight
+//! ([`Inflight`]: command slots, command IDs, requests) and the recovery
+//! bookkeeping ([`RecoveryState`]: reset generations, retries, device
+//! errors, the next timeout check). The other modules that extend
+//! `QueuePair` (the commands, zones, metadata, recovery) reach its state
+//! through methods; its fields are private to this module.
 
 use std::mem::ManuallyDrop;
 use std::sync::Arc;
@@ -22,12 +31,15 @@ use super::inflight::{Inflight, Pending, Slot, Tag};
 use super::io::{Done, Io, IoBuf, Op};
 use super::meta::MetaPlan;
 use super::pool::DmaDescPool;
+use super::recovery_state::RecoveryState;
+use super::rings::Rings;
 use super::{Controller, Namespace, Shared};
 use crate::mem::VfioMapper;
 use crate::nvme::cmd::{io, Command};
 use crate::nvme::dptr::{self, Policy, QueueKind, Setup};
 use crate::nvme::queue::{CompletionQueue, SubmissionQueue};
 use crate::nvme::spec::DataPtr;
+use crate::nvme::DptrError;
 use crate::Error;
 
 /// Settings for a queue pair.
@@ -103,52 +115,33 @@ pub(super) const CHECK_PERIOD_MS: u64 = 100;
 /// ```
 #[derive(Debug)]
 pub struct QueuePair {
-    pub(super) shared: Arc<Shared>,
-    pub(super) qid: u16,
-    /// The rings (and the descriptor pool) are leaked instead of freed if
-    /// the controller could not be stopped (see `Drop`).
-    pub(super) sq: ManuallyDrop<SubmissionQueue>,
-    pub(super) cq: ManuallyDrop<CompletionQueue>,
-    pub(super) mapper: VfioMapper,
-    pub(super) pool: ManuallyDrop<DmaDescPool>,
-    pub(super) policy: Policy,
-    pub(super) max_transfer: u64,
+    shared: Arc<Shared>,
+    qid: u16,
+    /// The submission and completion rings, the doorbell publishing and
+    /// the interrupt vector (leaked instead of freed if the controller
+    /// could not be stopped: see `Drop`).
+    rings: Rings,
+    mapper: VfioMapper,
+    /// Leaked, as the rings, if the controller could not be stopped.
+    pool: ManuallyDrop<DmaDescPool>,
+    policy: Policy,
+    max_transfer: u64,
     /// SGL data blocks may start at any byte (SGLS = 01b).
-    pub(super) sgl_any_alignment: bool,
+    sgl_any_alignment: bool,
     /// Command slots, command IDs and requests in flight.
-    pub(super) inflight: Inflight,
-    /// Completions that matched no command in flight, on this queue pair.
-    pub(super) device_errors: u64,
-    /// A device error was seen: reset the controller before trusting the
-    /// queues again.
-    pub(super) device_error: bool,
-    /// Commands written since the last tail doorbell.
-    pub(super) unrung: bool,
-    /// When to look for timed-out commands next (clock milliseconds).
-    pub(super) next_check: u64,
+    inflight: Inflight,
+    /// Reset generations, queue re-creation retries, device errors and the
+    /// next timeout check.
+    recovery: RecoveryState,
     /// Segments of the command being built (capacity reused).
-    pub(super) scratch: Vec<HostSeg>,
+    scratch: Vec<HostSeg>,
     /// Command IDs taken by the request being submitted, for rollback.
-    pub(super) taken: Vec<u16>,
+    taken: Vec<u16>,
     /// Completions collected while a blocking call waited.
-    pub(super) stash: Vec<Done>,
-    /// The MSI-X vector of the completion queue, in interrupt mode.
-    pub(super) irq: Option<u16>,
-    /// The controller reset generation the queues were created in.
-    pub(super) generation: u64,
-    /// The reset generation whose requests in flight were failed and rings
-    /// reset (ahead of `generation` while the queues are not created yet).
-    pub(super) cleaned: u64,
-    /// When to try creating the queues again after a failed attempt
-    /// (clock milliseconds).
-    pub(super) retry_at: u64,
-    /// Interrupts seen so far.
-    pub(super) interrupts: u64,
-    /// Set while [`flush`](Self::flush) publishes, for a reset to wait on.
-    pub(super) publishing: Arc<super::shared::Publishing>,
+    stash: Vec<Done>,
     /// The optional NVM commands the controller supports, and their
     /// limits.
-    pub(super) nvm: super::support::NvmSupport,
+    nvm: super::support::NvmSupport,
 }
 
 impl QueuePair {
@@ -225,8 +218,7 @@ impl QueuePair {
         Ok(Self {
             shared: shared.clone(),
             qid,
-            sq: ManuallyDrop::new(sq),
-            cq: ManuallyDrop::new(cq),
+            rings: Rings::new(sq, cq, irq, shared.add_publisher()),
             // SAFETY: used only through the dptr functions and each slot's
             // DmaState (unmapped once, in `finish_slot`), on memory a request
             // owns or borrows until it completes.
@@ -239,19 +231,10 @@ impl QueuePair {
             max_transfer: ctrl.max_transfer(),
             sgl_any_alignment: config.sgl && id.sgls() & 0x3 == 0x1,
             inflight: Inflight::new(depth),
-            device_errors: 0,
-            device_error: false,
-            unrung: false,
-            next_check: 0,
+            recovery: RecoveryState::new(shared.generation()),
             scratch: Vec::with_capacity(16),
             taken: Vec::with_capacity(depth),
             stash: Vec::with_capacity(depth),
-            irq,
-            interrupts: 0,
-            generation: shared.generation(),
-            cleaned: shared.generation(),
-            retry_at: 0,
-            publishing: shared.add_publisher(),
             nvm: ctrl.nvm,
         })
     }
@@ -271,7 +254,7 @@ impl QueuePair {
     /// impossible SQ head): device errors, each
     /// of which made the driver reset the controller.
     pub fn device_errors(&self) -> u64 {
-        self.device_errors
+        self.recovery.device_errors()
     }
 
     /// Whether completions were collected (by a blocking call) that
@@ -382,7 +365,7 @@ impl QueuePair {
     /// the recovery fails those commands instead.
     #[inline]
     pub fn flush(&mut self) {
-        if self.unrung {
+        if self.rings.is_unrung() {
             self.publish(super::clock::now_ms());
         }
     }
@@ -390,16 +373,14 @@ impl QueuePair {
     /// [`flush`](Self::flush) with the time already read.
     #[inline(always)]
     fn publish(&mut self, now: u64) {
-        use std::sync::atomic::Ordering::{Release, SeqCst};
         // Announced before the state is read, so that a reset either is
         // seen here or waits for this doorbell write (Shared::reset).
-        self.publishing.0.store(true, SeqCst);
-        if self.shared.accepts_io(self.generation) {
+        self.rings.begin_publish();
+        if self.shared.accepts_io(self.recovery.generation()) {
             self.stamp_batch(now);
-            self.sq.ring(&*self.shared.regs);
-            self.unrung = false;
+            self.rings.ring_submissions(&*self.shared.regs);
         }
-        self.publishing.0.store(false, Release);
+        self.rings.end_publish();
     }
 
     /// Stamps the commands about to be published with the time (one clock
@@ -410,9 +391,8 @@ impl QueuePair {
         self.inflight.stamp_published(now);
         // A command published into an idle queue may be due before the
         // next check.
-        self.next_check = self
-            .next_check
-            .min(now + self.shared.config.io_timeout.as_millis() as u64 + 1);
+        self.recovery
+            .check_by(now + self.shared.config.io_timeout.as_millis() as u64 + 1);
     }
 
     /// Publishes pending submissions, then collects completed requests into
@@ -450,14 +430,17 @@ impl QueuePair {
                 Some(d) => d - now,
                 None => std::time::Duration::MAX,
             };
-            match (self.irq, &self.shared.msix) {
-                (Some(v), Some(msix)) => {
-                    let Some(fd) = msix.eventfd(v as usize) else {
+            match (self.rings.irq(), self.shared.msix.as_deref()) {
+                (Some(_), Some(msix)) => {
+                    let Some(fd) = self.rings.interrupt_fd(Some(msix)) else {
                         return 0;
                     };
                     // Asleep no longer than until the next timeout check:
                     // a command that never completes raises no interrupt.
-                    let check = self.next_check.saturating_sub(super::clock::now_ms());
+                    let check = self
+                        .recovery
+                        .next_check()
+                        .saturating_sub(super::clock::now_ms());
                     let ms = left
                         .as_millis()
                         .min(u128::from(check))
@@ -469,7 +452,7 @@ impl QueuePair {
                     };
                     // SAFETY: one valid pollfd for the duration of the call.
                     unsafe { libc::poll(&mut pfd, 1, ms) };
-                    self.interrupts += msix.take_count(v as usize).unwrap_or(0);
+                    self.rings.take_interrupts(Some(msix));
                 }
                 _ => std::hint::spin_loop(),
             }
@@ -482,37 +465,80 @@ impl QueuePair {
     /// commands written but not published are forgotten.
     pub(super) fn reset_rings(&mut self) {
         debug_assert_eq!(self.inflight(), 0);
-        self.sq.reset();
-        self.cq.reset();
-        for shadow in [self.sq.shadow(), self.cq.shadow()].into_iter().flatten() {
-            shadow.clear();
-        }
-        self.unrung = false;
+        self.rings.reset();
         self.inflight.restart_stamps();
     }
 
     /// Recovers if the controller was reset since the queues were created.
     #[inline]
     fn check_generation(&mut self, out: &mut Vec<Done>) -> Result<(), Error> {
-        if self.generation == self.shared.generation() {
+        if self.recovery.generation() == self.shared.generation() {
             return Ok(());
         }
         self.recover(out)
     }
 
+    /// Recovers if the controller was reset since the queues were created;
+    /// the failed requests wait for the next [`poll`](Self::poll).
+    pub(super) fn recover_if_reset(&mut self) -> Result<(), Error> {
+        if self.recovery.generation() == self.shared.generation() {
+            return Ok(());
+        }
+        let mut stash = std::mem::take(&mut self.stash);
+        let r = self.recover(&mut stash);
+        self.stash = stash;
+        r
+    }
+
+    /// The controller's state this queue pair shares with the others.
+    #[inline(always)]
+    pub(super) fn shared(&self) -> &Shared {
+        &self.shared
+    }
+
+    /// The command slots, command IDs and requests in flight.
+    #[inline(always)]
+    pub(super) fn slots(&self) -> &Inflight {
+        &self.inflight
+    }
+
+    /// [`slots`](Self::slots), to change.
+    #[inline(always)]
+    pub(super) fn slots_mut(&mut self) -> &mut Inflight {
+        &mut self.inflight
+    }
+
+    /// The recovery bookkeeping, for [`recover`](Self::recover) and the
+    /// timeout checks.
+    pub(super) fn recovery(&self) -> &RecoveryState {
+        &self.recovery
+    }
+
+    /// [`recovery`](Self::recovery), to change.
+    pub(super) fn recovery_mut(&mut self) -> &mut RecoveryState {
+        &mut self.recovery
+    }
+
+    /// The Create I/O Completion Queue and Create I/O Submission Queue
+    /// commands that create this queue pair's queues on its rings.
+    pub(super) fn create_commands(&self) -> (Command, Command) {
+        (
+            self.rings.create_cq(self.qid),
+            self.rings.create_sq(self.qid),
+        )
+    }
+
     /// Submission doorbell publications so far, and how many of them had to
     /// write the MMIO doorbell (fewer with shadow doorbells).
     pub fn doorbell_stats(&self) -> (u64, u64) {
-        self.sq.doorbell_stats()
+        self.rings.doorbell_stats()
     }
 
     /// Interrupts this queue pair's completion queue has raised so far
     /// (interrupt mode; 0 in polled mode), whether or not a waiter slept.
     pub fn interrupts(&mut self) -> u64 {
-        if let (Some(v), Some(msix)) = (self.irq, &self.shared.msix) {
-            self.interrupts += msix.take_count(v as usize).unwrap_or(0);
-        }
-        self.interrupts
+        self.rings.take_interrupts(self.shared.msix.as_deref());
+        self.rings.interrupts()
     }
 
     /// The eventfd of this queue pair's completion queue interrupt
@@ -529,8 +555,7 @@ impl QueuePair {
     /// `poll` at least every so often (say each 100 ms) while requests are
     /// in flight, so that timeouts are checked.
     pub fn interrupt_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
-        let v = self.irq?;
-        self.shared.msix.as_ref()?.eventfd(v as usize)
+        self.rings.interrupt_fd(self.shared.msix.as_deref())
     }
 
     /// Resets the interrupt eventfd after it became readable (reading
@@ -538,25 +563,20 @@ impl QueuePair {
     /// [`interrupt_fd`](Self::interrupt_fd). Returns how many interrupts
     /// it had gathered (0 in polled mode).
     pub fn clear_interrupt(&mut self) -> u64 {
-        let n = match (self.irq, &self.shared.msix) {
-            (Some(v), Some(msix)) => msix.take_count(v as usize).unwrap_or(0),
-            _ => 0,
-        };
-        self.interrupts += n;
-        n
+        self.rings.take_interrupts(self.shared.msix.as_deref())
     }
 
     fn reap(&mut self, out: &mut Vec<Done>) {
-        if !self.shared.accepts_io(self.generation) && !self.reap_stopped(out) {
+        if !self.shared.accepts_io(self.recovery.generation()) && !self.reap_stopped(out) {
             return;
         }
-        if !self.unrung && self.inflight() == 0 {
+        if !self.rings.is_unrung() && self.inflight() == 0 {
             return;
         }
         // One clock read per poll: the doorbell's stamp and the timeout
         // check.
         let now = super::clock::now_ms();
-        let entries = u32::from(self.cq.entries());
+        let entries = u32::from(self.rings.cq_entries());
         self.reap_at(out, now, entries);
     }
 
@@ -565,11 +585,11 @@ impl QueuePair {
     pub(super) fn poll_at(&mut self, out: &mut Vec<Done>, now: u64, budget: u32) -> usize {
         let before = out.len();
         out.append(&mut self.stash);
-        if !self.shared.accepts_io(self.generation) && !self.reap_stopped(out) {
+        if !self.shared.accepts_io(self.recovery.generation()) && !self.reap_stopped(out) {
             return out.len() - before;
         }
-        if self.unrung || self.inflight() != 0 {
-            self.reap_at(out, now, budget.min(u32::from(self.cq.entries())));
+        if self.rings.is_unrung() || self.inflight() != 0 {
+            self.reap_at(out, now, budget.min(u32::from(self.rings.cq_entries())));
         }
         out.len() - before
     }
@@ -578,16 +598,15 @@ impl QueuePair {
     /// `budget` completions.
     #[inline(always)]
     fn reap_at(&mut self, out: &mut Vec<Done>, now: u64, budget: u32) {
-        if self.unrung {
+        if self.rings.is_unrung() {
             self.publish(now);
         }
         self.drain(out, budget);
-        if self.device_error {
-            self.device_error = false;
+        if self.recovery.take_device_error() {
             self.reset_and_recover(out);
             return;
         }
-        if now >= self.next_check && self.inflight() > 0 {
+        if self.recovery.check_due(now) && self.inflight() > 0 {
             self.check_timeouts(out, now);
         }
     }
@@ -635,7 +654,7 @@ impl QueuePair {
     pub(super) fn drain_completions(&mut self, out: &mut Vec<Done>) -> bool {
         // At most one ring's worth per call: a device that keeps posting
         // entries (ignoring the head doorbell) cannot hold the caller here.
-        let entries = u32::from(self.cq.entries());
+        let entries = u32::from(self.rings.cq_entries());
         self.drain(out, entries)
     }
 
@@ -645,13 +664,15 @@ impl QueuePair {
     fn drain(&mut self, out: &mut Vec<Done>, mut budget: u32) -> bool {
         let mut seen = false;
         while budget > 0 {
-            let Some(c) = self.cq.pop() else { break };
+            let Some(c) = self.rings.pop_completion() else {
+                break;
+            };
             budget -= 1;
             seen = true;
             // Everything in the entry is the device's word: it completes a
             // request only if it names a command in flight on this queue,
             // with a possible SQ head.
-            let head_ok = self.sq.advance_head(c.sq_head);
+            let head_ok = self.rings.advance_sq_head(c.sq_head);
             let found = match c.sq_id == self.qid && head_ok {
                 true => self.inflight.lookup(c.cid),
                 false => None,
@@ -676,7 +697,7 @@ impl QueuePair {
             self.inflight.finish_child(req, out, c.result64());
         }
         if seen {
-            self.cq.ring(&*self.shared.regs);
+            self.rings.ring_completions(&*self.shared.regs);
         }
         seen
     }
@@ -686,8 +707,7 @@ impl QueuePair {
     #[cold]
     #[inline(never)]
     fn bad_completion(&mut self, c: &crate::nvme::cmd::Completion, head_ok: bool) {
-        self.device_errors += 1;
-        self.device_error = true;
+        self.recovery.note_device_error();
         self.shared
             .device_errors
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -713,6 +733,118 @@ impl QueuePair {
     #[inline(always)]
     pub(super) fn finish_slot(&mut self, cid: usize) -> u32 {
         self.inflight.finish(cid, &mut self.pool, &self.mapper)
+    }
+
+    /// Completes every request in flight with the error `make` builds from
+    /// its command name (unless it already has one), handing its buffer back.
+    /// The device must no longer be processing them.
+    pub(super) fn fail_inflight(
+        &mut self,
+        out: &mut Vec<Done>,
+        make: impl Fn(&'static str) -> Error,
+    ) {
+        debug_assert!(!self.shared.is_dead());
+        self.inflight
+            .fail_all(&mut self.pool, &self.mapper, out, make);
+    }
+
+    /// Writes a request's only command into the submission ring, to be
+    /// published with the next doorbell.
+    #[inline(always)]
+    pub(super) fn enqueue(&mut self, cmd: &Command) {
+        // Room is guaranteed: in-flight commands never exceed the ring
+        // size minus one.
+        self.rings.push(cmd);
+        self.rings.mark_unrung();
+    }
+
+    /// Starts writing the commands of a request of several
+    /// ([`batch_push`](Self::batch_push)), all or nothing.
+    pub(super) fn start_batch(&mut self) {
+        self.taken.clear();
+    }
+
+    /// Writes the command of slot `cid` into the submission ring, as part
+    /// of the request being submitted (not yet to be published).
+    #[inline(always)]
+    pub(super) fn batch_push(&mut self, cid: u16, cmd: &Command) {
+        // Room is guaranteed: in-flight commands never exceed the ring
+        // size minus one.
+        self.rings.push(cmd);
+        self.taken.push(cid);
+    }
+
+    /// Takes back the commands the request being submitted wrote (not yet
+    /// visible to the device), freeing their slots and mappings.
+    pub(super) fn unwind_batch(&mut self) {
+        self.rings.unpush(self.taken.len() as u16);
+        for k in 0..self.taken.len() {
+            let cid = self.taken[k] as usize;
+            self.finish_slot(cid);
+        }
+    }
+
+    /// The request's commands are all written: they go out with the next
+    /// doorbell.
+    #[inline(always)]
+    pub(super) fn commit_batch(&mut self) {
+        self.rings.mark_unrung();
+    }
+
+    /// Takes the oldest free command slot and maps `seg` for its command;
+    /// returns the slot and the data pointer. `Err(None)`: no free slot;
+    /// `Err(Some(e))`: the mapping failed, and the slot stays free.
+    pub(super) fn pop_mapped(
+        &mut self,
+        seg: HostSeg,
+        dir: Direction,
+    ) -> Result<(u16, DataPtr), Option<DptrError>> {
+        let page = self.shared.page;
+        let (cid, slot) = self.inflight.pop().ok_or(None)?;
+        match map_into(
+            slot,
+            &[seg],
+            dir,
+            &self.mapper,
+            &mut self.pool,
+            self.policy,
+            page,
+        ) {
+            Ok(dp) => Ok((cid, dp)),
+            Err(e) => {
+                self.inflight.unpop(cid);
+                Err(Some(e))
+            }
+        }
+    }
+
+    /// The most bytes one command transfers.
+    #[inline(always)]
+    pub(super) fn max_transfer(&self) -> u64 {
+        self.max_transfer
+    }
+
+    /// Whether SGL data blocks may start at any byte (SGLS = 01b): no
+    /// dword alignment is required.
+    #[inline(always)]
+    pub(super) fn sgl_any_alignment(&self) -> bool {
+        self.sgl_any_alignment
+    }
+
+    /// Whether I/O commands may use SGLs (by the PRP/SGL policy).
+    pub(super) fn io_sgls(&self) -> bool {
+        self.policy.io_sgls
+    }
+
+    /// Descriptor pages this queue pair has in all.
+    pub(super) fn desc_pages(&self) -> usize {
+        self.pool.total()
+    }
+
+    /// The optional NVM commands the controller supports, and their
+    /// limits.
+    pub(super) fn nvm(&self) -> &super::support::NvmSupport {
+        &self.nvm
     }
 
     /// Checks a request and returns its length in blocks.
@@ -826,10 +958,7 @@ impl QueuePair {
         let mut cmd = Command::blocks(opcode, ns.id(), lba, blocks as u32, fua);
         cmd.set_cid(id);
         cmd.set_data(dp);
-        // Room is guaranteed: in-flight commands never exceed the ring
-        // size minus one.
-        self.sq.push(&cmd);
-        self.unrung = true;
+        self.enqueue(&cmd);
     }
 
     /// Whether a one-segment request takes [`submit_one`](Self::submit_one):
@@ -849,7 +978,7 @@ impl QueuePair {
                 .is_some_and(|end| end <= ns.fast_blocks)
             && aligned
             && self.inflight.free_slots() != 0
-            && self.shared.accepts_io(self.generation)
+            && self.shared.accepts_io(self.recovery.generation())
     }
 
     /// A one-segment request that [`fast_path_fits`](Self::fast_path_fits)
@@ -954,7 +1083,7 @@ impl QueuePair {
             Ok(req) => req,
             Err(buf) => return Err((Error::QueueFull { needed: 1, free: 0 }, buf)),
         };
-        self.taken.clear();
+        self.start_batch();
         let (mut i, mut off, mut lba) = (0usize, 0u64, lba);
         let start = lba;
         let mut failure = None;
@@ -1002,10 +1131,7 @@ impl QueuePair {
                     if let Some(p) = plan {
                         p.apply(&mut cmd, lba - start);
                     }
-                    // Room is guaranteed: in-flight commands never exceed
-                    // the ring size minus one.
-                    self.sq.push(&cmd);
-                    self.taken.push(cid);
+                    self.batch_push(cid, &cmd);
                 }
                 Err(e) => {
                     self.inflight.unpop(cid);
@@ -1016,12 +1142,7 @@ impl QueuePair {
             lba += blocks;
         }
         if let Some(e) = failure {
-            // Not yet visible to the device: unwind the commands written.
-            self.sq.unpush(self.taken.len() as u16);
-            for k in 0..self.taken.len() {
-                let cid = self.taken[k] as usize;
-                self.finish_slot(cid);
-            }
+            self.unwind_batch();
             let buf = self.inflight.cancel(req);
             // Out of descriptor pages: waiting helps unless the request
             // needs more than the pool has.
@@ -1039,7 +1160,7 @@ impl QueuePair {
             };
             return Err((e, buf));
         }
-        self.unrung = true;
+        self.commit_batch();
         Ok(req)
     }
 
@@ -1151,8 +1272,7 @@ impl QueuePair {
         };
         let id = self.inflight.assign(cid, req);
         cmd.set_cid(id);
-        self.sq.push(&cmd);
-        self.unrung = true;
+        self.enqueue(&cmd);
         self.wait_blocking()
     }
 }
@@ -1203,7 +1323,7 @@ pub(super) fn op_parts(op: Op) -> (u8, bool, &'static str, Direction) {
 /// Maps `segs` for the command in `slot` (its DMA state and descriptor
 /// pages) and builds its data pointer.
 #[inline(always)]
-pub(super) fn map_into(
+fn map_into(
     slot: &mut Slot,
     segs: &[HostSeg],
     dir: Direction,
@@ -1238,7 +1358,7 @@ impl Drop for QueuePair {
         self.reap(&mut sink);
         let mut sq_deleted = false;
         let mut cq_deleted = false;
-        if self.shared.accepts_io(self.generation) {
+        if self.shared.accepts_io(self.recovery.generation()) {
             match self.shared.admin(
                 Command::delete_queue(true, self.qid),
                 None,
@@ -1252,7 +1372,7 @@ impl Drop for QueuePair {
             }
         }
         if self.inflight() > 0 {
-            if self.shared.accepts_io(self.generation) || self.shared.is_resetting() {
+            if self.shared.accepts_io(self.recovery.generation()) || self.shared.is_resetting() {
                 log::warn!(
                     "queue {}: {} commands still in flight after their queue was deleted: \
                      resetting the controller before their memory goes back",
@@ -1272,7 +1392,9 @@ impl Drop for QueuePair {
                 }
                 if self.shared.is_dead() {
                     self.quarantine_inflight(&mut sink);
-                } else if self.generation != self.shared.generation() || self.shared.is_disabled() {
+                } else if self.recovery.generation() != self.shared.generation()
+                    || self.shared.is_disabled()
+                {
                     let e = self.shared.stopped_error();
                     let closed = matches!(e, Error::Closed);
                     self.fail_inflight(&mut sink, |_| {
@@ -1287,7 +1409,7 @@ impl Drop for QueuePair {
                     // asleep meanwhile, on the queue's interrupt in
                     // interrupt mode (`wait` sleeps no longer than the
                     // next timeout check), else briefly.
-                    if self.irq.is_some() {
+                    if self.rings.irq().is_some() {
                         self.wait(&mut sink, std::time::Duration::from_millis(1));
                     } else {
                         self.reap(&mut sink);
@@ -1295,7 +1417,7 @@ impl Drop for QueuePair {
                     }
                 }
             }
-        } else if sq_deleted && self.shared.accepts_io(self.generation) {
+        } else if sq_deleted && self.shared.accepts_io(self.recovery.generation()) {
             match self.shared.admin(
                 Command::delete_queue(false, self.qid),
                 None,
@@ -1305,7 +1427,7 @@ impl Drop for QueuePair {
                 Err(e) => log::warn!("deleting CQ {}: {e}", self.qid),
             }
         }
-        self.shared.remove_publisher(&self.publishing);
+        self.shared.remove_publisher(self.rings.publishing());
         // A reset, close or removal in progress decides whether the
         // queues are gone: wait for it (bounded by its own CAP.TO waits).
         while self.shared.is_resetting() {
@@ -1314,7 +1436,7 @@ impl Drop for QueuePair {
         // The queues are gone from the controller if deleted, or if a reset
         // or a stop (which the device acknowledged) took them.
         let queues_gone = (sq_deleted && cq_deleted)
-            || self.generation != self.shared.generation()
+            || self.recovery.generation() != self.shared.generation()
             || self.shared.is_disabled();
         if !queues_gone && !self.shared.is_dead() {
             log::error!(
@@ -1334,11 +1456,11 @@ impl Drop for QueuePair {
             );
             return;
         }
-        // SAFETY: the fields are not used after this (the queue pair is
+        // SAFETY: the queues are gone from the controller (above); the
+        // rings and the pool are not used after this (the queue pair is
         // being dropped), and each is dropped once.
         unsafe {
-            ManuallyDrop::drop(&mut self.sq);
-            ManuallyDrop::drop(&mut self.cq);
+            self.rings.free();
             ManuallyDrop::drop(&mut self.pool);
         }
         self.shared.free_qid(self.qid);

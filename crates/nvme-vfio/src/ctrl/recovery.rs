@@ -2,17 +2,23 @@
 //! then the controller is reset if they still do not complete (or CSTS.CFS
 //! is set); after any reset, requests in flight fail with their buffers
 //! handed back and the queues are created again on the same rings.
+//!
+//! The queue pair's bookkeeping for this (reset generations, retries,
+//! device errors, the next timeout check) is a
+//! [`RecoveryState`](super::recovery_state::RecoveryState), reached through
+//! [`QueuePair::recovery_mut`]; the rings, slots and pages through the
+//! queue pair's methods.
 
 use std::time::Instant;
 
 use super::io::Done;
 use super::qpair::{QueuePair, CHECK_PERIOD_MS};
+use crate::nvme::cmd::Command;
+use crate::Error;
 
 /// Least time between two attempts to create a queue pair's queues again
 /// after a reset, in milliseconds.
 pub(super) const RECREATE_RETRY_MS: u64 = 100;
-use crate::nvme::cmd::Command;
-use crate::Error;
 
 impl QueuePair {
     /// After a controller reset: the device dropped every command, so each
@@ -25,47 +31,46 @@ impl QueuePair {
     /// deleted), every later call fails with [`Error::QueueUnavailable`]
     /// and tries again, at most every [`RECREATE_RETRY_MS`].
     pub(super) fn recover(&mut self, out: &mut Vec<Done>) -> Result<(), Error> {
-        let generation = self.shared.generation();
-        if self.shared.is_dead() {
+        let generation = self.shared().generation();
+        if self.shared().is_dead() {
             // The reset could not stop the device: nothing in flight may
             // go back, and the queues are not created again.
             self.quarantine_inflight(out);
-            self.generation = generation;
+            self.recovery_mut().set_generation(generation);
             return Err(Error::Dead);
         }
-        if self.shared.is_lost() {
+        if self.shared().is_lost() {
             // The device left the bus: no DMA is possible, and there are no
             // queues to create.
             self.fail_inflight(out, |_| Error::DeviceLost);
-            self.generation = generation;
+            self.recovery_mut().set_generation(generation);
             return Err(Error::DeviceLost);
         }
-        if self.cleaned != generation {
-            self.device_error = false;
+        if self.recovery().needs_cleaning(generation) {
             self.fail_inflight(out, |_| Error::Reset);
             self.reset_rings();
-            self.cleaned = generation;
-            self.retry_at = 0;
+            // Also forgets the device error that led to the reset.
+            self.recovery_mut().mark_cleaned(generation);
         }
         let now = super::clock::now_ms();
-        if now < self.retry_at {
-            return Err(Error::QueueUnavailable { qid: self.qid });
+        if !self.recovery().may_retry(now) {
+            return Err(Error::QueueUnavailable { qid: self.qid() });
         }
         match self.create_queues() {
             Ok(()) => {
-                self.generation = generation;
+                self.recovery_mut().set_generation(generation);
                 Ok(())
             }
             Err(e) => {
                 log::error!(
                     "queue {}: creating its queues again after a reset failed: {e}; \
                      retrying in {RECREATE_RETRY_MS} ms",
-                    self.qid
+                    self.qid()
                 );
-                self.retry_at = now + RECREATE_RETRY_MS;
+                self.recovery_mut().retry_at(now + RECREATE_RETRY_MS);
                 Err(match e {
                     Error::Dead | Error::Closed | Error::Reset | Error::DeviceLost => e,
-                    _ => Error::QueueUnavailable { qid: self.qid },
+                    _ => Error::QueueUnavailable { qid: self.qid() },
                 })
             }
         }
@@ -75,24 +80,16 @@ impl QueuePair {
     /// submission queue cannot be created, deletes the completion queue
     /// again.
     fn create_queues(&mut self) -> Result<(), Error> {
-        let entries = self.sq.entries();
-        let s = &self.shared;
-        s.admin(
-            Command::create_cq(self.qid, entries, self.cq.iova(), self.irq),
-            None,
-            "Create I/O Completion Queue",
-        )?;
-        if let Err(e) = s.admin(
-            Command::create_sq(self.qid, entries, self.sq.iova(), self.qid),
-            None,
-            "Create I/O Submission Queue",
-        ) {
+        let (create_cq, create_sq) = self.create_commands();
+        let (s, qid) = (self.shared(), self.qid());
+        s.admin(create_cq, None, "Create I/O Completion Queue")?;
+        if let Err(e) = s.admin(create_sq, None, "Create I/O Submission Queue") {
             if let Err(d) = s.admin(
-                Command::delete_queue(false, self.qid),
+                Command::delete_queue(false, qid),
                 None,
                 "Delete I/O Completion Queue",
             ) {
-                log::warn!("queue {}: deleting the orphaned CQ: {d}", self.qid);
+                log::warn!("queue {qid}: deleting the orphaned CQ: {d}");
             }
             return Err(e);
         }
@@ -103,7 +100,7 @@ impl QueuePair {
     /// reports a fatal status: abort the late commands; if they still do not
     /// complete, reset the controller (and if even that fails, stop it).
     pub(super) fn check_timeouts(&mut self, out: &mut Vec<Done>, now: u64) {
-        let limit = self.shared.config.io_timeout;
+        let limit = self.shared().config.io_timeout;
         // One tick more than the timeout: a stamp and a reading of the
         // coarse clock are each up to a tick behind the time, so a command
         // is never failed before its timeout has passed.
@@ -112,14 +109,14 @@ impl QueuePair {
         // Commands were stamped when their doorbell was written; the next
         // check comes when the oldest is due, or after the check period.
         let (any_late, next) =
-            self.inflight
+            self.slots()
                 .due(now, limit_ms, now + CHECK_PERIOD_MS.min(limit_ms.max(1)));
-        self.next_check = next;
-        let csts = self.shared.csts();
+        self.recovery_mut().set_next_check(next);
+        let csts = self.shared().csts();
         if matches!(csts, Err(Error::DeviceLost)) {
             // Registers read all ones: the reset finds out whether the
             // device is gone (then every request fails with DeviceLost).
-            log::error!("queue {}: CSTS reads all ones", self.qid);
+            log::error!("queue {}: CSTS reads all ones", self.qid());
             self.reset_and_recover(out);
             return;
         }
@@ -129,13 +126,13 @@ impl QueuePair {
         }
         if !fatal {
             let late: Vec<(usize, u16)> = self
-                .inflight
+                .slots()
                 .late(now, limit_ms)
-                .filter_map(|cid| Some((cid, self.inflight.live_id(cid)?)))
+                .filter_map(|cid| Some((cid, self.slots().live_id(cid)?)))
                 .collect();
             for (slot, id) in late {
-                let q = self.qid;
-                match self.shared.admin(Command::abort(q, id), None, "Abort") {
+                let q = self.qid();
+                match self.shared().admin(Command::abort(q, id), None, "Abort") {
                     Ok(_) => log::warn!(
                         "queue {q}: aborting command {id:#06x} (slot {slot}) after {limit:?}"
                     ),
@@ -144,7 +141,7 @@ impl QueuePair {
             }
             // Give the aborts a moment to complete the commands.
             let grace = Instant::now();
-            let any_late = |qp: &Self| qp.inflight.late(now, limit_ms).next().is_some();
+            let any_late = |qp: &Self| qp.slots().late(now, limit_ms).next().is_some();
             while any_late(self) && grace.elapsed() < std::time::Duration::from_secs(1) {
                 self.drain_completions(out);
                 std::hint::spin_loop();
@@ -155,7 +152,7 @@ impl QueuePair {
         }
         // Mark the late requests (all of them, after a fatal status) so
         // they complete with Timeout, then reset.
-        self.inflight.fail_late(now, limit_ms, fatal, |what| {
+        self.slots_mut().fail_late(now, limit_ms, fatal, |what| {
             if fatal {
                 Error::ControllerFatal { during: what }
             } else {
@@ -172,8 +169,8 @@ impl QueuePair {
     /// was in flight completes with an error (or is quarantined, if the
     /// controller could not be stopped).
     pub(super) fn reset_and_recover(&mut self, out: &mut Vec<Done>) {
-        log::warn!("queue {}: resetting the controller to recover", self.qid);
-        match self.shared.reset() {
+        log::warn!("queue {}: resetting the controller to recover", self.qid());
+        match self.shared().reset() {
             // What was in flight failed in `recover`, which logs (and
             // retries later) if the queues cannot be created again.
             Ok(()) => {
@@ -191,15 +188,15 @@ impl QueuePair {
     /// stopping it. Once that is done, every request in flight completes
     /// with an error (or is quarantined if the controller is dead).
     pub(super) fn fail_all(&mut self, out: &mut Vec<Done>) {
-        while self.shared.is_resetting() {
+        while self.shared().is_resetting() {
             std::thread::sleep(std::time::Duration::from_micros(100));
         }
-        if self.shared.is_dead() {
+        if self.shared().is_dead() {
             self.quarantine_inflight(out);
             return;
         }
-        let ms = self.shared.config.io_timeout.as_millis() as u64;
-        let (closed, lost) = (self.shared.is_closed(), self.shared.is_lost());
+        let ms = self.shared().config.io_timeout.as_millis() as u64;
+        let (closed, lost) = (self.shared().is_closed(), self.shared().is_lost());
         self.fail_inflight(out, |what| {
             if lost {
                 Error::DeviceLost
@@ -219,32 +216,8 @@ impl QueuePair {
     #[cold]
     pub(super) fn quarantine_inflight(&mut self, out: &mut Vec<Done>) {
         self.drain_completions(out);
-        self.device_error = false;
-        self.inflight.quarantine_all(self.qid, out);
-    }
-
-    /// Completes every request in flight with the error `make` builds from
-    /// its command name (unless it already has one), handing its buffer back.
-    /// The device must no longer be processing them.
-    pub(super) fn fail_inflight(
-        &mut self,
-        out: &mut Vec<Done>,
-        make: impl Fn(&'static str) -> Error,
-    ) {
-        debug_assert!(!self.shared.is_dead());
-        self.inflight
-            .fail_all(&mut self.pool, &self.mapper, out, make);
-    }
-
-    /// Recovers if the controller was reset since the queues were created;
-    /// the failed requests wait for the next [`poll`](Self::poll).
-    pub(super) fn recover_if_reset(&mut self) -> Result<(), Error> {
-        if self.generation == self.shared.generation() {
-            return Ok(());
-        }
-        let mut stash = std::mem::take(&mut self.stash);
-        let r = self.recover(&mut stash);
-        self.stash = stash;
-        r
+        self.recovery_mut().clear_device_error();
+        let qid = self.qid();
+        self.slots_mut().quarantine_all(qid, out);
     }
 }

@@ -31,7 +31,6 @@ use blk_dma::{Direction, HostSeg};
 use super::blocking::check_range;
 use super::inflight::{Pending, Tag};
 use super::io::{Io, IoBuf, Op};
-use super::qpair::map_into;
 use super::{Namespace, QueuePair};
 use crate::nvme::cmd::Command;
 use crate::nvme::zns::{
@@ -75,14 +74,14 @@ impl QueuePair {
             return 0;
         };
         let max = match zones.zasl() {
-            0 => self.max_transfer,
+            0 => self.max_transfer(),
             zasl => self
-                .shared
+                .shared()
                 .cap
                 .mps_min()
                 .checked_shl(u32::from(zasl))
                 .unwrap_or(u64::MAX)
-                .min(self.max_transfer),
+                .min(self.max_transfer()),
         };
         max / ns.block_size() * ns.block_size()
     }
@@ -96,7 +95,7 @@ impl QueuePair {
         total: u64,
     ) -> Result<(), Error> {
         check_zone_span(ns, lba, total)?;
-        let chunk = (self.max_transfer / ns.block_size()).max(1) * ns.block_size();
+        let chunk = (self.max_transfer() / ns.block_size()).max(1) * ns.block_size();
         if total > chunk {
             return Err(Error::TooLarge {
                 len: total,
@@ -176,7 +175,7 @@ impl QueuePair {
         if self.describable(&[seg]) {
             return self.run_append(fua, ns, zslba, seg);
         }
-        let mut bounce = self.shared.space.alloc(buf.len())?;
+        let mut bounce = self.shared().space.alloc(buf.len())?;
         bounce.as_mut_slice()[..buf.len()].copy_from_slice(buf);
         let seg = HostSeg::from_slice(&bounce.as_slice()[..buf.len()]);
         let r = self.run_append(fua, ns, zslba, seg);
@@ -199,7 +198,7 @@ impl QueuePair {
         self.submit_append(fua, ns, zslba, seg, IoBuf::Raw, Tag::Blocking)
             .map_err(|(e, _)| e)?;
         self.wait_blocking()?;
-        self.inflight
+        self.slots_mut()
             .take_blocking_lba()
             .ok_or_else(|| Error::DeviceData {
                 what: "Zone Append",
@@ -242,7 +241,7 @@ impl QueuePair {
             Ok(v) => v,
             Err(e) => return Err((e, buf)),
         };
-        if !self.sgl_any_alignment && (seg.addr.raw_u64() | seg.len) & 3 != 0 {
+        if !self.sgl_any_alignment() && (seg.addr.raw_u64() | seg.len) & 3 != 0 {
             return Err((
                 Error::Invalid("buffers must be dword (4-byte) aligned".into()),
                 buf,
@@ -271,49 +270,41 @@ impl QueuePair {
         pending: Pending,
         append_range: Option<(u64, u64)>,
     ) -> Result<(), (Error, IoBuf)> {
-        let req = match self.inflight.start_request(pending) {
+        let req = match self.slots_mut().start_request(pending) {
             Ok(req) => req,
             Err(buf) => return Err((Error::QueueFull { needed: 1, free: 0 }, buf)),
         };
         if let Some((first, last)) = append_range {
-            self.inflight.set_append_range(req, first, last);
+            self.slots_mut().set_append_range(req, first, last);
         }
-        let page = self.shared.page;
-        let Some((cid, slot)) = self.inflight.pop() else {
-            let buf = self.inflight.cancel(req);
-            return Err((Error::QueueFull { needed: 1, free: 0 }, buf));
+        let popped = match data {
+            Some((seg, dir)) => self.pop_mapped(seg, dir).map(|(cid, dp)| {
+                cmd.set_data(dp);
+                cid
+            }),
+            None => self.slots_mut().pop().map(|(cid, _)| cid).ok_or(None),
         };
-        if let Some((seg, dir)) = data {
-            match map_into(
-                slot,
-                &[seg],
-                dir,
-                &self.mapper,
-                &mut self.pool,
-                self.policy,
-                page,
-            ) {
-                Ok(dp) => cmd.set_data(dp),
-                Err(e) => {
-                    self.inflight.unpop(cid);
-                    let buf = self.inflight.cancel(req);
-                    let e = match e {
-                        crate::nvme::DptrError::DescPoolEmpty => Error::QueueFull {
-                            needed: 1,
-                            free: self.inflight.free_slots(),
-                        },
-                        e => e.into(),
-                    };
-                    return Err((e, buf));
-                }
+        let cid = match popped {
+            Ok(cid) => cid,
+            Err(None) => {
+                let buf = self.slots_mut().cancel(req);
+                return Err((Error::QueueFull { needed: 1, free: 0 }, buf));
             }
-        }
-        let id = self.inflight.assign(cid, req);
+            Err(Some(e)) => {
+                let buf = self.slots_mut().cancel(req);
+                let e = match e {
+                    crate::nvme::DptrError::DescPoolEmpty => Error::QueueFull {
+                        needed: 1,
+                        free: self.slots().free_slots(),
+                    },
+                    e => e.into(),
+                };
+                return Err((e, buf));
+            }
+        };
+        let id = self.slots_mut().assign(cid, req);
         cmd.set_cid(id);
-        // Room is guaranteed: in-flight commands never exceed the ring
-        // size minus one.
-        self.sq.push(&cmd);
-        self.unrung = true;
+        self.enqueue(&cmd);
         Ok(())
     }
 
@@ -388,9 +379,9 @@ impl QueuePair {
         Self::check_zoned(ns)?;
         check_range(ns, slba, 1)?;
         let zb = ns.zones().map(|z| z.zone_blocks());
-        let per_command = (self.max_transfer.min(REPORT_BUF_MAX) as usize)
+        let per_command = (self.max_transfer().min(REPORT_BUF_MAX) as usize)
             .max(REPORT_HEADER_LEN + ZONE_DESCRIPTOR_LEN);
-        let mut buf = self.shared.space.alloc(per_command)?;
+        let mut buf = self.shared().space.alloc(per_command)?;
         let mut zones: Vec<ZoneDescriptor> = Vec::new();
         let mut from = slba;
         // Descriptors may only start at or after the zone holding `slba`.
