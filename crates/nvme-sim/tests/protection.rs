@@ -189,3 +189,88 @@ fn requests_that_do_not_fit_the_format_are_refused() {
     let r = unsafe { qp.submit_raw(nvme_vfio::ctrl::Op::Read, &sep, 0, &[seg], 1) };
     assert!(matches!(r, Err(Error::Invalid(_))), "{r:?}");
 }
+
+/// A hostile caller's requests that would point the device past the
+/// memory it was given: each refused before submission.
+#[test]
+fn requests_that_would_reach_other_memory_are_refused() {
+    use nvme_vfio::ctrl::IoBuf;
+    use nvme_vfio::nvme::cmd::{io, Command};
+    let open = |ns: &[NamespaceConfig]| {
+        common::driver::open(
+            Config::default().namespaces(ns),
+            Duration::from_secs(10),
+            false,
+        )
+    };
+    // The safe passthrough sends no metadata pointer and sizes data by
+    // the block size: block commands on a namespace with metadata would
+    // move more than the buffer (a PRP list taken from the caller's data).
+    let (_sim, ctrl) = open(&[NamespaceConfig::from_kind("meta8-ext", 4096, 512).unwrap()]);
+    let ns = ctrl.namespace(1).unwrap();
+    let mut qp = ctrl.queue_pair(QueueConfig::default()).unwrap();
+    let buf = ctrl.dma_alloc(8192).unwrap();
+    let r = qp.io_passthru(
+        &ns,
+        Command::blocks(io::READ, 1, 0, 16, false),
+        Some((buf, 8192)),
+    );
+    assert!(matches!(r, Err(Error::Invalid(_))), "{r:?}");
+    // A metadata buffer of another DMA space: its IOVA is not this
+    // controller's.
+    let (_sim_a, a) = open(&[NamespaceConfig::from_kind("meta8", 4096, 512).unwrap()]);
+    let (_sim_b, b) = open(&[NamespaceConfig::new(64, 512)]);
+    let ns_a = a.namespace(1).unwrap();
+    let mut qp = a.queue_pair(QueueConfig::default()).unwrap();
+    let io = Io::read(&ns_a, 0, a.dma_alloc(4096).unwrap())
+        .with_len(4096)
+        .metadata(b.dma_alloc(512).unwrap());
+    let (e, io) = qp.submit(io).expect_err("a foreign metadata buffer");
+    assert!(matches!(e, Error::Invalid(_)), "{e}");
+    assert!(matches!(io.into_bufs(), (IoBuf::Dma(_), Some(_))));
+    // A DMA buffer of another space in the passthrough too.
+    let r = qp.io_passthru(
+        &ns_a,
+        Command::new(io::DSM, 1),
+        Some((b.dma_alloc(4096).unwrap(), 16)),
+    );
+    assert!(matches!(r, Err(Error::Invalid(_))), "{r:?}");
+    // Metadata settings on a namespace without metadata: refused, also
+    // once the fast path's mapping cache is warm.
+    let ns_b = b.namespace(1).unwrap();
+    let mut qp = b.queue_pair(QueueConfig::default()).unwrap();
+    qp.read(&ns_b, 0, &mut [0u8; 4096]).unwrap();
+    for _ in 0..2 {
+        let io = Io::read(&ns_b, 0, b.dma_alloc(4096).unwrap())
+            .metadata(b.dma_alloc(512).unwrap())
+            .protection(Protection::driver());
+        let (e, io) = qp.submit(io).expect_err("no metadata on this namespace");
+        assert!(matches!(e, Error::Invalid(_)), "{e}");
+        assert!(io.into_bufs().1.is_some(), "the metadata buffer comes back");
+        let io = Io::read(&ns_b, 0, b.dma_alloc(4096).unwrap()).protection(Protection::driver());
+        assert!(qp.submit(io).is_err());
+    }
+    // Zone Append moves no metadata: refused on a zoned namespace with
+    // extended LBAs (the device would read past the slice).
+    let zoned = NamespaceConfig::new(4096, 512)
+        .zoned(256)
+        .zone_limits(8, 14)
+        .with_metadata(8)
+        .extended(true);
+    let (_sim_z, z) = open(&[zoned]);
+    let ns_z = z.namespace(1).unwrap();
+    let mut qp = z.queue_pair(QueueConfig::default()).unwrap();
+    let r = qp.zone_append(&ns_z, 0, &[0u8; 4096], false);
+    assert!(matches!(r, Err(Error::Unsupported(_))), "{r:?}");
+    // Lengths that overflow the metadata's size: an error, not a panic.
+    let (_sim_h, h) = open(&[NamespaceConfig::new(1 << 54, 512).with_metadata(0xffff)]);
+    let ns_h = h.namespace(1).unwrap();
+    let mut qp = h.queue_pair(QueueConfig::default()).unwrap();
+    let io = Io::read(&ns_h, 0, h.dma_alloc(4096).unwrap())
+        .with_len(1usize << 63)
+        .metadata(h.dma_alloc(512).unwrap());
+    assert!(qp.submit(io).is_err());
+    let mut d = vec![0u8; 1 << 20];
+    let r = qp.read_with_metadata(&ns_h, (1 << 54) - 1, &mut d, &mut [], None);
+    assert!(r.is_err());
+}

@@ -460,7 +460,15 @@ impl Io {
     /// pointer per command.
     pub fn metadata(mut self, meta: DmaBuf) -> Self {
         self.meta = Some(meta);
+        self.off_fast_path();
         self
+    }
+
+    /// Keeps the request off the submission fast path, which moves no
+    /// metadata (its range check then fails): the general path takes it,
+    /// or refuses it on a namespace without metadata.
+    fn off_fast_path(&mut self) {
+        self.ns.fast_blocks = 0;
     }
 
     /// Sets the request's end-to-end protection (reads, writes and
@@ -471,6 +479,7 @@ impl Io {
     /// [`Protection::controller`].
     pub fn protection(mut self, protection: Protection) -> Self {
         self.protection = Some(protection);
+        self.off_fast_path();
         self
     }
 

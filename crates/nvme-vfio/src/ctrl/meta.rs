@@ -219,7 +219,11 @@ fn prepare(
     }
     let blocks = len / stride;
     super::blocking::check_range(ns, lba, blocks)?;
-    let meta_len = blocks * meta_stride;
+    let meta_len = blocks.checked_mul(meta_stride).ok_or_else(|| {
+        Error::Invalid(format!(
+            "{blocks} blocks of {meta_stride} bytes of metadata"
+        ))
+    })?;
     let mptr = match meta {
         Some(_) if meta_stride == 0 => {
             return Err(Error::Invalid(format!(
@@ -282,11 +286,6 @@ impl QueuePair {
     /// metadata, or with a metadata buffer or protection settings.
     #[allow(clippy::result_large_err)]
     pub(super) fn submit_meta(&mut self, mut io: Io) -> Result<(), (Error, Io)> {
-        let meta_at = io.meta.as_ref().map(|m| (m.iova().raw(), m.len()));
-        let prepared = match prepare(&io.ns, io.op, io.lba, io.len as u64, meta_at, io.protection) {
-            Ok(p) => p,
-            Err(e) => return Err((e, io)),
-        };
         if io.buf.len() < io.len {
             let len = io.len;
             return Err((
@@ -294,6 +293,25 @@ impl QueuePair {
                 io,
             ));
         }
+        if io
+            .meta
+            .as_ref()
+            .is_some_and(|m| !m.in_space(&self.shared().space))
+        {
+            return Err((
+                Error::Invalid(
+                    "a metadata buffer of another DMA space: its IOVA means nothing to this \
+                     controller"
+                        .into(),
+                ),
+                io,
+            ));
+        }
+        let meta_at = io.meta.as_ref().map(|m| (m.iova().raw(), m.len()));
+        let prepared = match prepare(&io.ns, io.op, io.lba, io.len as u64, meta_at, io.protection) {
+            Ok(p) => p,
+            Err(e) => return Err((e, io)),
+        };
         if let Err(e) = self.check_op(io.op, &io.ns) {
             return Err((e, io));
         }

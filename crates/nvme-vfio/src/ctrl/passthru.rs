@@ -44,6 +44,11 @@ pub(super) fn prps(
             buf.len()
         )));
     }
+    if !buf.in_space(space) {
+        return Err(Error::Invalid(
+            "a DMA buffer of another DMA space: its IOVA means nothing to this controller".into(),
+        ));
+    }
     let start = buf.iova().raw();
     let first = PAGE - start % PAGE;
     let len = len as u64;
@@ -367,6 +372,24 @@ impl QueuePair {
     ) -> Result<Option<DmaBuf>, Error> {
         let mut cmd = sanitized(cmd);
         cmd.nsid = ns.id();
+        // The safe passthrough moves data only: on a namespace formatted
+        // with metadata, block commands move it too (interleaved, or
+        // through a metadata pointer it never sends).
+        let moves_blocks = matches!(
+            cmd.opcode(),
+            crate::nvme::cmd::io::READ
+                | crate::nvme::cmd::io::WRITE
+                | crate::nvme::cmd::io::COMPARE
+                | crate::nvme::cmd::io::ZONE_APPEND
+        );
+        if ns.has_metadata() && moves_blocks {
+            return Err(Error::Invalid(format!(
+                "namespace {} is formatted with metadata: its reads, writes, compares and \
+                 appends go through read_with_metadata, write_with_metadata, Io::metadata \
+                 and Io::protection (or io_passthru_unchecked)",
+                ns.id()
+            )));
+        }
         let len = checked(Queue::Io(ns.block_size()), &cmd, &data)?;
         let data = data.zip(len).map(|((buf, _), n)| (buf, n));
         // SAFETY: as in `Controller::admin_passthru`.

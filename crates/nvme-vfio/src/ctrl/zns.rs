@@ -109,6 +109,11 @@ impl QueuePair {
     /// `zslba`; returns its length in blocks and the LBAs its data may
     /// land at, first and last.
     fn check_append(&self, ns: &Namespace, zslba: u64, len: u64) -> Result<(u64, u64, u64), Error> {
+        if ns.has_metadata() {
+            return Err(Error::Unsupported(
+                "Zone Append on a namespace formatted with metadata",
+            ));
+        }
         let bs = ns.block_size();
         if len == 0 || len % bs != 0 {
             return Err(Error::Invalid(format!(

@@ -53,6 +53,12 @@ impl DmaBuf {
         self.iova
     }
 
+    /// Whether the buffer is memory of `space` (its IOVA means something
+    /// only there).
+    pub(crate) fn in_space(&self, space: &Arc<DmaSpace>) -> bool {
+        Arc::ptr_eq(&self.space, space)
+    }
+
     /// The host address of the first byte.
     pub fn host(&self) -> HostAddr {
         HostAddr::from_ptr(self.ptr.as_ptr())
