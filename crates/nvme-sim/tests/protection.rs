@@ -18,10 +18,8 @@ use nvme_vfio::Error;
 #[path = "../../nvme-vfio/tests/pi/mod.rs"]
 mod pi;
 
-type Layout = (u16, bool, Option<(PiType, Guard, bool)>);
-
 /// The namespaces: metadata bytes, extended LBAs, protection.
-const LAYOUTS: &[Layout] = &[
+const LAYOUTS: &[(u16, bool, Option<(PiType, Guard, bool)>)] = &[
     (8, false, None),
     (8, true, None),
     (8, true, Some((PiType::Type1, Guard::Crc16, false))),
@@ -58,35 +56,24 @@ fn every_layout_round_trips_and_reports_each_check_error() {
     // MDTS 2 (16 KiB per command): the long transfers split into many
     // commands, each with its own metadata pointer and reference tag.
     let (_sim, ctrl) = open(2, 512);
-    for (i, &(metadata, extended, pi)) in LAYOUTS.iter().enumerate() {
-        let nsid = i as u32 + 1;
-        pi::check_namespace(
-            &ctrl,
-            pi::Expect {
-                nsid,
-                metadata,
-                extended,
-                pi,
-            },
-        );
-    }
+    pi::check_namespaces(&ctrl, &layouts(1..=LAYOUTS.len() as u32));
 }
 
 #[test]
 fn four_kib_blocks_with_protection() {
     let (_sim, ctrl) = open(5, 4096);
-    for nsid in [3u32, 6, 9] {
-        let (metadata, extended, pi) = LAYOUTS[nsid as usize - 1];
-        pi::check_namespace(
-            &ctrl,
-            pi::Expect {
-                nsid,
-                metadata,
-                extended,
-                pi,
-            },
-        );
-    }
+    pi::check_namespaces(&ctrl, &layouts([3, 6, 9]));
+}
+
+/// The layouts of namespaces `nsids`, as the checks take them.
+fn layouts(nsids: impl IntoIterator<Item = u32>) -> Vec<pi::Layout> {
+    nsids
+        .into_iter()
+        .map(|n| {
+            let (metadata, extended, pi) = LAYOUTS[n as usize - 1];
+            (n, metadata, extended, pi)
+        })
+        .collect()
 }
 
 /// A block corrupted where the controller stores it: the controller's

@@ -47,16 +47,5 @@ fn namespaces_with_metadata_and_protection_on_qemus_controller() {
         (5, 16, sep, Some((PiType::Type1, Guard::Crc64, false))),
         (6, 16, ext, Some((PiType::Type1, Guard::Crc16, false))),
     ];
-    for (nsid, metadata, extended, pi) in expect {
-        eprintln!("namespace {nsid}: {metadata} bytes of metadata, extended {extended}, {pi:?}");
-        pi::check_namespace(
-            &ctrl,
-            pi::Expect {
-                nsid,
-                metadata,
-                extended,
-                pi,
-            },
-        );
-    }
+    pi::check_namespaces(&ctrl, &expect);
 }

@@ -73,6 +73,25 @@ fn status(e: &Error) -> Option<(u8, u8)> {
     e.status().map(|s| (s.sct(), s.sc()))
 }
 
+/// A namespace's layout: nsid, metadata bytes, extended LBAs, protection.
+pub type Layout = (u32, u16, bool, Option<(PiType, Guard, bool)>);
+
+/// Runs every check on each namespace of `layouts`.
+pub fn check_namespaces(ctrl: &Controller, layouts: &[Layout]) {
+    for &(nsid, metadata, extended, pi) in layouts {
+        eprintln!("namespace {nsid}: {metadata} bytes of metadata, extended {extended}, {pi:?}");
+        check_namespace(
+            ctrl,
+            Expect {
+                nsid,
+                metadata,
+                extended,
+                pi,
+            },
+        );
+    }
+}
+
 /// Runs every check on namespace `e.nsid` of `ctrl`.
 pub fn check_namespace(ctrl: &Controller, e: Expect) {
     let ns = ctrl
