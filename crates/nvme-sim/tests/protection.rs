@@ -18,8 +18,11 @@ use nvme_vfio::Error;
 #[path = "../../nvme-vfio/tests/pi/mod.rs"]
 mod pi;
 
+/// Protection information: type, guard, the tuple first.
+type Pi = Option<(PiType, Guard, bool)>;
+
 /// The namespaces: metadata bytes, extended LBAs, protection.
-const LAYOUTS: &[(u16, bool, Option<(PiType, Guard, bool)>)] = &[
+const LAYOUTS: &[(u16, bool, Pi)] = &[
     (8, false, None),
     (8, true, None),
     (8, true, Some((PiType::Type1, Guard::Crc16, false))),
