@@ -339,7 +339,10 @@ impl Controller {
     /// `lbaf` with secure erase setting `ses` (0 none, 1 user data erase,
     /// 2 cryptographic erase). Every block's data is lost. Namespaces
     /// opened before (their [`Namespace`](super::Namespace) values) must
-    /// be opened again: the block size may have changed. Bounded by
+    /// be opened again and the old values dropped: a `Namespace` is a
+    /// snapshot of the format, and requests built on one that no longer
+    /// matches (another block size, metadata size or layout) would
+    /// describe transfers of the wrong size to the controller. Bounded by
     /// `Config::admin_timeout`, which a real disk's format may need raised.
     pub fn format_nvm(&self, nsid: u32, lbaf: u8, ses: u8) -> Result<(), Error> {
         if lbaf > 63 || ses > 7 {
