@@ -128,3 +128,47 @@ fn a_blocking_read_completed_before_the_controller_died_returns() {
         "aborted although the blocking read's completion was posted:\n{err}"
     );
 }
+
+/// A blocking write with metadata copies through DMA buffers of the
+/// driver's own: if the controller dies with it in flight, the call fails
+/// with `Dead` and leaks them, without aborting the process.
+#[test]
+fn a_dead_controller_during_a_write_with_metadata_fails_the_call() {
+    const NAME: &str = "a_dead_controller_during_a_write_with_metadata_fails_the_call";
+    if is_child(NAME) {
+        let ns = [nvme_sim::NamespaceConfig::from_kind("pi1", 1024, 512).unwrap()];
+        let config = Config::default().timeout_500ms(1).namespaces(&ns);
+        let (sim, ctrl) = open(config, false);
+        let ns = ctrl.namespace(1).unwrap();
+        let mut qp = ctrl.queue_pair(QueueConfig::default()).unwrap();
+        sim.inject(FaultRule::next(
+            Match::io().opcode(io::WRITE),
+            FaultAction::Drop,
+        ));
+        let t = std::thread::spawn(move || {
+            let p = nvme_vfio::ctrl::Protection::driver();
+            let r = qp.write_with_metadata(&ns, 0, &[7u8; 4096], &[0u8; 64], Some(p), false);
+            eprintln!("CHILD: write_with_metadata returned {r:?}");
+            assert!(matches!(r, Err(nvme_vfio::Error::Dead)), "{r:?}");
+            qp
+        });
+        std::thread::sleep(Duration::from_millis(100));
+        sim.set_ignore_disable(true);
+        let r = ctrl.reset();
+        eprintln!("CHILD: reset returned {r:?}");
+        let qp = t.join().unwrap();
+        std::mem::forget(qp);
+        std::mem::forget(ctrl);
+        std::mem::forget(sim);
+        return;
+    }
+    let (aborted, err) = in_child(NAME);
+    assert!(
+        !aborted,
+        "the process was aborted for driver-owned memory:\n{err}"
+    );
+    assert!(
+        err.contains("write_with_metadata returned Err(Dead)"),
+        "{err}"
+    );
+}

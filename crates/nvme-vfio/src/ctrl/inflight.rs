@@ -136,8 +136,14 @@ impl Pending {
 pub(super) enum Tag {
     /// Completes into [`Done::tag`].
     Caller(u64),
-    /// Completes into the queue pair's blocking result.
+    /// Completes into the queue pair's blocking result; its memory is
+    /// the caller's, lent for the call.
     Blocking,
+    /// Completes into the queue pair's blocking result; its memory is
+    /// the driver's own (DMA buffers a blocking call copies through),
+    /// which the call leaks rather than frees if the controller could not
+    /// be stopped.
+    BlockingOwned,
 }
 
 impl Tag {
@@ -146,8 +152,15 @@ impl Tag {
     fn parts(self) -> (u64, bool) {
         match self {
             Tag::Caller(t) => (t, false),
-            Tag::Blocking => (0, true),
+            Tag::Blocking | Tag::BlockingOwned => (0, true),
         }
+    }
+
+    /// Whether the request's memory is lent by the caller for a blocking
+    /// call: it goes back when the call returns, whatever happens.
+    #[inline(always)]
+    pub(super) fn borrowed(self) -> bool {
+        matches!(self, Tag::Blocking)
     }
 }
 
@@ -286,7 +299,7 @@ impl Inflight {
         let (t, blocking) = tag.parts();
         p.tag = t;
         p.flags = blocking as u8;
-        p.borrowed = blocking;
+        p.borrowed = tag.borrowed();
         p.remaining = 1;
         p.what = what;
         id

@@ -516,7 +516,7 @@ impl QueuePair {
                     lba + done,
                     &[seg],
                     IoBuf::Raw,
-                    Tag::Blocking,
+                    Tag::BlockingOwned,
                     Some(&plan),
                 )
                 .map_err(|(e, _)| e)

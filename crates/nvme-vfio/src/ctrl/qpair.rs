@@ -1077,7 +1077,7 @@ impl QueuePair {
             ));
         }
         let (opcode, fua, what, dir) = op_parts(op);
-        let borrowed = matches!(tag, Tag::Blocking);
+        let borrowed = tag.borrowed();
         let pending = Pending::new(buf, tag, borrowed, children as u32, what);
         let req = match self.inflight.start_request(pending) {
             Ok(req) => req,

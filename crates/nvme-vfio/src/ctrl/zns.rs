@@ -252,7 +252,7 @@ impl QueuePair {
                 buf,
             ));
         }
-        let borrowed = matches!(tag, Tag::Blocking);
+        let borrowed = tag.borrowed();
         let pending = Pending::new(buf, tag, borrowed, 1, "Zone Append").append();
         // blocks <= the append limit in blocks, at most 1 MiB of 512-byte
         // blocks.
