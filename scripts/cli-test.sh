@@ -351,6 +351,9 @@ elif [ "$scenario" = sim ]; then
     expect "write to its NVM namespace" 0 "2 blocks at LBA 0: success" -- "$cli" write $zdev -n 1 --lba 0 -i "$work/odd" --pad --yes
     expect "list: a row per namespace" 0 "^sim:nvm,zoned  *SIM0001  *nvme-sim  *2  *0.00 B / 67.11 MB  *512 B + 0 B  *[0-9]" -- "$cli" list $zdev
     json "list --json: namespaces" 'j[0]["model"] == "nvme-sim" and j[0]["serial"] == "SIM0001" and [(n["nsid"], n["command_set"], n["size_bytes"], n["used_bytes"], n["block_size"]) for n in j[0]["namespaces"]] == [(1, "nvm", 67108864, 0, 512), (2, "zoned", 67108864, 0, 512)]' -- "$cli" list $zdev --json
+    # In one process the sim keeps what was written: list shows the use.
+    printf '%s\n' "write $zdev -n 1 --lba 0 -i $work/odd --pad --yes" "list $zdev" >"$work/b-list"
+    expect "list: a namespace's usage after a write" 0 "^sim:nvm,zoned  *SIM0001  *nvme-sim  *1  *[1-9][0-9.]* kB / 67.11 MB  *512 B + 0 B" -- "$cli" batch "$work/b-list"
     json "list fails soft per device" 'len(j) == 3 and "error" in j[1] and "no PCI device 0000:00:1f.7" in j[1]["error"] and [n["nsid"] for n in j[2]["namespaces"]] == [1]' -- "$cli" list $dev 0000:00:1f.7 $dev --json
     expect "list text: a device that cannot be opened" 0 "^0000:00:1f.7  *(cannot open: no PCI device" -- "$cli" list $dev 0000:00:1f.7
 elif [ "$scenario" = zoned ]; then
