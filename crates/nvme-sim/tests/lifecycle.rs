@@ -581,16 +581,6 @@ fn an_invalid_doorbell_write_is_an_error_event_with_its_log_entry() {
 /// drop takes.
 #[test]
 fn dropping_a_queue_pair_with_a_stuck_command_in_interrupt_mode_sleeps() {
-    fn thread_cpu() -> Duration {
-        let mut ts = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        // SAFETY: a valid timespec to fill, for the calling thread's clock.
-        let r = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-        assert_eq!(r, 0);
-        Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
-    }
     let (sim, ctrl) = common::driver::open_with_interrupts(Duration::from_secs(30));
     let ns = ctrl.namespace(1).unwrap();
     let mut qp = ctrl.queue_pair(QueueConfig::default()).unwrap();
@@ -610,6 +600,54 @@ fn dropping_a_queue_pair_with_a_stuck_command_in_interrupt_mode_sleeps() {
         "spun: {cpu:?} of CPU in {wall:?}"
     );
     drop(ctrl);
+}
+
+/// Dropping a queue pair whose command is stuck, in interrupt mode, when
+/// the controller takes its time to delete the submission queue (which
+/// aborts the command): the drop waits for it without burning the CPU,
+/// and resets nothing.
+#[test]
+fn dropping_a_queue_pair_waits_for_a_slow_queue_deletion_asleep() {
+    let (sim, ctrl) = common::driver::open_with_interrupts(Duration::from_secs(30));
+    let ns = ctrl.namespace(1).unwrap();
+    let mut qp = ctrl.queue_pair(QueueConfig::default()).unwrap();
+    sim.inject(FaultRule::next(Match::io(), FaultAction::Drop));
+    qp.submit(Io::read(&ns, 0, ctrl.dma_alloc(4096).unwrap()))
+        .map_err(|(e, _)| e)
+        .unwrap();
+    qp.flush();
+    std::thread::sleep(Duration::from_millis(20));
+    sim.inject(FaultRule::next(
+        Match::admin().opcode(nvme_vfio::nvme::cmd::admin::DELETE_SQ),
+        FaultAction::Delay(Duration::from_millis(300)),
+    ));
+    let resets = sim.stats().function_resets;
+    let (cpu, wall) = (thread_cpu(), Instant::now());
+    drop(qp);
+    let (cpu, wall) = (thread_cpu() - cpu, wall.elapsed());
+    assert!(
+        wall >= Duration::from_millis(250) && wall < Duration::from_secs(2),
+        "took {wall:?}"
+    );
+    assert!(cpu < wall / 4, "spun: {cpu:?} of CPU in {wall:?}");
+    assert_eq!(
+        sim.stats().function_resets,
+        resets,
+        "the drop reset the controller"
+    );
+    drop(ctrl);
+}
+
+/// CPU time of the calling thread.
+fn thread_cpu() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid timespec to fill, for the calling thread's clock.
+    let r = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    assert_eq!(r, 0);
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
 /// Registers whose accesses start failing (as a VFIO BAR access the kernel
