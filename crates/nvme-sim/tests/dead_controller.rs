@@ -41,6 +41,35 @@ fn is_child(name: &str) -> bool {
     std::env::var("NVME_TEST_CHILD").as_deref() == Ok(name)
 }
 
+/// Runs `call` on a queue pair of `ctrl` in another thread, with the
+/// commands of `opcode` dropped by `sim`, and makes the controller dead
+/// meanwhile (a reset it ignores); everything is leaked afterwards, as a
+/// dead controller's memory must be.
+fn die_during(
+    sim: SimController,
+    ctrl: Controller,
+    opcode: u8,
+    call: impl FnOnce(&mut nvme_vfio::ctrl::QueuePair) + Send + 'static,
+) {
+    let mut qp = ctrl.queue_pair(QueueConfig::default()).unwrap();
+    sim.inject(FaultRule::next(
+        Match::io().opcode(opcode),
+        FaultAction::Drop,
+    ));
+    let t = std::thread::spawn(move || {
+        call(&mut qp);
+        qp
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    sim.set_ignore_disable(true);
+    let r = ctrl.reset();
+    eprintln!("CHILD: reset returned {r:?}");
+    let qp = t.join().unwrap();
+    std::mem::forget(qp);
+    std::mem::forget(ctrl);
+    std::mem::forget(sim);
+}
+
 /// Flush has no data and no memory at all; Write Zeroes neither. A dead
 /// controller while one is in flight needs no abort: the call can fail
 /// with `Dead`.
@@ -50,24 +79,10 @@ fn a_dead_controller_during_a_flush_fails_the_call() {
     if is_child(NAME) {
         let (sim, ctrl) = open(Config::default().timeout_500ms(1), false);
         let ns = ctrl.namespace(1).unwrap();
-        let mut qp = ctrl.queue_pair(QueueConfig::default()).unwrap();
-        sim.inject(FaultRule::next(
-            Match::io().opcode(io::FLUSH),
-            FaultAction::Drop,
-        ));
-        let t = std::thread::spawn(move || {
+        die_during(sim, ctrl, io::FLUSH, move |qp| {
             let r = qp.flush_cache(&ns);
             eprintln!("CHILD: flush_cache returned {r:?}");
-            qp
         });
-        std::thread::sleep(Duration::from_millis(100));
-        sim.set_ignore_disable(true);
-        let r = ctrl.reset();
-        eprintln!("CHILD: reset returned {r:?}");
-        let qp = t.join().unwrap();
-        std::mem::forget(qp);
-        std::mem::forget(ctrl);
-        std::mem::forget(sim);
         return;
     }
     let (aborted, err) = in_child(NAME);
@@ -140,26 +155,11 @@ fn a_dead_controller_during_a_write_with_metadata_fails_the_call() {
         let config = Config::default().timeout_500ms(1).namespaces(&ns);
         let (sim, ctrl) = open(config, false);
         let ns = ctrl.namespace(1).unwrap();
-        let mut qp = ctrl.queue_pair(QueueConfig::default()).unwrap();
-        sim.inject(FaultRule::next(
-            Match::io().opcode(io::WRITE),
-            FaultAction::Drop,
-        ));
-        let t = std::thread::spawn(move || {
+        die_during(sim, ctrl, io::WRITE, move |qp| {
             let p = nvme_vfio::ctrl::Protection::driver();
             let r = qp.write_with_metadata(&ns, 0, &[7u8; 4096], &[0u8; 64], Some(p), false);
             eprintln!("CHILD: write_with_metadata returned {r:?}");
-            assert!(matches!(r, Err(nvme_vfio::Error::Dead)), "{r:?}");
-            qp
         });
-        std::thread::sleep(Duration::from_millis(100));
-        sim.set_ignore_disable(true);
-        let r = ctrl.reset();
-        eprintln!("CHILD: reset returned {r:?}");
-        let qp = t.join().unwrap();
-        std::mem::forget(qp);
-        std::mem::forget(ctrl);
-        std::mem::forget(sim);
         return;
     }
     let (aborted, err) = in_child(NAME);
