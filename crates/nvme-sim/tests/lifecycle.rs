@@ -450,13 +450,7 @@ fn a_device_that_leaves_the_bus_fails_everything_with_device_lost() {
         "{:?}",
         start.elapsed()
     );
-    assert_eq!(done[0].tag, 3);
-    assert!(
-        matches!(done[0].result, Err(Error::DeviceLost)),
-        "{:?}",
-        done[0].result
-    );
-    assert_eq!(done[0].buf.len(), 4096, "the buffer comes back");
+    assert_lost(&done, 3);
     let (e, _) = qp.submit(Io::read(&ns, 0, vec![0u8; 512])).unwrap_err();
     assert!(matches!(e, Error::DeviceLost), "{e}");
     let mut b = vec![0u8; 512];
@@ -638,6 +632,18 @@ fn dropping_a_queue_pair_waits_for_a_slow_queue_deletion_asleep() {
     drop(ctrl);
 }
 
+/// The one completion in `done` is request `tag`'s, failed with
+/// `DeviceLost`, its 4 KiB buffer back.
+fn assert_lost(done: &[Done], tag: u64) {
+    assert_eq!(done[0].tag, tag);
+    assert!(
+        matches!(done[0].result, Err(Error::DeviceLost)),
+        "{:?}",
+        done[0].result
+    );
+    assert_eq!(done[0].buf.len(), 4096, "the buffer comes back");
+}
+
 /// CPU time of the calling thread.
 fn thread_cpu() -> Duration {
     let mut ts = libc::timespec {
@@ -722,13 +728,7 @@ fn a_failed_register_access_is_device_lost() {
         "{:?}",
         start.elapsed()
     );
-    assert_eq!(done[0].tag, 5);
-    assert!(
-        matches!(done[0].result, Err(Error::DeviceLost)),
-        "{:?}",
-        done[0].result
-    );
-    assert_eq!(done[0].buf.len(), 4096, "the buffer comes back");
+    assert_lost(&done, 5);
     assert!(!sim.bus_master(), "stopped through the PCI function");
     let (e, _) = qp.submit(Io::read(&ns, 0, vec![0u8; 512])).unwrap_err();
     assert!(matches!(e, Error::DeviceLost), "{e}");
