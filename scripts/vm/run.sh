@@ -706,7 +706,12 @@ build_qemu_args() {
         # A root port the controller can be unplugged from, and the monitor
         # the host asks for the unplug through (scripts/vm/unplug-agent.py).
         # shellcheck disable=SC2054 # commas belong to QEMU's syntax
+        # Native PCIe hotplug (the guest's pciehp, as on a server's slot)
+        # rather than q35's ACPI hotplug of root ports: QEMU 7.2's ACPI
+        # eject of the function the guest has just released sometimes
+        # never completes (no DEVICE_DELETED) or crashes QEMU.
         QEMU_ARGS+=(
+            -global ICH9-LPC.acpi-pci-hotplug-with-bridge-support=off
             -device pcie-root-port,id=rp0,chassis=1,slot=1
             -qmp "unix:$(qemu_escape "$RUN_DIR/qmp.sock"),server=on,wait=off"
         )

@@ -50,6 +50,18 @@ fn watch_kernel_log(needle: &'static str) -> mpsc::Receiver<Instant> {
     rx
 }
 
+/// The last records of the guest kernel's log (for a failure's message).
+fn guest_log_tail() -> String {
+    match Command::new("dmesg").output() {
+        Ok(o) => {
+            let text = String::from_utf8_lossy(&o.stdout).into_owned();
+            let lines: Vec<&str> = text.lines().collect();
+            lines[lines.len().saturating_sub(40)..].join("\n")
+        }
+        Err(e) => format!("(dmesg: {e})"),
+    }
+}
+
 fn wait_for_file(path: &Path, within: Duration) -> Option<String> {
     let start = Instant::now();
     while start.elapsed() < within {
@@ -121,7 +133,12 @@ fn hot_unplug_ends_nvme_bench_promptly_and_completes() {
 
     let outcome = wait_for_file(&ctl.join("unplugged"), Duration::from_secs(150))
         .expect("the host never reported the unplug's outcome");
-    assert_eq!(outcome, "ok", "QEMU's unplug");
+    assert_eq!(
+        outcome,
+        "ok",
+        "QEMU's unplug; the guest's kernel log:\n{}",
+        guest_log_tail()
+    );
     assert!(
         !Path::new(&format!("/sys/bus/pci/devices/{bdf}")).exists(),
         "the guest still has {bdf}"
